@@ -1,0 +1,71 @@
+//! The [`Compressor`] and [`Compressed`] traits every quantizer implements.
+//!
+//! A [`Compressor`] is a configured scheme (say, blockwise int8 with blocks of 64). It turns
+//! a float tensor of any rank, dtype F32/F16/BF16/F64, contiguous or not, into a compact
+//! value that implements [`Compressed`]. The compressed value remembers the original
+//! shape and dtype, so decompression gives back a tensor of the same shape and dtype.
+//!
+//! Sizes are honest: [`Compressed::size_bytes`] counts every byte the value holds to be
+//! decompressible — payload, scales, zero points and the shape — never a theoretical
+//! bits-per-weight figure.
+
+use candle_core::{DType, Device, Shape, Tensor};
+
+use crate::error::Result;
+
+/// A configured compression scheme.
+///
+/// Contract for implementors:
+/// - `compress` accepts F32, F16, BF16 and F64 tensors of any rank and layout, refuses
+///   other dtypes with [`Error::UnsupportedDType`](crate::Error::UnsupportedDType) and
+///   NaN/±Inf with [`Error::NonFinite`](crate::Error::NonFinite); an empty tensor
+///   compresses to an empty value that decompresses to an empty tensor.
+/// - `decompress` checks that the value was made with this compressor's configuration
+///   and returns [`Error::MetadataMismatch`](crate::Error::MetadataMismatch) otherwise.
+pub trait Compressor {
+    /// The compressed representation this scheme produces.
+    type Output: Compressed;
+
+    /// A short, stable name of the scheme and its parameters, e.g. `"int8-block64"`.
+    fn name(&self) -> String;
+
+    /// Compresses `tensor`.
+    fn compress(&self, tensor: &Tensor) -> Result<Self::Output>;
+
+    /// Decompresses `value` to a tensor on `device` in the original shape and dtype, after
+    /// checking that `value` was produced with this compressor's configuration.
+    fn decompress(&self, value: &Self::Output, device: &Device) -> Result<Tensor>;
+}
+
+/// A compressed tensor: knows its original shape and dtype, its true size, and how to
+/// decompress itself.
+pub trait Compressed {
+    /// The shape of the original tensor.
+    fn shape(&self) -> &Shape;
+
+    /// The dtype of the original tensor; decompression returns this dtype.
+    fn original_dtype(&self) -> DType;
+
+    /// Decompresses to a tensor on `device` in the original shape and dtype.
+    fn decompress(&self, device: &Device) -> Result<Tensor>;
+
+    /// Every byte held: payload, scales, zero points, plus the shape (8 bytes per
+    /// dimension) and the dtype tag (1 byte).
+    fn size_bytes(&self) -> usize;
+
+    /// The size of the original tensor: element count × original dtype size.
+    fn original_size_bytes(&self) -> usize {
+        self.shape().elem_count() * self.original_dtype().size_in_bytes()
+    }
+
+    /// `original_size_bytes / size_bytes`; above 1 means smaller than the original.
+    fn compression_ratio(&self) -> f64 {
+        self.original_size_bytes() as f64 / self.size_bytes().max(1) as f64
+    }
+}
+
+/// Bytes needed to describe a shape and dtype alongside a payload: 8 per dimension plus a
+/// one-byte dtype tag. Part of every [`Compressed::size_bytes`].
+pub fn header_bytes(shape: &Shape) -> usize {
+    8 * shape.rank() + 1
+}

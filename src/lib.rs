@@ -1,0 +1,17 @@
+//! Quantization, pruning and compact activation codecs for [candle] models on CPU.
+//!
+//! [candle]: https://github.com/huggingface/candle
+#![deny(missing_docs)]
+#![deny(unsafe_code)]
+#![warn(missing_debug_implementations)]
+
+pub mod compressor;
+pub mod error;
+pub mod input;
+#[allow(unsafe_code)]
+pub mod kernels;
+pub mod nn;
+pub mod quant;
+
+pub use compressor::{Compressed, Compressor};
+pub use error::{Error, Result};

@@ -1,0 +1,1 @@
+//! candle modules built on the quantizers and kernels.

@@ -1,0 +1,1 @@
+//! Tensor quantizers: pure data transforms from float tensors to compact values and back.
