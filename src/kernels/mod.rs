@@ -7,6 +7,9 @@
 //!
 //! Kernels work on plain slices; candle types stay outside this module.
 
+#![warn(clippy::undocumented_unsafe_blocks, clippy::missing_safety_doc)]
+
+
 pub mod detect;
 
 pub use detect::{active_isa, features, CpuFeatures, Isa};
