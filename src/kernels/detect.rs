@@ -147,7 +147,10 @@ token!(
 /// test of `isa` was skipped because this CPU lacks it. Tests of an ISA the machine lacks
 /// call this instead of silently passing.
 pub fn report_skipped(isa: Isa, test: &str) {
-    eprintln!("SKIPPED {test}: this CPU has no {isa} (active ISA: {})", active_isa());
+    eprintln!(
+        "SKIPPED {test}: this CPU has no {isa} (active ISA: {})",
+        active_isa()
+    );
 }
 
 #[cfg(test)]

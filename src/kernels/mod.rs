@@ -9,7 +9,6 @@
 
 #![warn(clippy::undocumented_unsafe_blocks, clippy::missing_safety_doc)]
 
-
 pub mod detect;
 
 pub use detect::{active_isa, features, CpuFeatures, Isa};
