@@ -5,6 +5,7 @@
 #![deny(unsafe_code)]
 #![warn(missing_debug_implementations)]
 
+pub mod codec;
 pub mod compressor;
 pub mod error;
 pub mod input;
