@@ -16,3 +16,4 @@ pub mod quant;
 
 pub use compressor::{Compressed, Compressor};
 pub use error::{Error, Result};
+pub use nn::{QuantConfig, QuantLinear};
