@@ -9,6 +9,8 @@
 
 #![warn(clippy::undocumented_unsafe_blocks, clippy::missing_safety_doc)]
 
+pub mod blockwise;
 pub mod detect;
+pub mod gemm;
 
 pub use detect::{active_isa, features, CpuFeatures, Isa};
