@@ -1,0 +1,519 @@
+//! Integer GEMM / GEMV for quantized linear layers: fused per-row int8 activation
+//! quantization, W8A8 (int8 weights × int8 activations) and W4A8 (int4 weights in groups
+//! × int8 activations), with exact integer accumulation.
+//!
+//! # Numerics (identical on every ISA, test-checked bit for bit)
+//!
+//! **Row quantization** ([`quantize_rows_i8`]), per row `t` of `x` (`cols` values):
+//!
+//! ```text
+//! y[c]  = x[c] * smooth[c]            (f32 multiply; y = x without smoothing)
+//! amax  = max_c |y[c]|                scale[t] = amax / 127          (f32 division)
+//! q[c]  = 0                                            if scale == 0
+//!       = clamp(round_half_away(y[c] / scale), -127, 127)   otherwise (f32 division)
+//! ```
+//!
+//! [`quantize_rows_i8_with_scales`] skips the `amax` pass and uses the given scale.
+//! Non-finite policy: `Err(i)` with `i` the flat index into `x` of the first element whose
+//! `y` is NaN or ±Inf (a non-finite `x`, a non-finite `smooth[c]`, or an overflowing
+//! product); `q` and `scales` are then unspecified.
+//!
+//! **W8A8** ([`matmul_w8a8`]), for row `t` and output `o`:
+//!
+//! ```text
+//! acc      = Σ_k qx[t,k] · w[o,k]                  exact integer (any in_features)
+//! out[t,o] = (acc as f32) * (x_scales[t] * w.scales[o]) + bias[o]
+//! ```
+//!
+//! evaluated exactly in that order with separate f32 roundings (no fused multiply-add;
+//! `acc as f32` rounds to nearest-even; without bias there is no `+ 0.0`). The kernels
+//! accumulate in i32 within blocks of [`K_BLOCK`] inputs (`|Σ| ≤ 65536·128·128 = 2^30`
+//! cannot overflow) and add the blocks in i64, so `acc` is exact for any `in_features`.
+//!
+//! **W4A8** ([`matmul_w4a8`]), with `G = in.div_ceil(group)` groups (the last may be short):
+//!
+//! ```text
+//! acc_g    = Σ_{k in group g} qx[t,k] · w[o,k]      exact i32
+//! sum      = 0.0;  for g in 0..G { sum = sum + (acc_g as f32) * w.scales[o,g] }   (in g order)
+//! out[t,o] = sum * x_scales[t] + bias[o]
+//! ```
+//!
+//! Both epilogues are single shared functions used by every ISA, so the outputs do not
+//! depend on the ISA, the tile shapes or the number of threads.
+//!
+//! # Kernels
+//!
+//! Weights are packed once ([`PackedW8::pack`], [`PackedW4::pack`]) into panels of 16
+//! output channels × steps of 4 consecutive inputs — the `vpdpbusd` operand layout, which
+//! also serves the 256-bit kernels. [`GemmKernels`] is the run-time dispatch: detected
+//! once, cached, logged with `tracing`; the free functions use [`GemmKernels::active`],
+//! and tests or benches pick an ISA with [`GemmKernels::for_isa`].
+#![warn(clippy::undocumented_unsafe_blocks, clippy::missing_safety_doc)]
+
+use std::sync::OnceLock;
+
+use super::detect::Isa;
+
+mod pack;
+mod scalar;
+
+pub use pack::{PackedW4, PackedW8};
+
+/// Inputs per exact-i32 accumulation block of the W8A8 kernels. Blocks are added in i64.
+///
+/// With `|qx|, |qw| ≤ 128` a block's dot product is at most `65536 · 128 · 128 = 2^30` in
+/// magnitude, so it fits i32 even when a kernel's intermediate `Σ (qx + 128) · qw` wraps
+/// (wrapping arithmetic is exact modulo 2^32).
+pub const K_BLOCK: usize = 65536;
+
+/// The W8A8 float epilogue shared by every kernel:
+/// `acc * (x_scale * w_scale) + bias`, each operation rounded separately.
+#[inline(always)]
+pub(crate) fn finish_w8(acc: f32, x_scale: f32, w_scale: f32, bias: Option<f32>) -> f32 {
+    let v = acc * (x_scale * w_scale);
+    match bias {
+        Some(b) => v + b,
+        None => v,
+    }
+}
+
+/// The W4A8 float epilogue shared by every kernel: `sum * x_scale + bias`.
+#[inline(always)]
+pub(crate) fn finish_w4(sum: f32, x_scale: f32, bias: Option<f32>) -> f32 {
+    let v = sum * x_scale;
+    match bias {
+        Some(b) => v + b,
+        None => v,
+    }
+}
+
+/// The requested kernel set needs CPU features this machine lacks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IsaUnavailable {
+    /// The ISA that was asked for.
+    pub isa: Isa,
+}
+
+impl std::fmt::Display for IsaUnavailable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "gemm kernels for {} are not available on this CPU",
+            self.isa
+        )
+    }
+}
+
+impl std::error::Error for IsaUnavailable {}
+
+/// Which kernel family runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Path {
+    Scalar,
+}
+
+/// A set of integer GEMM kernels for one ISA. Holding one proves the CPU supports it.
+///
+/// ```
+/// use candle_compress::kernels::gemm::GemmKernels;
+/// use candle_compress::kernels::Isa;
+/// let k = GemmKernels::active();
+/// println!("gemm kernels: {}", k.name());
+/// assert!(GemmKernels::for_isa(Isa::Scalar).is_ok());
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GemmKernels {
+    path: Path,
+}
+
+static ACTIVE: OnceLock<GemmKernels> = OnceLock::new();
+
+impl GemmKernels {
+    /// The best kernels for this CPU, chosen once (from
+    /// [`active_isa`](crate::kernels::active_isa)) and cached; the choice is logged with
+    /// `tracing::debug!`.
+    pub fn active() -> GemmKernels {
+        *ACTIVE.get_or_init(|| {
+            let isa = super::detect::active_isa();
+            let k = GemmKernels::for_isa(isa).unwrap_or(GemmKernels { path: Path::Scalar });
+            tracing::debug!(isa = %k.isa(), kernels = k.name(), "candle-compress gemm kernels selected");
+            k
+        })
+    }
+
+    /// The kernels for `isa`, or `Err` when this CPU (or this build's target) lacks it.
+    pub fn for_isa(isa: Isa) -> Result<GemmKernels, IsaUnavailable> {
+        match isa {
+            Isa::Scalar => Ok(GemmKernels { path: Path::Scalar }),
+            _ => Err(IsaUnavailable { isa }),
+        }
+    }
+
+    /// Every kernel set this CPU can run (the scalar reference first).
+    pub fn available() -> Vec<GemmKernels> {
+        vec![GemmKernels { path: Path::Scalar }]
+    }
+
+    /// The ISA these kernels need.
+    pub fn isa(&self) -> Isa {
+        match self.path {
+            Path::Scalar => Isa::Scalar,
+        }
+    }
+
+    /// A short name for logs and benchmark labels.
+    pub fn name(&self) -> &'static str {
+        match self.path {
+            Path::Scalar => "scalar",
+        }
+    }
+
+    /// [`quantize_rows_i8`] on these kernels.
+    pub fn quantize_rows_i8(
+        &self,
+        x: &[f32],
+        cols: usize,
+        smooth: Option<&[f32]>,
+        q: &mut [i8],
+        scales: &mut [f32],
+    ) -> Result<(), usize> {
+        check_rows(x.len(), cols, smooth, q.len(), scales.len());
+        if cols == 0 {
+            scales.fill(0.0);
+            return Ok(());
+        }
+        match self.path {
+            Path::Scalar => scalar::quantize_rows_i8(x, cols, smooth, q, scales),
+        }
+    }
+
+    /// [`quantize_rows_i8_with_scales`] on these kernels.
+    pub fn quantize_rows_i8_with_scales(
+        &self,
+        x: &[f32],
+        cols: usize,
+        smooth: Option<&[f32]>,
+        scales: &[f32],
+        q: &mut [i8],
+    ) -> Result<(), usize> {
+        check_rows(x.len(), cols, smooth, q.len(), scales.len());
+        assert!(
+            scales.iter().all(|s| s.is_finite() && *s >= 0.0),
+            "quantize_rows_i8_with_scales: scales must be finite and >= 0"
+        );
+        if cols == 0 {
+            return Ok(());
+        }
+        match self.path {
+            Path::Scalar => scalar::quantize_rows_i8_with_scales(x, cols, smooth, scales, q),
+        }
+    }
+
+    /// [`matmul_w8a8`] on these kernels.
+    pub fn matmul_w8a8(
+        &self,
+        qx: &[i8],
+        x_scales: &[f32],
+        rows: usize,
+        w: &PackedW8,
+        bias: Option<&[f32]>,
+        out: &mut [f32],
+    ) {
+        check_matmul(
+            qx.len(),
+            x_scales.len(),
+            rows,
+            w.in_features(),
+            w.out_features(),
+            bias,
+            out.len(),
+        );
+        if rows == 0 || w.out_features() == 0 {
+            return;
+        }
+        match self.path {
+            Path::Scalar => scalar::matmul_w8a8(qx, x_scales, rows, w, bias, out),
+        }
+    }
+
+    /// [`matmul_w4a8`] on these kernels.
+    pub fn matmul_w4a8(
+        &self,
+        qx: &[i8],
+        x_scales: &[f32],
+        rows: usize,
+        w: &PackedW4,
+        bias: Option<&[f32]>,
+        out: &mut [f32],
+    ) {
+        check_matmul(
+            qx.len(),
+            x_scales.len(),
+            rows,
+            w.in_features(),
+            w.out_features(),
+            bias,
+            out.len(),
+        );
+        if rows == 0 || w.out_features() == 0 {
+            return;
+        }
+        match self.path {
+            Path::Scalar => scalar::matmul_w4a8(qx, x_scales, rows, w, bias, out),
+        }
+    }
+}
+
+fn check_rows(x: usize, cols: usize, smooth: Option<&[f32]>, q: usize, rows: usize) {
+    assert_eq!(
+        Some(x),
+        rows.checked_mul(cols),
+        "quantize_rows_i8: x.len() != rows*cols"
+    );
+    assert_eq!(q, x, "quantize_rows_i8: q.len() != x.len()");
+    if let Some(s) = smooth {
+        assert_eq!(s.len(), cols, "quantize_rows_i8: smooth.len() != cols");
+    }
+}
+
+fn check_matmul(
+    qx: usize,
+    x_scales: usize,
+    rows: usize,
+    inp: usize,
+    n: usize,
+    bias: Option<&[f32]>,
+    out: usize,
+) {
+    assert_eq!(
+        Some(qx),
+        rows.checked_mul(inp),
+        "matmul: qx.len() != rows*in_features"
+    );
+    assert_eq!(x_scales, rows, "matmul: x_scales.len() != rows");
+    assert_eq!(
+        Some(out),
+        rows.checked_mul(n),
+        "matmul: out.len() != rows*out_features"
+    );
+    if let Some(b) = bias {
+        assert_eq!(b.len(), n, "matmul: bias.len() != out_features");
+    }
+}
+
+/// Fused per-row dynamic int8 quantization (see the module docs for the exact formula).
+///
+/// `x` holds `scales.len()` rows of `cols` values; `smooth` (length `cols`) multiplies
+/// each column first (SmoothQuant); `q` (same length as `x`) gets the int8 values and
+/// `scales[t] = max|y| / 127`.
+///
+/// # Errors
+/// `Err(i)`: `i` is the flat index into `x` of the first element whose smoothed value is
+/// NaN or ±Inf; `q` and `scales` are then unspecified.
+///
+/// # Panics
+/// If `x.len() != scales.len() * cols`, `q.len() != x.len()` or
+/// `smooth.len() != cols` (callers validate user input first).
+///
+/// ```
+/// use candle_compress::kernels::gemm::quantize_rows_i8;
+/// let x = [1.0f32, -2.0, 0.5, 0.0, 0.0, 0.0];
+/// let (mut q, mut s) = ([0i8; 6], [0f32; 2]);
+/// quantize_rows_i8(&x, 3, None, &mut q, &mut s).unwrap();
+/// assert_eq!(q, [64, -127, 32, 0, 0, 0]); // 1/(2/127) = 63.5 rounds away to 64
+/// assert_eq!(s, [2.0 / 127.0, 0.0]);
+/// assert_eq!(quantize_rows_i8(&[0.0, f32::INFINITY], 2, None, &mut q[..2], &mut s[..1]), Err(1));
+/// ```
+pub fn quantize_rows_i8(
+    x: &[f32],
+    cols: usize,
+    smooth: Option<&[f32]>,
+    q: &mut [i8],
+    scales: &mut [f32],
+) -> Result<(), usize> {
+    GemmKernels::active().quantize_rows_i8(x, cols, smooth, q, scales)
+}
+
+/// Per-row int8 quantization with given scales (static or percentile calibration):
+/// `q = clamp(round_half_away(y / scale), -127, 127)`, `q = 0` where `scale == 0`.
+///
+/// # Errors
+/// As [`quantize_rows_i8`].
+///
+/// # Panics
+/// On the length mismatches of [`quantize_rows_i8`], or if a scale is negative or not
+/// finite.
+///
+/// ```
+/// use candle_compress::kernels::gemm::quantize_rows_i8_with_scales;
+/// let mut q = [0i8; 3];
+/// quantize_rows_i8_with_scales(&[0.25, -3.0, 0.0], 3, Some(&[2.0, 1.0, 1.0]), &[0.01], &mut q).unwrap();
+/// assert_eq!(q, [50, -127, 0]);
+/// ```
+pub fn quantize_rows_i8_with_scales(
+    x: &[f32],
+    cols: usize,
+    smooth: Option<&[f32]>,
+    scales: &[f32],
+    q: &mut [i8],
+) -> Result<(), usize> {
+    GemmKernels::active().quantize_rows_i8_with_scales(x, cols, smooth, scales, q)
+}
+
+/// W8A8 matrix product: `out[t*out_features + o] = (acc as f32) * (x_scales[t] *
+/// w.scales()[o]) + bias[o]` with `acc = Σ_k qx[t,k]·w[o,k]` exact (see the module docs).
+///
+/// `qx` is row-major `[rows, in_features]`. Multi-threaded with rayon (the global pool,
+/// so `RAYON_NUM_THREADS` is honoured) when the work is large; the result does not depend
+/// on the ISA or the thread count.
+///
+/// # Panics
+/// If `qx.len() != rows * in_features`, `x_scales.len() != rows`,
+/// `out.len() != rows * out_features` or `bias.len() != out_features`.
+///
+/// ```
+/// use candle_compress::kernels::gemm::{matmul_w8a8, PackedW8};
+/// let w = PackedW8::pack(&[1, 2, 3, -1, -2, -3], &[0.5, 0.25], 2, 3);
+/// let mut out = [0f32; 2];
+/// matmul_w8a8(&[10, 20, 30], &[0.1], 1, &w, Some(&[1.0, 0.0]), &mut out);
+/// // acc = [140, -140]
+/// assert_eq!(out, [140.0 * (0.1f32 * 0.5) + 1.0, -140.0 * (0.1f32 * 0.25)]);
+/// ```
+pub fn matmul_w8a8(
+    qx: &[i8],
+    x_scales: &[f32],
+    rows: usize,
+    w: &PackedW8,
+    bias: Option<&[f32]>,
+    out: &mut [f32],
+) {
+    GemmKernels::active().matmul_w8a8(qx, x_scales, rows, w, bias, out)
+}
+
+/// W4A8 matrix product with per-group weight scales:
+/// `out[t,o] = (Σ_g (acc_g as f32) * w.scales[o,g]) * x_scales[t] + bias[o]`, the sum taken
+/// in group order starting from 0.0 (see the module docs).
+///
+/// # Panics
+/// As [`matmul_w8a8`].
+///
+/// ```
+/// use candle_compress::kernels::gemm::{matmul_w4a8, PackedW4};
+/// let w: Vec<i8> = (0..16).map(|k| if k < 8 { 1 } else { -2 }).collect(); // 1 output, 16 inputs
+/// let p = PackedW4::pack(&w, &[0.5, 0.25], 1, 16, 8);
+/// let mut out = [0f32; 1];
+/// matmul_w4a8(&[3; 16], &[2.0], 1, &p, None, &mut out);
+/// // acc_0 = 24, acc_1 = -48: (24*0.5 + -48*0.25) * 2 = 0
+/// assert_eq!(out, [0.0]);
+/// ```
+pub fn matmul_w4a8(
+    qx: &[i8],
+    x_scales: &[f32],
+    rows: usize,
+    w: &PackedW4,
+    bias: Option<&[f32]>,
+    out: &mut [f32],
+) {
+    GemmKernels::active().matmul_w4a8(qx, x_scales, rows, w, bias, out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn naive_w8(
+        qx: &[i8],
+        xs: &[f32],
+        rows: usize,
+        w: &[i8],
+        ws: &[f32],
+        n: usize,
+        b: Option<&[f32]>,
+    ) -> Vec<f32> {
+        let k = w.len() / n.max(1);
+        let mut out = vec![0f32; rows * n];
+        for t in 0..rows {
+            for o in 0..n {
+                let acc: i64 = (0..k)
+                    .map(|i| i64::from(qx[t * k + i]) * i64::from(w[o * k + i]))
+                    .sum();
+                let v = acc as f32 * (xs[t] * ws[o]);
+                out[t * n + o] = match b {
+                    Some(b) => v + b[o],
+                    None => v,
+                };
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn pack_roundtrip_and_sizes() {
+        for (n, k) in [(1, 1), (3, 7), (17, 33), (16, 4), (0, 5), (4, 0)] {
+            let w: Vec<i8> = (0..n * k).map(|i| (i * 37 % 256) as u8 as i8).collect();
+            let s: Vec<f32> = (0..n).map(|i| i as f32 + 0.5).collect();
+            let p = PackedW8::pack(&w, &s, n, k);
+            assert_eq!(p.weights(), w);
+            assert_eq!(p.scales(), &s[..]);
+            assert_eq!(
+                p.size_bytes(),
+                n.div_ceil(16) * k.div_ceil(4) * 64 + n * 4 + n.div_ceil(16) * 16 * 4
+            );
+        }
+        let w4: Vec<i8> = (0..5 * 70).map(|i| (i % 16) as i8 - 8).collect();
+        let p4 = PackedW4::pack(&w4, &vec![1.0; 5 * 3], 5, 70, 32);
+        assert_eq!(p4.weights(), w4);
+    }
+
+    #[test]
+    fn scalar_w8a8_matches_naive() {
+        let (rows, n, k) = (3, 19, 37);
+        let w: Vec<i8> = (0..n * k)
+            .map(|i| ((i * 7919) % 255) as i32 as i8)
+            .collect();
+        let qx: Vec<i8> = (0..rows * k)
+            .map(|i| ((i * 104729) % 256) as u8 as i8)
+            .collect();
+        let ws: Vec<f32> = (0..n).map(|i| 0.01 * (i as f32 + 1.0)).collect();
+        let xs = [0.5f32, 0.03, 1.7];
+        let b: Vec<f32> = (0..n).map(|i| i as f32 - 3.0).collect();
+        let p = PackedW8::pack(&w, &ws, n, k);
+        let mut out = vec![0f32; rows * n];
+        let sk = GemmKernels::for_isa(Isa::Scalar).unwrap();
+        sk.matmul_w8a8(&qx, &xs, rows, &p, Some(&b), &mut out);
+        assert_eq!(out, naive_w8(&qx, &xs, rows, &w, &ws, n, Some(&b)));
+        sk.matmul_w8a8(&qx, &xs, rows, &p, None, &mut out);
+        assert_eq!(out, naive_w8(&qx, &xs, rows, &w, &ws, n, None));
+    }
+
+    #[test]
+    fn row_quant_rounding_and_errors() {
+        let sk = GemmKernels::for_isa(Isa::Scalar).unwrap();
+        let x = [127.0f32, 0.5, -0.5, 1.5, -2.5, 126.5];
+        let (mut q, mut s) = ([0i8; 6], [0f32; 1]);
+        sk.quantize_rows_i8(&x, 6, None, &mut q, &mut s).unwrap();
+        assert_eq!(s[0], 1.0);
+        assert_eq!(q, [127, 1, -1, 2, -3, 127]);
+        let x = [1.0f32, 2.0, 3.0, f32::NAN, 1.0, 1.0];
+        let mut s2 = [0f32; 2];
+        assert_eq!(sk.quantize_rows_i8(&x, 3, None, &mut q, &mut s2), Err(3));
+        let big = [f32::MAX, 1.0];
+        let mut q2 = [0i8; 2];
+        let mut s1 = [0f32; 1];
+        assert_eq!(
+            sk.quantize_rows_i8(&big, 2, Some(&[2.0, 1.0]), &mut q2, &mut s1),
+            Err(0)
+        );
+        assert_eq!(sk.quantize_rows_i8(&[], 0, None, &mut [], &mut s1), Ok(()));
+        assert_eq!(s1, [0.0]);
+    }
+
+    #[test]
+    fn unavailable_isa_is_an_error() {
+        let e = GemmKernels::for_isa(Isa::Neon);
+        if cfg!(not(target_arch = "aarch64")) {
+            assert_eq!(e, Err(IsaUnavailable { isa: Isa::Neon }));
+        }
+        assert!(GemmKernels::available().contains(&GemmKernels::active()));
+    }
+}

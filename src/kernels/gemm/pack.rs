@@ -1,0 +1,360 @@
+//! Packed weight layouts shared by every kernel (scalar, AVX2, AVX-VNNI, AVX-512 VNNI).
+//!
+//! Output channels are grouped in *panels* of [`NR`] = 16 channels. Inside a panel the
+//! input dimension is cut in *k4 steps* of 4 consecutive inputs; one k4 step of one panel
+//! is 16 channels × 4 inputs, stored channel-major:
+//!
+//! ```text
+//! byte (j*4 + kk) of step t of panel p  =  w[p*16 + j, t*4 + kk]        (j < 16, kk < 4)
+//! ```
+//!
+//! so one 64-byte line is exactly one `vpdpbusd` zmm operand (16 i32 lanes, each the dot
+//! product of 4 consecutive inputs), two ymm operands for the 256-bit kernels (channels
+//! 0..8 then 8..16), and — because `vpmaddubsw` + `vpmaddwd` also sum 4 consecutive bytes
+//! into one i32 lane — the AVX2 operand too. One layout, every ISA: a packed matrix can
+//! be run by any kernel. Missing channels (out not a multiple of 16) and inputs (in not a
+//! multiple of 4, or of the int4 group) are zero padding, which adds nothing to any dot
+//! product.
+//!
+//! Int4 ([`PackedW4`]) uses the same element order with two weights per byte: a k4 step
+//! is 32 bytes, byte `b` holds element `b` in its low nibble and element `b + 32` in its
+//! high nibble (so the low nibbles are channels 0..8 and the high nibbles channels
+//! 8..16, each already in the 8-bit layout above). Nibbles store `w + 8` (0..=15).
+
+use super::K_BLOCK;
+
+/// Output channels per panel (16 i32 lanes of a zmm register).
+pub(crate) const NR: usize = 16;
+
+/// One 64-byte, 64-byte-aligned line of packed weights (one k4 step of an int8 panel,
+/// two k4 steps of an int4 panel).
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+pub(crate) struct Line(pub(crate) [u8; 64]);
+
+const _: () = assert!(std::mem::size_of::<Line>() == 64 && std::mem::align_of::<Line>() == 64);
+
+fn lines_as_bytes(lines: &[Line]) -> &[u8] {
+    // SAFETY: `Line` is `repr(C)` over `[u8; 64]` with no padding (size asserted above), so
+    // a slice of lines is a valid, initialised byte slice of 64× the length.
+    unsafe { std::slice::from_raw_parts(lines.as_ptr().cast::<u8>(), lines.len() * 64) }
+}
+
+fn lines_as_bytes_mut(lines: &mut [Line]) -> &mut [u8] {
+    // SAFETY: as in `lines_as_bytes`; every byte pattern is a valid `u8`.
+    unsafe { std::slice::from_raw_parts_mut(lines.as_mut_ptr().cast::<u8>(), lines.len() * 64) }
+}
+
+/// Int8 weights `[out, in]` with one f32 scale per output channel, packed once into the
+/// panel layout every kernel reads (see the module docs of [`crate::kernels::gemm`]).
+///
+/// Besides the weights it holds, per output channel and per block of
+/// [`K_BLOCK`](super::K_BLOCK) inputs, `Σ_k w[o, k]`: the VNNI kernels feed activations as
+/// `qx + 128` (u8) and subtract `128 · Σ_k w[o, k]` to get the exact signed dot product.
+///
+/// ```
+/// use candle_compress::kernels::gemm::PackedW8;
+/// let w: Vec<i8> = (0..3 * 5).map(|i| (i as i8) - 7).collect(); // 3 outputs, 5 inputs
+/// let p = PackedW8::pack(&w, &[0.5, 1.0, 2.0], 3, 5);
+/// assert_eq!((p.out_features(), p.in_features()), (3, 5));
+/// assert_eq!(p.weights(), w);
+/// assert_eq!(p.scales(), &[0.5, 1.0, 2.0]);
+/// assert!(p.size_bytes() >= 3 * 5 + 3 * 4);
+/// ```
+#[derive(Clone)]
+pub struct PackedW8 {
+    out: usize,
+    inp: usize,
+    /// Number of k4 steps: `inp.div_ceil(4)`.
+    k4: usize,
+    panels: usize,
+    /// `panels * k4` lines, panel-major.
+    data: Vec<Line>,
+    /// Per-output scales, `out` of them.
+    scales: Vec<f32>,
+    /// `kblocks * panels * NR` sums `Σ_{k in block} w[o, k]` (0 for padding channels).
+    colsums: Vec<i32>,
+    /// Whether any weight is -128 (the AVX2 sign trick needs weights in [-127, 127]).
+    has_min: bool,
+}
+
+impl std::fmt::Debug for PackedW8 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PackedW8")
+            .field("out_features", &self.out)
+            .field("in_features", &self.inp)
+            .field("size_bytes", &self.size_bytes())
+            .finish_non_exhaustive()
+    }
+}
+
+impl PackedW8 {
+    /// Packs row-major int8 weights `w` (`out` rows of `inp` values) with per-output
+    /// `scales`.
+    ///
+    /// Any i8 value is accepted. Weights equal to -128 (which symmetric quantization never
+    /// produces) are exact on every ISA, but on an AVX2-only CPU such a matrix runs on the
+    /// scalar kernel because the AVX2 sign trick needs weights in [-127, 127].
+    ///
+    /// # Panics
+    /// If `w.len() != out * inp` or `scales.len() != out` (callers validate user input).
+    #[must_use]
+    pub fn pack(w: &[i8], scales: &[f32], out: usize, inp: usize) -> PackedW8 {
+        assert_eq!(
+            Some(w.len()),
+            out.checked_mul(inp),
+            "PackedW8::pack: w.len() != out*inp"
+        );
+        assert_eq!(scales.len(), out, "PackedW8::pack: scales.len() != out");
+        let k4 = inp.div_ceil(4);
+        let panels = out.div_ceil(NR);
+        let kblocks = kblocks(inp);
+        let mut data = vec![Line([0; 64]); panels * k4];
+        let mut colsums = vec![0i32; kblocks * panels * NR];
+        let bytes = lines_as_bytes_mut(&mut data);
+        for (o, row) in w.chunks_exact(inp.max(1)).take(out).enumerate() {
+            let (p, j) = (o / NR, o % NR);
+            let base = p * k4 * 64 + j * 4;
+            for (k, &v) in row.iter().enumerate() {
+                bytes[base + (k / 4) * 64 + k % 4] = v as u8;
+                colsums[(k / K_BLOCK) * panels * NR + o] += i32::from(v);
+            }
+        }
+        let has_min = w.contains(&i8::MIN);
+        PackedW8 {
+            out,
+            inp,
+            k4,
+            panels,
+            data,
+            scales: scales.to_vec(),
+            colsums,
+            has_min,
+        }
+    }
+
+    /// Output channels (rows of the weight matrix).
+    pub fn out_features(&self) -> usize {
+        self.out
+    }
+
+    /// Input features (columns of the weight matrix).
+    pub fn in_features(&self) -> usize {
+        self.inp
+    }
+
+    /// Bytes this value really holds on the heap: packed weights including the zero
+    /// padding of the panel layout, the f32 scales and the i32 per-channel sums.
+    pub fn size_bytes(&self) -> usize {
+        self.data.len() * 64 + self.scales.len() * 4 + self.colsums.len() * 4
+    }
+
+    /// The weights unpacked to row-major `[out, in]`.
+    pub fn weights(&self) -> Vec<i8> {
+        let mut w = Vec::with_capacity(self.out * self.inp);
+        for o in 0..self.out {
+            w.extend((0..self.inp).map(|k| self.get(o, k)));
+        }
+        w
+    }
+
+    /// Per-output-channel scales (`out` of them).
+    pub fn scales(&self) -> &[f32] {
+        &self.scales
+    }
+
+    /// The weight at output `o`, input `k` (no bounds check beyond the slice's).
+    #[inline]
+    pub(crate) fn get(&self, o: usize, k: usize) -> i8 {
+        self.bytes()[(o / NR) * self.k4 * 64 + (k / 4) * 64 + (o % NR) * 4 + k % 4] as i8
+    }
+
+    pub(crate) fn bytes(&self) -> &[u8] {
+        lines_as_bytes(&self.data)
+    }
+    pub(crate) fn k4(&self) -> usize {
+        self.k4
+    }
+    pub(crate) fn panels(&self) -> usize {
+        self.panels
+    }
+    /// `Σ_{k in block kb} w[o, k]` for the padded channel index `o`.
+    pub(crate) fn colsums(&self, kb: usize) -> &[i32] {
+        &self.colsums[kb * self.panels * NR..(kb + 1) * self.panels * NR]
+    }
+    pub(crate) fn has_min(&self) -> bool {
+        self.has_min
+    }
+}
+
+/// Number of [`K_BLOCK`] blocks the input dimension is cut into (at least 1).
+pub(crate) fn kblocks(inp: usize) -> usize {
+    inp.div_ceil(K_BLOCK).max(1)
+}
+
+/// Int4 weights `[out, in]` (values in [-8, 7]) with one f32 scale per output channel and
+/// group of `group` consecutive inputs, packed two per byte into the panel layout.
+///
+/// ```
+/// use candle_compress::kernels::gemm::PackedW4;
+/// let w: Vec<i8> = (0..2 * 40).map(|i| (i % 16) as i8 - 8).collect(); // 2 outputs, 40 inputs
+/// let scales = vec![0.1f32; 2 * 2]; // group 32: 2 groups per row (the last one short)
+/// let p = PackedW4::pack(&w, &scales, 2, 40, 32);
+/// assert_eq!((p.out_features(), p.in_features(), p.group()), (2, 40, 32));
+/// assert_eq!(p.weights(), w);
+/// ```
+#[derive(Clone)]
+pub struct PackedW4 {
+    out: usize,
+    inp: usize,
+    group: usize,
+    groups: usize,
+    /// k4 steps per panel: `groups * group / 4` (always even).
+    k4: usize,
+    panels: usize,
+    /// `panels * k4 / 2` lines, panel-major; each line holds two k4 steps.
+    data: Vec<Line>,
+    /// Row-major `[out, groups]`.
+    scales: Vec<f32>,
+    /// `[panels, groups, NR]` (0 for padding channels): the kernels' view of `scales`.
+    panel_scales: Vec<f32>,
+}
+
+impl std::fmt::Debug for PackedW4 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PackedW4")
+            .field("out_features", &self.out)
+            .field("in_features", &self.inp)
+            .field("group", &self.group)
+            .field("size_bytes", &self.size_bytes())
+            .finish_non_exhaustive()
+    }
+}
+
+impl PackedW4 {
+    /// Packs row-major int4 weights `w` (one value in [-8, 7] per i8, `out` rows of `inp`)
+    /// with `scales` row-major `[out, inp.div_ceil(group)]`; the last group of a row may
+    /// be short.
+    ///
+    /// # Panics
+    /// If `group` is 0 or not a multiple of 8 (32, 64 and 128 are the usual choices), if
+    /// `w.len() != out * inp`, `scales.len() != out * inp.div_ceil(group)`, or a weight is
+    /// outside [-8, 7] (callers validate user input).
+    #[must_use]
+    pub fn pack(w: &[i8], scales: &[f32], out: usize, inp: usize, group: usize) -> PackedW4 {
+        assert!(
+            group > 0 && group % 8 == 0,
+            "PackedW4::pack: group {group} is not a positive multiple of 8"
+        );
+        assert_eq!(
+            Some(w.len()),
+            out.checked_mul(inp),
+            "PackedW4::pack: w.len() != out*inp"
+        );
+        let groups = inp.div_ceil(group);
+        assert_eq!(
+            scales.len(),
+            out * groups,
+            "PackedW4::pack: scales.len() != out*groups"
+        );
+        assert!(
+            w.iter().all(|v| (-8..=7).contains(v)),
+            "PackedW4::pack: weights must lie in [-8, 7]"
+        );
+        let k4 = groups * group / 4;
+        let panels = out.div_ceil(NR);
+        let mut data = vec![Line([0x88; 64]); panels * k4 / 2];
+        let bytes = lines_as_bytes_mut(&mut data);
+        for (o, row) in w.chunks_exact(inp.max(1)).take(out).enumerate() {
+            let (p, j) = (o / NR, o % NR);
+            for (k, &v) in row.iter().enumerate() {
+                let e = j * 4 + k % 4; // element within the k4 step
+                let at = p * k4 * 32 + (k / 4) * 32 + e % 32;
+                let nib = (v + 8) as u8;
+                bytes[at] = if e < 32 {
+                    (bytes[at] & 0xF0) | nib
+                } else {
+                    (bytes[at] & 0x0F) | (nib << 4)
+                };
+            }
+        }
+        let mut panel_scales = vec![0f32; panels * groups * NR];
+        for o in 0..out {
+            for g in 0..groups {
+                panel_scales[((o / NR) * groups + g) * NR + o % NR] = scales[o * groups + g];
+            }
+        }
+        PackedW4 {
+            out,
+            inp,
+            group,
+            groups,
+            k4,
+            panels,
+            data,
+            scales: scales.to_vec(),
+            panel_scales,
+        }
+    }
+
+    /// Output channels.
+    pub fn out_features(&self) -> usize {
+        self.out
+    }
+
+    /// Input features.
+    pub fn in_features(&self) -> usize {
+        self.inp
+    }
+
+    /// Inputs per scale group.
+    pub fn group(&self) -> usize {
+        self.group
+    }
+
+    /// Bytes this value really holds on the heap: packed nibbles including the zero
+    /// padding of the panel layout, the row-major scales and the kernels' copy of them.
+    pub fn size_bytes(&self) -> usize {
+        self.data.len() * 64 + (self.scales.len() + self.panel_scales.len()) * 4
+    }
+
+    /// The weights unpacked to row-major `[out, in]`, one value in [-8, 7] per i8.
+    pub fn weights(&self) -> Vec<i8> {
+        let mut w = Vec::with_capacity(self.out * self.inp);
+        for o in 0..self.out {
+            w.extend((0..self.inp).map(|k| self.get(o, k)));
+        }
+        w
+    }
+
+    /// Scales, row-major `[out, in.div_ceil(group)]`.
+    pub fn scales(&self) -> &[f32] {
+        &self.scales
+    }
+
+    /// The weight at output `o`, input `k` (padding reads as 0).
+    #[inline]
+    pub(crate) fn get(&self, o: usize, k: usize) -> i8 {
+        let e = (o % NR) * 4 + k % 4;
+        let b = self.bytes()[(o / NR) * self.k4 * 32 + (k / 4) * 32 + e % 32];
+        let nib = if e < 32 { b & 0x0F } else { b >> 4 };
+        nib as i8 - 8
+    }
+
+    pub(crate) fn bytes(&self) -> &[u8] {
+        lines_as_bytes(&self.data)
+    }
+    pub(crate) fn k4(&self) -> usize {
+        self.k4
+    }
+    pub(crate) fn panels(&self) -> usize {
+        self.panels
+    }
+    pub(crate) fn groups(&self) -> usize {
+        self.groups
+    }
+    /// `[panels, groups, NR]` scales.
+    pub(crate) fn panel_scales(&self) -> &[f32] {
+        &self.panel_scales
+    }
+}
