@@ -13,7 +13,9 @@ pub mod input;
 pub mod kernels;
 pub mod nn;
 pub mod quant;
+pub mod scheme;
 
 pub use compressor::{Compressed, Compressor};
 pub use error::{Error, Result};
+pub use scheme::{CompressedTensor, Scheme};
 pub use nn::{QuantConfig, QuantLinear};

@@ -26,13 +26,16 @@
 //!   low nibble, `2i + 1` in the high nibble): `n` values take `ceil(n / 2)` bytes.
 
 pub mod affine;
+pub mod blockwise;
 pub mod calib;
+pub mod dynamic;
 pub mod int4;
 pub mod metrics;
 pub mod nf4;
 pub mod scale;
 
 pub use affine::{Affine, AffineTensor};
+pub use blockwise::{BlockwiseInt8, BlockwiseInt8Tensor};
 pub use int4::{SymmetricInt4, SymmetricInt4Tensor};
 pub use metrics::ErrorStats;
 pub use nf4::{Nf4, Nf4Tensor};
