@@ -9,6 +9,7 @@ pub mod codec;
 pub mod compressor;
 pub mod error;
 pub mod input;
+pub mod io;
 #[allow(unsafe_code)]
 pub mod kernels;
 pub mod nn;

@@ -1,0 +1,621 @@
+//! Export of Q8_0 / Q4_0 (and F32 / F16) tensors to GGUF, the file format of llama.cpp,
+//! readable by candle's [`gguf_file`](candle_core::quantized::gguf_file) reader.
+//!
+//! The writer follows the GGUF v3 specification (ggml `docs/gguf.md`): a little-endian
+//! header (`GGUF` magic, version 3, tensor count, metadata count), the metadata key/value
+//! pairs, one tensor-info record per tensor (name, dimensions innermost first, GGML type
+//! id, offset), zero padding to the alignment (32 bytes, recorded as
+//! `general.alignment`), then each tensor's blocks, each padded to the alignment.
+//!
+//! Block layouts are GGML's:
+//!
+//! | type | id | block | bytes | layout |
+//! |---|---|---|---|---|
+//! | `Q8_0` | 8 | 32 | 34 | `d: f16`, then 32 × `i8`; value = `q · d` |
+//! | `Q4_0` | 2 | 32 | 18 | `d: f16`, then 16 bytes; byte `j` holds element `j` in its low nibble and element `j + 16` in its high nibble, each stored as `q + 8`; value = `q · d` |
+//! | `F16` | 1 | 1 | 2 | IEEE half |
+//! | `F32` | 0 | 1 | 4 | IEEE single |
+//!
+//! GGML blocks run along the innermost (last, row-major) dimension, so a quantized
+//! tensor's last dimension must be a multiple of 32.
+//!
+//! ```
+//! use candle_compress::io::gguf::{write_gguf, GgufTensor};
+//! use candle_core::quantized::gguf_file;
+//! use half::f16;
+//!
+//! // One Q8_0 row of 32 values: q = 0..32, scale 0.5.
+//! let q: Vec<i8> = (0..32).collect();
+//! let t = GgufTensor::q8_0("w", &[1, 32], &q, &[f16::from_f32(0.5)])?;
+//! let mut bytes = std::io::Cursor::new(Vec::new());
+//! write_gguf(&mut bytes, &[], &[t])?;
+//! bytes.set_position(0);
+//!
+//! let content = gguf_file::Content::read(&mut bytes)?;
+//! let qt = content.tensor(&mut bytes, "w", &candle_core::Device::Cpu)?;
+//! let values = qt.dequantize(&candle_core::Device::Cpu)?.flatten_all()?.to_vec1::<f32>()?;
+//! assert_eq!(values[3], 1.5);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+use std::collections::HashSet;
+use std::io::Write;
+use std::path::Path;
+
+use candle_core::quantized::gguf_file::Value;
+use candle_core::quantized::GgmlDType;
+use candle_core::Tensor;
+use half::f16;
+
+use crate::error::{Error, Result};
+use crate::input::{check_finite, with_f32_slice};
+
+/// The GGUF version this writer produces.
+pub const GGUF_VERSION: u32 = 3;
+
+/// Alignment of the tensor data section and of every tensor in it, in bytes. GGUF's
+/// default; written explicitly as the `general.alignment` metadata entry.
+pub const GGUF_ALIGNMENT: usize = 32;
+
+/// The maximum rank GGML supports (`GGML_MAX_DIMS`); readers refuse more.
+pub const GGUF_MAX_DIMS: usize = 4;
+
+/// Number of elements in one Q8_0 or Q4_0 block.
+pub const QK: usize = 32;
+
+const GGUF_MAGIC: u32 = 0x4655_4747; // "GGUF" read as a little-endian u32
+
+/// The GGML tensor types this writer can produce.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum GgufType {
+    /// 32-bit floats.
+    F32,
+    /// 16-bit floats.
+    F16,
+    /// GGML Q4_0: blocks of 32 signed 4-bit values with one f16 scale (18 bytes).
+    Q4_0,
+    /// GGML Q8_0: blocks of 32 `i8` values with one f16 scale (34 bytes).
+    Q8_0,
+}
+
+impl GgufType {
+    /// The GGML type id written in the tensor-info record.
+    ///
+    /// ```
+    /// use candle_compress::io::gguf::GgufType;
+    /// assert_eq!(GgufType::Q8_0.id(), 8);
+    /// ```
+    pub fn id(self) -> u32 {
+        match self {
+            GgufType::F32 => 0,
+            GgufType::F16 => 1,
+            GgufType::Q4_0 => 2,
+            GgufType::Q8_0 => 8,
+        }
+    }
+
+    /// Elements per block (1 for the float types).
+    ///
+    /// ```
+    /// use candle_compress::io::gguf::GgufType;
+    /// assert_eq!(GgufType::Q4_0.block_size(), 32);
+    /// ```
+    pub fn block_size(self) -> usize {
+        match self {
+            GgufType::F32 | GgufType::F16 => 1,
+            GgufType::Q4_0 | GgufType::Q8_0 => QK,
+        }
+    }
+
+    /// Bytes per block.
+    ///
+    /// ```
+    /// use candle_compress::io::gguf::GgufType;
+    /// assert_eq!(GgufType::Q8_0.type_size(), 34);
+    /// ```
+    pub fn type_size(self) -> usize {
+        match self {
+            GgufType::F32 => 4,
+            GgufType::F16 => 2,
+            GgufType::Q4_0 => 2 + QK / 2,
+            GgufType::Q8_0 => 2 + QK,
+        }
+    }
+
+    /// The matching candle type.
+    ///
+    /// ```
+    /// use candle_compress::io::gguf::GgufType;
+    /// use candle_core::quantized::GgmlDType;
+    /// assert_eq!(GgufType::Q4_0.ggml_dtype(), GgmlDType::Q4_0);
+    /// ```
+    pub fn ggml_dtype(self) -> GgmlDType {
+        match self {
+            GgufType::F32 => GgmlDType::F32,
+            GgufType::F16 => GgmlDType::F16,
+            GgufType::Q4_0 => GgmlDType::Q4_0,
+            GgufType::Q8_0 => GgmlDType::Q8_0,
+        }
+    }
+}
+
+/// One tensor ready to be written: its name, GGML type, row-major shape (candle order;
+/// the writer reverses it into GGUF's innermost-first order) and encoded bytes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GgufTensor {
+    name: String,
+    ty: GgufType,
+    shape: Vec<usize>,
+    data: Vec<u8>,
+}
+
+impl GgufTensor {
+    /// Builds a Q8_0 tensor from `i8` values and one f16 scale per block of 32 consecutive
+    /// row-major values — exactly the parts of a blockwise int8 tensor with block size 32
+    /// (see [`crate::quant`]). Element `i` dequantizes to `q[i] · scales[i / 32]`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] when the shape is empty, has a zero dimension, rank > 4,
+    /// or a last dimension that is not a multiple of 32; [`Error::ShapeMismatch`] when
+    /// `q` or `scales` has the wrong length.
+    ///
+    /// ```
+    /// use candle_compress::io::gguf::GgufTensor;
+    /// use half::f16;
+    /// let t = GgufTensor::q8_0("w", &[2, 32], &[1i8; 64], &[f16::ONE, f16::ONE])?;
+    /// assert_eq!(t.data().len(), 2 * 34);
+    /// # Ok::<(), candle_compress::Error>(())
+    /// ```
+    pub fn q8_0(name: &str, shape: &[usize], q: &[i8], scales: &[f16]) -> Result<Self> {
+        let blocks = check_quantized_shape(name, shape, q.len(), scales.len())?;
+        let mut data = Vec::with_capacity(blocks * GgufType::Q8_0.type_size());
+        for (block, d) in q.chunks_exact(QK).zip(scales) {
+            data.extend_from_slice(&d.to_le_bytes());
+            data.extend(block.iter().map(|&v| v as u8));
+        }
+        Ok(Self {
+            name: name.to_string(),
+            ty: GgufType::Q8_0,
+            shape: shape.to_vec(),
+            data,
+        })
+    }
+
+    /// Builds a Q4_0 tensor from signed 4-bit values (one per `i8`, in `[-8, 7]`) and one
+    /// f16 scale per block of 32 consecutive row-major values. Element `i` dequantizes to
+    /// `q[i] · scales[i / 32]`. The nibbles are packed in GGML's order (element `j` low,
+    /// element `j + 16` high, offset by 8).
+    ///
+    /// # Errors
+    /// As [`GgufTensor::q8_0`], plus [`Error::InvalidArgument`] naming the first value
+    /// outside `[-8, 7]`.
+    ///
+    /// ```
+    /// use candle_compress::io::gguf::GgufTensor;
+    /// use half::f16;
+    /// let q: Vec<i8> = (0..32).map(|i| (i % 16) as i8 - 8).collect();
+    /// let t = GgufTensor::q4_0("w", &[32], &q, &[f16::ONE])?;
+    /// assert_eq!(t.data().len(), 18);
+    /// assert!(GgufTensor::q4_0("w", &[32], &[9; 32], &[f16::ONE]).is_err());
+    /// # Ok::<(), candle_compress::Error>(())
+    /// ```
+    pub fn q4_0(name: &str, shape: &[usize], q: &[i8], scales: &[f16]) -> Result<Self> {
+        let blocks = check_quantized_shape(name, shape, q.len(), scales.len())?;
+        if let Some(i) = q.iter().position(|v| !(-8..=7).contains(v)) {
+            return Err(Error::invalid(
+                "Q4_0 value",
+                format!("{name}: element {i} is {}, outside [-8, 7]", q[i]),
+            ));
+        }
+        let mut data = Vec::with_capacity(blocks * GgufType::Q4_0.type_size());
+        for (block, d) in q.chunks_exact(QK).zip(scales) {
+            data.extend_from_slice(&d.to_le_bytes());
+            let (lo, hi) = block.split_at(QK / 2);
+            data.extend(
+                lo.iter()
+                    .zip(hi)
+                    .map(|(&l, &h)| ((l + 8) as u8) | (((h + 8) as u8) << 4)),
+            );
+        }
+        Ok(Self {
+            name: name.to_string(),
+            ty: GgufType::Q4_0,
+            shape: shape.to_vec(),
+            data,
+        })
+    }
+
+    /// Stores a float tensor (any float dtype, any layout) uncompressed as F32 or F16 —
+    /// for norms, biases and embeddings that stay in float.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] for a quantized `ty`, rank 0 or above 4;
+    /// [`Error::UnsupportedDType`] for integer tensors; [`Error::NonFinite`] for NaN/Inf.
+    ///
+    /// ```
+    /// use candle_compress::io::gguf::{GgufTensor, GgufType};
+    /// let t = candle_core::Tensor::new(&[1f32, 2., 3.], &candle_core::Device::Cpu)?;
+    /// let g = GgufTensor::float("norm", &t, GgufType::F16)?;
+    /// assert_eq!(g.data().len(), 6);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn float(name: &str, tensor: &Tensor, ty: GgufType) -> Result<Self> {
+        if !matches!(ty, GgufType::F32 | GgufType::F16) {
+            return Err(Error::invalid(
+                "GGUF float type",
+                format!("{name}: expected F32 or F16, found {ty:?}"),
+            ));
+        }
+        check_rank(name, tensor.dims())?;
+        let data = with_f32_slice(tensor, "GgufTensor::float", |values| {
+            check_finite(values, "GgufTensor::float")?;
+            Ok(match ty {
+                GgufType::F16 => values
+                    .iter()
+                    .flat_map(|&v| f16::from_f32(v).to_le_bytes())
+                    .collect(),
+                _ => values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            })
+        })?;
+        Ok(Self {
+            name: name.to_string(),
+            ty,
+            shape: tensor.dims().to_vec(),
+            data,
+        })
+    }
+
+    /// The tensor's name.
+    ///
+    /// ```
+    /// # use candle_compress::io::gguf::GgufTensor;
+    /// # let t = GgufTensor::q8_0("w", &[32], &[0; 32], &[half::f16::ZERO])?;
+    /// assert_eq!(t.name(), "w");
+    /// # Ok::<(), candle_compress::Error>(())
+    /// ```
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The GGML type.
+    ///
+    /// ```
+    /// # use candle_compress::io::gguf::{GgufTensor, GgufType};
+    /// # let t = GgufTensor::q8_0("w", &[32], &[0; 32], &[half::f16::ZERO])?;
+    /// assert_eq!(t.ty(), GgufType::Q8_0);
+    /// # Ok::<(), candle_compress::Error>(())
+    /// ```
+    pub fn ty(&self) -> GgufType {
+        self.ty
+    }
+
+    /// The row-major shape (candle's order).
+    ///
+    /// ```
+    /// # use candle_compress::io::gguf::GgufTensor;
+    /// # let t = GgufTensor::q8_0("w", &[1, 32], &[0; 32], &[half::f16::ZERO])?;
+    /// assert_eq!(t.shape(), &[1, 32]);
+    /// # Ok::<(), candle_compress::Error>(())
+    /// ```
+    pub fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+
+    /// The encoded bytes, exactly as they are written to the file (without padding).
+    ///
+    /// ```
+    /// # use candle_compress::io::gguf::GgufTensor;
+    /// # let t = GgufTensor::q8_0("w", &[32], &[0; 32], &[half::f16::ONE])?;
+    /// assert_eq!(&t.data()[..2], &half::f16::ONE.to_le_bytes());
+    /// # Ok::<(), candle_compress::Error>(())
+    /// ```
+    pub fn data(&self) -> &[u8] {
+        &self.data
+    }
+}
+
+fn check_rank(name: &str, shape: &[usize]) -> Result<()> {
+    if shape.is_empty() || shape.len() > GGUF_MAX_DIMS {
+        return Err(Error::invalid(
+            "GGUF tensor shape",
+            format!("{name}: rank must be 1..={GGUF_MAX_DIMS}, found shape {shape:?}"),
+        ));
+    }
+    if shape.contains(&0) {
+        return Err(Error::invalid(
+            "GGUF tensor shape",
+            format!("{name}: zero-sized dimension in {shape:?}"),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a quantized tensor's shape and part lengths; returns the number of blocks.
+fn check_quantized_shape(
+    name: &str,
+    shape: &[usize],
+    values: usize,
+    scales: usize,
+) -> Result<usize> {
+    check_rank(name, shape)?;
+    let last = shape[shape.len() - 1];
+    if last % QK != 0 {
+        return Err(Error::invalid(
+            "GGUF tensor shape",
+            format!("{name}: last dimension {last} is not a multiple of the block size {QK}"),
+        ));
+    }
+    let elems = shape
+        .iter()
+        .try_fold(1usize, |a, &d| a.checked_mul(d))
+        .ok_or_else(|| {
+            Error::invalid(
+                "GGUF tensor shape",
+                format!("{name}: element count of {shape:?} overflows"),
+            )
+        })?;
+    if values != elems {
+        return Err(Error::shape(format!("{name} values"), elems, values));
+    }
+    let blocks = elems / QK;
+    if scales != blocks {
+        return Err(Error::shape(format!("{name} block scales"), blocks, scales));
+    }
+    Ok(blocks)
+}
+
+fn padding(len: usize) -> usize {
+    len.next_multiple_of(GGUF_ALIGNMENT) - len
+}
+
+fn write_string<W: Write>(w: &mut W, s: &str) -> Result<()> {
+    w.write_all(&(s.len() as u64).to_le_bytes())?;
+    w.write_all(s.as_bytes())?;
+    Ok(())
+}
+
+fn value_type_id(v: &Value) -> u32 {
+    match v {
+        Value::U8(_) => 0,
+        Value::I8(_) => 1,
+        Value::U16(_) => 2,
+        Value::I16(_) => 3,
+        Value::U32(_) => 4,
+        Value::I32(_) => 5,
+        Value::F32(_) => 6,
+        Value::Bool(_) => 7,
+        Value::String(_) => 8,
+        Value::Array(_) => 9,
+        Value::U64(_) => 10,
+        Value::I64(_) => 11,
+        Value::F64(_) => 12,
+    }
+}
+
+fn write_value<W: Write>(w: &mut W, key: &str, v: &Value) -> Result<()> {
+    match v {
+        Value::U8(x) => w.write_all(&x.to_le_bytes())?,
+        Value::I8(x) => w.write_all(&x.to_le_bytes())?,
+        Value::U16(x) => w.write_all(&x.to_le_bytes())?,
+        Value::I16(x) => w.write_all(&x.to_le_bytes())?,
+        Value::U32(x) => w.write_all(&x.to_le_bytes())?,
+        Value::I32(x) => w.write_all(&x.to_le_bytes())?,
+        Value::U64(x) => w.write_all(&x.to_le_bytes())?,
+        Value::I64(x) => w.write_all(&x.to_le_bytes())?,
+        Value::F32(x) => w.write_all(&x.to_le_bytes())?,
+        Value::F64(x) => w.write_all(&x.to_le_bytes())?,
+        Value::Bool(x) => w.write_all(&[u8::from(*x)])?,
+        Value::String(s) => write_string(w, s)?,
+        Value::Array(items) => {
+            let ty = items
+                .first()
+                .map_or(value_type_id(&Value::U32(0)), value_type_id);
+            if items.iter().any(|it| value_type_id(it) != ty) {
+                return Err(Error::invalid(
+                    "GGUF metadata",
+                    format!("{key}: array elements must all have one type"),
+                ));
+            }
+            w.write_all(&ty.to_le_bytes())?;
+            w.write_all(&(items.len() as u64).to_le_bytes())?;
+            for it in items {
+                write_value(w, key, it)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Writes a GGUF v3 file to `w`: the metadata entries (plus `general.alignment`, which
+/// the writer adds itself) and the tensors, in the order given.
+///
+/// # Errors
+/// [`Error::InvalidArgument`] for duplicate tensor or metadata names, a user-supplied
+/// `general.alignment`, or a metadata array mixing value types; I/O errors from `w`.
+///
+/// ```
+/// use candle_compress::io::gguf::{write_gguf, GgufTensor};
+/// use candle_core::quantized::gguf_file::{Content, Value};
+/// let t = GgufTensor::q8_0("w", &[32], &[3; 32], &[half::f16::ONE])?;
+/// let meta = [("general.name".to_string(), Value::String("demo".into()))];
+/// let mut buf = std::io::Cursor::new(Vec::new());
+/// write_gguf(&mut buf, &meta, &[t])?;
+/// buf.set_position(0);
+/// let content = Content::read(&mut buf)?;
+/// assert_eq!(content.metadata["general.name"].to_string()?, "demo");
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub fn write_gguf<W: Write>(
+    w: &mut W,
+    metadata: &[(String, Value)],
+    tensors: &[GgufTensor],
+) -> Result<()> {
+    let mut keys = HashSet::new();
+    for (k, _) in metadata {
+        if k == "general.alignment" {
+            return Err(Error::invalid(
+                "GGUF metadata",
+                "general.alignment is written by the writer (32)",
+            ));
+        }
+        if !keys.insert(k.as_str()) {
+            return Err(Error::invalid(
+                "GGUF metadata",
+                format!("duplicate key {k}"),
+            ));
+        }
+    }
+    let mut names = HashSet::new();
+    for t in tensors {
+        if !names.insert(t.name.as_str()) {
+            return Err(Error::invalid(
+                "GGUF tensor name",
+                format!("duplicate tensor {}", t.name),
+            ));
+        }
+    }
+
+    // Header, metadata and tensor infos go through a buffer so the padding before the
+    // data section can be computed from its length.
+    let mut head = Vec::new();
+    head.extend_from_slice(&GGUF_MAGIC.to_le_bytes());
+    head.extend_from_slice(&GGUF_VERSION.to_le_bytes());
+    head.extend_from_slice(&(tensors.len() as u64).to_le_bytes());
+    head.extend_from_slice(&(metadata.len() as u64 + 1).to_le_bytes());
+    let alignment = ("general.alignment", Value::U32(GGUF_ALIGNMENT as u32));
+    for (k, v) in std::iter::once((alignment.0, &alignment.1))
+        .chain(metadata.iter().map(|(k, v)| (k.as_str(), v)))
+    {
+        write_string(&mut head, k)?;
+        head.extend_from_slice(&value_type_id(v).to_le_bytes());
+        write_value(&mut head, k, v)?;
+    }
+    let mut offset = 0usize;
+    for t in tensors {
+        write_string(&mut head, &t.name)?;
+        head.extend_from_slice(&(t.shape.len() as u32).to_le_bytes());
+        for &d in t.shape.iter().rev() {
+            head.extend_from_slice(&(d as u64).to_le_bytes());
+        }
+        head.extend_from_slice(&t.ty.id().to_le_bytes());
+        head.extend_from_slice(&(offset as u64).to_le_bytes());
+        offset += t.data.len() + padding(t.data.len());
+    }
+    head.resize(head.len() + padding(head.len()), 0);
+    w.write_all(&head)?;
+    let zeros = [0u8; GGUF_ALIGNMENT];
+    for t in tensors {
+        w.write_all(&t.data)?;
+        w.write_all(&zeros[..padding(t.data.len())])?;
+    }
+    w.flush()?;
+    Ok(())
+}
+
+/// Writes a GGUF file at `path` through a temporary file in the same directory that is
+/// renamed into place, so a failure never leaves a partial file under `path`.
+///
+/// # Errors
+/// As [`write_gguf`], plus I/O errors creating, writing or renaming the file.
+///
+/// ```
+/// use candle_compress::io::gguf::{save_gguf, GgufTensor};
+/// let dir = tempfile::tempdir()?;
+/// let path = dir.path().join("model.gguf");
+/// let t = GgufTensor::q8_0("w", &[32], &[1; 32], &[half::f16::ONE])?;
+/// save_gguf(&path, &[], &[t])?;
+/// assert!(path.exists());
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub fn save_gguf(
+    path: impl AsRef<Path>,
+    metadata: &[(String, Value)],
+    tensors: &[GgufTensor],
+) -> Result<()> {
+    super::write_atomically(path.as_ref(), |file| {
+        let mut w = std::io::BufWriter::new(file);
+        write_gguf(&mut w, metadata, tensors)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::quantized::gguf_file::Content;
+    use candle_core::Device;
+
+    fn read_back(tensors: &[GgufTensor]) -> Result<(Content, std::io::Cursor<Vec<u8>>)> {
+        let mut buf = std::io::Cursor::new(Vec::new());
+        write_gguf(&mut buf, &[], tensors)?;
+        buf.set_position(0);
+        let content = Content::read(&mut buf)?;
+        Ok((content, buf))
+    }
+
+    #[test]
+    fn q4_0_nibble_order_matches_ggml() -> Result<()> {
+        let q: Vec<i8> = (0..64).map(|i| ((i * 7) % 16) as i8 - 8).collect();
+        let d = [f16::from_f32(0.25), f16::from_f32(-2.0)];
+        let t = GgufTensor::q4_0("w", &[2, 32], &q, &d)?;
+        let (content, mut buf) = read_back(&[t])?;
+        let qt = content.tensor(&mut buf, "w", &Device::Cpu)?;
+        assert_eq!(qt.shape().dims(), &[2, 32]);
+        let got = qt
+            .dequantize(&Device::Cpu)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        let want: Vec<f32> = q
+            .iter()
+            .enumerate()
+            .map(|(i, &v)| v as f32 * d[i / 32].to_f32())
+            .collect();
+        assert_eq!(got, want);
+        Ok(())
+    }
+
+    #[test]
+    fn float_tensors_and_metadata_round_trip() -> Result<()> {
+        let t = Tensor::new(&[[1f32, -2.5], [3., 4.]], &Device::Cpu)?;
+        let a = GgufTensor::float("a", &t, GgufType::F32)?;
+        let b = GgufTensor::float("b", &t, GgufType::F16)?;
+        let meta = vec![
+            ("general.name".to_string(), Value::String("x".into())),
+            (
+                "list".to_string(),
+                Value::Array(vec![Value::U32(1), Value::U32(2)]),
+            ),
+        ];
+        let mut buf = std::io::Cursor::new(Vec::new());
+        write_gguf(&mut buf, &meta, &[a, b])?;
+        buf.set_position(0);
+        let content = Content::read(&mut buf)?;
+        assert_eq!(content.metadata["general.alignment"].to_u32()?, 32);
+        assert_eq!(content.metadata["list"].to_vec()?.len(), 2);
+        for name in ["a", "b"] {
+            let qt = content.tensor(&mut buf, name, &Device::Cpu)?;
+            let v = qt.dequantize(&Device::Cpu)?.to_vec2::<f32>()?;
+            assert_eq!(v, vec![vec![1., -2.5], vec![3., 4.]]);
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn refuses_bad_shapes_and_duplicates() {
+        let d = [f16::ONE];
+        assert!(GgufTensor::q8_0("w", &[33], &[0; 33], &d).is_err());
+        assert!(GgufTensor::q8_0("w", &[], &[], &[]).is_err());
+        assert!(GgufTensor::q8_0("w", &[1, 1, 1, 1, 32], &[0; 32], &d).is_err());
+        assert!(GgufTensor::q8_0("w", &[32], &[0; 31], &d).is_err());
+        assert!(GgufTensor::q8_0("w", &[32], &[0; 32], &[]).is_err());
+        let t = GgufTensor::q8_0("w", &[32], &[0; 32], &d).unwrap();
+        let mut buf = Vec::new();
+        assert!(write_gguf(&mut buf, &[], &[t.clone(), t]).is_err());
+        let meta = [("general.alignment".to_string(), Value::U32(64))];
+        assert!(write_gguf(&mut buf, &meta, &[]).is_err());
+        let mixed = [(
+            "m".to_string(),
+            Value::Array(vec![Value::U32(1), Value::I32(1)]),
+        )];
+        assert!(write_gguf(&mut buf, &mixed, &[]).is_err());
+    }
+}

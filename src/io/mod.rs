@@ -1,0 +1,108 @@
+//! Saving, loading and exchanging compressed tensors and quantized models.
+//!
+//! - [`reader`]: a validating, lazy safetensors reader (header checked once, one tensor's
+//!   bytes read at a time) — the base of every loader here.
+//! - [`safetensors`]: compressed tensors, quantized layers and plain tensors in one
+//!   `.safetensors` file (layout documented there), loaded whole or one tensor at a time.
+//! - [`gguf`]: export of Q8_0 / Q4_0 tensors to GGUF files that candle and llama.cpp read.
+//!
+//! Writers never leave a half-written file under the target name: they write a temporary
+//! file in the same directory and rename it into place.
+
+pub mod gguf;
+pub mod reader;
+pub mod safetensors;
+
+use std::fs::{File, OpenOptions};
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+
+/// Runs `write` on a fresh temporary file beside `path`, syncs it and renames it over
+/// `path`. On any error the temporary file is removed and `path` is untouched.
+pub(crate) fn write_atomically(
+    path: &Path,
+    write: impl FnOnce(&mut File) -> Result<()>,
+) -> Result<()> {
+    let tmp = temp_sibling(path)?;
+    let result = (|| {
+        let mut file = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
+        write(&mut file)?;
+        file.sync_all()?;
+        drop(file);
+        std::fs::rename(&tmp, path)?;
+        Ok(())
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// A name for a temporary file in `path`'s directory: hidden, and unique to this process
+/// and moment, so concurrent writers never collide.
+pub(crate) fn temp_sibling(path: &Path) -> Result<PathBuf> {
+    let Some(file_name) = path.file_name() else {
+        return Err(Error::invalid(
+            "output path",
+            format!("{} has no file name", path.display()),
+        ));
+    };
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    let tmp_name = format!(
+        ".{}.{}.{nanos}.tmp",
+        file_name.to_string_lossy(),
+        std::process::id()
+    );
+    Ok(path.with_file_name(tmp_name))
+}
+
+/// Little-endian bytes → `i8` values (one per byte).
+pub(crate) fn bytes_to_i8(b: &[u8]) -> Vec<i8> {
+    b.iter().map(|&x| x as i8).collect()
+}
+
+/// Little-endian bytes → `f16` values (a trailing odd byte is ignored; callers validated
+/// the length against the header).
+pub(crate) fn bytes_to_f16(b: &[u8]) -> Vec<half::f16> {
+    b.chunks_exact(2)
+        .map(|c| half::f16::from_le_bytes([c[0], c[1]]))
+        .collect()
+}
+
+/// Little-endian bytes → `f32` values.
+pub(crate) fn bytes_to_f32(b: &[u8]) -> Vec<f32> {
+    b.chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failed_write_leaves_nothing_behind() -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("out.bin");
+        std::fs::write(&path, b"old")?;
+        let err = write_atomically(&path, |f| {
+            use std::io::Write;
+            f.write_all(b"partial")?;
+            Err(Error::invalid("test", "fails midway"))
+        });
+        assert!(err.is_err());
+        assert_eq!(std::fs::read(&path)?, b"old");
+        assert_eq!(std::fs::read_dir(dir.path())?.count(), 1);
+        write_atomically(&path, |f| {
+            use std::io::Write;
+            f.write_all(b"new")?;
+            Ok(())
+        })?;
+        assert_eq!(std::fs::read(&path)?, b"new");
+        Ok(())
+    }
+}
