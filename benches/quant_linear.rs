@@ -1,5 +1,7 @@
 //! QuantLinear (W8A8, W4A8) side by side with candle's f32 `candle_nn::Linear` and candle's
-//! `QMatMul` (Q8_0, Q4_0), on the LLM-sized shapes of issue 4, at 1 and 2 threads.
+//! `QMatMul` (Q8_0, Q4_0), on the LLM-sized shapes of issue 4, at 1 and 2 threads. A sixth
+//! entry, `kernels_w8a8`, calls the W8A8 kernels directly on preallocated buffers: the
+//! floor against which QuantLinear's own overhead (tensor plumbing, allocation) shows.
 //!
 //! ```text
 //! cargo bench --bench quant_linear                         # everything, then the table
@@ -18,14 +20,15 @@
 //! bench re-runs itself once per thread count (`QL_BENCH_THREADS`, default `1,2`) with
 //! `RAYON_NUM_THREADS = CANDLE_NUM_THREADS = n`, and each child builds an explicit
 //! `n`-thread rayon pool and `install`s every measurement in it (once per criterion
-//! sample, timed inside the pool), so all four implementations use the same `n`.
+//! sample, timed inside the pool), so every implementation uses the same `n`.
 //!
 //! # Summary
 //!
 //! After the runs the parent reads criterion's `estimates.json` (median) for every
 //! benchmark written during this invocation and prints a markdown table of ratios to the
 //! f32 Linear (the README table), the issue's targets, the speed-up over `QMatMul` Q8_0,
-//! the 2-thread scaling at batch 128 and the batch-1 int8 weight bandwidth.
+//! QuantLinear's time against the bare kernels', the 2-thread scaling at batch 128 and the
+//! batch-1 int8 weight bandwidth.
 //!
 //! Timings are short (0.5 s warm-up, 2 s measurement, 10 flat samples; override with
 //! criterion's `--warm-up-time` / `--measurement-time` / `--sample-size`).
@@ -35,7 +38,8 @@ use std::process::Command;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant, SystemTime};
 
-use candle_compress::kernels::{self, gemm::GemmKernels};
+use candle_compress::kernels;
+use candle_compress::kernels::gemm::{self, GemmKernels, PackedW8};
 use candle_compress::nn::{QuantConfig, QuantLinear};
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{Device, Module, Tensor};
@@ -161,6 +165,9 @@ struct Layers {
     q8: QMatMul,
     q4: QMatMul,
     bias: Tensor,
+    /// The W8A8 layer's own packed weights and bias, for calling the kernels directly.
+    raw_w8: PackedW8,
+    raw_bias: Vec<f32>,
 }
 
 impl Layers {
@@ -173,6 +180,8 @@ impl Layers {
         let w4 = QuantLinear::from_linear(&lin, &QuantConfig::w4a8(W4_GROUP).unwrap()).unwrap();
         let q8 = QMatMul::from_qtensor(QTensor::quantize(&w, GgmlDType::Q8_0).unwrap()).unwrap();
         let q4 = QMatMul::from_qtensor(QTensor::quantize(&w, GgmlDType::Q4_0).unwrap()).unwrap();
+        let raw_w8 = PackedW8::pack(&w8.weights_i8(), w8.weight_scales(), out, inp);
+        let raw_bias = bias.to_vec1().unwrap();
         Layers {
             lin,
             w8,
@@ -180,7 +189,18 @@ impl Layers {
             q8,
             q4,
             bias,
+            raw_w8,
+            raw_bias,
         }
+    }
+
+    /// The kernels QuantLinear W8A8 runs, called directly on preallocated buffers: the
+    /// floor QuantLinear's own overhead (tensor plumbing, allocation) is measured against.
+    fn raw_w8a8(&self, x: &[f32], rows: usize, buf: &mut RawBuffers) {
+        let inp = self.raw_w8.in_features();
+        gemm::quantize_rows_i8(x, inp, None, &mut buf.qx, &mut buf.scales).unwrap();
+        let bias = Some(&self.raw_bias[..]);
+        gemm::matmul_w8a8(&buf.qx, &buf.scales, rows, &self.raw_w8, bias, &mut buf.out);
     }
 
     /// One forward pass of implementation `imp`: every one computes `x·Wᵀ + b` (QMatMul
@@ -207,13 +227,21 @@ impl Layers {
     }
 }
 
-const IMPLS: [&str; 5] = [
+const IMPLS: [&str; 6] = [
     "linear_f32",
     "ql_w8a8",
     "ql_w4a8",
     "qmatmul_q8_0",
     "qmatmul_q4_0",
+    "kernels_w8a8",
 ];
+
+/// Preallocated buffers of the direct kernel calls.
+struct RawBuffers {
+    qx: Vec<i8>,
+    scales: Vec<f32>,
+    out: Vec<f32>,
+}
 
 fn bench_all(c: &mut Criterion, threads: usize, pool: &rayon::ThreadPool) {
     let mut group = c.benchmark_group(group_name(threads));
@@ -224,20 +252,39 @@ fn bench_all(c: &mut Criterion, threads: usize, pool: &rayon::ThreadPool) {
         let layers: OnceLock<Layers> = OnceLock::new();
         for &batch in &BATCHES {
             let x = Tensor::randn(0f32, 1., (batch, inp), &Device::Cpu).unwrap();
+            let xv: Vec<f32> = x.flatten_all().unwrap().to_vec1().unwrap();
             for imp in IMPLS {
                 group.bench_function(bench_id(inp, out, batch, imp), |bencher| {
                     let l = layers.get_or_init(|| Layers::new(inp, out));
                     // One `install` per sample (criterion is not `Send`), timed inside the
                     // pool so the hop into it is not measured.
-                    bencher.iter_custom(|iters| {
-                        pool.install(|| {
-                            let start = Instant::now();
-                            for _ in 0..iters {
-                                black_box(l.forward(imp, &x));
-                            }
-                            start.elapsed()
+                    if imp == "kernels_w8a8" {
+                        let mut buf = RawBuffers {
+                            qx: vec![0; batch * inp],
+                            scales: vec![0.0; batch],
+                            out: vec![0.0; batch * out],
+                        };
+                        bencher.iter_custom(|iters| {
+                            pool.install(|| {
+                                let start = Instant::now();
+                                for _ in 0..iters {
+                                    l.raw_w8a8(&xv, batch, &mut buf);
+                                    black_box(&buf.out);
+                                }
+                                start.elapsed()
+                            })
                         })
-                    })
+                    } else {
+                        bencher.iter_custom(|iters| {
+                            pool.install(|| {
+                                let start = Instant::now();
+                                for _ in 0..iters {
+                                    black_box(l.forward(imp, &x));
+                                }
+                                start.elapsed()
+                            })
+                        })
+                    }
                 });
             }
         }
@@ -279,8 +326,8 @@ fn print_summary(home: &Path, thread_counts: &[usize], since: SystemTime) {
         println!();
         println!("### {threads} thread(s): ratio = candle f32 Linear time / implementation time (higher is faster)");
         println!();
-        println!("| in×out | batch | Linear f32 ms | W8A8 ms | **W8A8** | target | W4A8 g{W4_GROUP} | QMatMul Q8_0 | QMatMul Q4_0 | W8A8 vs Q8_0 |");
-        println!("|---|---|---|---|---|---|---|---|---|---|");
+        println!("| in×out | batch | Linear f32 ms | W8A8 ms | **W8A8** | target | W4A8 g{W4_GROUP} | QMatMul Q8_0 | QMatMul Q4_0 | W8A8 vs Q8_0 | bare-kernel time / W8A8 time |");
+        println!("|---|---|---|---|---|---|---|---|---|---|---|");
         for &(inp, out) in &SHAPES {
             for &batch in &BATCHES {
                 let lin = t(threads, inp, out, batch, "linear_f32");
@@ -295,7 +342,7 @@ fn print_summary(home: &Path, thread_counts: &[usize], since: SystemTime) {
                     "".into()
                 };
                 println!(
-                    "| {inp}×{out} | {batch} | {} | {} | **{}** | {tgt} | {} | {} | {} | {} |",
+                    "| {inp}×{out} | {batch} | {} | {} | **{}** | {tgt} | {} | {} | {} | {} | {} |",
                     ms(lin),
                     ms(w8),
                     fmt_ratio(lin, w8),
@@ -303,6 +350,7 @@ fn print_summary(home: &Path, thread_counts: &[usize], since: SystemTime) {
                     fmt_ratio(lin, t(threads, inp, out, batch, "qmatmul_q8_0")),
                     fmt_ratio(lin, t(threads, inp, out, batch, "qmatmul_q4_0")),
                     fmt_ratio(t(threads, inp, out, batch, "qmatmul_q8_0"), w8),
+                    fmt_ratio(t(threads, inp, out, batch, "kernels_w8a8"), w8),
                 );
             }
         }
