@@ -47,8 +47,10 @@ use candle_core::quantized::GgmlDType;
 use candle_core::Tensor;
 use half::f16;
 
+use crate::compressor::Compressed;
 use crate::error::{Error, Result};
 use crate::input::{check_finite, with_f32_slice};
+use crate::scheme::CompressedTensor;
 
 /// The GGUF version this writer produces.
 pub const GGUF_VERSION: u32 = 3;
@@ -223,6 +225,42 @@ impl GgufTensor {
             shape: shape.to_vec(),
             data,
         })
+    }
+
+    /// Converts one of our compressed tensors without re-quantizing: an `int8:32`
+    /// blockwise tensor becomes Q8_0 and an `int4:32` symmetric tensor (codes in
+    /// `[-7, 7]`, f16 scales) becomes Q4_0; both dequantize to exactly the same values.
+    ///
+    /// # Errors
+    /// [`Error::Unsupported`] for other schemes or sizes (GGML blocks hold 32 values);
+    /// the shape errors of [`GgufTensor::q8_0`].
+    ///
+    /// ```
+    /// use candle_compress::io::gguf::{GgufTensor, GgufType};
+    /// use candle_compress::scheme::Scheme;
+    /// use candle_compress::Compressor;
+    /// let t = candle_core::Tensor::randn(0f32, 1., (2, 64), &candle_core::Device::Cpu)?;
+    /// let c = "int4:32".parse::<Scheme>()?.compress(&t)?;
+    /// assert_eq!(GgufTensor::from_compressed("w", &c)?.ty(), GgufType::Q4_0);
+    /// let c = "nf4:32".parse::<Scheme>()?.compress(&t)?;
+    /// assert!(GgufTensor::from_compressed("w", &c).is_err());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn from_compressed(name: &str, value: &CompressedTensor) -> Result<Self> {
+        let dims = value.shape().dims();
+        match value {
+            CompressedTensor::Int8(t) if t.block_size() == QK => {
+                Self::q8_0(name, dims, t.codes(), t.scales())
+            }
+            CompressedTensor::Int4(t) if t.group_size() == QK => {
+                Self::q4_0(name, dims, &t.codes(), t.scales())
+            }
+            other => Err(Error::Unsupported {
+                what: "scheme for GGUF export",
+                found: format!("{} ({name})", other.scheme()),
+                supported: "int8:32 (Q8_0), int4:32 (Q4_0)".into(),
+            }),
+        }
     }
 
     /// Stores a float tensor (any float dtype, any layout) uncompressed as F32 or F16 —

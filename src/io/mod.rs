@@ -4,12 +4,19 @@
 //!   bytes read at a time) — the base of every loader here.
 //! - [`safetensors`]: compressed tensors, quantized layers and plain tensors in one
 //!   `.safetensors` file (layout documented there), loaded whole or one tensor at a time.
+//! - [`loader`]: [`QuantLoader`](loader::QuantLoader), a `VarBuilder`-style loader with
+//!   `pp(prefix)` scoping for quantized models (our files, float checkpoints quantized on
+//!   load, compressed-tensors checkpoints).
+//! - [`compressed_tensors`]: the `int-quantized` (W8A8) and `pack-quantized` (W4 groups)
+//!   layouts of compressed-tensors, with their `config.json` `quantization_config`.
 //! - [`gguf`]: export of Q8_0 / Q4_0 tensors to GGUF files that candle and llama.cpp read.
 //!
 //! Writers never leave a half-written file under the target name: they write a temporary
 //! file in the same directory and rename it into place.
 
+pub mod compressed_tensors;
 pub mod gguf;
+pub mod loader;
 pub mod reader;
 pub mod safetensors;
 

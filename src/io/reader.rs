@@ -316,6 +316,80 @@ impl SafetensorsReader {
     }
 }
 
+impl SafetensorsReader {
+    /// Reads float tensor `name` (F32, F16, BF16 or F64) straight into row-major `f32`
+    /// values, converting in chunks of at most [`READ_CHUNK`] bytes, so the only large
+    /// allocation is the returned vector (no second copy of the raw bytes).
+    ///
+    /// # Errors
+    /// [`Error::Missing`] when there is no tensor `name`; [`Error::UnsupportedDType`]-like
+    /// [`Error::MetadataMismatch`] for non-float dtypes; I/O errors.
+    ///
+    /// ```
+    /// use candle_compress::io::reader::SafetensorsReader;
+    /// use safetensors::tensor::{Dtype, TensorView};
+    /// let data: Vec<u8> = [1.5f32, -2.0].iter().flat_map(|v| v.to_le_bytes()).collect();
+    /// let bytes = safetensors::serialize([("t", TensorView::new(Dtype::F32, vec![2], &data)?)], None)?;
+    /// let (shape, values) = SafetensorsReader::from_bytes(bytes)?.read_f32("t")?;
+    /// assert_eq!((shape, values), (vec![2], vec![1.5, -2.0]));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn read_f32(&self, name: &str) -> Result<(Vec<usize>, Vec<f32>)> {
+        let info = self.info(name).ok_or_else(|| Error::Missing {
+            what: "tensor",
+            name: name.to_string(),
+        })?;
+        let width = match info.dtype {
+            Dtype::F32 => 4,
+            Dtype::F16 | Dtype::BF16 => 2,
+            Dtype::F64 => 8,
+            other => {
+                return Err(Error::metadata(
+                    format!("{name} dtype"),
+                    "F32, F16, BF16 or F64",
+                    format!("{other:?}"),
+                ))
+            }
+        };
+        let (start, end) = info.data_offsets;
+        let mut values = Vec::with_capacity((end - start) / width);
+        let step = READ_CHUNK - READ_CHUNK % width;
+        let mut offset = start;
+        while offset < end {
+            let len = step.min(end - offset);
+            let chunk = self
+                .source
+                .read_at(self.data_start + offset as u64, len, name)?;
+            match info.dtype {
+                Dtype::F32 => values.extend(
+                    chunk
+                        .chunks_exact(4)
+                        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])),
+                ),
+                Dtype::F16 => values.extend(
+                    chunk
+                        .chunks_exact(2)
+                        .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()),
+                ),
+                Dtype::BF16 => values.extend(
+                    chunk
+                        .chunks_exact(2)
+                        .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32()),
+                ),
+                _ => values.extend(chunk.chunks_exact(8).map(|c| {
+                    f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) as f32
+                })),
+            }
+            offset += len;
+        }
+        Ok((info.shape.clone(), values))
+    }
+}
+
+/// Bytes read per step by [`SafetensorsReader::read_f32`] (4 MiB: large enough for
+/// sequential-read speed, small next to any tensor worth streaming).
+pub const READ_CHUNK: usize = 4 << 20;
+
 /// Parses the JSON header into validated `Metadata` (offsets contiguous from 0, sizes
 /// matching dtype × shape with overflow checks).
 fn parse_header(bytes: &[u8]) -> Result<Metadata> {
