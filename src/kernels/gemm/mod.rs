@@ -54,8 +54,37 @@ use std::sync::OnceLock;
 
 use super::detect::Isa;
 
+// Expands `(mr, np)` to the monomorphised microkernel.
+macro_rules! tile_table {
+    ($f:ident, $ty:ty, $mr:expr, $np:expr; $($m:literal)*; $($n:literal)*) => {{
+        tile_table!(@rows $f, $ty, $mr, $np; [$($m)*]; [$($n)*])
+    }};
+    (@rows $f:ident, $ty:ty, $mr:expr, $np:expr; [$($m:literal)*]; $ns:tt) => {
+        match $mr {
+            $( $m => tile_table!(@cols $f, $ty, $m, $np; $ns), )*
+            _ => unreachable!("tile rows out of range"),
+        }
+    };
+    (@cols $f:ident, $ty:ty, $m:literal, $np:expr; [$($n:literal)*]) => {
+        match $np {
+            $( $n => $f::<$m, $n> as $ty, )*
+            _ => unreachable!("tile panels out of range"),
+        }
+    };
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2;
+#[cfg(target_arch = "x86_64")]
+mod avx512;
+#[cfg(target_arch = "x86_64")]
+mod avxvnni;
+#[cfg(target_arch = "x86_64")]
+mod driver;
 mod pack;
 mod scalar;
+#[cfg(target_arch = "x86_64")]
+mod ymm;
 
 pub use pack::{PackedW4, PackedW8};
 
@@ -110,6 +139,18 @@ impl std::error::Error for IsaUnavailable {}
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Path {
     Scalar,
+    /// AVX2 `vpmaddubsw` + `vpmaddwd` (sign trick), ymm.
+    #[cfg(target_arch = "x86_64")]
+    Avx2,
+    /// VEX `vpdpbusd`, ymm.
+    #[cfg(target_arch = "x86_64")]
+    AvxVnni,
+    /// EVEX `vpdpbusd`, zmm.
+    #[cfg(target_arch = "x86_64")]
+    Avx512Vnni,
+    /// EVEX `vpdpbusd` on ymm: the AVX-VNNI tiles, runnable on AVX-512 VNNI CPUs.
+    #[cfg(target_arch = "x86_64")]
+    Avx512VnniYmm,
 }
 
 /// A set of integer GEMM kernels for one ISA. Holding one proves the CPU supports it.
@@ -143,21 +184,56 @@ impl GemmKernels {
 
     /// The kernels for `isa`, or `Err` when this CPU (or this build's target) lacks it.
     pub fn for_isa(isa: Isa) -> Result<GemmKernels, IsaUnavailable> {
-        match isa {
-            Isa::Scalar => Ok(GemmKernels { path: Path::Scalar }),
-            _ => Err(IsaUnavailable { isa }),
+        use super::detect::{Avx2, Avx512Vnni, AvxVnni};
+        let path = match isa {
+            Isa::Scalar => Some(Path::Scalar),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => Avx2::detect().map(|_| Path::Avx2),
+            #[cfg(target_arch = "x86_64")]
+            Isa::AvxVnni => AvxVnni::detect().map(|_| Path::AvxVnni),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512Vnni => Avx512Vnni::detect().map(|_| Path::Avx512Vnni),
+            _ => None,
+        };
+        path.map(|path| GemmKernels { path })
+            .ok_or(IsaUnavailable { isa })
+    }
+
+    /// The AVX-VNNI (ymm) tiles run with the EVEX-encoded `vpdpbusd` of AVX-512 VNNI + VL:
+    /// the same code path as [`Isa::AvxVnni`], runnable (and tested) on AVX-512 machines.
+    /// `Err` without AVX-512 VNNI. [`GemmKernels::isa`] reports [`Isa::Avx512Vnni`].
+    pub fn avx512_ymm() -> Result<GemmKernels, IsaUnavailable> {
+        #[cfg(target_arch = "x86_64")]
+        if super::detect::Avx512Vnni::detect().is_some() {
+            return Ok(GemmKernels {
+                path: Path::Avx512VnniYmm,
+            });
         }
+        Err(IsaUnavailable {
+            isa: Isa::Avx512Vnni,
+        })
     }
 
     /// Every kernel set this CPU can run (the scalar reference first).
     pub fn available() -> Vec<GemmKernels> {
-        vec![GemmKernels { path: Path::Scalar }]
+        let mut v: Vec<GemmKernels> = [Isa::Scalar, Isa::Avx2, Isa::AvxVnni, Isa::Avx512Vnni]
+            .into_iter()
+            .filter_map(|isa| GemmKernels::for_isa(isa).ok())
+            .collect();
+        v.extend(GemmKernels::avx512_ymm());
+        v
     }
 
     /// The ISA these kernels need.
     pub fn isa(&self) -> Isa {
         match self.path {
             Path::Scalar => Isa::Scalar,
+            #[cfg(target_arch = "x86_64")]
+            Path::Avx2 => Isa::Avx2,
+            #[cfg(target_arch = "x86_64")]
+            Path::AvxVnni => Isa::AvxVnni,
+            #[cfg(target_arch = "x86_64")]
+            Path::Avx512Vnni | Path::Avx512VnniYmm => Isa::Avx512Vnni,
         }
     }
 
@@ -165,6 +241,14 @@ impl GemmKernels {
     pub fn name(&self) -> &'static str {
         match self.path {
             Path::Scalar => "scalar",
+            #[cfg(target_arch = "x86_64")]
+            Path::Avx2 => "avx2",
+            #[cfg(target_arch = "x86_64")]
+            Path::AvxVnni => "avx-vnni",
+            #[cfg(target_arch = "x86_64")]
+            Path::Avx512Vnni => "avx512-vnni",
+            #[cfg(target_arch = "x86_64")]
+            Path::Avx512VnniYmm => "avx512-vnni-ymm",
         }
     }
 
@@ -184,6 +268,15 @@ impl GemmKernels {
         }
         match self.path {
             Path::Scalar => scalar::quantize_rows_i8(x, cols, smooth, q, scales),
+            // SAFETY: a `Path::Avx512Vnni` value exists only after detection of AVX-512
+            // F/BW/VL/VNNI; lengths were checked above and `cols > 0`.
+            #[cfg(target_arch = "x86_64")]
+            Path::Avx512Vnni => unsafe { avx512::quantize_rows_i8(x, cols, smooth, q, scales) },
+            // SAFETY: every other x86 path implies AVX2 (+FMA); lengths checked above.
+            #[cfg(target_arch = "x86_64")]
+            Path::Avx2 | Path::AvxVnni | Path::Avx512VnniYmm => unsafe {
+                avx2::quantize_rows_i8(x, cols, smooth, q, scales)
+            },
         }
     }
 
@@ -206,6 +299,16 @@ impl GemmKernels {
         }
         match self.path {
             Path::Scalar => scalar::quantize_rows_i8_with_scales(x, cols, smooth, scales, q),
+            // SAFETY: AVX-512 F/BW/VL detected for this path; lengths and scales checked.
+            #[cfg(target_arch = "x86_64")]
+            Path::Avx512Vnni => unsafe {
+                avx512::quantize_rows_i8_with_scales(x, cols, smooth, scales, q)
+            },
+            // SAFETY: AVX2 (+FMA) detected for these paths; lengths and scales checked.
+            #[cfg(target_arch = "x86_64")]
+            Path::Avx2 | Path::AvxVnni | Path::Avx512VnniYmm => unsafe {
+                avx2::quantize_rows_i8_with_scales(x, cols, smooth, scales, q)
+            },
         }
     }
 
@@ -231,8 +334,25 @@ impl GemmKernels {
         if rows == 0 || w.out_features() == 0 {
             return;
         }
-        match self.path {
-            Path::Scalar => scalar::matmul_w8a8(qx, x_scales, rows, w, bias, out),
+        #[cfg(target_arch = "x86_64")]
+        let kern = match self.path {
+            Path::Scalar => None,
+            Path::Avx2 if w.has_min() => None,
+            Path::Avx2 => Some(&avx2::W8),
+            Path::AvxVnni => Some(&avxvnni::W8_VEX),
+            Path::Avx512Vnni => Some(&avx512::W8),
+            Path::Avx512VnniYmm => Some(&avxvnni::W8_EVEX),
+        };
+        #[cfg(not(target_arch = "x86_64"))]
+        let kern: Option<()> = None;
+        match kern {
+            None => scalar::matmul_w8a8(qx, x_scales, rows, w, bias, out),
+            // SAFETY: the kernel family was chosen from a path that exists only after its
+            // CPU features were detected; lengths were checked above.
+            #[cfg(target_arch = "x86_64")]
+            Some(k) => unsafe { driver::matmul_w8a8(k, qx, x_scales, rows, w, bias, out) },
+            #[cfg(not(target_arch = "x86_64"))]
+            Some(()) => unreachable!(),
         }
     }
 
@@ -258,8 +378,23 @@ impl GemmKernels {
         if rows == 0 || w.out_features() == 0 {
             return;
         }
-        match self.path {
-            Path::Scalar => scalar::matmul_w4a8(qx, x_scales, rows, w, bias, out),
+        #[cfg(target_arch = "x86_64")]
+        let kern = match self.path {
+            Path::Scalar => None,
+            Path::Avx2 => Some(&avx2::W4),
+            Path::AvxVnni => Some(&avxvnni::W4_VEX),
+            Path::Avx512Vnni => Some(&avx512::W4),
+            Path::Avx512VnniYmm => Some(&avxvnni::W4_EVEX),
+        };
+        #[cfg(not(target_arch = "x86_64"))]
+        let kern: Option<()> = None;
+        match kern {
+            None => scalar::matmul_w4a8(qx, x_scales, rows, w, bias, out),
+            // SAFETY: as in `matmul_w8a8`.
+            #[cfg(target_arch = "x86_64")]
+            Some(k) => unsafe { driver::matmul_w4a8(k, qx, x_scales, rows, w, bias, out) },
+            #[cfg(not(target_arch = "x86_64"))]
+            Some(()) => unreachable!(),
         }
     }
 }

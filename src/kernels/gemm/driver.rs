@@ -1,0 +1,324 @@
+//! The ISA-independent part of the SIMD GEMM: activation preparation, the loop over
+//! register tiles, the i64 combination of [`K_BLOCK`] blocks, the float epilogue and the
+//! split into rayon tasks. ISA files only provide microkernels ([`W8Kernel`],
+//! [`W4Kernel`]): one per register-tile shape, edge tiles from the same table.
+//!
+//! Loop order (per task): panel groups of `np` panels (`np·16` output channels, whose
+//! weights — at most `4·16·in` bytes, 704 KiB for in = 11008 — stay in L2 while) × row
+//! blocks of `mr` rows stream past them. Each weight load feeds `mr` rows and each
+//! activation broadcast `np` vectors. No `kc` blocking: per step the tile reads
+//! `np·64` weight bytes from L2 and `mr·4` activation bytes, well inside L2 bandwidth,
+//! and batch 1 (GEMV) streams every weight byte exactly once.
+
+use rayon::prelude::*;
+
+use super::pack::{PackedW4, PackedW8, NR};
+use super::{finish_w4, finish_w8, K_BLOCK};
+
+/// Rows of the largest microkernel tile any ISA uses.
+pub(crate) const MR_MAX: usize = 8;
+/// Columns (output channels) of the tile buffer: up to 4 panels.
+pub(crate) const LDC: usize = 64;
+/// A tile's results, row-major `[MR_MAX][LDC]`.
+pub(crate) type CTile<T> = [T; MR_MAX * LDC];
+
+/// Operands of one W8 tile: `mr` activation rows × `np` weight panels over `k4` steps.
+#[derive(Clone, Copy)]
+pub(crate) struct Tile {
+    /// Activation row 0 at the first input of the range (4 bytes per k4 step).
+    pub a: *const u8,
+    /// Bytes between activation rows.
+    pub lda: usize,
+    /// Panel 0 at the first k4 step of the range.
+    pub b: *const u8,
+    /// Bytes between panels.
+    pub ldb: usize,
+    /// Number of k4 steps.
+    pub k4: usize,
+}
+
+/// Operands of one W4 tile: every group of the row.
+#[derive(Clone, Copy)]
+pub(crate) struct W4Tile {
+    /// `a`, `lda`, `ldb` as for W8 (`ldb` = `k4 · 32` bytes of nibbles per panel); `k4`
+    /// is the number of k4 steps per group.
+    pub t: Tile,
+    /// Scales of panel 0, group 0: `[groups][16]` per panel.
+    pub scales: *const f32,
+    /// Floats between panels' scales (`groups · 16`).
+    pub ldscale: usize,
+    /// `8 · Σ_{k in g} qx[r, k]` for row 0, group 0 (`groups` per row).
+    pub xcorr: *const i32,
+    /// Number of groups.
+    pub groups: usize,
+}
+
+/// A W8 microkernel: writes the exact i32 (wrapping) sums `Σ a·b` of an
+/// `mr × np·16` tile into `c[r * LDC + p * 16 + j]`.
+pub(crate) type W8TileFn = unsafe fn(&Tile, &mut CTile<i32>);
+/// A W4 microkernel: writes `Σ_g (acc_g as f32) * scale[o, g]` (in group order, from 0.0)
+/// of an `mr × np·16` tile into `c[r * LDC + p * 16 + j]`.
+pub(crate) type W4TileFn = unsafe fn(&W4Tile, &mut CTile<f32>);
+
+/// A W8 microkernel family of one ISA.
+pub(crate) struct W8Kernel {
+    /// Largest tile: rows, panels.
+    pub mr: usize,
+    /// Largest tile: panels.
+    pub np: usize,
+    /// Activations are fed as `qx ^ 0x80` (= `qx + 128` as u8) and the kernel's sums are
+    /// `Σ (qx + 128)·w`: the driver subtracts `128 · Σ w`. Otherwise activations are fed
+    /// as the raw i8 bytes.
+    pub shifted: bool,
+    /// The microkernel for an `mr × np` tile (`1 ≤ mr ≤ self.mr`, `1 ≤ np ≤ self.np`).
+    pub tile: fn(usize, usize) -> W8TileFn,
+}
+
+/// A W4 microkernel family of one ISA (activations always raw i8).
+pub(crate) struct W4Kernel {
+    /// Largest tile rows.
+    pub mr: usize,
+    /// Largest tile panels.
+    pub np: usize,
+    /// The microkernel for an `mr × np` tile.
+    pub tile: fn(usize, usize) -> W4TileFn,
+}
+
+/// Work (multiply-adds) below which everything runs on the calling thread: ~4M MACs is
+/// tens of microseconds, the order of rayon's wake-up cost on a busy machine.
+const PAR_MIN_MACS: usize = 1 << 22;
+
+/// The output pointer shared by tasks that write disjoint elements.
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+// SAFETY: tasks write disjoint elements of `out` (distinct (row, channel) ranges) and the
+// slice outlives the parallel loop, so sharing the pointer is sound.
+unsafe impl Send for OutPtr {}
+// SAFETY: as above.
+unsafe impl Sync for OutPtr {}
+
+/// A task: panels `p0..p1` × rows `r0..r1`.
+#[derive(Clone, Copy, Debug)]
+struct Task {
+    p0: usize,
+    p1: usize,
+    r0: usize,
+    r1: usize,
+}
+
+/// Splits the (panel, row) grid into tasks: whole panel groups, whole row blocks, about
+/// four tasks per thread; a single task when the work is small or there is one thread.
+fn plan(rows: usize, panels: usize, mr: usize, np: usize, macs: usize) -> Vec<Task> {
+    let threads = rayon::current_num_threads();
+    if threads <= 1 || macs < PAR_MIN_MACS {
+        return vec![Task {
+            p0: 0,
+            p1: panels,
+            r0: 0,
+            r1: rows,
+        }];
+    }
+    let target = threads * 4;
+    let n_pg = panels.div_ceil(np);
+    let n_rb = rows.div_ceil(mr);
+    let tp = n_pg.min(target);
+    let tr = n_rb.min(target.div_ceil(tp));
+    let (pg_per, rb_per) = (n_pg.div_ceil(tp), n_rb.div_ceil(tr));
+    let mut tasks = Vec::with_capacity(tp * tr);
+    for pg in (0..n_pg).step_by(pg_per) {
+        for rb in (0..n_rb).step_by(rb_per) {
+            tasks.push(Task {
+                p0: pg * np,
+                p1: ((pg + pg_per) * np).min(panels),
+                r0: rb * mr,
+                r1: ((rb + rb_per) * mr).min(rows),
+            });
+        }
+    }
+    tasks
+}
+
+fn run_tasks(tasks: &[Task], f: impl Fn(Task) + Sync + Send) {
+    if tasks.len() <= 1 {
+        tasks.iter().for_each(|&t| f(t));
+    } else {
+        tasks.par_iter().for_each(|&t| f(t));
+    }
+}
+
+/// Copies `rows × k` activations into rows of `kp ≥ k` bytes, padding with `pad`.
+fn prep_activations(qx: &[i8], rows: usize, k: usize, kp: usize, xor: u8) -> Vec<u8> {
+    let mut a = vec![xor; rows * kp];
+    if k > 0 {
+        for (dst, src) in a.chunks_exact_mut(kp).zip(qx.chunks_exact(k)) {
+            for (d, &s) in dst.iter_mut().zip(src) {
+                *d = (s as u8) ^ xor;
+            }
+        }
+    }
+    a
+}
+
+/// W8A8 on a SIMD microkernel family; same results as `scalar::matmul_w8a8`.
+///
+/// # Safety
+/// The CPU must support the instructions of `kern`'s microkernels.
+pub(crate) unsafe fn matmul_w8a8(
+    kern: &W8Kernel,
+    qx: &[i8],
+    x_scales: &[f32],
+    rows: usize,
+    w: &PackedW8,
+    bias: Option<&[f32]>,
+    out: &mut [f32],
+) {
+    let (n, k, k4) = (w.out_features(), w.in_features(), w.k4());
+    let kp = k4 * 4;
+    let a = prep_activations(qx, rows, k, kp, if kern.shifted { 0x80 } else { 0 });
+    let kblocks = super::pack::kblocks(k);
+    let bytes = w.bytes();
+    let out_ptr = OutPtr(out.as_mut_ptr());
+    let tasks = plan(rows, w.panels(), kern.mr, kern.np, rows * n * k);
+    run_tasks(&tasks, |task| {
+        let out_ptr = out_ptr;
+        let mut c = [0i32; MR_MAX * LDC];
+        let mut c64 = [0i64; MR_MAX * LDC];
+        for p0 in (task.p0..task.p1).step_by(kern.np) {
+            let np = kern.np.min(task.p1 - p0);
+            let cols = (n - p0 * NR).min(np * NR);
+            for r0 in (task.r0..task.r1).step_by(kern.mr) {
+                let mr = kern.mr.min(task.r1 - r0);
+                let f = (kern.tile)(mr, np);
+                for kb in 0..kblocks {
+                    let s4 = kb * (K_BLOCK / 4);
+                    let tile = Tile {
+                        a: a[r0 * kp + s4 * 4..].as_ptr(),
+                        lda: kp,
+                        b: bytes[p0 * k4 * 64 + s4 * 64..].as_ptr(),
+                        ldb: k4 * 64,
+                        k4: (k4 - s4).min(K_BLOCK / 4),
+                    };
+                    // SAFETY: the tile reads `mr` rows of `a` (each `kp` bytes, the range
+                    // `s4*4 .. s4*4 + 4*tile.k4` inside the row) and `np` panels of
+                    // `k4*64` bytes from step `s4` — all inside `a` and `bytes` since
+                    // `r0 + mr ≤ rows` and `p0 + np ≤ panels`; `c` holds MR_MAX×LDC
+                    // values with `mr ≤ MR_MAX`, `np*16 ≤ LDC`; the caller guarantees
+                    // the CPU features.
+                    unsafe { f(&tile, &mut c) };
+                    if kern.shifted {
+                        let cs = &w.colsums(kb)[p0 * NR..];
+                        for r in 0..mr {
+                            for j in 0..cols {
+                                c[r * LDC + j] =
+                                    c[r * LDC + j].wrapping_sub(cs[j].wrapping_mul(128));
+                            }
+                        }
+                    }
+                    if kblocks > 1 {
+                        for r in 0..mr {
+                            for j in 0..cols {
+                                let v = i64::from(c[r * LDC + j]);
+                                c64[r * LDC + j] = if kb == 0 { v } else { c64[r * LDC + j] + v };
+                            }
+                        }
+                    }
+                }
+                for r in 0..mr {
+                    let t = r0 + r;
+                    let xs = x_scales[t];
+                    for j in 0..cols {
+                        let o = p0 * NR + j;
+                        let acc = if kblocks > 1 {
+                            c64[r * LDC + j] as f32
+                        } else {
+                            c[r * LDC + j] as f32
+                        };
+                        let v = finish_w8(acc, xs, w.scales()[o], bias.map(|b| b[o]));
+                        // SAFETY: `t < rows`, `o < n`: inside `out` (rows*n long); no
+                        // other task writes element (t, o).
+                        unsafe { *out_ptr.0.add(t * n + o) = v };
+                    }
+                }
+            }
+        }
+    });
+}
+
+/// W4A8 on a SIMD microkernel family; same results as `scalar::matmul_w4a8`.
+///
+/// # Safety
+/// The CPU must support the instructions of `kern`'s microkernels.
+pub(crate) unsafe fn matmul_w4a8(
+    kern: &W4Kernel,
+    qx: &[i8],
+    x_scales: &[f32],
+    rows: usize,
+    w: &PackedW4,
+    bias: Option<&[f32]>,
+    out: &mut [f32],
+) {
+    let (n, k, k4, groups, group) = (
+        w.out_features(),
+        w.in_features(),
+        w.k4(),
+        w.groups(),
+        w.group(),
+    );
+    let kp = k4 * 4;
+    let a = prep_activations(qx, rows, k, kp, 0);
+    let mut xcorr = vec![0i32; rows * groups];
+    for (t, xc) in xcorr.chunks_exact_mut(groups.max(1)).enumerate().take(rows) {
+        for (g, v) in xc.iter_mut().enumerate() {
+            let s: i32 = a[t * kp + g * group..t * kp + (g + 1) * group]
+                .iter()
+                .map(|&b| i32::from(b as i8))
+                .sum();
+            *v = 8 * s;
+        }
+    }
+    let bytes = w.bytes();
+    let pscales = w.panel_scales();
+    let out_ptr = OutPtr(out.as_mut_ptr());
+    let tasks = plan(rows, w.panels(), kern.mr, kern.np, rows * n * k);
+    run_tasks(&tasks, |task| {
+        let out_ptr = out_ptr;
+        let mut c = [0f32; MR_MAX * LDC];
+        for p0 in (task.p0..task.p1).step_by(kern.np) {
+            let np = kern.np.min(task.p1 - p0);
+            let cols = (n - p0 * NR).min(np * NR);
+            for r0 in (task.r0..task.r1).step_by(kern.mr) {
+                let mr = kern.mr.min(task.r1 - r0);
+                let f = (kern.tile)(mr, np);
+                let tile = W4Tile {
+                    t: Tile {
+                        a: a[r0 * kp..].as_ptr(),
+                        lda: kp,
+                        b: bytes[p0 * k4 * 32..].as_ptr(),
+                        ldb: k4 * 32,
+                        k4: group / 4,
+                    },
+                    scales: pscales[p0 * groups * NR..].as_ptr(),
+                    ldscale: groups * NR,
+                    xcorr: xcorr[r0 * groups..].as_ptr(),
+                    groups,
+                };
+                // SAFETY: the tile reads `mr` activation rows of `kp = groups*group` bytes,
+                // `np` panels of `k4*32` nibble bytes, `np` panels of `groups*16` scales
+                // and `mr` rows of `groups` corrections, all in bounds because
+                // `r0 + mr ≤ rows` and `p0 + np ≤ panels`; `c` holds MR_MAX×LDC values;
+                // the caller guarantees the CPU features.
+                unsafe { f(&tile, &mut c) };
+                for r in 0..mr {
+                    let t = r0 + r;
+                    let xs = x_scales[t];
+                    for j in 0..cols {
+                        let o = p0 * NR + j;
+                        let v = finish_w4(c[r * LDC + j], xs, bias.map(|b| b[o]));
+                        // SAFETY: `t < rows`, `o < n`; no other task writes (t, o).
+                        unsafe { *out_ptr.0.add(t * n + o) = v };
+                    }
+                }
+            }
+        }
+    });
+}

@@ -1,0 +1,468 @@
+//! Every SIMD gemm kernel against the scalar reference (bit-exact), and the scalar
+//! reference against naive i64 arithmetic written here.
+
+use candle_compress::kernels::detect::report_skipped;
+use candle_compress::kernels::gemm::{GemmKernels, PackedW4, PackedW8, K_BLOCK};
+use candle_compress::kernels::Isa;
+
+/// xorshift64*: deterministic test data without extra dependencies.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    fn i8(&mut self) -> i8 {
+        (self.next() >> 56) as u8 as i8
+    }
+    /// In [lo, hi].
+    fn range(&mut self, lo: i32, hi: i32) -> i8 {
+        (lo + (self.next() % (hi - lo + 1) as u64) as i32) as i8
+    }
+    fn f32(&mut self) -> f32 {
+        ((self.next() >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+    }
+}
+
+fn scalar() -> GemmKernels {
+    GemmKernels::for_isa(Isa::Scalar).unwrap()
+}
+
+/// The SIMD kernel sets this CPU runs; prints what is skipped.
+fn simd_kernels(test: &str) -> Vec<GemmKernels> {
+    for isa in [Isa::Avx2, Isa::AvxVnni, Isa::Avx512Vnni, Isa::Neon] {
+        if GemmKernels::for_isa(isa).is_err() {
+            report_skipped(isa, test);
+        }
+    }
+    if GemmKernels::avx512_ymm().is_err() {
+        report_skipped(Isa::Avx512Vnni, &format!("{test} (ymm EVEX tiles)"));
+    }
+    let v: Vec<_> = GemmKernels::available()
+        .into_iter()
+        .filter(|k| k.isa() != Isa::Scalar)
+        .collect();
+    for k in &v {
+        eprintln!("{test}: testing {}", k.name());
+    }
+    v
+}
+
+fn naive_w8(
+    qx: &[i8],
+    xs: &[f32],
+    rows: usize,
+    w: &[i8],
+    ws: &[f32],
+    n: usize,
+    k: usize,
+    b: Option<&[f32]>,
+) -> Vec<f32> {
+    let mut out = vec![0f32; rows * n];
+    for t in 0..rows {
+        for o in 0..n {
+            let mut acc = 0i64;
+            for i in 0..k {
+                acc += i64::from(qx[t * k + i]) * i64::from(w[o * k + i]);
+            }
+            let v = acc as f32 * (xs[t] * ws[o]);
+            out[t * n + o] = if let Some(b) = b { v + b[o] } else { v };
+        }
+    }
+    out
+}
+
+#[allow(clippy::too_many_arguments)]
+fn naive_w4(
+    qx: &[i8],
+    xs: &[f32],
+    rows: usize,
+    w: &[i8],
+    ws: &[f32],
+    n: usize,
+    k: usize,
+    group: usize,
+    b: Option<&[f32]>,
+) -> Vec<f32> {
+    let groups = k.div_ceil(group);
+    let mut out = vec![0f32; rows * n];
+    for t in 0..rows {
+        for o in 0..n {
+            let mut sum = 0f32;
+            for g in 0..groups {
+                let mut acc = 0i32;
+                for i in g * group..((g + 1) * group).min(k) {
+                    acc += i32::from(qx[t * k + i]) * i32::from(w[o * k + i]);
+                }
+                sum += acc as f32 * ws[o * groups + g];
+            }
+            let v = sum * xs[t];
+            out[t * n + o] = if let Some(b) = b { v + b[o] } else { v };
+        }
+    }
+    out
+}
+
+fn bits(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|f| f.to_bits()).collect()
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Fill {
+    Random,
+    Zeros,
+    /// activations -128, weights 127 / -127 alternating.
+    Extreme,
+    /// activations ±127, -128, weights -127.
+    Extreme2,
+}
+
+fn make(rng: &mut Rng, fill: Fill, rows: usize, n: usize, k: usize) -> (Vec<i8>, Vec<i8>) {
+    match fill {
+        Fill::Random => (
+            (0..rows * k).map(|_| rng.i8()).collect(),
+            (0..n * k).map(|_| rng.range(-127, 127)).collect(),
+        ),
+        Fill::Zeros => (vec![0; rows * k], vec![0; n * k]),
+        Fill::Extreme => (
+            vec![-128; rows * k],
+            (0..n * k)
+                .map(|i| if i % 3 == 0 { -127 } else { 127 })
+                .collect(),
+        ),
+        Fill::Extreme2 => (
+            (0..rows * k).map(|i| [127, -127, -128][i % 3]).collect(),
+            vec![-127; n * k],
+        ),
+    }
+}
+
+#[test]
+fn w8a8_simd_equals_scalar_all_shapes() {
+    let kernels = simd_kernels("w8a8_simd_equals_scalar_all_shapes");
+    let mut rng = Rng(0x1234_5678_9abc_def1);
+    for &k in &[1usize, 7, 31, 33, 63, 65, 4095] {
+        for &n in &[1usize, 3, 16, 33, 70] {
+            for &rows in &[1usize, 3, 17] {
+                for fill in [Fill::Random, Fill::Zeros, Fill::Extreme, Fill::Extreme2] {
+                    if !matches!(fill, Fill::Random) && k == 4095 && rows == 17 {
+                        continue;
+                    }
+                    let (qx, w) = make(&mut rng, fill, rows, n, k);
+                    let ws: Vec<f32> = (0..n).map(|_| rng.f32().abs() * 0.01 + 1e-4).collect();
+                    let xs: Vec<f32> = (0..rows).map(|_| rng.f32().abs() * 0.1).collect();
+                    let b: Vec<f32> = (0..n).map(|_| rng.f32()).collect();
+                    let p = PackedW8::pack(&w, &ws, n, k);
+                    let bias = if rows == 3 { None } else { Some(&b[..]) };
+                    let mut want = vec![0f32; rows * n];
+                    scalar().matmul_w8a8(&qx, &xs, rows, &p, bias, &mut want);
+                    assert_eq!(
+                        bits(&want),
+                        bits(&naive_w8(&qx, &xs, rows, &w, &ws, n, k, bias)),
+                        "scalar vs naive k={k} n={n} rows={rows} {fill:?}"
+                    );
+                    for kern in &kernels {
+                        let mut got = vec![f32::NAN; rows * n];
+                        kern.matmul_w8a8(&qx, &xs, rows, &p, bias, &mut got);
+                        assert_eq!(
+                            bits(&got),
+                            bits(&want),
+                            "{} k={k} n={n} rows={rows} {fill:?}",
+                            kern.name()
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn w8a8_weights_of_minus_128_stay_exact() {
+    let kernels = simd_kernels("w8a8_weights_of_minus_128_stay_exact");
+    let mut rng = Rng(77);
+    for &(rows, n, k) in &[(1usize, 3usize, 65usize), (3, 17, 33), (17, 20, 130)] {
+        let qx: Vec<i8> = (0..rows * k)
+            .map(|i| if i % 2 == 0 { -128 } else { rng.i8() })
+            .collect();
+        let w: Vec<i8> = (0..n * k)
+            .map(|i| if i % 3 == 0 { -128 } else { rng.i8() })
+            .collect();
+        let ws = vec![0.5f32; n];
+        let xs = vec![0.25f32; rows];
+        let p = PackedW8::pack(&w, &ws, n, k);
+        let want = naive_w8(&qx, &xs, rows, &w, &ws, n, k, None);
+        for kern in std::iter::once(scalar()).chain(kernels.iter().copied()) {
+            let mut got = vec![0f32; rows * n];
+            kern.matmul_w8a8(&qx, &xs, rows, &p, None, &mut got);
+            assert_eq!(bits(&got), bits(&want), "{}", kern.name());
+        }
+    }
+}
+
+/// in_features beyond i32 range at full scale: the blocked accumulation must stay exact.
+#[test]
+fn w8a8_huge_in_features_is_exact() {
+    let kernels = simd_kernels("w8a8_huge_in_features_is_exact");
+    for &k in &[140_001usize, 3 * K_BLOCK, 270_003] {
+        let (rows, n) = (3, 3);
+        // Row 0 × channel 0: 127·127 per term (> 2^31 in total); row 1 × channel 1:
+        // -128·127; row 2: mixed signs so blocks cancel partially.
+        let mut qx = vec![0i8; rows * k];
+        let mut w = vec![0i8; n * k];
+        for i in 0..k {
+            qx[i] = 127;
+            qx[k + i] = -128;
+            qx[2 * k + i] = if i < k / 2 { 127 } else { -128 };
+            w[i] = 127;
+            w[k + i] = 127;
+            w[2 * k + i] = if i % 2 == 0 { -127 } else { 127 };
+        }
+        let acc00 = 127i64 * 127 * k as i64;
+        assert!(acc00 > i64::from(i32::MAX), "the test must overflow i32");
+        let ws = vec![1.0f32; n];
+        let xs = vec![1.0f32; rows];
+        let p = PackedW8::pack(&w, &ws, n, k);
+        let want = naive_w8(&qx, &xs, rows, &w, &ws, n, k, None);
+        assert_eq!(want[0], acc00 as f32);
+        assert_eq!(want[n + 1], (-128i64 * 127 * k as i64) as f32);
+        for kern in std::iter::once(scalar()).chain(kernels.iter().copied()) {
+            let mut got = vec![0f32; rows * n];
+            kern.matmul_w8a8(&qx, &xs, rows, &p, None, &mut got);
+            assert_eq!(bits(&got), bits(&want), "{} k={k}", kern.name());
+        }
+    }
+}
+
+#[test]
+fn w4a8_simd_equals_scalar_all_shapes() {
+    let kernels = simd_kernels("w4a8_simd_equals_scalar_all_shapes");
+    let mut rng = Rng(0xfeed_beef);
+    for &group in &[32usize, 64, 128, 8] {
+        for &k in &[1usize, 7, 31, 33, 63, 65, 4095] {
+            for &n in &[1usize, 3, 17, 33] {
+                for &rows in &[1usize, 3, 17] {
+                    for extreme in [false, true] {
+                        let qx: Vec<i8> = (0..rows * k)
+                            .map(|i| {
+                                if extreme {
+                                    [-128, 127, -127][i % 3]
+                                } else {
+                                    rng.i8()
+                                }
+                            })
+                            .collect();
+                        let w: Vec<i8> = (0..n * k)
+                            .map(|i| {
+                                if extreme {
+                                    [-8, 7][i % 2]
+                                } else {
+                                    rng.range(-8, 7)
+                                }
+                            })
+                            .collect();
+                        let groups = k.div_ceil(group);
+                        let ws: Vec<f32> = (0..n * groups).map(|_| rng.f32() * 0.1).collect();
+                        let xs: Vec<f32> = (0..rows).map(|_| rng.f32().abs()).collect();
+                        let b: Vec<f32> = (0..n).map(|_| rng.f32()).collect();
+                        let bias = if rows == 3 { None } else { Some(&b[..]) };
+                        let p = PackedW4::pack(&w, &ws, n, k, group);
+                        let mut want = vec![0f32; rows * n];
+                        scalar().matmul_w4a8(&qx, &xs, rows, &p, bias, &mut want);
+                        assert_eq!(
+                            bits(&want),
+                            bits(&naive_w4(&qx, &xs, rows, &w, &ws, n, k, group, bias)),
+                            "scalar vs naive g={group} k={k} n={n} rows={rows}"
+                        );
+                        for kern in &kernels {
+                            let mut got = vec![f32::NAN; rows * n];
+                            kern.matmul_w4a8(&qx, &xs, rows, &p, bias, &mut got);
+                            assert_eq!(
+                                bits(&got),
+                                bits(&want),
+                                "{} g={group} k={k} n={n} rows={rows}",
+                                kern.name()
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn results_do_not_depend_on_thread_count() {
+    let kernels = simd_kernels("results_do_not_depend_on_thread_count");
+    let mut rng = Rng(99);
+    let (rows, n, k): (usize, usize, usize) = (37, 300, 1000); // 11M MACs: above the parallel threshold
+    let qx: Vec<i8> = (0..rows * k).map(|_| rng.i8()).collect();
+    let w8: Vec<i8> = (0..n * k).map(|_| rng.range(-127, 127)).collect();
+    let w4: Vec<i8> = (0..n * k).map(|_| rng.range(-8, 7)).collect();
+    let ws: Vec<f32> = (0..n * k.div_ceil(64)).map(|_| rng.f32()).collect();
+    let xs: Vec<f32> = (0..rows).map(|_| rng.f32()).collect();
+    let p8 = PackedW8::pack(&w8, &ws[..n], n, k);
+    let p4 = PackedW4::pack(&w4, &ws, n, k, 64);
+    let run = |threads: usize, kern: GemmKernels| {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        pool.install(|| {
+            let (mut a, mut b) = (vec![0f32; rows * n], vec![0f32; rows * n]);
+            kern.matmul_w8a8(&qx, &xs, rows, &p8, None, &mut a);
+            kern.matmul_w4a8(&qx, &xs, rows, &p4, None, &mut b);
+            (bits(&a), bits(&b))
+        })
+    };
+    let want = run(1, scalar());
+    for kern in kernels {
+        for threads in [1, 2, 3, 8] {
+            assert_eq!(
+                run(threads, kern),
+                want,
+                "{} threads={threads}",
+                kern.name()
+            );
+        }
+    }
+}
+
+fn row_inputs(rng: &mut Rng, rows: usize, cols: usize) -> Vec<f32> {
+    (0..rows * cols)
+        .map(|i| match i % 7 {
+            // exact halves after scaling: ties must round away from zero
+            0 => (rng.range(-127, 127) as f32) + 0.5,
+            1 => -0.0,
+            _ => rng.f32() * 10.0,
+        })
+        .collect()
+}
+
+#[test]
+fn row_quantization_simd_equals_scalar_at_every_tail() {
+    let kernels = simd_kernels("row_quantization_simd_equals_scalar_at_every_tail");
+    let mut rng = Rng(2024);
+    let mut lens: Vec<usize> = (1..=40).collect();
+    lens.extend([63, 64, 65, 127, 4095]);
+    for &cols in &lens {
+        for rows in [1usize, 3] {
+            let x = row_inputs(&mut rng, rows, cols);
+            let smooth: Vec<f32> = (0..cols).map(|_| rng.f32().abs() + 0.5).collect();
+            for sm in [None, Some(&smooth[..])] {
+                let (mut q0, mut s0) = (vec![0i8; rows * cols], vec![0f32; rows]);
+                scalar()
+                    .quantize_rows_i8(&x, cols, sm, &mut q0, &mut s0)
+                    .unwrap();
+                // scalar vs the formula written out here
+                for t in 0..rows {
+                    let y: Vec<f32> = (0..cols)
+                        .map(|c| x[t * cols + c] * sm.map_or(1.0, |s| s[c]))
+                        .collect();
+                    let amax = y.iter().fold(0f32, |m, v| m.max(v.abs()));
+                    assert_eq!(s0[t].to_bits(), (amax / 127.0).to_bits());
+                    for c in 0..cols {
+                        let e = if s0[t] == 0.0 {
+                            0
+                        } else {
+                            (y[c] / s0[t]).round().clamp(-127.0, 127.0) as i8
+                        };
+                        assert_eq!(q0[t * cols + c], e);
+                    }
+                }
+                let given: Vec<f32> = (0..rows)
+                    .map(|t| if t == 1 { 0.0 } else { 0.01 + t as f32 })
+                    .collect();
+                let mut g0 = vec![0i8; rows * cols];
+                scalar()
+                    .quantize_rows_i8_with_scales(&x, cols, sm, &given, &mut g0)
+                    .unwrap();
+                for kern in &kernels {
+                    let (mut q, mut s) = (vec![9i8; rows * cols], vec![9f32; rows]);
+                    kern.quantize_rows_i8(&x, cols, sm, &mut q, &mut s).unwrap();
+                    assert_eq!(q, q0, "{} cols={cols}", kern.name());
+                    assert_eq!(bits(&s), bits(&s0), "{} cols={cols}", kern.name());
+                    let mut g = vec![9i8; rows * cols];
+                    kern.quantize_rows_i8_with_scales(&x, cols, sm, &given, &mut g)
+                        .unwrap();
+                    assert_eq!(g, g0, "{} cols={cols} (given scales)", kern.name());
+                }
+            }
+        }
+    }
+    // all zeros -> scale 0, q 0
+    for kern in std::iter::once(scalar()).chain(kernels) {
+        let (mut q, mut s) = (vec![5i8; 70], vec![5f32; 2]);
+        kern.quantize_rows_i8(&[0.0; 70], 35, None, &mut q, &mut s)
+            .unwrap();
+        assert!(
+            q.iter().all(|&v| v == 0) && s == [0.0, 0.0],
+            "{}",
+            kern.name()
+        );
+    }
+}
+
+#[test]
+fn row_quantization_reports_first_non_finite_index() {
+    let kernels = simd_kernels("row_quantization_reports_first_non_finite_index");
+    let mut rng = Rng(5);
+    for &cols in &[1usize, 7, 8, 9, 16, 17, 33, 100] {
+        let rows = 3;
+        for bad_at in (0..rows * cols).step_by(cols.div_ceil(3).max(1)) {
+            for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+                let mut x: Vec<f32> = (0..rows * cols).map(|_| rng.f32()).collect();
+                x[bad_at] = bad;
+                if bad_at + 5 < x.len() {
+                    x[bad_at + 5] = f32::NAN; // a later one must not be reported
+                }
+                for kern in std::iter::once(scalar()).chain(kernels.iter().copied()) {
+                    let (mut q, mut s) = (vec![0i8; rows * cols], vec![0f32; rows]);
+                    assert_eq!(
+                        kern.quantize_rows_i8(&x, cols, None, &mut q, &mut s),
+                        Err(bad_at),
+                        "{}",
+                        kern.name()
+                    );
+                    assert_eq!(
+                        kern.quantize_rows_i8_with_scales(&x, cols, None, &[1.0; 3], &mut q),
+                        Err(bad_at),
+                        "{}",
+                        kern.name()
+                    );
+                }
+            }
+        }
+        // overflow of x * smooth is non-finite too
+        let mut x = vec![1.0f32; rows * cols];
+        x[cols + cols / 2] = 3e38;
+        let smooth = vec![10.0f32; cols];
+        for kern in std::iter::once(scalar()).chain(kernels.iter().copied()) {
+            let (mut q, mut s) = (vec![0i8; rows * cols], vec![0f32; rows]);
+            assert_eq!(
+                kern.quantize_rows_i8(&x, cols, Some(&smooth), &mut q, &mut s),
+                Err(cols + cols / 2),
+                "{}",
+                kern.name()
+            );
+        }
+    }
+}
+
+#[test]
+fn avx_vnni_ymm_kernels_run_or_report_skipped() {
+    match GemmKernels::for_isa(Isa::AvxVnni) {
+        Err(_) => report_skipped(Isa::AvxVnni, "avx_vnni_ymm_kernels_run_or_report_skipped"),
+        Ok(k) => {
+            let w: Vec<i8> = (0..33 * 65).map(|i| (i % 255) as u8 as i8).collect();
+            let qx: Vec<i8> = (0..3 * 65).map(|i| (i * 7 % 256) as u8 as i8).collect();
+            let p = PackedW8::pack(&w, &[1.0; 33], 33, 65);
+            let (mut a, mut b) = (vec![0f32; 99], vec![0f32; 99]);
+            k.matmul_w8a8(&qx, &[1.0; 3], 3, &p, None, &mut a);
+            scalar().matmul_w8a8(&qx, &[1.0; 3], 3, &p, None, &mut b);
+            assert_eq!(bits(&a), bits(&b));
+        }
+    }
+}
