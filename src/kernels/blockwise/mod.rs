@@ -19,6 +19,14 @@
 
 use half::f16;
 
+use super::detect::{active_isa, Isa};
+#[cfg(target_arch = "x86_64")]
+use super::detect::{Avx2, Avx512Vnni, AvxVnni};
+
+#[cfg(target_arch = "x86_64")]
+mod avx2;
+#[cfg(target_arch = "x86_64")]
+mod avx512;
 mod scalar;
 
 /// Quantizes `x` to int8 in blocks of `block` values with one f16 scale per block.
@@ -54,7 +62,8 @@ pub fn quantize_i8_blocks(
     scales: &mut [f16],
 ) -> Result<(), usize> {
     check_lengths(x.len(), block, q.len(), scales.len());
-    scalar::quantize_i8_blocks(x, block, q, scales)
+    quantize_unchecked_on(kernel_isa(), x, block, q, scales)
+        .unwrap_or_else(|| scalar::quantize_i8_blocks(x, block, q, scales))
 }
 
 /// Dequantizes int8 blocks: `out[i] = q[i] as f32 * f32::from(scales[i / block])`.
@@ -63,7 +72,107 @@ pub fn quantize_i8_blocks(
 /// `scales.len() == q.len().div_ceil(block)`.
 pub fn dequantize_i8_blocks(q: &[i8], scales: &[f16], block: usize, out: &mut [f32]) {
     check_lengths(q.len(), block, out.len(), scales.len());
-    scalar::dequantize_i8_blocks(q, scales, block, out)
+    if dequantize_unchecked_on(kernel_isa(), q, scales, block, out).is_none() {
+        scalar::dequantize_i8_blocks(q, scales, block, out)
+    }
+}
+
+/// The instruction set the blockwise kernels run on in this process: [`Isa::Avx512Vnni`]
+/// when the CPU has AVX-512 F/BW/VL (these kernels use no VNNI instruction), [`Isa::Avx2`]
+/// on AVX2 + F16C CPUs (including AVX-VNNI ones), otherwise [`Isa::Scalar`] (also on
+/// aarch64: there is no NEON version of these kernels yet).
+pub fn kernel_isa() -> Isa {
+    match active_isa() {
+        Isa::Avx512Vnni => Isa::Avx512Vnni,
+        Isa::Avx2 | Isa::AvxVnni => Isa::Avx2,
+        Isa::Scalar | Isa::Neon => Isa::Scalar,
+    }
+}
+
+/// [`quantize_i8_blocks`] on a chosen instruction set, for tests and benchmarks that compare
+/// kernels. Returns `None` when this CPU lacks `isa` or there is no kernel for it
+/// ([`Isa::Neon`]); [`Isa::AvxVnni`] runs the AVX2 kernels.
+///
+/// # Panics
+/// On the length preconditions of [`quantize_i8_blocks`].
+#[must_use]
+pub fn quantize_i8_blocks_on(
+    isa: Isa,
+    x: &[f32],
+    block: usize,
+    q: &mut [i8],
+    scales: &mut [f16],
+) -> Option<Result<(), usize>> {
+    check_lengths(x.len(), block, q.len(), scales.len());
+    quantize_unchecked_on(isa, x, block, q, scales)
+}
+
+/// [`dequantize_i8_blocks`] on a chosen instruction set; `None` (nothing written) when this
+/// CPU lacks `isa` or there is no kernel for it (see [`quantize_i8_blocks_on`]).
+///
+/// # Panics
+/// On the length preconditions of [`dequantize_i8_blocks`].
+#[must_use]
+pub fn dequantize_i8_blocks_on(
+    isa: Isa,
+    q: &[i8],
+    scales: &[f16],
+    block: usize,
+    out: &mut [f32],
+) -> Option<()> {
+    check_lengths(q.len(), block, out.len(), scales.len());
+    dequantize_unchecked_on(isa, q, scales, block, out)
+}
+
+fn quantize_unchecked_on(
+    isa: Isa,
+    x: &[f32],
+    block: usize,
+    q: &mut [i8],
+    scales: &mut [f16],
+) -> Option<Result<(), usize>> {
+    match isa {
+        Isa::Scalar => Some(scalar::quantize_i8_blocks(x, block, q, scales)),
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => Avx2::detect().map(|cpu| avx2::quantize_i8_blocks(cpu, x, block, q, scales)),
+        #[cfg(target_arch = "x86_64")]
+        Isa::AvxVnni => AvxVnni::detect()
+            .and(Avx2::detect())
+            .map(|cpu| avx2::quantize_i8_blocks(cpu, x, block, q, scales)),
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512Vnni => {
+            Avx512Vnni::detect().map(|cpu| avx512::quantize_i8_blocks(cpu, x, block, q, scales))
+        }
+        _ => None,
+    }
+}
+
+fn dequantize_unchecked_on(
+    isa: Isa,
+    q: &[i8],
+    scales: &[f16],
+    block: usize,
+    out: &mut [f32],
+) -> Option<()> {
+    match isa {
+        Isa::Scalar => {
+            scalar::dequantize_i8_blocks(q, scales, block, out);
+            Some(())
+        }
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => {
+            Avx2::detect().map(|cpu| avx2::dequantize_i8_blocks(cpu, q, scales, block, out))
+        }
+        #[cfg(target_arch = "x86_64")]
+        Isa::AvxVnni => AvxVnni::detect()
+            .and(Avx2::detect())
+            .map(|cpu| avx2::dequantize_i8_blocks(cpu, q, scales, block, out)),
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512Vnni => {
+            Avx512Vnni::detect().map(|cpu| avx512::dequantize_i8_blocks(cpu, q, scales, block, out))
+        }
+        _ => None,
+    }
 }
 
 #[track_caller]
@@ -212,6 +321,239 @@ mod tests {
                 assert_eq!(o.to_bits(), (v as f32 * s[i / block].to_f32()).to_bits());
             }
         }
+    }
+
+    const BLOCKS: [usize; 11] = [1, 3, 7, 8, 16, 31, 32, 33, 64, 65, 256];
+
+    /// The SIMD instruction sets with blockwise kernels, with their vector width in f32.
+    const SIMD: [(Isa, usize); 2] = [(Isa::Avx2, 8), (Isa::Avx512Vnni, 16)];
+
+    /// Runs `isa` and scalar on `x`, asserting identical q bytes, scale bits and
+    /// dequantized bits (or the same error index). Returns false if the CPU lacks `isa`.
+    fn same_as_scalar(isa: Isa, x: &[f32], block: usize, what: &str) -> bool {
+        let nb = x.len().div_ceil(block);
+        let (mut q0, mut s0) = (vec![0i8; x.len()], vec![f16::ZERO; nb]);
+        let (mut q1, mut s1) = (vec![0i8; x.len()], vec![f16::ZERO; nb]);
+        let r0 = quantize_i8_blocks_on(Isa::Scalar, x, block, &mut q0, &mut s0).unwrap();
+        let Some(r1) = quantize_i8_blocks_on(isa, x, block, &mut q1, &mut s1) else {
+            return false;
+        };
+        assert_eq!(r1, r0, "{isa} {what}: result, block {block}, n {}", x.len());
+        if r0.is_err() {
+            return true;
+        }
+        assert_eq!(q1, q0, "{isa} {what}: q, block {block}, n {}", x.len());
+        let bits = |s: &[f16]| s.iter().map(|h| h.to_bits()).collect::<Vec<_>>();
+        assert_eq!(
+            bits(&s1),
+            bits(&s0),
+            "{isa} {what}: scales, block {block}, n {}",
+            x.len()
+        );
+        let (mut o0, mut o1) = (vec![0f32; x.len()], vec![1f32; x.len()]);
+        dequantize_i8_blocks_on(Isa::Scalar, &q0, &s0, block, &mut o0).unwrap();
+        dequantize_i8_blocks_on(isa, &q0, &s0, block, &mut o1).unwrap();
+        let fbits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+        assert_eq!(
+            fbits(&o1),
+            fbits(&o0),
+            "{isa} {what}: dequantized, block {block}"
+        );
+        true
+    }
+
+    /// Inputs of length `n` that exercise every path, named for failure messages.
+    fn edge_inputs(n: usize, block: usize) -> Vec<(&'static str, Vec<f32>)> {
+        let rnd = pseudo_random(n, (n * 7919 + block) as u64, 3.0);
+        let mut v = vec![("random", rnd.clone()), ("zeros", vec![0.0; n])];
+        v.push((
+            "signed zeros",
+            (0..n)
+                .map(|i| if i % 2 == 0 { -0.0 } else { 0.0 })
+                .collect(),
+        ));
+        // amax = 127·2^e makes d = 2^e and id = 2^-e exact: x = (k + 0.5)·2^e are exact ties.
+        for e in [-3i32, 0, 5] {
+            let p = 2f32.powi(e);
+            let ties = (0..n)
+                .map(|i| match i % block {
+                    0 => 127.0 * p * if i % 2 == 0 { 1.0 } else { -1.0 },
+                    j => ((j * 97 % 254) as f32 - 127.0 + 0.5) * p,
+                })
+                .collect::<Vec<f32>>();
+            // One ulp either side of each tie (toward and away from zero).
+            let near = ties
+                .iter()
+                .enumerate()
+                .map(|(i, &t)| match i % 3 {
+                    _ if i % block == 0 => t,
+                    0 => t.next_down(),
+                    1 => t.next_up(),
+                    _ => t,
+                })
+                .collect();
+            v.push(("ties", ties));
+            v.push(("next to ties", near));
+            // Just below k + 0.5 where adding 0.5 would round up (k = 0) or cross a binade.
+            let below = (0..n)
+                .map(|i| match i % block {
+                    0 => 127.0 * p,
+                    j => {
+                        let k = [0.0f32, 1.0, 3.0, 7.0, 15.0, 31.0, 63.0, 126.0][j % 8];
+                        let sign = if (j / 8) % 2 == 0 { 1.0 } else { -1.0 };
+                        sign * ((k + 0.5) * p).next_down()
+                    }
+                })
+                .collect();
+            v.push(("just below halves", below));
+        }
+        v.push((
+            "plus minus amax",
+            (0..n)
+                .map(|i| if i % 3 == 0 { -2.5 } else { 2.5 })
+                .collect(),
+        ));
+        // Scales that are subnormal in f32 (scalar fallback), subnormal in f16, and large.
+        for (name, scale) in [
+            ("f32-subnormal scale", 1e-38f32),
+            ("tiny scale", 3e-39),
+            ("denormal inputs", 1e-40),
+            ("f16-subnormal scale", 1e-4),
+            ("near f16 max", 65504.0 * 127.0),
+            ("f16 overflow", 65520.0 * 127.0),
+            ("huge", f32::MAX),
+        ] {
+            v.push((name, rnd.iter().map(|r| r / 3.0 * scale).collect()));
+        }
+        // Blocks alternating between normal and f32-subnormal scales.
+        v.push((
+            "mixed scales",
+            rnd.iter()
+                .enumerate()
+                .map(|(i, r)| if (i / block) % 2 == 0 { *r } else { r * 1e-38 })
+                .collect(),
+        ));
+        v
+    }
+
+    #[test]
+    fn simd_matches_scalar_at_every_length_and_block() {
+        for (isa, lanes) in SIMD {
+            for &block in &BLOCKS {
+                for n in (0..=2 * lanes + 1).chain([block * 17 + 5, 4 * 256 + 3]) {
+                    for (what, x) in edge_inputs(n, block) {
+                        if !same_as_scalar(isa, &x, block, what) {
+                            crate::kernels::detect::report_skipped(
+                                isa,
+                                "blockwise simd_matches_scalar",
+                            );
+                            return;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn simd_reports_the_same_first_non_finite_index() {
+        for (isa, lanes) in SIMD {
+            for &block in &BLOCKS {
+                let n = 3 * block.max(2 * lanes) + 1;
+                for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY, -f32::NAN] {
+                    for pos in [0, 1, lanes - 1, lanes, block, n / 2, n - 1] {
+                        let mut x = pseudo_random(n, pos as u64, 2.0);
+                        x[pos] = bad;
+                        if pos + 3 < n {
+                            x[pos + 3] = f32::NAN;
+                        }
+                        if !same_as_scalar(isa, &x, block, "non-finite") {
+                            crate::kernels::detect::report_skipped(isa, "blockwise non_finite");
+                            return;
+                        }
+                        let mut q = vec![0i8; n];
+                        let mut s = vec![f16::ZERO; n.div_ceil(block)];
+                        assert_eq!(
+                            quantize_i8_blocks_on(isa, &x, block, &mut q, &mut s),
+                            Some(Err(pos))
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn simd_scales_match_half_from_f32_over_the_f32_range() {
+        // Block 1: every value is its own block, so each gives one d = |x|/127 -> f16.
+        let mut x: Vec<f32> = (0..0x7f80_0000u32)
+            .step_by(1021)
+            .map(f32::from_bits)
+            .collect();
+        // f16 rounding ties: d exactly halfway between neighbouring f16 values.
+        for h in 0..0x7bffu16 {
+            let mid = (f16::from_bits(h).to_f32() + f16::from_bits(h + 1).to_f32()) / 2.0;
+            x.push(mid * 127.0);
+            x.push(-mid * 127.0);
+        }
+        for (isa, _) in SIMD {
+            if !same_as_scalar(isa, &x, 1, "scale sweep") {
+                crate::kernels::detect::report_skipped(isa, "blockwise scale sweep");
+            }
+        }
+    }
+
+    #[test]
+    fn simd_dequantize_matches_scalar_for_any_codes_and_scales() {
+        let scales_pool = [
+            0.0f32,
+            -0.0,
+            1.0,
+            -3.5,
+            6e-8,
+            1e-5,
+            65504.0,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+        ];
+        for (isa, lanes) in SIMD {
+            for &block in &BLOCKS {
+                for n in (0..=2 * lanes + 1).chain([block * 19 + 3]) {
+                    let q: Vec<i8> = (0..n).map(|i| (i as i32 * 37 - 128) as i8).collect();
+                    let s: Vec<f16> = (0..n.div_ceil(block))
+                        .map(|b| f16::from_f32(scales_pool[b % scales_pool.len()]))
+                        .chain(std::iter::once(f16::NAN))
+                        .take(n.div_ceil(block))
+                        .collect();
+                    let (mut o0, mut o1) = (vec![0f32; n], vec![1f32; n]);
+                    dequantize_i8_blocks_on(Isa::Scalar, &q, &s, block, &mut o0).unwrap();
+                    if dequantize_i8_blocks_on(isa, &q, &s, block, &mut o1).is_none() {
+                        crate::kernels::detect::report_skipped(isa, "blockwise dequantize");
+                        break;
+                    }
+                    for (a, b) in o0.iter().zip(&o1) {
+                        assert!(
+                            a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan()),
+                            "{isa} block {block}: {a} vs {b}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn dispatch_uses_the_best_kernel() {
+        let isa = kernel_isa();
+        eprintln!("blockwise kernels run on {isa}");
+        let x = pseudo_random(1000, 5, 1.0);
+        let mut q = vec![0i8; 1000];
+        let mut s = vec![f16::ZERO; 16];
+        assert_eq!(
+            quantize_i8_blocks_on(isa, &x, 64, &mut q, &mut s),
+            Some(Ok(()))
+        );
+        assert_eq!(quantize(&x, 64), Ok((q, s)));
     }
 
     #[test]
