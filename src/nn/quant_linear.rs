@@ -35,7 +35,8 @@
 //! the flattened `[rows, in]` input, `sx[t] = amax_k |x[t,k]| / 127`, the default), per
 //! tensor (one `sx = amax / 127` for the whole input of the call), or a static scale from
 //! calibration (`qx = clamp(round_half_away(x / sx), -127, 127)`, so values beyond
-//! `127·sx` saturate). All three are computed by [`kernels::gemm`] in one fused pass.
+//! `127·sx` saturate). Quantization is one fused pass of [`kernels::gemm`] (per tensor
+//! adds one `amax` pass over the input), split over rayon by rows for large inputs.
 //!
 //! **Output.** The integer accumulator `acc[t,o] = Σ_k qx[t,k]·qw[o,k]` is exact (i32,
 //! blocked into wider accumulators when `in_features` could overflow i32), and the float
@@ -63,7 +64,8 @@
 //! NaN or ±Inf are refused with [`Error::NonFinite`] naming the first bad element by its
 //! flat row-major index in the input tensor (the crate's one policy). Through
 //! [`candle_core::Module::forward`] the same error arrives as a [`candle_core::Error`]
-//! wrapping ours (`candle_core::Error::Wrapped`, identical message); call
+//! wrapping ours (`candle_core::Error::Wrapped`, inside `WithBacktrace` when backtraces
+//! are enabled; the message is identical); call
 //! [`QuantLinear::try_forward`] to receive the typed [`Error`] instead.
 //!
 //! [`kernels::gemm`]: crate::kernels::gemm
@@ -75,7 +77,6 @@ use std::sync::Arc;
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Shape, Tensor};
 use half::slice::HalfFloatSliceExt;
-use half::{bf16, f16};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
@@ -679,20 +680,39 @@ impl QuantLinear {
     }
 
     /// The forward pass on row-major f32 input: quantize, integer matmul, epilogue.
-    fn forward_f32(&self, x: &[f32]) -> Result<Vec<f32>> {
+    /// `out` holds `rows × out_features` values, `x` `rows × in_features`.
+    fn forward_f32(&self, x: &[f32], out: &mut [f32]) -> Result<()> {
         let rows = x.len() / self.in_features;
-        let mut out = vec![0f32; rows * self.out_features];
         if rows == 0 {
-            return Ok(out);
+            return Ok(());
         }
         let mut scales = vec![0f32; rows];
-        with_scratch_i8(x.len(), |qx| {
+        with_scratch(&SCRATCH_I8, x.len(), |qx| {
             self.quantize_into(x, qx, &mut scales)?;
             let bias = self.bias.as_deref();
             match &self.weights {
-                PackedWeights::W8(w) => gemm::matmul_w8a8(qx, &scales, rows, w, bias, &mut out),
-                PackedWeights::W4(w) => gemm::matmul_w4a8(qx, &scales, rows, w, bias, &mut out),
+                PackedWeights::W8(w) => gemm::matmul_w8a8(qx, &scales, rows, w, bias, out),
+                PackedWeights::W4(w) => gemm::matmul_w4a8(qx, &scales, rows, w, bias, out),
             }
+            Ok(())
+        })
+    }
+
+    /// Half-precision (or f64) input: widened into a reused f32 buffer, run in f32, the
+    /// output narrowed once into the returned vector.
+    fn forward_converted<T: Copy + Default>(
+        &self,
+        x: &[T],
+        widen: impl Fn(&[T], &mut [f32]),
+        narrow: impl Fn(&[f32], &mut [T]),
+    ) -> Result<Vec<T>> {
+        let n_out = x.len() / self.in_features * self.out_features;
+        let mut out = vec![T::default(); n_out];
+        with_scratch(&SCRATCH_F32, x.len() + n_out, |buf| {
+            let (xf, yf) = buf.split_at_mut(x.len());
+            widen(x, xf);
+            self.forward_f32(xf, yf)?;
+            narrow(yf, &mut out);
             Ok(())
         })?;
         Ok(out)
@@ -717,29 +737,28 @@ impl QuantLinear {
                 ),
             ));
         };
+        let n_out = (end - start) / self.in_features * self.out_features;
         let out = match storage {
-            CpuStorage::F32(all) => CpuStorage::F32(self.forward_f32(&all[start..end])?),
-            CpuStorage::F16(all) => {
-                let mut x = vec![0f32; end - start];
-                all[start..end].convert_to_f32_slice(&mut x);
-                let y = self.forward_f32(&x)?;
-                let mut out = vec![f16::ZERO; y.len()];
-                out.convert_from_f32_slice(&y);
-                CpuStorage::F16(out)
+            CpuStorage::F32(all) => {
+                let mut out = vec![0f32; n_out];
+                self.forward_f32(&all[start..end], &mut out)?;
+                CpuStorage::F32(out)
             }
-            CpuStorage::BF16(all) => {
-                let mut x = vec![0f32; end - start];
-                all[start..end].convert_to_f32_slice(&mut x);
-                let y = self.forward_f32(&x)?;
-                let mut out = vec![bf16::ZERO; y.len()];
-                out.convert_from_f32_slice(&y);
-                CpuStorage::BF16(out)
-            }
-            CpuStorage::F64(all) => {
-                let x: Vec<f32> = all[start..end].iter().map(|&v| v as f32).collect();
-                let y = self.forward_f32(&x)?;
-                CpuStorage::F64(y.into_iter().map(f64::from).collect())
-            }
+            CpuStorage::F16(all) => CpuStorage::F16(self.forward_converted(
+                &all[start..end],
+                |x, xf| x.convert_to_f32_slice(xf),
+                |yf, y| y.convert_from_f32_slice(yf),
+            )?),
+            CpuStorage::BF16(all) => CpuStorage::BF16(self.forward_converted(
+                &all[start..end],
+                |x, xf| x.convert_to_f32_slice(xf),
+                |yf, y| y.convert_from_f32_slice(yf),
+            )?),
+            CpuStorage::F64(all) => CpuStorage::F64(self.forward_converted(
+                &all[start..end],
+                |x, xf| xf.iter_mut().zip(x).for_each(|(d, &v)| *d = v as f32),
+                |yf, y| y.iter_mut().zip(yf).for_each(|(d, &v)| *d = f64::from(v)),
+            )?),
             other => {
                 return Err(Error::UnsupportedDType {
                     op: "QuantLinear::forward",
@@ -791,20 +810,29 @@ thread_local! {
     /// the quantization itself. Taken out of the cell while in use, so a nested call on
     /// this thread (rayon work stealing) simply allocates its own.
     static SCRATCH_I8: Cell<Vec<i8>> = const { Cell::new(Vec::new()) };
+    /// Reused f32 buffer for widened F16/BF16/F64 inputs and the f32 output before it is
+    /// narrowed back (same discipline as `SCRATCH_I8`).
+    static SCRATCH_F32: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
 }
 
-/// Buffers above this size are not kept between calls (a one-off huge batch should not pin
-/// its memory for the life of the thread).
-const SCRATCH_KEEP_MAX: usize = 64 << 20;
+/// Buffers above this many bytes are not kept between calls (a one-off huge batch should
+/// not pin its memory for the life of the thread).
+const SCRATCH_KEEP_MAX_BYTES: usize = 64 << 20;
 
-fn with_scratch_i8<R>(len: usize, f: impl FnOnce(&mut [i8]) -> Result<R>) -> Result<R> {
-    let mut buf = SCRATCH_I8.with(Cell::take);
+/// Runs `f` on `len` elements of this thread's scratch buffer `cell` (contents
+/// unspecified: `f` must write before it reads).
+fn with_scratch<T: Copy + Default + 'static, R>(
+    cell: &'static std::thread::LocalKey<Cell<Vec<T>>>,
+    len: usize,
+    f: impl FnOnce(&mut [T]) -> Result<R>,
+) -> Result<R> {
+    let mut buf = cell.with(Cell::take);
     if buf.len() < len {
-        buf.resize(len, 0);
+        buf.resize(len, T::default());
     }
     let r = f(&mut buf[..len]);
-    if buf.len() <= SCRATCH_KEEP_MAX {
-        SCRATCH_I8.with(|c| c.set(buf));
+    if buf.len() * std::mem::size_of::<T>() <= SCRATCH_KEEP_MAX_BYTES {
+        cell.with(|c| c.set(buf));
     }
     r
 }
