@@ -28,7 +28,7 @@
 //! (including all zeros) has `S = 0` and decodes exactly to its value; a group whose range
 //! underflows `S` to 0 uses the smallest positive f32 instead, keeping the bound.
 //!
-//! 4-bit codes are packed two per byte with [`pack_nibbles`](super::int4::pack_nibbles)
+//! 4-bit codes are packed two per byte with [`pack_nibbles`]
 //! (`n` values → `ceil(n/2)` bytes); 8-bit codes take one byte each. Size: payload +
 //! 8 bytes per group + shape/dtype header + [`SCHEME_BYTES`](super::SCHEME_BYTES).
 

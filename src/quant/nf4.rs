@@ -23,7 +23,7 @@
 //! (`y` lies between the midpoints around its code; `2⁻²²` covers the f32 roundings of
 //! `x / A`, of the midpoints and of `code · A`). An all-zero block has `A = 0` and decodes to
 //! exact zeros. Codes are packed two per byte with
-//! [`pack_nibbles`](super::int4::pack_nibbles) (element `2i` in the low nibble), so the
+//! [`pack_nibbles`] (element `2i` in the low nibble), so the
 //! bytes are not bitsandbytes' byte order; the code book and absmax are the same.
 //!
 //! Size: `ceil(n/2)` payload bytes + 4 bytes per block + shape/dtype header +
