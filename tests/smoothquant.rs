@@ -440,6 +440,28 @@ fn sqnr_table() -> Result<()> {
 }
 
 #[test]
+fn static_scale_for_the_smoothed_layer_comes_from_the_channel_maxima() -> Result<()> {
+    let l = outlier_layer();
+    let f = SmoothFactors::compute(&l.obs, &[&l.lin], 0.5)?;
+    let amax = f.smoothed_max_abs(&l.obs)?;
+    let stat = QuantConfig::w8a8().with_activations(ActivationQuant::Static {
+        scale: amax / 127.0,
+    })?;
+    let per_tensor = QuantConfig::w8a8().with_activations(ActivationQuant::PerTensor)?;
+    let a = QuantLinear::from_linear_smoothed(&l.lin, f.as_slice(), &stat)?;
+    let b = QuantLinear::from_linear_smoothed(&l.lin, f.as_slice(), &per_tensor)?;
+    // On the calibration data the static scale is exactly the dynamic per-tensor one.
+    assert_eq!(a.quantize_activations(&l.x)?, b.quantize_activations(&l.x)?);
+    let reference = l.lin.forward(&l.x)?;
+    assert!(quant_sqnr(&a, &l.x, &reference) > 30.0);
+    assert!(f.smoothed_max_abs(&ChannelAbsMax::new(512)?).is_err());
+    assert!(f
+        .smoothed_max_abs(&ChannelAbsMax::from_max_abs(vec![1.0; 8], 1)?)
+        .is_err());
+    Ok(())
+}
+
+#[test]
 fn alpha_search_reports_every_grid_point() -> Result<()> {
     let l = outlier_layer();
     let cfg = QuantConfig::w8a8().with_activations(ActivationQuant::PerTensor)?;

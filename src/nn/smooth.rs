@@ -167,8 +167,7 @@ impl SmoothFactors {
     /// [`Error::InvalidArgument`] for α outside `[0, 1]`, an empty calibration (no rows
     /// observed) or an empty group; [`Error::ShapeMismatch`] when the channel count of
     /// `act` differs from the linears' `in_features` (or those differ among themselves);
-    /// [`Error::NonFinite`] for non-finite weights or statistics, or factors that
-    /// overflow f32.
+    /// [`Error::NonFinite`] for non-finite weights or statistics.
     pub fn compute(act: &ChannelAbsMax, linears: &[&Linear], alpha: f32) -> Result<Self> {
         check_alpha(alpha)?;
         let act_max = act.max_abs()?;
@@ -186,12 +185,14 @@ impl SmoothFactors {
     }
 
     /// The factors from per-channel activation and weight maxima (both finite, `≥ 0`, of
-    /// equal length).
+    /// equal length). Every factor lies in `[1e-5, max(max|X_j|, 1e5)]` (a weighted
+    /// geometric mean of `max|X_j|` and `1 / max|W_j|`), so it is finite and its
+    /// reciprocal too.
     ///
     /// # Errors
     /// [`Error::InvalidArgument`] for α outside `[0, 1]`, empty or negative maxima;
     /// [`Error::ShapeMismatch`] when the lengths differ; [`Error::NonFinite`] for NaN/±Inf
-    /// in the maxima or factors that overflow f32.
+    /// in the maxima.
     pub fn from_maxima(act_max: &[f32], weight_max: &[f32], alpha: f32) -> Result<Self> {
         check_alpha(alpha)?;
         if act_max.is_empty() {
@@ -228,7 +229,7 @@ impl SmoothFactors {
                 s.max(floor) as f32
             })
             .collect();
-        check_finite(&factors, "SmoothFactors (factors overflow f32)")?;
+        debug_assert!(factors.iter().all(|f| f.is_finite() && *f >= MIN_FACTOR));
         Ok(Self {
             factors: factors.into(),
             alpha: Some(alpha),
@@ -279,6 +280,28 @@ impl SmoothFactors {
     #[must_use]
     pub fn alpha(&self) -> Option<f32> {
         self.alpha
+    }
+
+    /// `max_j max|X_j| / s_j`: the largest magnitude of the *smoothed* activations
+    /// `x / s` over the calibration data behind `act`, exact for those data. Divide by 127
+    /// for a static int8 activation scale of the smoothed layer
+    /// ([`ActivationQuant::Static`]).
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] for an empty calibration; [`Error::ShapeMismatch`] when
+    /// the channel counts differ.
+    pub fn smoothed_max_abs(&self, act: &ChannelAbsMax) -> Result<f32> {
+        let a = act.max_abs()?;
+        if a.len() != self.len() {
+            return Err(Error::shape(
+                "calibration channels (= smoothing factors)",
+                self.len(),
+                a.len(),
+            ));
+        }
+        Ok(a.iter()
+            .zip(self.factors.iter())
+            .fold(0f32, |m, (&x, &s)| m.max(x * (1.0 / s))))
     }
 
     fn tensor(&self, dtype: DType, device: &Device) -> Result<Tensor> {
@@ -529,6 +552,9 @@ pub fn smooth(
         }
         Preceding::LayerNorm(ln, NormUse::AlsoResidual) => {
             norm_param(ln.weight(), in_f, "LayerNorm weight")?;
+            if let Some(b) = ln.bias() {
+                norm_param(b, in_f, "LayerNorm bias")?;
+            }
             (
                 Some(SmoothedNorm::LayerNorm(ln.clone())),
                 InputScaling::InLayer,

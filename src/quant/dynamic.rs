@@ -423,7 +423,7 @@ impl DynamicTensor {
     ///
     /// # Errors
     /// [`Error::ShapeMismatch`] when `original`'s shape differs; as
-    /// [`compare_slices`](crate::quant::metrics::compare_slices) otherwise.
+    /// [`compare_slices`] otherwise.
     pub fn error_stats(&self, original: &Tensor) -> Result<ErrorStats> {
         if original.shape() != &self.shape {
             return Err(Error::shape(
