@@ -8,6 +8,7 @@
 //! cargo bench --bench quant_linear -- '4096x4096/b1/'      # a criterion filter
 //! QL_BENCH_THREADS=1 cargo bench --bench quant_linear      # one thread count only
 //! QL_BENCH_SUMMARY=only cargo bench --bench quant_linear   # reprint the last run's table
+//! QL_BENCH_STAT=median cargo bench --bench quant_linear    # medians instead of fastest
 //! ```
 //!
 //! # Threads
@@ -24,8 +25,9 @@
 //!
 //! # Summary
 //!
-//! After the runs the parent reads criterion's `estimates.json` (median) for every
-//! benchmark written during this invocation and prints a markdown table of ratios to the
+//! After the runs the parent reads criterion's results for every benchmark written during
+//! this invocation — the fastest sample (`sample.json`, default) or criterion's median
+//! (`estimates.json`, with `QL_BENCH_STAT=median`) — and prints a markdown table of ratios to the
 //! f32 Linear (the README table), the issue's targets, the speed-up over `QMatMul` Q8_0,
 //! QuantLinear's time against the bare kernels', the 2-thread scaling at batch 128 and the
 //! batch-1 int8 weight bandwidth.
@@ -292,24 +294,45 @@ fn bench_all(c: &mut Criterion, threads: usize, pool: &rayon::ThreadPool) {
     group.finish();
 }
 
-/// Median time in ns of one benchmark, if it was written at or after `since`.
-fn median_ns(home: &Path, threads: usize, id: &str, since: SystemTime) -> Option<f64> {
-    let path = home
+/// The statistic the summary uses: `min` (default) is the fastest of criterion's samples
+/// (each the mean of many iterations): on a shared machine the least disturbed one, as
+/// `timeit` recommends; `median` is criterion's median estimate.
+fn stat_is_min() -> bool {
+    std::env::var("QL_BENCH_STAT").as_deref() != Ok("median")
+}
+
+/// Time in ns of one iteration of a benchmark (see [`stat_is_min`]), if it was written at
+/// or after `since`.
+fn time_ns(home: &Path, threads: usize, id: &str, since: SystemTime) -> Option<f64> {
+    let dir = home
         .join(group_name(threads))
         .join(id.replace('/', "_"))
-        .join("new")
-        .join("estimates.json");
-    let modified = std::fs::metadata(&path).ok()?.modified().ok()?;
-    if modified < since {
-        return None;
+        .join("new");
+    let read = |file: &str| -> Option<serde_json::Value> {
+        let path = dir.join(file);
+        let modified = std::fs::metadata(&path).ok()?.modified().ok()?;
+        if modified < since {
+            return None;
+        }
+        serde_json::from_slice(&std::fs::read(&path).ok()?).ok()
+    };
+    if stat_is_min() {
+        let sample = read("sample.json")?;
+        let iters = sample["iters"].as_array()?;
+        let times = sample["times"].as_array()?;
+        iters
+            .iter()
+            .zip(times)
+            .filter_map(|(n, t)| Some(t.as_f64()? / n.as_f64()?))
+            .reduce(f64::min)
+    } else {
+        read("estimates.json")?["median"]["point_estimate"].as_f64()
     }
-    let json: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).ok()?).ok()?;
-    json["median"]["point_estimate"].as_f64()
 }
 
 fn print_summary(home: &Path, thread_counts: &[usize], since: SystemTime) {
     let t = |threads: usize, inp, out, batch, imp| {
-        median_ns(home, threads, &bench_id(inp, out, batch, imp), since)
+        time_ns(home, threads, &bench_id(inp, out, batch, imp), since)
     };
     let fmt_ratio = |num: Option<f64>, den: Option<f64>| match (num, den) {
         (Some(n), Some(d)) if d > 0.0 => format!("{:.2}", n / d),
@@ -317,9 +340,14 @@ fn print_summary(home: &Path, thread_counts: &[usize], since: SystemTime) {
     };
     println!();
     println!(
-        "## QuantLinear vs candle (ISA {}, gemm kernels {}; criterion medians from {})",
+        "## QuantLinear vs candle (ISA {}, gemm kernels {}; criterion {} from {})",
         kernels::active_isa(),
         GemmKernels::active().name(),
+        if stat_is_min() {
+            "fastest samples"
+        } else {
+            "medians"
+        },
         home.display()
     );
     for &threads in thread_counts {
