@@ -495,6 +495,50 @@ impl CompressedWriter {
         Ok(())
     }
 
+    /// Adds an uncompressed tensor given as raw little-endian bytes in any safetensors
+    /// dtype (for passing tensors through unchanged, without a candle round trip).
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] when `name` is used; [`Error::ShapeMismatch`] when
+    /// `data.len()` is not `shape`'s element count × the dtype's size.
+    ///
+    /// ```
+    /// # use candle_compress::io::safetensors::CompressedWriter;
+    /// use safetensors::tensor::Dtype;
+    /// let mut w = CompressedWriter::new();
+    /// w.add_raw("ids", Dtype::I8, &[3], vec![1, 2, 3])?;
+    /// assert!(w.add_raw("x", Dtype::F32, &[2], vec![0; 7]).is_err());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn add_raw(
+        &mut self,
+        name: &str,
+        dtype: Dtype,
+        shape: &[usize],
+        data: Vec<u8>,
+    ) -> Result<()> {
+        self.check_new_name(name)?;
+        let bits = crate::quant::checked_elem_count(shape, name)?
+            .checked_mul(dtype.bitsize())
+            .ok_or_else(|| Error::invalid("tensor shape", format!("{name}: size overflows")))?;
+        if bits % 8 != 0 || bits / 8 != data.len() {
+            return Err(Error::shape(
+                format!("{name} bytes"),
+                bits.div_ceil(8),
+                data.len(),
+            ));
+        }
+        self.parts.insert(
+            name.to_string(),
+            Part {
+                dtype,
+                shape: shape.to_vec(),
+                data,
+            },
+        );
+        Ok(())
+    }
+
     /// Adds a free-form metadata entry (kept by every safetensors reader).
     ///
     /// # Errors

@@ -1,0 +1,760 @@
+//! `candle-compress`: quantize, inspect, evaluate and export safetensors checkpoints.
+//!
+//! ```text
+//! candle-compress quantize model.safetensors -o model.int8.safetensors --scheme int8:64 --skip 'embed*'
+//! candle-compress inspect model.int8.safetensors
+//! candle-compress eval model.safetensors model.int8.safetensors --json
+//! candle-compress export-gguf model.safetensors -o model.gguf --type q8_0
+//! ```
+//!
+//! Errors are one line on stderr with exit code 1; usage errors exit with 2. Outputs are
+//! written to a temporary file renamed into place, and an existing output is only replaced
+//! with `--force`.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use candle_compress::io::gguf::{save_gguf, GgufTensor, GgufType};
+use candle_compress::io::reader::SafetensorsReader;
+use candle_compress::io::safetensors::{CompressedFile, CompressedWriter, ItemKind};
+use candle_compress::nn::{QuantConfig, QuantLinear, WeightQuant};
+use candle_compress::quant::metrics::{compare_slices, ErrorStats};
+use candle_compress::scheme::Scheme;
+use candle_compress::{Compressor, Error, Result};
+use candle_core::quantized::gguf_file::Value as GgufValue;
+use candle_core::{DType, Device, Tensor};
+use clap::{Parser, Subcommand, ValueEnum};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use safetensors::tensor::Dtype;
+use serde_json::{json, Value};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "candle-compress",
+    version,
+    about = "Compress safetensors checkpoints for candle on CPU"
+)]
+struct Cli {
+    /// Print machine-readable JSON on stdout instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Quantize every float tensor of rank >= 2 of a safetensors file.
+    ///
+    /// SCHEME is a tensor scheme (int8[:block], affine8[:group], affine4[:group],
+    /// int4[:group], nf4[:block]; default size 64) or a layer scheme (w8a8, w4a8[:group])
+    /// that turns every `<p>.weight` of rank 2 (with `<p>.bias`) into a QuantLinear.
+    Quantize {
+        /// Input safetensors file (F32, F16, BF16 or F64 tensors).
+        input: PathBuf,
+        /// Output file.
+        #[arg(short, long)]
+        output: PathBuf,
+        /// Quantization scheme.
+        #[arg(long)]
+        scheme: String,
+        /// Keep tensors whose name matches PATTERN in full precision (`*` matches any
+        /// text; a pattern without `*` matches as a substring). Repeatable.
+        #[arg(long = "skip", value_name = "PATTERN")]
+        skip: Vec<String>,
+        /// Replace an existing output file.
+        #[arg(long)]
+        force: bool,
+    },
+    /// List the tensors of a file: kind, scheme, shape, stored bytes, ratio; totals.
+    Inspect {
+        /// A safetensors file (ours or any other).
+        file: PathBuf,
+    },
+    /// Compare a compressed file with its original: MAE, SQNR and cosine per tensor.
+    Eval {
+        /// The original float safetensors file.
+        original: PathBuf,
+        /// The compressed file written by `quantize`.
+        compressed: PathBuf,
+    },
+    /// Export to GGUF (Q8_0 or Q4_0 for tensors of rank >= 2, F32 otherwise).
+    ExportGguf {
+        /// A float safetensors file, or a compressed file holding int8:32 / int4:32 tensors.
+        input: PathBuf,
+        /// Output .gguf file.
+        #[arg(short, long)]
+        output: PathBuf,
+        /// GGML type for quantized tensors of a float input.
+        #[arg(long = "type", value_enum, default_value = "q8_0")]
+        ty: GgufKind,
+        /// Replace an existing output file.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+enum GgufKind {
+    /// GGML Q8_0 (int8 blocks of 32, f16 scale).
+    #[value(name = "q8_0")]
+    Q8_0,
+    /// GGML Q4_0 (4-bit blocks of 32, f16 scale).
+    #[value(name = "q4_0")]
+    Q4_0,
+}
+
+/// What `quantize` does with the tensors.
+enum Plan {
+    Tensors(Scheme),
+    Layers(QuantConfig),
+}
+
+fn parse_plan(text: &str) -> Result<Plan> {
+    let (kind, size) = match text.split_once(':') {
+        Some((k, s)) => (k, Some(s)),
+        None => (text, None),
+    };
+    let size = size
+        .map(|s| {
+            s.parse::<usize>()
+                .map_err(|_| invalid("scheme", format!("{s:?} in {text:?} is not a size")))
+        })
+        .transpose()?;
+    match kind {
+        "w8a8" if size.is_none() => Ok(Plan::Layers(QuantConfig::w8a8())),
+        "w4a8" => Ok(Plan::Layers(QuantConfig::w4a8(size.unwrap_or(64))?)),
+        _ => Ok(Plan::Tensors(text.parse()?)),
+    }
+}
+
+/// `*` matches any text; a pattern without `*` matches as a substring.
+fn matches(pattern: &str, name: &str) -> bool {
+    if !pattern.contains('*') {
+        return name.contains(pattern);
+    }
+    let parts: Vec<&str> = pattern.split('*').collect();
+    let (first, last) = (parts[0], parts[parts.len() - 1]);
+    if !name.starts_with(first) || name.len() < first.len() + last.len() || !name.ends_with(last) {
+        return false;
+    }
+    let mut rest = &name[first.len()..name.len() - last.len()];
+    for mid in &parts[1..parts.len() - 1] {
+        match rest.find(mid) {
+            Some(i) => rest = &rest[i + mid.len()..],
+            None => return false,
+        }
+    }
+    true
+}
+
+fn check_output(path: &Path, force: bool) -> Result<()> {
+    if path.exists() && !force {
+        return Err(invalid(
+            "output",
+            format!(
+                "{} exists; refusing to overwrite it (use --force)",
+                path.display()
+            ),
+        ));
+    }
+    if path.is_dir() {
+        return Err(invalid(
+            "output",
+            format!("{} is a directory", path.display()),
+        ));
+    }
+    Ok(())
+}
+
+fn progress(len: usize, json: bool, what: &str) -> ProgressBar {
+    let bar = ProgressBar::new(len as u64);
+    if json {
+        bar.set_draw_target(ProgressDrawTarget::hidden());
+    }
+    if let Ok(style) = ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} {wide_msg}") {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar.set_message(what.to_string());
+    bar
+}
+
+/// An [`Error::InvalidArgument`] (the library's constructor is crate-private).
+fn invalid(name: &'static str, reason: impl Into<String>) -> Error {
+    Error::InvalidArgument {
+        name,
+        reason: reason.into(),
+    }
+}
+
+fn is_float(d: Dtype) -> bool {
+    matches!(d, Dtype::F32 | Dtype::F16 | Dtype::BF16 | Dtype::F64)
+}
+
+fn candle_float(d: Dtype) -> DType {
+    match d {
+        Dtype::F16 => DType::F16,
+        Dtype::BF16 => DType::BF16,
+        Dtype::F64 => DType::F64,
+        _ => DType::F32,
+    }
+}
+
+/// Reads a float tensor in its own dtype; F32 goes straight into one f32 buffer.
+fn read_tensor(reader: &SafetensorsReader, name: &str, dtype: Dtype) -> Result<Tensor> {
+    if dtype == Dtype::F32 {
+        let (shape, values) = reader.read_f32(name)?;
+        return Ok(Tensor::from_vec(values, shape, &Device::Cpu)?);
+    }
+    let raw = reader.read(name)?;
+    Ok(Tensor::from_raw_buffer(
+        &raw.data,
+        candle_float(dtype),
+        &raw.shape,
+        &Device::Cpu,
+    )?)
+}
+
+fn quantize(
+    input: &Path,
+    output: &Path,
+    scheme: &str,
+    skip: &[String],
+    force: bool,
+    json: bool,
+) -> Result<Value> {
+    let plan = parse_plan(scheme)?;
+    check_output(output, force)?;
+    let reader = in_file(input, SafetensorsReader::open(input))?;
+    let names = reader.names();
+    let mut writer = CompressedWriter::new();
+    writer.add_metadata(
+        "source",
+        &input
+            .file_name()
+            .map_or(String::new(), |n| n.to_string_lossy().into_owned()),
+    )?;
+    let mut rows = Vec::new();
+    // Biases folded into QuantLinears (layer schemes): decided up front, since a bias may
+    // come before its weight in the file.
+    let mut consumed = HashSet::new();
+    if let Plan::Layers(_) = plan {
+        for name in &names {
+            let Some(info) = reader.info(name) else {
+                continue;
+            };
+            let Some(prefix) = name.strip_suffix(".weight") else {
+                continue;
+            };
+            if info.shape.len() != 2
+                || !is_float(info.dtype)
+                || skip.iter().any(|p| matches(p, name))
+            {
+                continue;
+            }
+            let bias_name = format!("{prefix}.bias");
+            if let Some(b) = reader.info(&bias_name) {
+                if is_float(b.dtype) && b.shape == [info.shape[0]] {
+                    consumed.insert(bias_name);
+                }
+            }
+        }
+    }
+    let bar = progress(names.len(), json, "quantize");
+    let (mut total_in, mut total_out) = (0usize, 0usize);
+    for name in &names {
+        bar.inc(1);
+        if consumed.contains(name) {
+            continue;
+        }
+        let Some(info) = reader.info(name) else {
+            continue;
+        };
+        let stored_in = info.data_offsets.1 - info.data_offsets.0;
+        let skipped = skip.iter().any(|p| matches(p, name));
+        let (dtype, shape) = (info.dtype, info.shape.clone());
+        let before = writer.data_bytes();
+        let action;
+        let mut scheme_text = Value::Null;
+        let mut original = stored_in;
+        match &plan {
+            Plan::Tensors(s) if !skipped && is_float(dtype) && shape.len() >= 2 => {
+                let t = read_tensor(&reader, name, dtype)?;
+                let c = s.compress(&t)?;
+                drop(t);
+                writer.add_compressed(name, &c)?;
+                scheme_text = json!(s.to_string());
+                action = "compressed";
+            }
+            Plan::Layers(cfg)
+                if !skipped && is_float(dtype) && shape.len() == 2 && name.ends_with(".weight") =>
+            {
+                let prefix = &name[..name.len() - ".weight".len()];
+                let bias_name = format!("{prefix}.bias");
+                let bias = match reader.info(&bias_name) {
+                    Some(b) if consumed.contains(&bias_name) => {
+                        original += b.data_offsets.1 - b.data_offsets.0;
+                        Some(read_tensor(&reader, &bias_name, b.dtype)?)
+                    }
+                    _ => None,
+                };
+                let w = read_tensor(&reader, name, dtype)?;
+                let layer = QuantLinear::new(&w, bias.as_ref(), cfg)?;
+                drop(w);
+                writer.add_quant_linear(prefix, &layer)?;
+                scheme_text = json!(match cfg.weights() {
+                    WeightQuant::Int4Grouped { group } => format!("w4a8:{group}"),
+                    _ => "w8a8".to_string(),
+                });
+                action = "layer";
+            }
+            _ => {
+                let raw = reader.read(name)?;
+                writer.add_raw(name, dtype, &shape, raw.data.into_owned())?;
+                action = if skipped { "skipped" } else { "kept" };
+            }
+        }
+        let stored = writer.data_bytes() - before;
+        total_in += original;
+        total_out += stored;
+        rows.push(json!({
+            "name": name, "action": action, "scheme": scheme_text, "shape": shape,
+            "dtype": format!("{dtype:?}"), "original_bytes": original, "stored_bytes": stored,
+        }));
+    }
+    bar.finish_and_clear();
+    in_file(output, writer.write(output))?;
+    let file_bytes = std::fs::metadata(output)?.len();
+    Ok(json!({
+        "input": input.display().to_string(),
+        "output": output.display().to_string(),
+        "scheme": scheme,
+        "tensors": rows,
+        "total_original_bytes": total_in,
+        "total_stored_bytes": total_out,
+        "output_file_bytes": file_bytes,
+        "ratio": total_in as f64 / total_out.max(1) as f64,
+    }))
+}
+
+fn inspect(path: &Path) -> Result<Value> {
+    let file = in_file(path, CompressedFile::open(path))?;
+    let ours = file
+        .reader()
+        .metadata()
+        .and_then(|m| m.get("format"))
+        .map(String::as_str)
+        == Some("candle-compress");
+    let mut rows = Vec::new();
+    let (mut total_orig, mut total_stored) = (0usize, 0usize);
+    for item in file.items() {
+        let (kind, scheme, shape, dtype, original) = match &item.kind {
+            ItemKind::Compressed(e) => {
+                let n: usize = e.shape.iter().product();
+                (
+                    "compressed",
+                    json!(e.scheme.to_string()),
+                    e.shape.clone(),
+                    format!("{:?}", e.dtype),
+                    n * e.dtype.size_in_bytes(),
+                )
+            }
+            ItemKind::QuantLinear(l) => {
+                let scheme = match l.config.weights() {
+                    WeightQuant::Int4Grouped { group } => format!("w4a8:{group}"),
+                    _ => "w8a8".to_string(),
+                };
+                let params =
+                    l.out_features * l.in_features + if l.bias { l.out_features } else { 0 };
+                (
+                    "quant_linear",
+                    json!(scheme),
+                    vec![l.out_features, l.in_features],
+                    "F32".to_string(),
+                    params * 4,
+                )
+            }
+            ItemKind::Plain { dtype, shape } => (
+                "plain",
+                Value::Null,
+                shape.clone(),
+                format!("{dtype:?}"),
+                item.stored_bytes,
+            ),
+        };
+        total_orig += original;
+        total_stored += item.stored_bytes;
+        rows.push(json!({
+            "name": item.name, "kind": kind, "scheme": scheme, "shape": shape,
+            "dtype": dtype, "original_bytes": original, "stored_bytes": item.stored_bytes,
+            "ratio": original as f64 / item.stored_bytes.max(1) as f64,
+        }));
+    }
+    Ok(json!({
+        "file": path.display().to_string(),
+        "format": if ours { "candle-compress" } else { "safetensors" },
+        "file_bytes": file.reader().file_len(),
+        "tensors": rows,
+        "total_original_bytes": total_orig,
+        "total_stored_bytes": total_stored,
+        "ratio": total_orig as f64 / total_stored.max(1) as f64,
+    }))
+}
+
+/// The dequantized weight of a layer, row-major `[out, in]`.
+fn dequantized_weight(layer: &QuantLinear) -> Vec<f32> {
+    let p = layer.to_parts();
+    let (out, inp) = (p.out_features, p.in_features);
+    let per_row = p.scales.len() / out.max(1);
+    let group = inp.div_ceil(per_row.max(1));
+    let mut w = Vec::with_capacity(out * inp);
+    for o in 0..out {
+        for k in 0..inp {
+            let s = p.scales[o * per_row + (k / group).min(per_row - 1)];
+            let mut v = p.weights[o * inp + k] as f32 * s;
+            if let Some(sm) = &p.smooth {
+                v /= sm[k];
+            }
+            w.push(v);
+        }
+    }
+    w
+}
+
+fn eval(original: &Path, compressed: &Path, json: bool) -> Result<Value> {
+    let orig = in_file(original, SafetensorsReader::open(original))?;
+    let file = in_file(compressed, CompressedFile::open(compressed))?;
+    let items = file.items();
+    let bar = progress(items.len(), json, "eval");
+    let mut rows = Vec::new();
+    let mut worst: Option<(String, f64)> = None;
+    for item in items {
+        bar.inc(1);
+        let (reference_name, approx): (String, Vec<f32>) = match &item.kind {
+            ItemKind::Compressed(_) => (
+                item.name.clone(),
+                file.load_compressed(&item.name)?.to_f32_vec(),
+            ),
+            ItemKind::QuantLinear(_) => (
+                format!("{}.weight", item.name),
+                dequantized_weight(&file.load_quant_linear(&item.name)?),
+            ),
+            ItemKind::Plain { dtype, .. } if is_float(*dtype) => {
+                (item.name.clone(), file.reader().read_f32(&item.name)?.1)
+            }
+            ItemKind::Plain { .. } => continue,
+        };
+        let Some(info) = orig.info(&reference_name) else {
+            return Err(Error::Missing {
+                what: "tensor in the original file",
+                name: reference_name,
+            });
+        };
+        if !is_float(info.dtype) {
+            continue;
+        }
+        let (_, reference) = orig.read_f32(&reference_name)?;
+        let stats: ErrorStats = compare_slices(&reference, &approx)
+            .map_err(|e| invalid("eval", format!("{reference_name}: {e}")))?;
+        if worst.as_ref().is_none_or(|(_, s)| stats.sqnr_db < *s) {
+            worst = Some((reference_name.clone(), stats.sqnr_db));
+        }
+        rows.push(json!({
+            "name": reference_name, "elements": stats.len, "mae": stats.mae, "mse": stats.mse,
+            "max_abs_error": stats.max_abs_error, "sqnr_db": finite_or_null(stats.sqnr_db),
+            "cosine": stats.cosine_similarity,
+        }));
+    }
+    bar.finish_and_clear();
+    Ok(json!({
+        "original": original.display().to_string(),
+        "compressed": compressed.display().to_string(),
+        "tensors": rows,
+        "worst_sqnr": worst.map(|(n, s)| json!({"name": n, "sqnr_db": finite_or_null(s)})),
+    }))
+}
+
+fn finite_or_null(v: f64) -> Value {
+    if v.is_finite() {
+        json!(v)
+    } else if v > 0.0 {
+        json!("inf")
+    } else {
+        json!("-inf")
+    }
+}
+
+fn export_gguf(
+    input: &Path,
+    output: &Path,
+    ty: GgufKind,
+    force: bool,
+    json: bool,
+) -> Result<Value> {
+    check_output(output, force)?;
+    let file = in_file(input, CompressedFile::open(input))?;
+    let items = file.items();
+    let scheme: Scheme = match ty {
+        GgufKind::Q8_0 => "int8:32".parse()?,
+        GgufKind::Q4_0 => "int4:32".parse()?,
+    };
+    let bar = progress(items.len(), json, "export");
+    let mut tensors = Vec::new();
+    let mut rows = Vec::new();
+    for item in items {
+        bar.inc(1);
+        let t = match &item.kind {
+            ItemKind::Compressed(_) => {
+                GgufTensor::from_compressed(&item.name, &file.load_compressed(&item.name)?)?
+            }
+            ItemKind::QuantLinear(_) => {
+                return Err(Error::Unsupported {
+                    what: "GGUF export of a QuantLinear",
+                    found: item.name,
+                    supported: "float tensors and int8:32 / int4:32 compressed tensors".into(),
+                })
+            }
+            ItemKind::Plain { dtype, shape } if is_float(*dtype) => {
+                let tensor = file.load_plain(&item.name, &Device::Cpu)?;
+                let quantizable = shape.len() >= 2 && shape[shape.len() - 1] % 32 == 0;
+                if quantizable {
+                    GgufTensor::from_compressed(&item.name, &scheme.compress(&tensor)?)?
+                } else {
+                    GgufTensor::float(&item.name, &tensor, GgufType::F32)?
+                }
+            }
+            ItemKind::Plain { dtype, .. } => {
+                return Err(Error::Unsupported {
+                    what: "GGUF export of a non-float tensor",
+                    found: format!("{} ({dtype:?})", item.name),
+                    supported: "F32, F16, BF16, F64".into(),
+                })
+            }
+        };
+        rows.push(json!({
+            "name": t.name(), "type": format!("{:?}", t.ty()), "shape": t.shape(),
+            "bytes": t.data().len(),
+        }));
+        tensors.push(t);
+    }
+    bar.finish_and_clear();
+    let meta = vec![(
+        "general.name".to_string(),
+        GgufValue::String(
+            input
+                .file_stem()
+                .map_or("model".into(), |s| s.to_string_lossy().into_owned()),
+        ),
+    )];
+    in_file(output, save_gguf(output, &meta, &tensors))?;
+    Ok(json!({
+        "input": input.display().to_string(),
+        "output": output.display().to_string(),
+        "tensors": rows,
+        "output_file_bytes": std::fs::metadata(output)?.len(),
+    }))
+}
+
+fn human(bytes: u64) -> String {
+    let units = ["B", "KiB", "MiB", "GiB"];
+    let mut v = bytes as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < units.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{v:.2} {}", units[u])
+    }
+}
+
+fn u(v: &Value) -> u64 {
+    v.as_u64().unwrap_or(0)
+}
+
+fn print_table(command: &Command, report: &Value) {
+    let tensors = report["tensors"].as_array().cloned().unwrap_or_default();
+    let shape = |v: &Value| {
+        let dims: Vec<String> = v
+            .as_array()
+            .map(|a| a.iter().map(|d| d.to_string()).collect())
+            .unwrap_or_default();
+        format!("[{}]", dims.join(", "))
+    };
+    let text = |v: &Value| v.as_str().map_or("-".to_string(), str::to_string);
+    match command {
+        Command::Quantize { .. } | Command::Inspect { .. } => {
+            let width = tensors
+                .iter()
+                .map(|t| t["name"].as_str().map_or(0, str::len))
+                .max()
+                .unwrap_or(4)
+                .max(6);
+            let kind_key = if matches!(command, Command::Inspect { .. }) {
+                "kind"
+            } else {
+                "action"
+            };
+            println!(
+                "{:<width$}  {:<12}  {:<12}  {:<16}  {:>12}  {:>7}",
+                "tensor", kind_key, "scheme", "shape", "bytes", "ratio"
+            );
+            for t in &tensors {
+                let ratio = u(&t["original_bytes"]) as f64 / u(&t["stored_bytes"]).max(1) as f64;
+                println!(
+                    "{:<width$}  {:<12}  {:<12}  {:<16}  {:>12}  {:>6.2}x",
+                    text(&t["name"]),
+                    text(&t[kind_key]),
+                    text(&t["scheme"]),
+                    shape(&t["shape"]),
+                    u(&t["stored_bytes"]),
+                    ratio
+                );
+            }
+            let (o, s) = (
+                u(&report["total_original_bytes"]),
+                u(&report["total_stored_bytes"]),
+            );
+            println!(
+                "total: {} tensors, {} -> {} ({:.2}x)",
+                tensors.len(),
+                human(o),
+                human(s),
+                o as f64 / s.max(1) as f64
+            );
+            if let Some(out) = report["output"].as_str() {
+                println!("wrote {out} ({})", human(u(&report["output_file_bytes"])));
+            }
+        }
+        Command::Eval { .. } => {
+            let width = tensors
+                .iter()
+                .map(|t| t["name"].as_str().map_or(0, str::len))
+                .max()
+                .unwrap_or(4)
+                .max(6);
+            println!(
+                "{:<width$}  {:>12}  {:>10}  {:>10}",
+                "tensor", "MAE", "SQNR dB", "cosine"
+            );
+            for t in &tensors {
+                let sqnr = t["sqnr_db"]
+                    .as_f64()
+                    .map_or_else(|| text(&t["sqnr_db"]), |v| format!("{v:.2}"));
+                println!(
+                    "{:<width$}  {:>12.4e}  {:>10}  {:>10.6}",
+                    text(&t["name"]),
+                    t["mae"].as_f64().unwrap_or(f64::NAN),
+                    sqnr,
+                    t["cosine"].as_f64().unwrap_or(f64::NAN)
+                );
+            }
+            if let Some(w) = report["worst_sqnr"].as_object() {
+                let sqnr = w.get("sqnr_db").map_or("-".into(), |v| {
+                    v.as_f64().map_or_else(|| text(v), |f| format!("{f:.2}"))
+                });
+                println!(
+                    "worst SQNR: {} ({sqnr} dB)",
+                    w.get("name").map_or("-".into(), text)
+                );
+            }
+        }
+        Command::ExportGguf { .. } => {
+            for t in &tensors {
+                println!(
+                    "{:<40}  {:<5}  {:<16}  {:>12}",
+                    text(&t["name"]),
+                    text(&t["type"]),
+                    shape(&t["shape"]),
+                    u(&t["bytes"])
+                );
+            }
+            println!(
+                "wrote {} ({})",
+                text(&report["output"]),
+                human(u(&report["output_file_bytes"]))
+            );
+        }
+    }
+}
+
+/// Names the file in I/O errors (the library's `Io` errors carry no path).
+fn in_file<T>(path: &Path, r: Result<T>) -> Result<T> {
+    r.map_err(|e| match e {
+        Error::Io(io) => Error::Io(std::io::Error::new(
+            io.kind(),
+            format!("{}: {io}", path.display()),
+        )),
+        other => other,
+    })
+}
+
+fn run(cli: &Cli) -> Result<Value> {
+    match &cli.command {
+        Command::Quantize {
+            input,
+            output,
+            scheme,
+            skip,
+            force,
+        } => quantize(input, output, scheme, skip, *force, cli.json),
+        Command::Inspect { file } => inspect(file),
+        Command::Eval {
+            original,
+            compressed,
+        } => eval(original, compressed, cli.json),
+        Command::ExportGguf {
+            input,
+            output,
+            ty,
+            force,
+        } => export_gguf(input, output, *ty, *force, cli.json),
+    }
+}
+
+fn main() -> ExitCode {
+    // A bug must still end as one line and a failure code, not a backtrace.
+    std::panic::set_hook(Box::new(|info| {
+        let msg = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown".into());
+        eprintln!("error: internal error: {msg}");
+    }));
+    let cli = Cli::parse(); // usage errors: clap prints them and exits with 2
+    match run(&cli) {
+        Ok(report) => {
+            if cli.json {
+                println!("{report}");
+            } else {
+                print_table(&cli.command, &report);
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {}", e.to_string().replace('\n', " "));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::matches;
+
+    #[test]
+    fn patterns_match_as_documented() {
+        assert!(matches("embed", "model.embed_tokens.weight"));
+        assert!(matches("*.bias", "fc.bias"));
+        assert!(!matches("*.bias", "fc.bias.x"));
+        assert!(matches("model.*.weight", "model.layers.0.weight"));
+        assert!(matches("a*b*c", "axxbyyc"));
+        assert!(!matches("a*b*c", "axxcyyb"));
+        assert!(matches("*", "anything"));
+    }
+}
