@@ -622,6 +622,28 @@ pub struct AlphaSearch {
 /// `config` (a static scale depends on α: calibrate it after choosing α);
 /// [`Error::ShapeMismatch`] when `x`, the statistics and the linears disagree on the
 /// channel count; [`Error::NonFinite`] for non-finite input, statistics or weights.
+///
+/// ```
+/// use candle_compress::nn::smooth::{search_alpha, DEFAULT_ALPHA_GRID};
+/// use candle_compress::nn::{ActivationQuant, QuantConfig};
+/// use candle_compress::quant::calib::ChannelAbsMax;
+/// use candle_core::{Device, Tensor};
+///
+/// let dev = Device::Cpu;
+/// // 64 tokens × 128 channels; channel 9 is an outlier on every token.
+/// let ramp = Tensor::arange(0f32, 128., &dev)?.affine(0.01, -0.6)?;
+/// let spike = Tensor::arange(0u32, 128, &dev)?.eq(9u32)?.to_dtype(candle_core::DType::F32)?;
+/// let row = (ramp + (spike * 60.0)?)?;
+/// let x = row.unsqueeze(0)?.broadcast_mul(&Tensor::arange(1f32, 65., &dev)?.unsqueeze(1)?)?;
+/// let lin = candle_nn::Linear::new(Tensor::randn(0f32, 0.1, (32, 128), &dev)?, None);
+/// let mut act = ChannelAbsMax::new(128)?;
+/// act.observe(&x)?;
+/// let cfg = QuantConfig::w8a8().with_activations(ActivationQuant::PerTensor)?;
+/// let found = search_alpha(&x, &act, &[&lin], &DEFAULT_ALPHA_GRID, &cfg)?;
+/// assert_eq!(found.tried.len(), DEFAULT_ALPHA_GRID.len());
+/// assert!(found.sqnr_db > found.unsmoothed_sqnr_db);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub fn search_alpha(
     x: &Tensor,
     act: &ChannelAbsMax,
