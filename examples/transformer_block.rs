@@ -12,8 +12,8 @@
 //! 4. swaps every linear for a W8A8 [`QuantLinear`] and compares with f32 on held-out
 //!    inputs: plain W8A8, SmoothQuant with the paper's α = 0.5, and per-layer α.
 //!
-//! Run: `cargo run --example transformer_block` (the dev profile optimises dependencies;
-//! `--release` gives the same numbers).
+//! Run: `cargo run --example transformer_block` (the dev profile already optimises
+//! dependencies).
 
 use candle_compress::nn::smooth::{
     search_alpha, smooth, NormUse, Preceding, SmoothFactors, Smoothed, DEFAULT_ALPHA_GRID,
