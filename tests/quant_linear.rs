@@ -276,8 +276,8 @@ fn activation_quantization_follows_the_documented_rule() -> TestResult {
         let row = &xs[t * 40..(t + 1) * 40];
         let s = row.iter().fold(0f32, |m, v| m.max(v.abs())) / 127.0;
         assert_eq!(qa.scales[t].to_bits(), s.to_bits());
-        for k in 0..40 {
-            assert_eq!(qa.values[t * 40 + k], quantize(row[k], s));
+        for (k, v) in row.iter().enumerate() {
+            assert_eq!(qa.values[t * 40 + k], quantize(*v, s));
         }
     }
     assert_eq!(qa.scales[1], 0.0);
@@ -297,7 +297,7 @@ fn activation_quantization_follows_the_documented_rule() -> TestResult {
     for (i, v) in xs.iter().enumerate() {
         assert_eq!(qa.values[i], quantize(*v, 0.004));
     }
-    assert!(qa.values.iter().any(|&v| v == 127) && qa.values.iter().any(|&v| v == -127));
+    assert!(qa.values.contains(&127) && qa.values.contains(&-127));
     // An all-zero input in per-tensor mode: zero scale, output = bias.
     let lb = linear(8, 40, true, 14);
     let qb = QuantLinear::from_linear(&lb, &QuantConfig::w8a8())?
@@ -619,7 +619,8 @@ fn bad_parts_are_errors() -> TestResult {
     let q = QuantLinear::from_linear(&linear(5, 40, true, 32), &QuantConfig::w4a8(32)?)?;
     let good = q.to_parts();
     assert_eq!(good.scales.len(), 5 * 2);
-    let cases: Vec<(&str, Box<dyn Fn(&mut QuantLinearParts)>)> = vec![
+    type Breaker = Box<dyn Fn(&mut QuantLinearParts)>;
+    let cases: Vec<(&str, Breaker)> = vec![
         ("zero out", Box::new(|p| p.out_features = 0)),
         (
             "short weights",
