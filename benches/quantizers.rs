@@ -22,7 +22,7 @@ use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
 use candle_compress::kernels::blockwise::{
-    dequantize_i8_blocks_on, kernel_isa, quantize_i8_blocks_on,
+    dequantize_i8_blocks_on, dequantize_i8_blocks_to_vec, kernel_isa, quantize_i8_blocks_on,
 };
 use candle_compress::kernels::{active_isa, Isa};
 use candle_compress::{Compressor, Scheme};
@@ -143,6 +143,20 @@ fn bench_dequantize(c: &mut Criterion, x: &[f32], t: &Tensor) {
         }
     }
     drop(out);
+    // What a `decompress` returning a Tensor costs with the kernels' own output allocation.
+    for block in [32, 64] {
+        let mut q = vec![0i8; N];
+        let mut scales = vec![f16::ZERO; N.div_ceil(block)];
+        quantize_i8_blocks_on(Isa::Scalar, x, block, &mut q, &mut scales)
+            .expect("scalar kernel")
+            .expect("finite input");
+        group.bench_function(format!("to_tensor_b{block}"), |b| {
+            b.iter(|| {
+                let v = dequantize_i8_blocks_to_vec(black_box(&q), &scales, block);
+                Tensor::from_vec(v, t.shape(), &Device::Cpu).expect("tensor")
+            })
+        });
+    }
     for scheme in SCHEMES {
         let s: Scheme = scheme.parse().expect("scheme name");
         let compressed = s.compress(t).expect("compress");
@@ -192,6 +206,7 @@ fn print_summary(since: SystemTime) {
         ids.push(format!("kernel_{name}_b32"));
         ids.push(format!("kernel_{name}_b64"));
     }
+    ids.extend(["to_tensor_b32".to_string(), "to_tensor_b64".to_string()]);
     ids.extend(SCHEMES.iter().map(|s| scheme_id(s)));
     let gbs = |ns: Option<f64>| ns.map(|ns| (N * 4) as f64 / ns);
     println!();
