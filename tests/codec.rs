@@ -401,6 +401,17 @@ fn element_count_overflow_is_corrupt() {
 }
 
 #[test]
+fn zero_dim_beside_overflowing_dims_is_corrupt() {
+    // Zero elements, but the other dims' product (candle's strides) overflows.
+    let b = header(3, 0, &[1 << 40, 1 << 40, 0]);
+    let e = decode_err(&b);
+    assert!(
+        matches!(&e, Error::Corrupt { reason, .. } if reason.contains("overflow")),
+        "{e}"
+    );
+}
+
+#[test]
 fn element_count_above_cap_is_unsupported() {
     // A sparse message: 4 bytes of payload per row would describe 2^20 x 2^20 zeros.
     let mut b = header(4, 0, &[1 << 20, 1 << 20]);
@@ -511,6 +522,52 @@ fn int8_bad_scales_are_corrupt() {
             "{e}"
         );
     }
+}
+
+#[test]
+fn int8_scale_that_would_decode_to_infinity_is_corrupt() {
+    let mut b = header(3, 0, &[1, 1]);
+    f32s(&mut b, &[f32::MAX / 100.0]);
+    b.push(127);
+    let e = decode_err(&b);
+    assert!(
+        matches!(&e, Error::Corrupt { reason, .. } if reason.contains("scale")),
+        "{e}"
+    );
+}
+
+#[test]
+fn int8_extreme_rows_encode_to_finite_values_or_refuse() {
+    for v in [f32::MAX, -f32::MAX, f32::MAX / 2.0, 1e38] {
+        let t = Tensor::new(&[v, 1.0], &CPU).unwrap();
+        match ActivationCodec::Int8PerRow.encode(&t) {
+            Ok(b) => {
+                let y = ActivationCodec::decode(&b, &CPU)
+                    .unwrap()
+                    .to_vec1::<f32>()
+                    .unwrap();
+                assert!(y.iter().all(|x| x.is_finite()), "{v}: {y:?}");
+            }
+            Err(e) => assert!(matches!(e, Error::InvalidArgument { .. }), "{e}"),
+        }
+    }
+}
+
+#[test]
+fn values_overflowing_the_header_dtype_are_corrupt() {
+    // f32 sparse values with a header claiming F16: 1e6 has no f16 value.
+    let mut b = header(4, 1, &[1, 2]);
+    u32s(&mut b, &[1, 0]);
+    f32s(&mut b, &[1e6]);
+    let e = decode_err(&b);
+    assert!(
+        matches!(&e, Error::Corrupt { reason, .. } if reason.contains("overflows")),
+        "{e}"
+    );
+    // bf16 bits of 1e6 decoded into an F16 tensor.
+    let mut b = header(2, 1, &[1]);
+    b.extend_from_slice(&bf16::from_f32(1e6).to_bits().to_le_bytes());
+    assert!(matches!(decode_err(&b), Error::Corrupt { .. }));
 }
 
 #[test]
@@ -674,5 +731,22 @@ fn int8_keeps_input_dtype_and_zero_rows() -> candle_compress::Result<()> {
     for (a, b) in [1.0f32, -0.5, 0.25].iter().zip(&y[1]) {
         assert!((a - b).abs() <= 1.0 / 127.0 / 2.0 + 1e-3, "{a} vs {b}");
     }
+    Ok(())
+}
+
+#[test]
+fn encode_into_reuses_the_buffer() -> candle_compress::Result<()> {
+    let a = Tensor::new(&[[1.0f32, 2.0], [3.0, 4.0]], &CPU)?;
+    let b = Tensor::new(&[5.0f32], &CPU)?;
+    let mut buf = Vec::with_capacity(1024);
+    ActivationCodec::F16.encode_into(&a, &mut buf)?;
+    assert_eq!(buf, ActivationCodec::F16.encode(&a)?);
+    ActivationCodec::BF16.encode_into(&b, &mut buf)?;
+    assert_eq!(buf, ActivationCodec::BF16.encode(&b)?);
+    assert!(buf.capacity() >= 1024);
+    assert_eq!(
+        ActivationCodec::decode(&buf, &CPU)?.to_vec1::<f32>()?,
+        [5.0]
+    );
     Ok(())
 }

@@ -26,11 +26,12 @@
 //! extra bytes are [`Error::Corrupt`].
 
 use candle_core::{DType, Device, Shape, Tensor};
-use half::{bf16, f16, slice::HalfFloatSliceExt};
+use half::{bf16, f16};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::input::{check_finite, with_f32_slice};
+use crate::kernels::halfconv;
 
 /// The four bytes every encoded activation starts with ("candle-compress activation codec").
 pub const MAGIC: [u8; 4] = *b"CCAC";
@@ -54,8 +55,7 @@ pub const MAX_ELEMENTS: usize = 1 << 28;
 /// Bytes of the fixed part of the header (magic, version, codec, dtype, rank).
 pub const FIXED_HEADER_LEN: usize = 8;
 
-/// Elements converted per step through an on-stack buffer (fits in L1 together with the
-/// source and destination chunks).
+/// Elements per chunk of the bf16 loops (the non-finite flag is tested once per chunk).
 const CHUNK: usize = 512;
 
 const F16_EXP_MASK: u16 = 0x7c00;
@@ -258,12 +258,26 @@ impl ActivationCodec {
     ///   finite value out of the F16/BF16 range (naming its flat index);
     /// - [`Error::NonFinite`] for NaN/±Inf, naming the first flat index.
     pub fn encode(&self, tensor: &Tensor) -> Result<Vec<u8>> {
+        let mut out = Vec::new();
+        self.encode_into(tensor, &mut out)?;
+        Ok(out)
+    }
+
+    /// [`ActivationCodec::encode`] into a caller-owned buffer, which is cleared first and
+    /// keeps its capacity: a sender that encodes one activation after another reuses one
+    /// allocation (fresh multi-megabyte allocations cost page faults). On error `out` holds
+    /// unspecified bytes.
+    ///
+    /// # Errors
+    /// As [`ActivationCodec::encode`].
+    pub fn encode_into(&self, tensor: &Tensor, out: &mut Vec<u8>) -> Result<()> {
         const OP: &str = "ActivationCodec::encode";
         let dtype = tensor.dtype();
         let total = self.encoded_len(tensor.shape(), dtype)?;
         let dims = tensor.dims();
         let (rows, cols) = rows_cols(dims);
-        let mut out = Vec::with_capacity(total);
+        out.clear();
+        out.reserve(total);
         out.extend_from_slice(&MAGIC);
         out.push(VERSION);
         out.push(self.id());
@@ -274,7 +288,7 @@ impl ActivationCodec {
             out.extend_from_slice(&(d as u64).to_le_bytes());
         }
         match *self {
-            ActivationCodec::None => encode_raw(tensor, &mut out)?,
+            ActivationCodec::None => encode_raw(tensor, out)?,
             ActivationCodec::F16 => with_f32_slice(tensor, OP, |x| {
                 let start = out.len();
                 out.resize(start + 2 * x.len(), 0);
@@ -286,18 +300,18 @@ impl ActivationCodec {
                 f32_to_bf16_bytes(x, &mut out[start..])
             })?,
             ActivationCodec::Int8PerRow => {
-                with_f32_slice(tensor, OP, |x| encode_int8_rows(x, rows, cols, &mut out))?
+                with_f32_slice(tensor, OP, |x| encode_int8_rows(x, rows, cols, out))?
             }
             ActivationCodec::SparseColumns { keep }
             | ActivationCodec::SparseColumnsF16 { keep } => {
                 let half = matches!(self, ActivationCodec::SparseColumnsF16 { .. });
                 with_f32_slice(tensor, OP, |x| {
-                    encode_sparse(x, rows, cols, keep.min(cols), half, &mut out)
+                    encode_sparse(x, rows, cols, keep.min(cols), half, out)
                 })?
             }
         }
         debug_assert_eq!(out.len(), total);
-        Ok(out)
+        Ok(())
     }
 
     /// Reads and validates the header of an encoded activation: magic, version, codec,
@@ -380,7 +394,24 @@ enum Values {
 impl Values {
     fn into_tensor(self, shape: Shape, dtype: DType, device: &Device) -> Result<Tensor> {
         let t = match self {
-            Values::F32(v) => Tensor::from_vec(v, shape, device)?,
+            Values::F32(v) => {
+                // A header may name a narrower dtype than the payload's values fit (a
+                // forged F16 dtype on f32 values): refuse rather than produce infinities.
+                let fits: Option<fn(f32) -> bool> = match dtype {
+                    DType::F16 => Some(|x| f16::from_f32(x).is_finite()),
+                    DType::BF16 => Some(|x| bf16_bits(x) & BF16_EXP_MASK != BF16_EXP_MASK),
+                    _ => None,
+                };
+                if let Some(fits) = fits {
+                    if let Some(i) = v.iter().position(|&x| !fits(x)) {
+                        return Err(corrupt(format!(
+                            "value {} at element {i} overflows the header's dtype {dtype:?}",
+                            v[i]
+                        )));
+                    }
+                }
+                Tensor::from_vec(v, shape, device)?
+            }
             Values::F16(v) => Tensor::from_vec(v, shape, device)?,
             Values::BF16(v) => Tensor::from_vec(v, shape, device)?,
             Values::F64(v) => Tensor::from_vec(v, shape, device)?,
@@ -500,10 +531,14 @@ fn read_header(bytes: &[u8], max_elements: usize) -> Result<ActivationHeader> {
             .map_err(|_| corrupt(format!("dimension {i} = {d} does not fit in usize")))?;
         dims.push(d);
     }
-    let n = dims
-        .iter()
+    // The product of the non-zero dims must fit: candle computes strides as suffix
+    // products (so [0, 2^40, 2^40] would overflow there even with 0 elements), and so do
+    // our `rows`.
+    dims.iter()
+        .filter(|&&d| d != 0)
         .try_fold(1usize, |acc, &d| acc.checked_mul(d))
         .ok_or_else(|| corrupt(format!("element count of shape {dims:?} overflows usize")))?;
+    let n: usize = dims.iter().product();
     if n > max_elements {
         return Err(Error::Unsupported {
             what: "activation element count",
@@ -604,23 +639,9 @@ fn out_of_range(values: &[f32], to_f16: bool) -> Error {
 }
 
 /// Converts f32 values to little-endian f16 bytes (`out.len() == 2 * x.len()`), refusing
-/// NaN/Inf and values that round to ±Inf in f16.
-pub(crate) fn f32_to_f16_bytes(x: &[f32], out: &mut [u8]) -> Result<()> {
-    let mut buf = [f16::ZERO; CHUNK];
-    for (src, dst) in x.chunks(CHUNK).zip(out.chunks_mut(2 * CHUNK)) {
-        let b = &mut buf[..src.len()];
-        b.convert_from_f32_slice(src);
-        let mut bad = false;
-        for (h, d) in b.iter().zip(dst.chunks_exact_mut(2)) {
-            let bits = h.to_bits();
-            bad |= bits & F16_EXP_MASK == F16_EXP_MASK;
-            d.copy_from_slice(&bits.to_le_bytes());
-        }
-        if bad {
-            return Err(out_of_range(x, true));
-        }
-    }
-    Ok(())
+/// NaN/Inf and values that round to ±Inf in f16. Runs the F16C kernel where available.
+fn f32_to_f16_bytes(x: &[f32], out: &mut [u8]) -> Result<()> {
+    halfconv::f32_to_f16_le(x, out).map_err(|_| out_of_range(x, true))
 }
 
 /// bfloat16 bits of a finite f32, round to nearest even (equal to `bf16::from_f32` for
@@ -659,29 +680,9 @@ fn first_bad_u16(bytes: &[u8], mask: u16) -> usize {
 }
 
 /// Little-endian f16 bytes to f32 (`bytes.len() == 2 * out.len()`), refusing NaN/Inf.
+/// Runs the F16C kernel where available.
 fn f16_bytes_to_f32(bytes: &[u8], out: &mut [f32]) -> Result<()> {
-    let mut buf = [f16::ZERO; CHUNK];
-    for (ci, (src, dst)) in bytes
-        .chunks(2 * CHUNK)
-        .zip(out.chunks_mut(CHUNK))
-        .enumerate()
-    {
-        let b = &mut buf[..dst.len()];
-        let mut bad = false;
-        for (h, s) in b.iter_mut().zip(src.chunks_exact(2)) {
-            let bits = u16::from_le_bytes([s[0], s[1]]);
-            bad |= bits & F16_EXP_MASK == F16_EXP_MASK;
-            *h = f16::from_bits(bits);
-        }
-        if bad {
-            return Err(bad_value(
-                "f16",
-                ci * CHUNK + first_bad_u16(src, F16_EXP_MASK),
-            ));
-        }
-        b.convert_to_f32_slice(dst);
-    }
-    Ok(())
+    halfconv::f16_le_to_f32(bytes, out).map_err(|i| bad_value("f16", i))
 }
 
 fn f16_from_bytes(bytes: &[u8]) -> Result<Vec<f16>> {
@@ -839,6 +840,13 @@ fn encode_int8_rows(x: &[f32], rows: usize, cols: usize, out: &mut Vec<u8>) -> R
     {
         let amax = row.iter().fold(0f32, |m, v| m.max(v.abs()));
         let scale = amax / 127.0;
+        if !(127.0 * scale).is_finite() {
+            // Only for |x| within an ulp of f32::MAX: q = 127 would decode to infinity.
+            return Err(Error::invalid(
+                "tensor",
+                format!("row amax {amax} is too close to f32::MAX for the int8 codec"),
+            ));
+        }
         s_out.copy_from_slice(&scale.to_le_bytes());
         if scale == 0.0 {
             continue; // q stays 0
@@ -855,7 +863,8 @@ fn decode_int8_rows(payload: &[u8], rows: usize, cols: usize) -> Result<Vec<f32>
     let mut out = vec![0f32; q.len()];
     for (r, s) in scale_bytes.chunks_exact(4).enumerate() {
         let scale = f32_from_le(s);
-        if !scale.is_finite() || scale < 0.0 {
+        // 127 * scale must be finite too, so every decoded value is.
+        if !(127.0 * scale).is_finite() || scale < 0.0 {
             return Err(corrupt(format!("row {r} has invalid int8 scale {scale}")));
         }
         if cols == 0 {

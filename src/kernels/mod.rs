@@ -12,5 +12,6 @@
 pub mod blockwise;
 pub mod detect;
 pub mod gemm;
+pub mod halfconv;
 
 pub use detect::{active_isa, features, CpuFeatures, Isa};

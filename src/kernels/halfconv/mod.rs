@@ -1,0 +1,275 @@
+//! f32 ⇄ IEEE binary16 (f16) conversion to and from little-endian bytes, with a
+//! non-finite check fused in: the activation codec's hot loop.
+//!
+//! Safe entry points check slice lengths and run the kernel for this process's ISA
+//! ([`kernel_isa`], detected once and cached): F16C + AVX2 (`vcvtps2ph` / `vcvtph2ps`, 32
+//! elements per step) on x86_64, otherwise the scalar twin in `scalar.rs`, which is the
+//! definition of correct and is compared bit for bit with the SIMD version in the tests.
+//!
+//! Rounding is to nearest even, exactly `half::f16::from_f32`. Reading bytes directly
+//! (rather than `&[f16]`) lets the codec convert straight between a tensor's f32 storage
+//! and an unaligned wire buffer with no intermediate copy.
+#![warn(clippy::undocumented_unsafe_blocks, clippy::missing_safety_doc)]
+
+#[cfg(target_arch = "x86_64")]
+use super::detect::Avx2;
+use super::detect::{active_isa, Isa};
+
+#[cfg(target_arch = "x86_64")]
+mod avx2;
+mod scalar;
+
+/// Converts `x` to f16 (round to nearest even) and writes each as 2 little-endian bytes.
+///
+/// Precondition (checked with `assert!`): `out.len() == 2 * x.len()`.
+///
+/// # Errors
+/// `Err(i)` with `i` the index of the first element whose f16 is not finite: a NaN/±Inf
+/// input, or a finite one that rounds beyond ±65504. `out` is then unspecified.
+///
+/// ```
+/// use candle_compress::kernels::halfconv::{f16_le_to_f32, f32_to_f16_le};
+/// let x = [1.0f32, -2.5, 65504.0];
+/// let mut bytes = [0u8; 6];
+/// f32_to_f16_le(&x, &mut bytes).unwrap();
+/// assert_eq!(bytes[..2], [0x00, 0x3c]); // 1.0 = 0x3c00
+/// let mut back = [0f32; 3];
+/// f16_le_to_f32(&bytes, &mut back).unwrap();
+/// assert_eq!(back, x);
+/// assert_eq!(f32_to_f16_le(&[0.0, 1e6], &mut bytes[..4]), Err(1));
+/// ```
+pub fn f32_to_f16_le(x: &[f32], out: &mut [u8]) -> Result<(), usize> {
+    check_lengths(x.len(), out.len());
+    f32_to_f16_unchecked_on(kernel_isa(), x, out).unwrap_or_else(|| scalar::f32_to_f16_le(x, out))
+}
+
+/// Reads little-endian f16 bytes into f32 (exact).
+///
+/// Precondition (checked with `assert!`): `bytes.len() == 2 * out.len()`.
+///
+/// # Errors
+/// `Err(i)` with `i` the index of the first NaN/±Inf f16 (exponent field all ones); `out`
+/// is then unspecified.
+pub fn f16_le_to_f32(bytes: &[u8], out: &mut [f32]) -> Result<(), usize> {
+    check_lengths(out.len(), bytes.len());
+    f16_to_f32_unchecked_on(kernel_isa(), bytes, out)
+        .unwrap_or_else(|| scalar::f16_le_to_f32(bytes, out))
+}
+
+/// The instruction set these kernels run on in this process: [`Isa::Avx2`] on any x86_64
+/// CPU with AVX2 + F16C (AVX-512 ones included: the conversion is memory-bound at 8 lanes),
+/// otherwise [`Isa::Scalar`].
+pub fn kernel_isa() -> Isa {
+    match active_isa() {
+        Isa::Avx2 | Isa::AvxVnni | Isa::Avx512Vnni => Isa::Avx2,
+        Isa::Scalar | Isa::Neon => Isa::Scalar,
+    }
+}
+
+/// [`f32_to_f16_le`] on a chosen instruction set, for tests and benchmarks. `None` when
+/// this CPU lacks `isa` or there is no kernel for it.
+///
+/// # Panics
+/// On the length precondition of [`f32_to_f16_le`].
+#[must_use]
+pub fn f32_to_f16_le_on(isa: Isa, x: &[f32], out: &mut [u8]) -> Option<Result<(), usize>> {
+    check_lengths(x.len(), out.len());
+    f32_to_f16_unchecked_on(isa, x, out)
+}
+
+/// [`f16_le_to_f32`] on a chosen instruction set; `None` when this CPU lacks `isa` or
+/// there is no kernel for it.
+///
+/// # Panics
+/// On the length precondition of [`f16_le_to_f32`].
+#[must_use]
+pub fn f16_le_to_f32_on(isa: Isa, bytes: &[u8], out: &mut [f32]) -> Option<Result<(), usize>> {
+    check_lengths(out.len(), bytes.len());
+    f16_to_f32_unchecked_on(isa, bytes, out)
+}
+
+fn f32_to_f16_unchecked_on(isa: Isa, x: &[f32], out: &mut [u8]) -> Option<Result<(), usize>> {
+    match isa {
+        Isa::Scalar => Some(scalar::f32_to_f16_le(x, out)),
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => Avx2::detect().map(|cpu| avx2::f32_to_f16_le(cpu, x, out)),
+        _ => None,
+    }
+}
+
+fn f16_to_f32_unchecked_on(isa: Isa, bytes: &[u8], out: &mut [f32]) -> Option<Result<(), usize>> {
+    match isa {
+        Isa::Scalar => Some(scalar::f16_le_to_f32(bytes, out)),
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => Avx2::detect().map(|cpu| avx2::f16_le_to_f32(cpu, bytes, out)),
+        _ => None,
+    }
+}
+
+#[track_caller]
+fn check_lengths(values: usize, bytes: usize) {
+    assert_eq!(
+        Some(bytes),
+        values.checked_mul(2),
+        "halfconv: expected 2 bytes per value ({values} values, {bytes} bytes)"
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::detect::report_skipped;
+    use half::f16;
+
+    fn xorshift(s: &mut u64) -> u64 {
+        *s ^= *s << 13;
+        *s ^= *s >> 7;
+        *s ^= *s << 17;
+        *s
+    }
+
+    /// Values that exercise rounding: random bit patterns in the f16 range (normals,
+    /// subnormals, ties), exact halfway cases, the range limits and zeros.
+    fn test_values(n: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed | 1;
+        let special = [
+            0.0f32,
+            -0.0,
+            65504.0,
+            -65504.0,
+            65519.99,
+            6.0e-8,
+            -5.96e-8,
+            2.98e-8,
+            1.0 + 1.0 / 2048.0, // exact tie between two f16 values
+            1.0 + 3.0 / 2048.0,
+        ];
+        (0..n)
+            .map(|i| {
+                let r = xorshift(&mut s);
+                match r % 4 {
+                    0 => special[(r >> 8) as usize % special.len()],
+                    1 => f32::from_bits(((r >> 32) as u32 & 0x8fff_ffff) | 0x3000_0000),
+                    _ => {
+                        ((r >> 11) as f32 / (1u64 << 53) as f32 - 0.5)
+                            * 2.0f32.powi((i % 30) as i32 - 15)
+                    }
+                }
+            })
+            .collect()
+    }
+
+    fn reference_encode(x: &[f32]) -> Vec<u8> {
+        x.iter()
+            .flat_map(|v| f16::from_f32(*v).to_bits().to_le_bytes())
+            .collect()
+    }
+
+    #[test]
+    fn scalar_matches_half() {
+        let x = test_values(4096, 7);
+        let mut out = vec![0u8; 2 * x.len()];
+        scalar::f32_to_f16_le(&x, &mut out).unwrap();
+        assert_eq!(out, reference_encode(&x));
+        let mut back = vec![0f32; x.len()];
+        scalar::f16_le_to_f32(&out, &mut back).unwrap();
+        for (b, h) in back.iter().zip(out.chunks_exact(2)) {
+            assert_eq!(
+                b.to_bits(),
+                f16::from_le_bytes([h[0], h[1]]).to_f32().to_bits()
+            );
+        }
+    }
+
+    /// Whether this CPU runs the AVX2 kernels (portable: `None` off x86_64).
+    fn avx2_available() -> bool {
+        f32_to_f16_le_on(Isa::Avx2, &[], &mut []).is_some()
+    }
+
+    #[test]
+    fn avx2_matches_scalar_at_every_length_and_offset() {
+        if !avx2_available() {
+            report_skipped(
+                Isa::Avx2,
+                "halfconv::avx2_matches_scalar_at_every_length_and_offset",
+            );
+            return;
+        }
+        let all = test_values(3 * 32 + 8, 11);
+        let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+        // Element offsets shift the f32 source's alignment; `boff` makes the byte buffer odd.
+        for offset in 0..3 {
+            for boff in 0..2 {
+                for len in 0..=(2 * 32 + 1 + 32) {
+                    let x = &all[offset..offset + len];
+                    let mut want = vec![0u8; 2 * len + boff];
+                    let mut got = vec![0xaau8; 2 * len + boff];
+                    let rs = scalar::f32_to_f16_le(x, &mut want[boff..]);
+                    let rv = f32_to_f16_le_on(Isa::Avx2, x, &mut got[boff..]).expect("detected");
+                    assert_eq!(rs, rv, "len {len} offset {offset}");
+                    assert_eq!(want[boff..], got[boff..], "len {len} offset {offset}");
+                    let bytes = &want[boff..];
+                    let mut back_s = vec![0f32; len];
+                    let mut back_v = vec![1f32; len];
+                    let bs = scalar::f16_le_to_f32(bytes, &mut back_s);
+                    let bv = f16_le_to_f32_on(Isa::Avx2, bytes, &mut back_v).expect("detected");
+                    assert_eq!(bs, bv);
+                    assert_eq!(bits(&back_s), bits(&back_v), "len {len} offset {offset}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn non_finite_index_is_the_first_at_every_position() {
+        let isas: Vec<Isa> = [Isa::Scalar, Isa::Avx2]
+            .into_iter()
+            .filter(|&isa| {
+                let ok = isa == Isa::Scalar || avx2_available();
+                if !ok {
+                    report_skipped(
+                        isa,
+                        "halfconv::non_finite_index_is_the_first_at_every_position",
+                    );
+                }
+                ok
+            })
+            .collect();
+        let n = 2 * 32 + 5;
+        for bad_at in 0..n {
+            for bad in [f32::NAN, f32::INFINITY, -f32::INFINITY, 65520.0, -1e30] {
+                let mut x = test_values(n, bad_at as u64 + 3);
+                x[bad_at] = bad;
+                if bad_at + 7 < n {
+                    x[bad_at + 7] = f32::NAN; // a later one must not be reported
+                }
+                for &isa in &isas {
+                    let mut out = vec![0u8; 2 * n];
+                    let r = f32_to_f16_le_on(isa, &x, &mut out).expect("available");
+                    assert_eq!(r, Err(bad_at), "{isa} {bad}");
+                }
+                let mut bytes = reference_encode(&test_values(n, 5));
+                let inf = if bad.is_nan() { 0x7e00u16 } else { 0xfc00 };
+                bytes[2 * bad_at..2 * bad_at + 2].copy_from_slice(&inf.to_le_bytes());
+                for &isa in &isas {
+                    let mut out = vec![0f32; n];
+                    let r = f16_le_to_f32_on(isa, &bytes, &mut out).expect("available");
+                    assert_eq!(r, Err(bad_at), "{isa}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "2 bytes per value")]
+    fn length_mismatch_panics() {
+        let _ = f32_to_f16_le(&[1.0, 2.0], &mut [0u8; 3]);
+    }
+
+    #[test]
+    fn kernel_isa_is_available() {
+        let x = [1.0f32; 40];
+        let mut out = [0u8; 80];
+        assert!(f32_to_f16_le_on(kernel_isa(), &x, &mut out).is_some());
+    }
+}
