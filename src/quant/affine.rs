@@ -130,11 +130,22 @@ fn quantize(x: &[f32], bits: u8, group: usize) -> Result<(Vec<u8>, Vec<f32>, Vec
             codes.extend(
                 chunk
                     .iter()
-                    .map(|&v| ((f64::from(v) - lo) / s).round().clamp(0.0, qmax) as u8),
+                    .map(|&v| round_half_up((f64::from(v) - lo) / s).min(qmax) as u8),
             );
         }
     }
     Ok((codes, scales, mins))
+}
+
+/// `round(y)` for `y >= 0` (halves up) without a libm call; exact for `y < 2^53`.
+#[inline]
+fn round_half_up(y: f64) -> f64 {
+    let t = (y as u64) as f64; // truncation; y >= 0
+    if y - t >= 0.5 {
+        t + 1.0
+    } else {
+        t
+    }
 }
 
 impl Compressor for Affine {

@@ -163,7 +163,7 @@ fn quantize(x: &[f32], group: usize) -> Result<(Vec<u8>, Vec<f16>)> {
             codes.extend(
                 chunk
                     .iter()
-                    .map(|&v| ((v / d).round().clamp(-7.0, 7.0) as i8 + 8) as u8),
+                    .map(|&v| (super::round_half_away(v / d).clamp(-7.0, 7.0) as i8 + 8) as u8),
             );
         }
     }

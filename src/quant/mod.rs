@@ -122,6 +122,21 @@ pub(crate) fn f16_round_up(v: f32) -> f16 {
     }
 }
 
+/// `round_half_away_from_zero(y)` without a libm call (x86-64's baseline has no rounding
+/// instruction); exact for `|y| < 2^24`, where `y - trunc(y)` is exact.
+#[inline]
+pub(crate) fn round_half_away(y: f32) -> f32 {
+    let t = (y as i32) as f32; // truncation toward zero
+    let frac = y - t;
+    if frac >= 0.5 {
+        t + 1.0
+    } else if frac <= -0.5 {
+        t - 1.0
+    } else {
+        t
+    }
+}
+
 /// Maximum absolute value of `x` (0 for an empty slice). Assumes finite input.
 pub(crate) fn amax(x: &[f32]) -> f32 {
     x.iter().fold(0f32, |m, v| m.max(v.abs()))
@@ -154,6 +169,17 @@ mod tests {
         }
         assert!(f16_round_up(65504.5).is_infinite());
         assert_eq!(f16_round_up(0.0), f16::ZERO);
+    }
+
+    #[test]
+    fn round_half_away_matches_std() {
+        let mut y = -20.0f32;
+        while y <= 20.0 {
+            for v in [y, y + 0.5, y - f32::EPSILON, 0.5 - f32::EPSILON / 4.0, -0.5] {
+                assert_eq!(round_half_away(v), v.round(), "{v}");
+            }
+            y += 0.125;
+        }
     }
 
     #[test]

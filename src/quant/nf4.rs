@@ -84,7 +84,8 @@ pub fn nf4_half_gap(q: u8) -> Option<f32> {
 
 /// The code of the level nearest to `y` (ties to the lower index).
 fn encode(y: f32) -> u8 {
-    MIDPOINTS.iter().take_while(|&&m| m < y).count() as u8
+    // Branch-free: the midpoints are sorted, so counting those below `y` finds the code.
+    MIDPOINTS.iter().map(|&m| u8::from(m < y)).sum()
 }
 
 /// NF4 quantizer: absmax per block of `block_size` values (f32), nearest NF4 level, packed
