@@ -22,10 +22,13 @@ use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
 use candle_compress::kernels::blockwise::{
-    dequantize_i8_blocks_on, dequantize_i8_blocks_to_vec, kernel_isa, quantize_i8_blocks_on,
+    dequantize_i8_blocks_on, dequantize_i8_blocks_to_vec, dequantize_u4_lut_to_vec, kernel_isa,
+    quantize_i8_blocks_on,
 };
 use candle_compress::kernels::{active_isa, Isa};
-use candle_compress::{Compressor, Scheme};
+use candle_compress::quant::nf4::NF4_CODE_BOOK;
+use candle_compress::quant::{Nf4, SymmetricInt4};
+use candle_compress::{Compressed, Compressor, Scheme};
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
 use criterion::{BenchmarkGroup, Criterion, Throughput};
@@ -157,6 +160,35 @@ fn bench_dequantize(c: &mut Criterion, x: &[f32], t: &Tensor) {
             })
         });
     }
+    // The 4-bit table kernel on the NF4 and int4 schemes' own compressed data, with the
+    // Tensor built like their `decompress` does (checked bit-identical first).
+    let nf4 = Nf4::new(64)
+        .expect("nf4")
+        .compress(t)
+        .expect("nf4 compress");
+    let nf4_decode = || {
+        let v = dequantize_u4_lut_to_vec(nf4.packed(), &NF4_CODE_BOOK, nf4.absmax(), 64, N);
+        Tensor::from_vec(v, t.shape(), &Device::Cpu).expect("tensor")
+    };
+    assert_same_values(&nf4_decode(), &nf4.decompress(&Device::Cpu).expect("nf4"));
+    group.bench_function("u4_kernel_nf4_64", |b| b.iter(nf4_decode));
+    drop(nf4);
+    let int4 = SymmetricInt4::new(64)
+        .expect("int4")
+        .compress(t)
+        .expect("int4 compress");
+    let int4_lut: [f32; 16] = std::array::from_fn(|k| k as f32 - 8.0);
+    let int4_decode = || {
+        let scales: Vec<f32> = int4.scales().iter().map(|s| s.to_f32()).collect();
+        let v = dequantize_u4_lut_to_vec(int4.packed(), &int4_lut, &scales, 64, N);
+        Tensor::from_vec(v, t.shape(), &Device::Cpu).expect("tensor")
+    };
+    assert_same_values(
+        &int4_decode(),
+        &int4.decompress(&Device::Cpu).expect("int4"),
+    );
+    group.bench_function("u4_kernel_int4_64", |b| b.iter(int4_decode));
+    drop(int4);
     for scheme in SCHEMES {
         let s: Scheme = scheme.parse().expect("scheme name");
         let compressed = s.compress(t).expect("compress");
@@ -168,6 +200,18 @@ fn bench_dequantize(c: &mut Criterion, x: &[f32], t: &Tensor) {
         });
     }
     group.finish();
+}
+
+/// Panics unless both tensors hold the same f32 bits (a bench must not time wrong code).
+fn assert_same_values(a: &Tensor, b: &Tensor) {
+    let bits = |t: &Tensor| -> Vec<u32> {
+        let v = t
+            .flatten_all()
+            .and_then(|t| t.to_vec1::<f32>())
+            .expect("f32 values");
+        v.iter().map(|f| f.to_bits()).collect()
+    };
+    assert!(bits(a) == bits(b), "kernel and scheme decode differ");
 }
 
 /// `int8:64` → `int8_64` (criterion ids become directory names).
@@ -206,7 +250,15 @@ fn print_summary(since: SystemTime) {
         ids.push(format!("kernel_{name}_b32"));
         ids.push(format!("kernel_{name}_b64"));
     }
-    ids.extend(["to_tensor_b32".to_string(), "to_tensor_b64".to_string()]);
+    ids.extend(
+        [
+            "to_tensor_b32",
+            "to_tensor_b64",
+            "u4_kernel_nf4_64",
+            "u4_kernel_int4_64",
+        ]
+        .map(String::from),
+    );
     ids.extend(SCHEMES.iter().map(|s| scheme_id(s)));
     let gbs = |ns: Option<f64>| ns.map(|ns| (N * 4) as f64 / ns);
     println!();

@@ -69,6 +69,19 @@ pub(crate) fn dequantize_i8_blocks(
     }
 }
 
+/// See [`super::dequantize_u4_lut`]; lengths already checked by the caller.
+pub(crate) fn dequantize_u4_lut(
+    _cpu: Avx2,
+    packed: &[u8],
+    lut: &[f32; 16],
+    scales: &[f32],
+    group: usize,
+    out: &mut [f32],
+) {
+    // SAFETY: holding an `Avx2` token proves the CPU has AVX2, FMA and F16C.
+    unsafe { dequantize_u4(packed, lut, scales, group, out) }
+}
+
 /// Loads `x[i..i + 8]`.
 #[inline]
 #[target_feature(enable = "avx2")]
@@ -276,5 +289,67 @@ fn dequantize_block<const B: usize>(qb: &[i8], d: f32, ob: &mut [f32]) {
     }
     for (o, &v) in ob[i..].iter_mut().zip(&qb[i..]) {
         *o = v as f32 * d;
+    }
+}
+
+/// `lut[code]` for 8 codes (0..=15) in i32 lanes: two 8-entry permutes, chosen by bit 3.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn lookup16(codes: __m256i, lut_lo: __m256, lut_hi: __m256) -> __m256 {
+    let a = _mm256_permutevar8x32_ps(lut_lo, codes);
+    let b = _mm256_permutevar8x32_ps(lut_hi, codes);
+    // Bit 3 of the code moved to the sign bit selects the upper half of the table.
+    _mm256_blendv_ps(a, b, _mm256_castsi256_ps(_mm256_slli_epi32::<28>(codes)))
+}
+
+/// # Safety
+/// The CPU must support AVX2. Slice lengths as in [`super::dequantize_u4_lut`].
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dequantize_u4(
+    packed: &[u8],
+    lut: &[f32; 16],
+    scales: &[f32],
+    group: usize,
+    out: &mut [f32],
+) {
+    if group % 2 == 1 {
+        // Odd groups start mid-byte every other group: rare, keep them simple.
+        return scalar::dequantize_u4_lut(packed, lut, scales, group, out);
+    }
+    // SAFETY: `lut` is 16 readable f32; each load reads 8 of them, unaligned.
+    let (lut_lo, lut_hi) = unsafe {
+        (
+            _mm256_loadu_ps(lut.as_ptr()),
+            _mm256_loadu_ps(lut.as_ptr().add(8)),
+        )
+    };
+    let low = _mm_set1_epi8(0x0F);
+    for (g, (og, &s)) in out.chunks_mut(group).zip(scales).enumerate() {
+        let start = g * group;
+        let pg = &packed[start / 2..];
+        let sv = _mm256_set1_ps(s);
+        let mut i = 0;
+        while i + 2 * LANES <= og.len() {
+            let src: &[u8; LANES] = pg[i / 2..i / 2 + LANES].try_into().expect("8 bytes");
+            // SAFETY: `src` is 8 readable bytes; `loadl_epi64` reads 8 bytes, unaligned.
+            let bytes = unsafe { _mm_loadl_epi64(src.as_ptr().cast()) };
+            let lo = _mm_and_si128(bytes, low);
+            let hi = _mm_and_si128(_mm_srli_epi16::<4>(bytes), low);
+            // 16 codes in element order: byte k gives elements 2k (low) and 2k + 1 (high).
+            let codes = _mm_unpacklo_epi8(lo, hi);
+            let c0 = _mm256_cvtepu8_epi32(codes);
+            let c1 = _mm256_cvtepu8_epi32(_mm_srli_si128::<8>(codes));
+            let v0 = _mm256_mul_ps(lookup16(c0, lut_lo, lut_hi), sv);
+            let v1 = _mm256_mul_ps(lookup16(c1, lut_lo, lut_hi), sv);
+            let dst: &mut [f32; 2 * LANES] = (&mut og[i..i + 2 * LANES]).try_into().expect("16");
+            // SAFETY: `dst` is 16 writable f32 (64 bytes); `storeu` has no alignment
+            // requirement.
+            unsafe {
+                _mm256_storeu_ps(dst.as_mut_ptr(), v0);
+                _mm256_storeu_ps(dst.as_mut_ptr().add(LANES), v1);
+            }
+            i += 2 * LANES;
+        }
+        scalar::dequantize_u4_lut_range(packed, lut, s, start + i, &mut og[i..]);
     }
 }

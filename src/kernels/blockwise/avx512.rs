@@ -59,6 +59,19 @@ pub(crate) fn dequantize_i8_blocks(
     }
 }
 
+/// See [`super::dequantize_u4_lut`]; lengths already checked by the caller.
+pub(crate) fn dequantize_u4_lut(
+    _cpu: Avx512Vnni,
+    packed: &[u8],
+    lut: &[f32; 16],
+    scales: &[f32],
+    group: usize,
+    out: &mut [f32],
+) {
+    // SAFETY: holding an `Avx512Vnni` token proves AVX-512 F/BW/VL and AVX2/FMA/F16C.
+    unsafe { dequantize_u4(packed, lut, scales, group, out) }
+}
+
 /// Loads `x[i..i + 16]`.
 #[inline]
 #[target_feature(enable = "avx512f")]
@@ -253,5 +266,52 @@ fn dequantize_block<const B: usize>(qb: &[i8], d: f32, ob: &mut [f32]) {
     }
     for (o, &v) in ob[i..].iter_mut().zip(&qb[i..]) {
         *o = v as f32 * d;
+    }
+}
+
+/// # Safety
+/// The CPU must support AVX-512 F/BW/VL and AVX2. Slice lengths as in
+/// [`super::dequantize_u4_lut`].
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2")]
+unsafe fn dequantize_u4(
+    packed: &[u8],
+    lut: &[f32; 16],
+    scales: &[f32],
+    group: usize,
+    out: &mut [f32],
+) {
+    if group % 2 == 1 {
+        // Odd groups start mid-byte every other group: rare, keep them simple.
+        return scalar::dequantize_u4_lut(packed, lut, scales, group, out);
+    }
+    // SAFETY: `lut` is 16 readable f32 (64 bytes); `loadu` has no alignment requirement.
+    let table = unsafe { _mm512_loadu_ps(lut.as_ptr()) };
+    let low = _mm_set1_epi8(0x0F);
+    for (g, (og, &s)) in out.chunks_mut(group).zip(scales).enumerate() {
+        let start = g * group;
+        let pg = &packed[start / 2..];
+        let sv = _mm512_set1_ps(s);
+        let mut i = 0;
+        while i + 2 * LANES <= og.len() {
+            let src: &[u8; LANES] = pg[i / 2..i / 2 + LANES].try_into().expect("16 bytes");
+            // SAFETY: `src` is 16 readable bytes; `loadu` has no alignment requirement.
+            let bytes = unsafe { _mm_loadu_si128(src.as_ptr().cast()) };
+            let lo = _mm_and_si128(bytes, low);
+            let hi = _mm_and_si128(_mm_srli_epi16::<4>(bytes), low);
+            // Codes in element order: byte k gives elements 2k (low) and 2k + 1 (high).
+            let c0 = _mm512_cvtepu8_epi32(_mm_unpacklo_epi8(lo, hi));
+            let c1 = _mm512_cvtepu8_epi32(_mm_unpackhi_epi8(lo, hi));
+            let v0 = _mm512_mul_ps(_mm512_permutexvar_ps(c0, table), sv);
+            let v1 = _mm512_mul_ps(_mm512_permutexvar_ps(c1, table), sv);
+            let dst: &mut [f32; 2 * LANES] = (&mut og[i..i + 2 * LANES]).try_into().expect("32");
+            // SAFETY: `dst` is 32 writable f32 (128 bytes); `storeu` has no alignment
+            // requirement.
+            unsafe {
+                _mm512_storeu_ps(dst.as_mut_ptr(), v0);
+                _mm512_storeu_ps(dst.as_mut_ptr().add(LANES), v1);
+            }
+            i += 2 * LANES;
+        }
+        scalar::dequantize_u4_lut_range(packed, lut, s, start + i, &mut og[i..]);
     }
 }

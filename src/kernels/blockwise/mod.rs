@@ -1,9 +1,10 @@
 //! Blockwise absmax int8 quantization (GGML Q8_0's formula, any block size).
 //!
 //! Safe entry points that check slice lengths and run the kernel for this process's ISA
-//! ([`active_isa`](crate::kernels::active_isa), detected once and cached). `scalar.rs` is
-//! the definition of correct; every SIMD version produces the same bits (q bytes, scale
-//! bits, dequantized f32 bits) and is tested against it.
+//! ([`kernel_isa`], from [`crate::kernels::active_isa`]: detected once and cached, so a
+//! plain `cargo build` runs the AVX2 / AVX-512 code). `scalar.rs` is the definition of
+//! correct; every SIMD version produces the same bits (q bytes, scale bits, dequantized f32
+//! bits) and is tested against it at every tail length, block size and extreme value.
 //!
 //! Per block of `block` values (the last block may be shorter):
 //!
@@ -100,6 +101,120 @@ pub fn dequantize_i8_blocks_to_vec(q: &[i8], scales: &[f16], block: usize) -> Ve
     hugepage::advise(&mut out);
     dequantize_i8_blocks(q, scales, block, &mut out);
     out
+}
+
+/// Dequantizes 4-bit codes through a 16-entry table with one f32 scale per group:
+/// `out[i] = lut[code(i)] * scales[i / group]`, where `code(i)` is the low nibble of
+/// `packed[i / 2]` for even `i` and the high nibble for odd `i` (two codes per byte, low
+/// first; an odd count leaves the last high nibble unused).
+///
+/// One kernel for every table-driven 4-bit format: NF4 (`lut` = the NF4 code book, scales =
+/// block absmax) and symmetric int4 stored as `q + 8` (`lut[k] = k as f32 - 8.0`, scales =
+/// the group scales as f32). One f32 multiply per value, so the result is bit-identical to
+/// the plain Rust expression on every ISA.
+///
+/// Preconditions (checked with `assert!`): `group >= 1`,
+/// `packed.len() == out.len().div_ceil(2)`, `scales.len() == out.len().div_ceil(group)`.
+///
+/// ```
+/// use candle_compress::kernels::blockwise::dequantize_u4_lut;
+/// let lut: [f32; 16] = std::array::from_fn(|k| k as f32 - 8.0); // int4 stored as q + 8
+/// let mut out = [0f32; 3];
+/// dequantize_u4_lut(&[0x9F, 0x08], &lut, &[0.5, 2.0], 2, &mut out);
+/// assert_eq!(out, [3.5, 0.5, 0.0]); // codes 15, 9 (scale 0.5) then 8 (scale 2)
+/// ```
+pub fn dequantize_u4_lut(
+    packed: &[u8],
+    lut: &[f32; 16],
+    scales: &[f32],
+    group: usize,
+    out: &mut [f32],
+) {
+    check_u4_lengths(packed.len(), scales.len(), group, out.len());
+    if dequantize_u4_unchecked_on(kernel_isa(), packed, lut, scales, group, out).is_none() {
+        scalar::dequantize_u4_lut(packed, lut, scales, group, out)
+    }
+}
+
+/// [`dequantize_u4_lut`] of `n` values into a new `Vec`, with the huge-page advice of
+/// [`dequantize_i8_blocks_to_vec`] for large outputs.
+///
+/// # Panics
+/// On the length preconditions of [`dequantize_u4_lut`] with `out.len() == n`.
+#[must_use]
+pub fn dequantize_u4_lut_to_vec(
+    packed: &[u8],
+    lut: &[f32; 16],
+    scales: &[f32],
+    group: usize,
+    n: usize,
+) -> Vec<f32> {
+    check_u4_lengths(packed.len(), scales.len(), group, n);
+    let mut out = vec![0f32; n];
+    hugepage::advise(&mut out);
+    dequantize_u4_lut(packed, lut, scales, group, &mut out);
+    out
+}
+
+/// [`dequantize_u4_lut`] on a chosen instruction set; `None` (nothing written) when this
+/// CPU lacks `isa` or there is no kernel for it (see [`quantize_i8_blocks_on`]).
+///
+/// # Panics
+/// On the length preconditions of [`dequantize_u4_lut`].
+#[must_use]
+pub fn dequantize_u4_lut_on(
+    isa: Isa,
+    packed: &[u8],
+    lut: &[f32; 16],
+    scales: &[f32],
+    group: usize,
+    out: &mut [f32],
+) -> Option<()> {
+    check_u4_lengths(packed.len(), scales.len(), group, out.len());
+    dequantize_u4_unchecked_on(isa, packed, lut, scales, group, out)
+}
+
+#[track_caller]
+fn check_u4_lengths(packed: usize, scales: usize, group: usize, n: usize) {
+    assert!(group >= 1, "4-bit dequantization: group size must be >= 1");
+    assert_eq!(
+        packed,
+        n.div_ceil(2),
+        "4-bit dequantization: expected {n} codes packed two per byte"
+    );
+    assert_eq!(
+        scales,
+        n.div_ceil(group),
+        "4-bit dequantization: expected one scale per group of {group} over {n} values"
+    );
+}
+
+fn dequantize_u4_unchecked_on(
+    isa: Isa,
+    packed: &[u8],
+    lut: &[f32; 16],
+    scales: &[f32],
+    group: usize,
+    out: &mut [f32],
+) -> Option<()> {
+    match isa {
+        Isa::Scalar => {
+            scalar::dequantize_u4_lut(packed, lut, scales, group, out);
+            Some(())
+        }
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => {
+            Avx2::detect().map(|cpu| avx2::dequantize_u4_lut(cpu, packed, lut, scales, group, out))
+        }
+        #[cfg(target_arch = "x86_64")]
+        Isa::AvxVnni => AvxVnni::detect()
+            .and(Avx2::detect())
+            .map(|cpu| avx2::dequantize_u4_lut(cpu, packed, lut, scales, group, out)),
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512Vnni => Avx512Vnni::detect()
+            .map(|cpu| avx512::dequantize_u4_lut(cpu, packed, lut, scales, group, out)),
+        _ => None,
+    }
 }
 
 /// The instruction set the blockwise kernels run on in this process: [`Isa::Avx512Vnni`]
@@ -576,6 +691,62 @@ mod tests {
             dequantize_i8_blocks(&q, &s, 64, &mut out);
             assert_eq!(dequantize_i8_blocks_to_vec(&q, &s, 64), out);
         }
+    }
+
+    #[test]
+    fn u4_lut_simd_matches_scalar() {
+        let nf4_like: [f32; 16] =
+            std::array::from_fn(|k| (k as f32 - 7.0) / 8.0 + 0.013 * k as f32);
+        let int4: [f32; 16] = std::array::from_fn(|k| k as f32 - 8.0);
+        let mut wild = int4;
+        wild[3] = f32::NAN;
+        wild[12] = f32::INFINITY;
+        wild[15] = -0.0;
+        let scales_pool = [0.37f32, -2.5, 0.0, 1e-40, 3.0e38, f32::NAN, 1.0];
+        for (isa, lanes) in SIMD {
+            for group in [1usize, 2, 3, 7, 8, 16, 31, 32, 33, 64, 65, 256] {
+                for n in (0..=4 * lanes + 1).chain([group * 9 + 1, 1000]) {
+                    let packed: Vec<u8> = (0..n.div_ceil(2)).map(|i| (i * 151 + n) as u8).collect();
+                    let scales: Vec<f32> = (0..n.div_ceil(group))
+                        .map(|g| scales_pool[(g + n) % scales_pool.len()])
+                        .collect();
+                    for lut in [&nf4_like, &int4, &wild] {
+                        let (mut o0, mut o1) = (vec![0f32; n], vec![1f32; n]);
+                        dequantize_u4_lut_on(Isa::Scalar, &packed, lut, &scales, group, &mut o0)
+                            .unwrap();
+                        if dequantize_u4_lut_on(isa, &packed, lut, &scales, group, &mut o1)
+                            .is_none()
+                        {
+                            crate::kernels::detect::report_skipped(isa, "blockwise u4_lut");
+                            return;
+                        }
+                        for (i, (a, b)) in o0.iter().zip(&o1).enumerate() {
+                            assert!(
+                                a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan()),
+                                "{isa} group {group} n {n} i {i}: {a} vs {b}"
+                            );
+                        }
+                        // The definition itself, written out once more.
+                        for (i, &a) in o0.iter().enumerate() {
+                            let code = (packed[i / 2] >> (4 * (i % 2))) & 15;
+                            let want = lut[code as usize] * scales[i / group];
+                            assert!(a.to_bits() == want.to_bits() || (a.is_nan() && want.is_nan()));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn u4_lut_to_vec_matches() {
+        let lut: [f32; 16] = std::array::from_fn(|k| k as f32 * 0.25);
+        let n: usize = (5 << 20) + 3;
+        let packed: Vec<u8> = (0..n.div_ceil(2)).map(|i| (i * 7) as u8).collect();
+        let scales: Vec<f32> = (0..n.div_ceil(64)).map(|g| g as f32).collect();
+        let mut out = vec![0f32; n];
+        dequantize_u4_lut(&packed, &lut, &scales, 64, &mut out);
+        assert_eq!(dequantize_u4_lut_to_vec(&packed, &lut, &scales, 64, n), out);
     }
 
     #[test]

@@ -74,3 +74,36 @@ pub(crate) fn dequantize_i8_blocks(q: &[i8], scales: &[f16], block: usize, out: 
         dequantize_block(qb, s, ob);
     }
 }
+
+/// The 4-bit code of element `i`: low nibble of byte `i / 2` for even `i`, high for odd.
+#[inline(always)]
+pub(crate) fn u4_at(packed: &[u8], i: usize) -> usize {
+    usize::from((packed[i / 2] >> (4 * (i % 2))) & 0x0F)
+}
+
+/// See [`super::dequantize_u4_lut`]; the caller has checked the slice lengths.
+pub(crate) fn dequantize_u4_lut(
+    packed: &[u8],
+    lut: &[f32; 16],
+    scales: &[f32],
+    group: usize,
+    out: &mut [f32],
+) {
+    for (g, (og, &s)) in out.chunks_mut(group).zip(scales).enumerate() {
+        dequantize_u4_lut_range(packed, lut, s, g * group, og);
+    }
+}
+
+/// `og[k] = lut[code(start + k)] * s`: one group or the tail of one.
+#[inline]
+pub(crate) fn dequantize_u4_lut_range(
+    packed: &[u8],
+    lut: &[f32; 16],
+    s: f32,
+    start: usize,
+    og: &mut [f32],
+) {
+    for (k, o) in og.iter_mut().enumerate() {
+        *o = lut[u4_at(packed, start + k)] * s;
+    }
+}
