@@ -451,21 +451,12 @@ impl CtWriter {
             }
         };
         config["quantization_config"] = self.config()?;
-        let path = safetensors_path.as_ref();
-        let tmp = super::temp_sibling(path)?;
-        let mut metadata = std::collections::HashMap::new();
-        metadata.insert("format".to_string(), "pt".to_string());
-        let result = safetensors::serialize_to_file(
-            self.parts.iter().map(|(k, v)| (k.as_str(), v)),
-            Some(metadata),
-            &tmp,
-        )
-        .map_err(Error::from)
-        .and_then(|()| Ok(std::fs::rename(&tmp, path)?));
-        if result.is_err() {
-            let _ = std::fs::remove_file(&tmp);
-        }
-        result?;
+        let metadata = std::collections::HashMap::from([("format".to_string(), "pt".to_string())]);
+        super::write_safetensors(
+            safetensors_path.as_ref(),
+            self.parts.iter().map(|(k, v)| (k.as_str(), v)).collect(),
+            metadata,
+        )?;
         let text = serde_json::to_string_pretty(&config)?;
         super::write_atomically(config_path.as_ref(), |f| {
             use std::io::Write;

@@ -67,6 +67,57 @@ pub(crate) fn temp_sibling(path: &Path) -> Result<PathBuf> {
     Ok(path.with_file_name(tmp_name))
 }
 
+/// Writes tensors as a safetensors file at `path` through [`write_atomically`] (so the
+/// file gets the usual permissions, and a failure leaves nothing at `path`), streaming
+/// each tensor's bytes. Tensors are laid out like the `safetensors` crate does: by
+/// decreasing dtype alignment, then by name, so every tensor starts aligned for its dtype.
+pub(crate) fn write_safetensors<V: ::safetensors::tensor::View>(
+    path: &Path,
+    tensors: Vec<(&str, V)>,
+    metadata: std::collections::HashMap<String, String>,
+) -> Result<()> {
+    let mut tensors = tensors;
+    tensors.sort_by(|(ln, l), (rn, r)| r.dtype().cmp(&l.dtype()).then(ln.cmp(rn)));
+    let mut infos = Vec::with_capacity(tensors.len());
+    let mut offset = 0usize;
+    for (name, t) in &tensors {
+        let n = t.data_len();
+        infos.push((
+            name.to_string(),
+            ::safetensors::tensor::TensorInfo {
+                dtype: t.dtype(),
+                shape: t.shape().to_vec(),
+                data_offsets: (offset, offset + n),
+            },
+        ));
+        offset += n;
+    }
+    let header = ::safetensors::tensor::Metadata::new(Some(metadata), infos)?;
+    let mut header = serde_json::to_string(&header)?.into_bytes();
+    header.resize(header.len().next_multiple_of(8), b' ');
+    if header.len() > reader::MAX_HEADER_SIZE {
+        return Err(Error::invalid(
+            "safetensors header",
+            format!(
+                "{} bytes exceeds the maximum {}",
+                header.len(),
+                reader::MAX_HEADER_SIZE
+            ),
+        ));
+    }
+    write_atomically(path, |file| {
+        use std::io::Write;
+        let mut w = std::io::BufWriter::with_capacity(1 << 20, file);
+        w.write_all(&(header.len() as u64).to_le_bytes())?;
+        w.write_all(&header)?;
+        for (_, t) in &tensors {
+            w.write_all(&t.data())?;
+        }
+        w.flush()?;
+        Ok(())
+    })
+}
+
 /// Little-endian bytes → `i8` values (one per byte).
 pub(crate) fn bytes_to_i8(b: &[u8]) -> Vec<i8> {
     b.iter().map(|&x| x as i8).collect()

@@ -604,20 +604,11 @@ impl CompressedWriter {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn write(&self, path: impl AsRef<Path>) -> Result<()> {
-        let metadata = self.metadata()?;
-        let path = path.as_ref();
-        let tmp = super::temp_sibling(path)?;
-        let result = safetensors::serialize_to_file(
-            self.parts.iter().map(|(k, v)| (k.as_str(), v)),
-            Some(metadata),
-            &tmp,
+        super::write_safetensors(
+            path.as_ref(),
+            self.parts.iter().map(|(k, v)| (k.as_str(), v)).collect(),
+            self.metadata()?,
         )
-        .map_err(Error::from)
-        .and_then(|()| Ok(std::fs::rename(&tmp, path)?));
-        if result.is_err() {
-            let _ = std::fs::remove_file(&tmp);
-        }
-        result
     }
 }
 
