@@ -15,6 +15,7 @@ pub mod kernels;
 pub mod nn;
 pub mod quant;
 pub mod scheme;
+pub mod sparse;
 
 pub use compressor::{Compressed, Compressor};
 pub use error::{Error, Result};
