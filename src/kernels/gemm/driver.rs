@@ -138,6 +138,39 @@ fn plan(rows: usize, panels: usize, mr: usize, np: usize, macs: usize) -> Vec<Ta
     tasks
 }
 
+/// Rows per tile when `rows` are cut into the fewest tiles of at most `mr` rows, sized
+/// evenly (8 rows with `mr = 6` run as 2 × 4 rather than 6 + 2).
+fn balanced_rows(rows: usize, mr: usize) -> usize {
+    if rows == 0 {
+        return 1;
+    }
+    rows.div_ceil(rows.div_ceil(mr))
+}
+
+/// `dst[j] = finish_w8(acc[j], x_scale, ws[j], bias[j])`, written as straight loops over
+/// slices so the compiler vectorizes them (same IEEE operations, no contraction).
+#[inline(always)]
+fn epilogue_w8(
+    dst: &mut [f32],
+    acc: impl Iterator<Item = f32>,
+    x_scale: f32,
+    ws: &[f32],
+    bias: Option<&[f32]>,
+) {
+    match bias {
+        Some(bs) => {
+            for (((d, a), &s), &b) in dst.iter_mut().zip(acc).zip(ws).zip(bs) {
+                *d = finish_w8(a, x_scale, s, Some(b));
+            }
+        }
+        None => {
+            for ((d, a), &s) in dst.iter_mut().zip(acc).zip(ws) {
+                *d = finish_w8(a, x_scale, s, None);
+            }
+        }
+    }
+}
+
 fn run_tasks(tasks: &[Task], f: impl Fn(Task) + Sync + Send) {
     if tasks.len() <= 1 {
         tasks.iter().for_each(|&t| f(t));
@@ -183,11 +216,12 @@ pub(crate) unsafe fn matmul_w8a8(
         let out_ptr = out_ptr;
         let mut c = [0i32; MR_MAX * LDC];
         let mut c64 = [0i64; MR_MAX * LDC];
+        let mr_eff = balanced_rows(task.r1 - task.r0, kern.mr);
         for p0 in (task.p0..task.p1).step_by(kern.np) {
             let np = kern.np.min(task.p1 - p0);
             let cols = (n - p0 * NR).min(np * NR);
-            for r0 in (task.r0..task.r1).step_by(kern.mr) {
-                let mr = kern.mr.min(task.r1 - r0);
+            for r0 in (task.r0..task.r1).step_by(mr_eff) {
+                let mr = mr_eff.min(task.r1 - r0);
                 let f = (kern.tile)(mr, np);
                 for kb in 0..kblocks {
                     let s4 = kb * (K_BLOCK / 4);
@@ -223,20 +257,22 @@ pub(crate) unsafe fn matmul_w8a8(
                         }
                     }
                 }
+                let o0 = p0 * NR;
+                let ws = &w.scales()[o0..o0 + cols];
+                let bs = bias.map(|b| &b[o0..o0 + cols]);
                 for r in 0..mr {
                     let t = r0 + r;
-                    let xs = x_scales[t];
-                    for j in 0..cols {
-                        let o = p0 * NR + j;
-                        let acc = if kblocks > 1 {
-                            c64[r * LDC + j] as f32
-                        } else {
-                            c[r * LDC + j] as f32
-                        };
-                        let v = finish_w8(acc, xs, w.scales()[o], bias.map(|b| b[o]));
-                        // SAFETY: `t < rows`, `o < n`: inside `out` (rows*n long); no
-                        // other task writes element (t, o).
-                        unsafe { *out_ptr.0.add(t * n + o) = v };
+                    // SAFETY: `t < rows` and `o0 + cols ≤ n`, so the range lies inside
+                    // `out` (rows*n long); no other task writes these (t, o) elements
+                    // and no other reference to them exists during the loop.
+                    let dst =
+                        unsafe { std::slice::from_raw_parts_mut(out_ptr.0.add(t * n + o0), cols) };
+                    if kblocks > 1 {
+                        let acc = c64[r * LDC..r * LDC + cols].iter().map(|&a| a as f32);
+                        epilogue_w8(dst, acc, x_scales[t], ws, bs);
+                    } else {
+                        let acc = c[r * LDC..r * LDC + cols].iter().map(|&a| a as f32);
+                        epilogue_w8(dst, acc, x_scales[t], ws, bs);
                     }
                 }
             }
@@ -283,11 +319,12 @@ pub(crate) unsafe fn matmul_w4a8(
     run_tasks(&tasks, |task| {
         let out_ptr = out_ptr;
         let mut c = [0f32; MR_MAX * LDC];
+        let mr_eff = balanced_rows(task.r1 - task.r0, kern.mr);
         for p0 in (task.p0..task.p1).step_by(kern.np) {
             let np = kern.np.min(task.p1 - p0);
             let cols = (n - p0 * NR).min(np * NR);
-            for r0 in (task.r0..task.r1).step_by(kern.mr) {
-                let mr = kern.mr.min(task.r1 - r0);
+            for r0 in (task.r0..task.r1).step_by(mr_eff) {
+                let mr = mr_eff.min(task.r1 - r0);
                 let f = (kern.tile)(mr, np);
                 let tile = W4Tile {
                     t: Tile {
@@ -308,14 +345,27 @@ pub(crate) unsafe fn matmul_w4a8(
                 // `r0 + mr ≤ rows` and `p0 + np ≤ panels`; `c` holds MR_MAX×LDC values;
                 // the caller guarantees the CPU features.
                 unsafe { f(&tile, &mut c) };
+                let o0 = p0 * NR;
+                let bs = bias.map(|b| &b[o0..o0 + cols]);
                 for r in 0..mr {
                     let t = r0 + r;
+                    // SAFETY: as in `matmul_w8a8`: an in-bounds range of `out` that only
+                    // this task writes.
+                    let dst =
+                        unsafe { std::slice::from_raw_parts_mut(out_ptr.0.add(t * n + o0), cols) };
+                    let sums = &c[r * LDC..r * LDC + cols];
                     let xs = x_scales[t];
-                    for j in 0..cols {
-                        let o = p0 * NR + j;
-                        let v = finish_w4(c[r * LDC + j], xs, bias.map(|b| b[o]));
-                        // SAFETY: `t < rows`, `o < n`; no other task writes (t, o).
-                        unsafe { *out_ptr.0.add(t * n + o) = v };
+                    match bs {
+                        Some(bs) => {
+                            for ((d, &s), &b) in dst.iter_mut().zip(sums).zip(bs) {
+                                *d = finish_w4(s, xs, Some(b));
+                            }
+                        }
+                        None => {
+                            for (d, &s) in dst.iter_mut().zip(sums) {
+                                *d = finish_w4(s, xs, None);
+                            }
+                        }
                     }
                 }
             }
