@@ -7,7 +7,7 @@
 //! ```text
 //! m = min x,  M = max x,  qmax = 2^bits − 1
 //! S = f32((M − m) / qmax)          (computed in f64, rounded once to f32)
-//! q = clamp(round((x − m) / S), 0, qmax)   (in f64; q = 0 when S == 0)
+//! q = clamp(round((x − m) · (1/S)), 0, qmax)   (in f64; q = 0 when S == 0)
 //! x' = f32(m + q · S)              (in f64, rounded once to f32)
 //! ```
 //!
@@ -126,11 +126,11 @@ fn quantize(x: &[f32], bits: u8, group: usize) -> Result<(Vec<u8>, Vec<f32>, Vec
         if scale == 0.0 {
             codes.extend(std::iter::repeat(0u8).take(chunk.len()));
         } else {
-            let (lo, s) = (f64::from(lo), f64::from(scale));
+            let (lo, inv) = (f64::from(lo), 1.0 / f64::from(scale));
             codes.extend(
                 chunk
                     .iter()
-                    .map(|&v| round_half_up((f64::from(v) - lo) / s).min(qmax) as u8),
+                    .map(|&v| round_half_up((f64::from(v) - lo) * inv).min(qmax) as u8),
             );
         }
     }
@@ -141,11 +141,7 @@ fn quantize(x: &[f32], bits: u8, group: usize) -> Result<(Vec<u8>, Vec<f32>, Vec
 #[inline]
 fn round_half_up(y: f64) -> f64 {
     let t = (y as u64) as f64; // truncation; y >= 0
-    if y - t >= 0.5 {
-        t + 1.0
-    } else {
-        t
-    }
+    t + f64::from(u8::from(y - t >= 0.5)) // branch-free
 }
 
 impl Compressor for Affine {
