@@ -50,6 +50,7 @@ fn simd_kernels(test: &str) -> Vec<GemmKernels> {
     v
 }
 
+#[allow(clippy::too_many_arguments)]
 fn naive_w8(
     qx: &[i8],
     xs: &[f32],

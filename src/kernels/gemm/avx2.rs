@@ -154,8 +154,8 @@ unsafe fn row_amax(xr: &[f32], smooth: Option<&[f32]>, row_start: usize) -> Resu
         _mm256_storeu_ps(lanes.as_mut_ptr(), vmax);
         lanes.iter().fold(0f32, |m, &v| m.max(v))
     };
-    for c in body..xr.len() {
-        let y = scalar::smoothed(xr[c], smooth, c);
+    for (c, &v) in xr.iter().enumerate().skip(body) {
+        let y = scalar::smoothed(v, smooth, c);
         if !y.is_finite() {
             return Err(row_start + c);
         }

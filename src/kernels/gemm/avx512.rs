@@ -18,7 +18,7 @@ use super::scalar;
 /// [`Tile`]) with `MR ≤ 8`, `NP ≤ 4`.
 #[inline(always)]
 unsafe fn w8_tile<const MR: usize, const NP: usize>(t: &Tile, c: &mut CTile<i32>) {
-    // SAFETY (whole body): reads stay inside the ranges the caller vouches for: `MR` rows
+    // SAFETY: (whole body) reads stay inside the ranges the caller vouches for: `MR` rows
     // of `4·k4` bytes from `t.a` (stride `t.lda`) and `NP` panels of `64·k4` bytes from
     // `t.b` (stride `t.ldb`); writes stay inside `c` (`MR·LDC` values).
     unsafe {
@@ -67,7 +67,7 @@ unsafe fn unpack_nibbles(p: *const u8) -> __m512i {
 /// [`W4Tile`]) with `MR ≤ 8`, `NP ≤ 4`.
 #[inline(always)]
 unsafe fn w4_tile<const MR: usize, const NP: usize>(t: &W4Tile, c: &mut CTile<f32>) {
-    // SAFETY (whole body): reads `MR` rows of `groups·group` activation bytes, `NP`
+    // SAFETY: (whole body) reads `MR` rows of `groups·group` activation bytes, `NP`
     // panels of `groups·group·8` nibble bytes, `NP × groups × 16` scales and
     // `MR × groups` corrections, all vouched for by the caller; writes inside `c`.
     unsafe {

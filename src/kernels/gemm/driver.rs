@@ -97,6 +97,13 @@ unsafe impl Send for OutPtr {}
 // SAFETY: as above.
 unsafe impl Sync for OutPtr {}
 
+impl OutPtr {
+    /// The pointer (a method, so closures capture the whole `Sync` wrapper).
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
 /// A task: panels `p0..p1` × rows `r0..r1`.
 #[derive(Clone, Copy, Debug)]
 struct Task {
@@ -213,7 +220,6 @@ pub(crate) unsafe fn matmul_w8a8(
     let out_ptr = OutPtr(out.as_mut_ptr());
     let tasks = plan(rows, w.panels(), kern.mr, kern.np, rows * n * k);
     run_tasks(&tasks, |task| {
-        let out_ptr = out_ptr;
         let mut c = [0i32; MR_MAX * LDC];
         let mut c64 = [0i64; MR_MAX * LDC];
         let mr_eff = balanced_rows(task.r1 - task.r0, kern.mr);
@@ -265,8 +271,9 @@ pub(crate) unsafe fn matmul_w8a8(
                     // SAFETY: `t < rows` and `o0 + cols ≤ n`, so the range lies inside
                     // `out` (rows*n long); no other task writes these (t, o) elements
                     // and no other reference to them exists during the loop.
-                    let dst =
-                        unsafe { std::slice::from_raw_parts_mut(out_ptr.0.add(t * n + o0), cols) };
+                    let dst = unsafe {
+                        std::slice::from_raw_parts_mut(out_ptr.get().add(t * n + o0), cols)
+                    };
                     if kblocks > 1 {
                         let acc = c64[r * LDC..r * LDC + cols].iter().map(|&a| a as f32);
                         epilogue_w8(dst, acc, x_scales[t], ws, bs);
@@ -317,7 +324,6 @@ pub(crate) unsafe fn matmul_w4a8(
     let out_ptr = OutPtr(out.as_mut_ptr());
     let tasks = plan(rows, w.panels(), kern.mr, kern.np, rows * n * k);
     run_tasks(&tasks, |task| {
-        let out_ptr = out_ptr;
         let mut c = [0f32; MR_MAX * LDC];
         let mr_eff = balanced_rows(task.r1 - task.r0, kern.mr);
         for p0 in (task.p0..task.p1).step_by(kern.np) {
@@ -351,8 +357,9 @@ pub(crate) unsafe fn matmul_w4a8(
                     let t = r0 + r;
                     // SAFETY: as in `matmul_w8a8`: an in-bounds range of `out` that only
                     // this task writes.
-                    let dst =
-                        unsafe { std::slice::from_raw_parts_mut(out_ptr.0.add(t * n + o0), cols) };
+                    let dst = unsafe {
+                        std::slice::from_raw_parts_mut(out_ptr.get().add(t * n + o0), cols)
+                    };
                     let sums = &c[r * LDC..r * LDC + cols];
                     let xs = x_scales[t];
                     match bs {

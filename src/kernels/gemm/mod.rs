@@ -596,7 +596,7 @@ mod tests {
             );
         }
         let w4: Vec<i8> = (0..5 * 70).map(|i| (i % 16) as i8 - 8).collect();
-        let p4 = PackedW4::pack(&w4, &vec![1.0; 5 * 3], 5, 70, 32);
+        let p4 = PackedW4::pack(&w4, &[1.0; 5 * 3], 5, 70, 32);
         assert_eq!(p4.weights(), w4);
     }
 

@@ -243,7 +243,7 @@ impl PackedW4 {
     #[must_use]
     pub fn pack(w: &[i8], scales: &[f32], out: usize, inp: usize, group: usize) -> PackedW4 {
         assert!(
-            group > 0 && group % 8 == 0,
+            group > 0 && group.is_multiple_of(8),
             "PackedW4::pack: group {group} is not a positive multiple of 8"
         );
         assert_eq!(

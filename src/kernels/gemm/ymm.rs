@@ -40,7 +40,7 @@ pub(crate) unsafe fn w8_tile<D: Dot4, const MR: usize, const NP: usize>(
     t: &Tile,
     c: &mut CTile<i32>,
 ) {
-    // SAFETY (whole body): reads `MR` rows of `4·k4` bytes from `t.a` and `NP` panels of
+    // SAFETY: (whole body) reads `MR` rows of `4·k4` bytes from `t.a` and `NP` panels of
     // `64·k4` bytes from `t.b` as the caller vouches; writes inside `c`.
     unsafe {
         let mut acc = [[[_mm256_setzero_si256(); 2]; NP]; MR];
@@ -82,7 +82,7 @@ pub(crate) unsafe fn w4_tile<D: Dot4, const MR: usize, const NP: usize>(
     t: &W4Tile,
     c: &mut CTile<f32>,
 ) {
-    // SAFETY (whole body): reads inside the activation, nibble, scale and correction
+    // SAFETY: (whole body) reads inside the activation, nibble, scale and correction
     // ranges the caller vouches for; writes inside `c`.
     unsafe {
         let m = _mm256_set1_epi8(0x0F);
