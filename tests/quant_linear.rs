@@ -735,3 +735,31 @@ fn config_accessors_and_serde() -> TestResult {
     assert!(bad.validate().is_err());
     Ok(())
 }
+
+#[test]
+fn drops_into_a_candle_nn_sequential_model() -> TestResult {
+    let (l1, l2) = (linear(64, 32, true, 38), linear(10, 64, true, 39));
+    let f32_model = candle_nn::seq()
+        .add(l1.clone())
+        .add(candle_nn::Activation::Relu)
+        .add(l2.clone());
+    let cfg = QuantConfig::w8a8();
+    let q_model = candle_nn::seq()
+        .add(QuantLinear::from_linear(&l1, &cfg)?)
+        .add(candle_nn::Activation::Relu)
+        .add(QuantLinear::from_linear(&l2, &cfg)?);
+    let x = tensor(gaussian(4 * 5 * 32, 40), &[4, 5, 32]);
+    let (want, got) = (f32_model.forward(&x)?, q_model.forward(&x)?);
+    assert_eq!(got.dims(), &[4, 5, 10]);
+    // Downstream candle ops take the output like any tensor.
+    let probs = candle_nn::ops::softmax_last_dim(&got)?;
+    assert_eq!(probs.dims(), &[4, 5, 10]);
+    assert!(cosine(&flat(&got), &flat(&want)) >= 0.999);
+    // An empty batch flows through the whole model.
+    let empty = q_model.forward(&Tensor::zeros((0, 32), DType::F32, &CPU)?)?;
+    assert_eq!(empty.dims(), &[0, 10]);
+    let q = QuantLinear::from_linear(&l1, &cfg)?;
+    let qa = q.quantize_activations(&Tensor::zeros((0, 32), DType::F32, &CPU)?)?;
+    assert_eq!((qa.rows, qa.values.len(), qa.scales.len()), (0, 0, 0));
+    Ok(())
+}
