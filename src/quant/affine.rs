@@ -124,7 +124,7 @@ fn quantize(x: &[f32], bits: u8, group: usize) -> Result<(Vec<u8>, Vec<f32>, Vec
         scales.push(scale);
         mins.push(lo);
         if scale == 0.0 {
-            codes.extend(std::iter::repeat(0u8).take(chunk.len()));
+            codes.extend(std::iter::repeat_n(0u8, chunk.len()));
         } else {
             let (lo, inv) = (f64::from(lo), 1.0 / f64::from(scale));
             codes.extend(

@@ -107,7 +107,7 @@ fn quantize(x: &[f32], block: usize) -> Result<(Vec<i8>, Vec<f16>)> {
         return Err(Error::NonFinite {
             op: OP,
             index,
-            value: x[index],
+            value: x.get(index).copied().unwrap_or(f32::NAN),
         });
     }
     if let Some(b) = scales.iter().position(|s| s.is_infinite()) {
@@ -243,7 +243,7 @@ impl BlockwiseInt8Tensor {
     /// [`Error::InvalidArgument`] unless the block size is 32 and the element count a
     /// multiple of 32 (Q8_0 has no short blocks).
     pub fn to_ggml_q8_0_bytes(&self) -> Result<Vec<u8>> {
-        if self.block_size != Q8_0_BLOCK || self.codes.len() % Q8_0_BLOCK != 0 {
+        if self.block_size != Q8_0_BLOCK || !self.codes.len().is_multiple_of(Q8_0_BLOCK) {
             return Err(Error::invalid(
                 "block_size",
                 format!(

@@ -158,7 +158,7 @@ fn quantize(x: &[f32], group: usize) -> Result<(Vec<u8>, Vec<f16>)> {
         scales.push(scale);
         let d = f32::from(scale);
         if d == 0.0 {
-            codes.extend(std::iter::repeat(8u8).take(chunk.len()));
+            codes.extend(std::iter::repeat_n(8u8, chunk.len()));
         } else {
             codes.extend(
                 chunk

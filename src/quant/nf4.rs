@@ -143,7 +143,7 @@ fn quantize(x: &[f32], block: usize) -> Result<(Vec<u8>, Vec<f32>)> {
         let a = super::amax(chunk);
         absmax.push(a);
         if a == 0.0 {
-            codes.extend(std::iter::repeat(7u8).take(chunk.len()));
+            codes.extend(std::iter::repeat_n(7u8, chunk.len()));
         } else {
             codes.extend(chunk.iter().map(|&v| encode(v / a)));
         }
