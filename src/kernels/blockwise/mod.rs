@@ -218,9 +218,10 @@ fn dequantize_u4_unchecked_on(
 }
 
 /// The instruction set the blockwise kernels run on in this process: [`Isa::Avx512Vnni`]
-/// when the CPU has AVX-512 F/BW/VL (these kernels use no VNNI instruction), [`Isa::Avx2`]
-/// on AVX2 + F16C CPUs (including AVX-VNNI ones), otherwise [`Isa::Scalar`] (also on
-/// aarch64: there is no NEON version of these kernels yet).
+/// when the CPU reaches the crate's AVX-512 level (F/BW/VL + VNNI; these kernels use only
+/// F/BW/VL), [`Isa::Avx2`] on AVX2 + FMA + F16C CPUs (including AVX-VNNI ones and AVX-512
+/// CPUs without VNNI), otherwise [`Isa::Scalar`] (also on aarch64: there is no NEON version
+/// of these kernels yet).
 pub fn kernel_isa() -> Isa {
     match active_isa() {
         Isa::Avx512Vnni => Isa::Avx512Vnni,
