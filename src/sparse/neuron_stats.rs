@@ -466,11 +466,11 @@ impl NeuronStats {
 fn check_activation_shape(t: &Tensor, n: usize) -> Result<()> {
     let dims = t.dims();
     if dims.last() != Some(&n) || t.elem_count() == 0 {
-        return Err(Error::shape(
-            "neuron activations",
-            format!("[.., {n}] with at least one row"),
-            dims,
-        ));
+        return Err(Error::ShapeMismatch {
+            what: "neuron activations".into(),
+            expected: format!("[.., {n}] with at least one row"),
+            found: format!("{dims:?}"),
+        });
     }
     Ok(())
 }

@@ -203,10 +203,14 @@ pub struct FfnLinears {
     d_model: usize,
 }
 
-fn rank2(t: &Tensor, what: &str, expected: impl FnOnce() -> String) -> Result<(usize, usize)> {
+fn rank2(t: &Tensor, what: &str, expected: &str) -> Result<(usize, usize)> {
     match *t.dims() {
         [a, b] if a > 0 && b > 0 => Ok((a, b)),
-        ref dims => Err(Error::shape(what, expected(), dims)),
+        ref dims => Err(Error::ShapeMismatch {
+            what: what.into(),
+            expected: expected.into(),
+            found: format!("{dims:?}"),
+        }),
     }
 }
 
@@ -225,7 +229,7 @@ impl FfnLinears {
     /// weight is not rank 2 with non-zero dims, `gate` differs from `up`, `down` is not
     /// `[d, n]`, or a bias has the wrong length.
     pub fn new(up: Linear, gate: Option<Linear>, down: Linear) -> Result<Self> {
-        let (n, d) = rank2(up.weight(), "FFN up weight", || "[n > 0, d > 0]".into())?;
+        let (n, d) = rank2(up.weight(), "FFN up weight", "[n > 0, d > 0]")?;
         if let Some(g) = &gate {
             if g.weight().dims() != [n, d] {
                 return Err(Error::shape(
