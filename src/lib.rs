@@ -13,6 +13,7 @@ pub mod io;
 #[allow(unsafe_code)]
 pub mod kernels;
 pub mod nn;
+pub mod prune;
 pub mod quant;
 pub mod scheme;
 pub mod sparse;

@@ -44,13 +44,15 @@ pub const VERSION: u8 = 1;
 /// forged header from describing thousands of dimensions.
 pub const MAX_RANK: usize = 8;
 
-/// The largest element count [`ActivationCodec::decode`] accepts (2^28 elements, 1 GiB of
-/// f32). The sparse codecs expand a small payload into a dense `[rows, cols]` tensor, so
-/// without a cap a 40-byte forged header could demand terabytes; the cap bounds what any
-/// input can make decode allocate. [`ActivationCodec::encode`] refuses larger tensors so
-/// that everything it writes can be read back. Callers who want a tighter bound use
+/// The largest element count [`ActivationCodec::decode`] accepts: 2^26 elements (256 MiB
+/// as f32, 512 MiB as F64; e.g. `[8, 2048, 4096]`).
+///
+/// The sparse codecs expand a small payload into a dense `[rows, cols]` tensor, so without
+/// a cap a 40-byte forged header could make the receiver allocate terabytes; the cap
+/// bounds what any input can make `decode` allocate. The sender is not limited: a receiver
+/// that expects larger messages raises the bound with
 /// [`ActivationCodec::decode_with_limit`].
-pub const MAX_ELEMENTS: usize = 1 << 28;
+pub const MAX_ELEMENTS: usize = 1 << 26;
 
 /// Bytes of the fixed part of the header (magic, version, codec, dtype, rank).
 pub const FIXED_HEADER_LEN: usize = 8;
@@ -68,8 +70,8 @@ const F32_EXP_MASK: u32 = 0x7f80_0000;
 /// [`ActivationCodec::decode`] needs nothing but the bytes and returns a tensor of the
 /// original shape and dtype.
 ///
-/// Inputs are float tensors (F32, F16, BF16, F64) of rank at most [`MAX_RANK`] and at most
-/// [`MAX_ELEMENTS`] elements, of any layout. NaN/±Inf is refused with
+/// Inputs are float tensors (F32, F16, BF16, F64) of rank at most [`MAX_RANK`], of any
+/// layout. NaN/±Inf is refused with
 /// [`Error::NonFinite`]; a finite value outside the range of F16 (±65504) or BF16 is refused
 /// by those codecs with [`Error::InvalidArgument`] naming its flat index, rather than
 /// silently becoming infinity.
@@ -231,7 +233,8 @@ impl ActivationCodec {
         let (rows, cols) = rows_cols(shape.dims());
         let n = shape.elem_count();
         let header = FIXED_HEADER_LEN + 8 * shape.rank() + if keep.is_some() { 4 } else { 0 };
-        // `n <= MAX_ELEMENTS` and `rows * min(keep, cols) <= n`, so nothing here overflows.
+        // The tensor exists, so `n * dtype size` fits in memory; `rows * min(keep, cols) <= n`
+        // when `cols > 0` (and `k == 0` otherwise): nothing here overflows.
         let payload = match self {
             ActivationCodec::None => n * dtype.size_in_bytes(),
             ActivationCodec::F16 | ActivationCodec::BF16 => 2 * n,
@@ -253,8 +256,7 @@ impl ActivationCodec {
     ///
     /// # Errors
     /// - [`Error::UnsupportedDType`] for non-float tensors;
-    /// - [`Error::InvalidArgument`] for rank > [`MAX_RANK`], more than [`MAX_ELEMENTS`]
-    ///   elements, `keep == 0`, more than `u32::MAX` columns for the sparse codecs, and a
+    /// - [`Error::InvalidArgument`] for rank > [`MAX_RANK`], `keep == 0`, more than `u32::MAX` columns for the sparse codecs, and a
     ///   finite value out of the F16/BF16 range (naming its flat index);
     /// - [`Error::NonFinite`] for NaN/±Inf, naming the first flat index.
     pub fn encode(&self, tensor: &Tensor) -> Result<Vec<u8>> {
@@ -315,14 +317,14 @@ impl ActivationCodec {
     }
 
     /// Reads and validates the header of an encoded activation: magic, version, codec,
-    /// dtype, rank, dims (element count at most [`MAX_ELEMENTS`]), the sparse codecs' `k`,
-    /// and that the buffer holds exactly the payload those fields imply. Does not read the
-    /// payload.
+    /// dtype, rank, dims, the sparse codecs' `k`, and that the buffer holds exactly the
+    /// payload those fields imply. Does not read the payload (and allocates only the dims),
+    /// so it applies no element cap.
     ///
     /// # Errors
     /// See [`ActivationCodec::decode`].
     pub fn read_header(bytes: &[u8]) -> Result<ActivationHeader> {
-        read_header(bytes, MAX_ELEMENTS)
+        read_header(bytes, usize::MAX)
     }
 
     /// Decodes bytes written by [`ActivationCodec::encode`] into a tensor on `device` with
@@ -342,11 +344,15 @@ impl ActivationCodec {
         Self::decode_with_limit(bytes, device, MAX_ELEMENTS)
     }
 
-    /// [`ActivationCodec::decode`] with a caller-chosen element cap (at most
-    /// [`MAX_ELEMENTS`]; a larger value is clamped to it). Messages describing more
-    /// elements fail with [`Error::Unsupported`] before anything is allocated.
+    /// [`ActivationCodec::decode`] with a caller-chosen element cap instead of
+    /// [`MAX_ELEMENTS`] (tighter, or looser for a receiver that expects big messages from
+    /// a trusted sender). Messages describing more elements fail with
+    /// [`Error::Unsupported`] before anything is allocated.
+    ///
+    /// # Errors
+    /// As [`ActivationCodec::decode`].
     pub fn decode_with_limit(bytes: &[u8], device: &Device, max_elements: usize) -> Result<Tensor> {
-        let header = read_header(bytes, max_elements.min(MAX_ELEMENTS))?;
+        let header = read_header(bytes, max_elements)?;
         let payload = &bytes[header.header_len..];
         let (rows, cols) = rows_cols(header.shape.dims());
         let dtype = header.dtype;
@@ -434,16 +440,7 @@ fn check_encodable_shape(dims: &[usize]) -> Result<()> {
             ),
         ));
     }
-    let n = dims.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d));
-    match n {
-        Some(n) if n <= MAX_ELEMENTS => Ok(()),
-        _ => Err(Error::invalid(
-            "tensor",
-            format!(
-                "activation codecs accept at most {MAX_ELEMENTS} elements, found shape {dims:?}"
-            ),
-        )),
-    }
+    Ok(())
 }
 
 /// A bounds-checked cursor over untrusted bytes.
@@ -547,8 +544,8 @@ fn read_header(bytes: &[u8], max_elements: usize) -> Result<ActivationHeader> {
         });
     }
     let (rows, cols) = rows_cols(&dims);
-    // From here every product is bounded: rows * cols == n <= max_elements (or cols == 0,
-    // where rows may be large but k must then be 0), and k <= cols.
+    // From here `rows` fits (it divides the non-zero product checked above) and k <= cols;
+    // the payload size is still computed with checked arithmetic.
     let k = if codec_id >= 4 {
         let k = r.u32("sparse column count")? as usize;
         if k > cols || (k == 0 && cols > 0) {
@@ -1013,7 +1010,8 @@ fn decode_sparse(
     } else {
         f32_bytes_to_vec(values, "f32")?
     };
-    // rows * cols <= MAX_ELEMENTS was checked by the header (k > 0 implies cols > 0).
+    // rows * cols == n was checked against the element cap by the header (k > 0 implies
+    // cols > 0).
     let mut out = vec![0f32; if k == 0 { 0 } else { rows * cols }];
     if k == 0 {
         return Ok(out);

@@ -1,0 +1,856 @@
+//! [`Pipeline`]: ordered prune → clip → quantize stages over named tensors, with honest
+//! per-stage statistics.
+//!
+//! A pipeline runs over a `HashMap<String, Tensor>` or a safetensors file. Tensors matched
+//! by a [`SkipRules`] name pattern, of rank below `min_rank` (1-D biases and norms by
+//! default) or of a non-float dtype pass through unchanged. After every stage each
+//! processed tensor is stored in the smallest of its real layouts (dense, quantized,
+//! [`BitmaskSparse`](super::BitmaskSparse), [`NmSparse`](super::NmSparse)) and the stage's
+//! [`StageStats`] record the bytes of those stored values — `size_bytes` of what was built,
+//! never a theoretical factor. The [`Report`] prints as a table and serializes to JSON.
+//!
+//! ```
+//! use std::collections::HashMap;
+//! use candle_compress::prune::Pipeline;
+//! use candle_compress::scheme::Scheme;
+//! use candle_core::{Device, Tensor};
+//!
+//! let dev = Device::Cpu;
+//! let mut tensors = HashMap::new();
+//! tensors.insert("layer.0.weight".to_string(), Tensor::randn(0f32, 1.0, (64, 128), &dev)?);
+//! tensors.insert("layer.0.bias".to_string(), Tensor::zeros(64, candle_core::DType::F32, &dev)?);
+//! let pipeline = Pipeline::new()
+//!     .prune_magnitude(0.5)
+//!     .clip_percentile(99.9)
+//!     .quantize(Scheme::Int8 { block: 64 });
+//! let predicted = pipeline.estimate_tensors(&tensors)?;
+//! let out = pipeline.run(&tensors)?;
+//! assert_eq!(out.report.stages.len(), 3);
+//! assert_eq!(out.report.stages[0].sparsity, 0.5);
+//! assert_eq!(out.report.tensors_skipped, 1); // the 1-D bias
+//! let actual = out.report.bytes_after;
+//! assert!((predicted.bytes_after as f64 - actual as f64).abs() <= 0.01 * actual as f64);
+//! println!("{}", out.report); // a table; `serde_json::to_string(&out.report)` for JSON
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::io::Read;
+use std::path::Path;
+
+use candle_core::{DType, Device, Shape, Tensor};
+use serde::{Deserialize, Serialize};
+
+use super::prune::{
+    apply_global_cut, check_nm, check_percentile, clip_slice, global_cut, prune_nm_slice,
+    prune_smallest, target_zeros,
+};
+use super::storage::{StorageKind, StoredTensor};
+use crate::error::{Error, Result};
+use crate::input::FloatData;
+use crate::scheme::Scheme;
+
+/// One step of a [`Pipeline`].
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Stage {
+    /// Magnitude pruning of each tensor to `sparsity` (see
+    /// [`magnitude_prune`](super::magnitude_prune)).
+    PruneMagnitude {
+        /// Fraction of elements set to zero, in `[0, 1]`.
+        sparsity: f64,
+    },
+    /// Magnitude pruning with one threshold across all processed tensors (see
+    /// [`magnitude_prune_global`](super::magnitude_prune_global)).
+    PruneGlobal {
+        /// Fraction of all processed elements set to zero, in `[0, 1]`.
+        sparsity: f64,
+    },
+    /// N:M structured pruning along the last dimension (see [`nm_prune`](super::nm_prune));
+    /// tensors whose last dimension is not a multiple of `m` are skipped by this stage.
+    PruneNm {
+        /// Values kept per group.
+        n: usize,
+        /// Group size.
+        m: usize,
+    },
+    /// Percentile clipping (see [`clip_percentile`](super::clip_percentile)).
+    Clip {
+        /// Percentile of the non-zero magnitudes, in `(0, 100]`.
+        percentile: f64,
+    },
+    /// Quantization with a [`Scheme`]; must be the last stage.
+    Quantize {
+        /// The scheme.
+        scheme: Scheme,
+    },
+}
+
+impl fmt::Display for Stage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Stage::PruneMagnitude { sparsity } => write!(f, "prune {:.4}", sparsity),
+            Stage::PruneGlobal { sparsity } => write!(f, "prune-global {:.4}", sparsity),
+            Stage::PruneNm { n, m } => write!(f, "prune {n}:{m}"),
+            Stage::Clip { percentile } => write!(f, "clip p{percentile}"),
+            Stage::Quantize { scheme } => write!(f, "quantize {scheme}"),
+        }
+    }
+}
+
+/// Name patterns that usually stay uncompressed in transformers: embeddings, norms and
+/// the output head. Use with [`Pipeline::skip_names`].
+pub const TRANSFORMER_SKIPS: [&str; 3] = ["*embed*", "*norm*", "lm_head*"];
+
+/// Which tensors a pipeline leaves alone.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SkipRules {
+    /// Glob patterns over the tensor name (`*` any run of characters, `?` one character);
+    /// a tensor matching any of them is skipped.
+    pub name_patterns: Vec<String>,
+    /// Tensors of rank below this are skipped (default 2: biases and norm weights).
+    pub min_rank: usize,
+}
+
+impl Default for SkipRules {
+    fn default() -> Self {
+        Self {
+            name_patterns: Vec::new(),
+            min_rank: 2,
+        }
+    }
+}
+
+impl SkipRules {
+    /// Why `name` (of `rank` and `dtype`) is skipped, or `None` when it is processed.
+    #[must_use]
+    pub fn reason(&self, name: &str, rank: usize, dtype: DType) -> Option<String> {
+        if let Some(p) = self.name_patterns.iter().find(|p| glob_match(p, name)) {
+            return Some(format!("name matches {p:?}"));
+        }
+        if rank < self.min_rank {
+            return Some(format!("rank {rank} < {}", self.min_rank));
+        }
+        if crate::input::ensure_float(dtype, "pipeline").is_err() {
+            return Some(format!("dtype {dtype:?} is not a float"));
+        }
+        None
+    }
+}
+
+/// `*` matches any run (also empty), `?` exactly one character; everything else literally.
+fn glob_match(pattern: &str, name: &str) -> bool {
+    let (p, n): (Vec<char>, Vec<char>) = (pattern.chars().collect(), name.chars().collect());
+    // Iterative matcher with backtracking to the last star: O(|p|·|n|) worst case.
+    let (mut pi, mut ni) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while ni < n.len() {
+        if pi < p.len() && (p[pi] == '?' || p[pi] == n[ni]) {
+            pi += 1;
+            ni += 1;
+        } else if pi < p.len() && p[pi] == '*' {
+            star = Some((pi, ni));
+            pi += 1;
+        } else if let Some((sp, sn)) = star {
+            pi = sp + 1;
+            ni = sn + 1;
+            star = Some((sp, sn + 1));
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|&c| c == '*')
+}
+
+/// Statistics of one stage, over the tensors it processed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StageStats {
+    /// The stage, as text (e.g. `"prune 2:4"`).
+    pub stage: String,
+    /// Tensors the stage changed (or quantized).
+    pub tensors_processed: usize,
+    /// Tensors the stage left alone (skip rules, or not applicable such as N:M on a last
+    /// dimension that is not a multiple of `m`).
+    pub tensors_skipped: usize,
+    /// Elements of the processed tensors.
+    pub params: usize,
+    /// Non-zeros of the processed tensors before the stage.
+    pub nonzeros_before: usize,
+    /// Non-zeros of the processed tensors after the stage.
+    pub nonzeros: usize,
+    /// `1 - nonzeros / params` (0 when `params == 0`).
+    pub sparsity: f64,
+    /// Elements the stage changed: zeroed by pruning, clipped by clipping, 0 for
+    /// quantization.
+    pub changed: usize,
+    /// Bytes of the processed tensors' stored layouts before the stage.
+    pub bytes_before: usize,
+    /// Bytes of the processed tensors' stored layouts after the stage.
+    pub bytes_after: usize,
+}
+
+/// One tensor's line in the [`Report`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TensorReport {
+    /// The tensor's name.
+    pub name: String,
+    /// Its shape.
+    pub shape: Vec<usize>,
+    /// Its dtype, e.g. `"F32"`.
+    pub dtype: String,
+    /// Elements.
+    pub params: usize,
+    /// Non-zeros after the pipeline (of the values before quantization).
+    pub nonzeros: usize,
+    /// The layout it is stored in.
+    pub storage: StorageKind,
+    /// Bytes of the dense input.
+    pub bytes_before: usize,
+    /// Bytes of the stored layout.
+    pub bytes_after: usize,
+    /// Why it was skipped, if it was.
+    pub skipped: Option<String>,
+}
+
+/// Everything a pipeline run did, with real byte counts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    /// Per-stage statistics, in stage order.
+    pub stages: Vec<StageStats>,
+    /// Per-tensor lines, in name order.
+    pub tensors: Vec<TensorReport>,
+    /// Tensors processed by at least the pipeline's skip rules.
+    pub tensors_processed: usize,
+    /// Tensors the skip rules left alone.
+    pub tensors_skipped: usize,
+    /// Bytes of all inputs, dense.
+    pub bytes_before: usize,
+    /// Bytes of all outputs as stored (skipped tensors dense).
+    pub bytes_after: usize,
+}
+
+impl Report {
+    /// `bytes_before / bytes_after`.
+    #[must_use]
+    pub fn compression_ratio(&self) -> f64 {
+        self.bytes_before as f64 / self.bytes_after.max(1) as f64
+    }
+
+    /// The report as pretty-printed JSON.
+    ///
+    /// # Errors
+    /// [`Error::Json`] (not expected for this type).
+    pub fn to_json(&self) -> Result<String> {
+        Ok(serde_json::to_string_pretty(self)?)
+    }
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "{:<22} {:>6} {:>6} {:>12} {:>12} {:>8} {:>12} {:>12} {:>12}",
+            "stage",
+            "done",
+            "skip",
+            "params",
+            "nonzeros",
+            "sparsity",
+            "changed",
+            "bytes before",
+            "bytes after"
+        )?;
+        for s in &self.stages {
+            writeln!(
+                f,
+                "{:<22} {:>6} {:>6} {:>12} {:>12} {:>7.2}% {:>12} {:>12} {:>12}",
+                s.stage,
+                s.tensors_processed,
+                s.tensors_skipped,
+                s.params,
+                s.nonzeros,
+                100.0 * s.sparsity,
+                s.changed,
+                s.bytes_before,
+                s.bytes_after
+            )?;
+        }
+        writeln!(f)?;
+        writeln!(
+            f,
+            "{:<40} {:<16} {:>10} {:>10} {:<22} {:>12} {:>12}",
+            "tensor", "shape", "params", "nonzeros", "storage", "bytes before", "bytes after"
+        )?;
+        for t in &self.tensors {
+            let storage = match &t.skipped {
+                Some(r) => format!("skipped ({r})"),
+                None => t.storage.to_string(),
+            };
+            writeln!(
+                f,
+                "{:<40} {:<16} {:>10} {:>10} {:<22} {:>12} {:>12}",
+                t.name,
+                format!("{:?}", t.shape),
+                t.params,
+                t.nonzeros,
+                storage,
+                t.bytes_before,
+                t.bytes_after
+            )?;
+        }
+        write!(
+            f,
+            "total: {} tensors ({} skipped), {} -> {} bytes ({:.2}x)",
+            self.tensors.len(),
+            self.tensors_skipped,
+            self.bytes_before,
+            self.bytes_after,
+            self.compression_ratio()
+        )
+    }
+}
+
+/// The output of [`Pipeline::run`]: every tensor as stored, and the report.
+#[derive(Debug, Clone)]
+pub struct PipelineOutput {
+    /// Every input tensor by name, processed ones in their chosen layout, skipped ones
+    /// [`StoredTensor::Dense`].
+    pub tensors: BTreeMap<String, StoredTensor>,
+    /// What happened.
+    pub report: Report,
+}
+
+/// A size prediction from [`Pipeline::estimate`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Estimate {
+    /// Bytes of all inputs, dense.
+    pub bytes_before: usize,
+    /// Predicted bytes of all outputs.
+    pub bytes_after: usize,
+    /// Predicted layout and bytes per tensor, in name order.
+    pub tensors: Vec<(String, StorageKind, usize)>,
+}
+
+/// An ordered list of [`Stage`]s with [`SkipRules`]. Built with the chaining methods; see
+/// the [module docs](self) for an example.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Pipeline {
+    /// The stages, run in order.
+    pub stages: Vec<Stage>,
+    /// What to leave alone.
+    pub skip: SkipRules,
+    /// Whether pruned tensors may be stored in a sparse layout when that is smaller
+    /// (default true); when false they are stored dense or quantized.
+    pub sparse_storage: bool,
+}
+
+impl Default for Pipeline {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A tensor being processed.
+struct Work {
+    name: String,
+    values: Vec<f32>,
+    shape: Shape,
+    dtype: DType,
+    device: Device,
+    nm: Option<(usize, usize)>,
+    quantize: Option<Scheme>,
+    stored: StoredTensor,
+}
+
+fn nnz(v: &[f32]) -> usize {
+    v.iter().filter(|x| **x != 0.0).count()
+}
+
+impl Pipeline {
+    /// An empty pipeline with the default skip rules (rank < 2 skipped) and sparse storage.
+    #[must_use]
+    pub fn new() -> Self {
+        Self {
+            stages: Vec::new(),
+            skip: SkipRules::default(),
+            sparse_storage: true,
+        }
+    }
+
+    /// Appends a stage.
+    #[must_use]
+    pub fn stage(mut self, stage: Stage) -> Self {
+        self.stages.push(stage);
+        self
+    }
+
+    /// Appends [`Stage::PruneMagnitude`].
+    #[must_use]
+    pub fn prune_magnitude(self, sparsity: f64) -> Self {
+        self.stage(Stage::PruneMagnitude { sparsity })
+    }
+
+    /// Appends [`Stage::PruneGlobal`].
+    #[must_use]
+    pub fn prune_global(self, sparsity: f64) -> Self {
+        self.stage(Stage::PruneGlobal { sparsity })
+    }
+
+    /// Appends [`Stage::PruneNm`].
+    #[must_use]
+    pub fn prune_nm(self, n: usize, m: usize) -> Self {
+        self.stage(Stage::PruneNm { n, m })
+    }
+
+    /// Appends [`Stage::Clip`].
+    #[must_use]
+    pub fn clip_percentile(self, percentile: f64) -> Self {
+        self.stage(Stage::Clip { percentile })
+    }
+
+    /// Appends [`Stage::Quantize`].
+    #[must_use]
+    pub fn quantize(self, scheme: Scheme) -> Self {
+        self.stage(Stage::Quantize { scheme })
+    }
+
+    /// Adds name patterns to skip (e.g. [`TRANSFORMER_SKIPS`]).
+    #[must_use]
+    pub fn skip_names<S: AsRef<str>>(mut self, patterns: impl IntoIterator<Item = S>) -> Self {
+        self.skip
+            .name_patterns
+            .extend(patterns.into_iter().map(|p| p.as_ref().to_string()));
+        self
+    }
+
+    /// Sets the rank below which tensors are skipped (0 processes everything).
+    #[must_use]
+    pub fn skip_rank_below(mut self, min_rank: usize) -> Self {
+        self.skip.min_rank = min_rank;
+        self
+    }
+
+    /// Allows or forbids sparse layouts.
+    #[must_use]
+    pub fn sparse_storage(mut self, allowed: bool) -> Self {
+        self.sparse_storage = allowed;
+        self
+    }
+
+    /// Checks every stage's parameters and that `Quantize` comes last, at most once.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] naming the offending stage.
+    pub fn validate(&self) -> Result<()> {
+        for (i, s) in self.stages.iter().enumerate() {
+            match *s {
+                Stage::PruneMagnitude { sparsity } | Stage::PruneGlobal { sparsity } => {
+                    if !(0.0..=1.0).contains(&sparsity) {
+                        return Err(Error::invalid(
+                            "sparsity",
+                            format!("stage {i} ({s}): must be in [0, 1], found {sparsity}"),
+                        ));
+                    }
+                }
+                Stage::PruneNm { n, m } => check_nm(n, m)?,
+                Stage::Clip { percentile } => check_percentile(percentile)?,
+                Stage::Quantize { scheme } => {
+                    crate::quant::check_block("block_size", scheme.block_size())?;
+                    if i + 1 != self.stages.len() {
+                        return Err(Error::invalid(
+                            "stages",
+                            format!("stage {i} ({s}): quantize must be the last stage"),
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn choose(&self, w: &Work, nnz: usize) -> StorageKind {
+        if !self.sparse_storage {
+            return match w.quantize {
+                Some(s) => StorageKind::Quantized(s),
+                None => StorageKind::Dense,
+            };
+        }
+        StoredTensor::candidates(&w.shape, w.dtype, nnz, w.quantize, w.nm)[0].0
+    }
+
+    /// Runs the pipeline over `tensors`.
+    ///
+    /// # Errors
+    /// [`Pipeline::validate`] errors; [`Error::NonFinite`] naming the tensor's first bad
+    /// element (the message names the operation; the tensor is logged); quantizer errors.
+    pub fn run(&self, tensors: &HashMap<String, Tensor>) -> Result<PipelineOutput> {
+        self.validate()?;
+        let mut names: Vec<&String> = tensors.keys().collect();
+        names.sort();
+        let mut out = BTreeMap::new();
+        let mut lines = Vec::new();
+        let mut work: Vec<Work> = Vec::new();
+        let mut bytes_before_total = 0;
+        for name in names {
+            let t = &tensors[name];
+            let dense = StoredTensor::dense_size(t.shape(), t.dtype());
+            bytes_before_total += dense;
+            if let Some(reason) = self.skip.reason(name, t.rank(), t.dtype()) {
+                tracing::debug!(tensor = %name, %reason, "pipeline: skipped");
+                lines.push(TensorReport {
+                    name: name.clone(),
+                    shape: t.dims().to_vec(),
+                    dtype: format!("{:?}", t.dtype()),
+                    params: t.elem_count(),
+                    nonzeros: count_nonzeros(t)?,
+                    storage: StorageKind::Dense,
+                    bytes_before: dense,
+                    bytes_after: dense,
+                    skipped: Some(reason),
+                });
+                out.insert(name.clone(), StoredTensor::Dense(t.clone()));
+                continue;
+            }
+            let d = FloatData::from_tensor_finite(t, "Pipeline::run").inspect_err(|e| {
+                tracing::warn!(tensor = %name, error = %e, "pipeline: refused input");
+            })?;
+            work.push(Work {
+                name: name.clone(),
+                values: d.values,
+                shape: d.shape,
+                dtype: d.dtype,
+                device: t.device().clone(),
+                nm: None,
+                quantize: None,
+                stored: StoredTensor::Dense(t.clone()),
+            });
+        }
+        let skipped_by_rules = lines.len();
+
+        let mut stages = Vec::with_capacity(self.stages.len());
+        for (si, stage) in self.stages.iter().enumerate() {
+            tracing::info!(stage = %stage, index = si, tensors = work.len(), "pipeline: stage");
+            let applies: Vec<bool> = work
+                .iter()
+                .map(|w| match stage {
+                    Stage::PruneNm { m, .. } => {
+                        w.shape.dims().last().is_some_and(|c| c.is_multiple_of(*m))
+                    }
+                    _ => true,
+                })
+                .collect();
+            let mut st = StageStats {
+                stage: stage.to_string(),
+                tensors_processed: 0,
+                tensors_skipped: skipped_by_rules + applies.iter().filter(|a| !**a).count(),
+                params: 0,
+                nonzeros_before: 0,
+                nonzeros: 0,
+                sparsity: 0.0,
+                changed: 0,
+                bytes_before: 0,
+                bytes_after: 0,
+            };
+            for (w, &a) in work.iter().zip(&applies) {
+                if a {
+                    st.tensors_processed += 1;
+                    st.params += w.values.len();
+                    st.nonzeros_before += nnz(&w.values);
+                    st.bytes_before += w.stored.size_bytes();
+                }
+            }
+            match *stage {
+                Stage::PruneMagnitude { sparsity } => {
+                    for (w, _) in work.iter_mut().zip(&applies).filter(|(_, a)| **a) {
+                        let k = target_zeros(sparsity, w.values.len());
+                        st.changed += prune_smallest(&mut w.values, k).0;
+                    }
+                }
+                Stage::PruneGlobal { sparsity } => {
+                    let k = target_zeros(sparsity, st.params);
+                    if k > 0 {
+                        let slices: Vec<&[f32]> = work
+                            .iter()
+                            .zip(&applies)
+                            .filter(|(_, a)| **a)
+                            .map(|(w, _)| w.values.as_slice())
+                            .collect();
+                        let cut = global_cut(&slices, k);
+                        let mut slices: Vec<&mut [f32]> = work
+                            .iter_mut()
+                            .zip(&applies)
+                            .filter(|(_, a)| **a)
+                            .map(|(w, _)| w.values.as_mut_slice())
+                            .collect();
+                        st.changed += apply_global_cut(&mut slices, cut).iter().sum::<usize>();
+                        tracing::debug!(threshold = cut.threshold, "pipeline: global threshold");
+                    }
+                }
+                Stage::PruneNm { n, m } => {
+                    for (w, _) in work.iter_mut().zip(&applies).filter(|(_, a)| **a) {
+                        st.changed += prune_nm_slice(&mut w.values, n, m).0;
+                        w.nm = Some((n, m));
+                    }
+                }
+                Stage::Clip { percentile } => {
+                    for (w, _) in work.iter_mut().zip(&applies).filter(|(_, a)| **a) {
+                        st.changed += clip_slice(&mut w.values, percentile).0;
+                    }
+                }
+                Stage::Quantize { scheme } => {
+                    for w in work.iter_mut() {
+                        w.quantize = Some(scheme);
+                    }
+                }
+            }
+            // Store every processed tensor in its smallest layout and count what was built.
+            for (w, _) in work.iter_mut().zip(&applies).filter(|(_, a)| **a) {
+                let nz = nnz(&w.values);
+                // An N:M layout is only valid while the pattern still holds (later global
+                // pruning only removes more values, so it does).
+                let kind = self.choose(w, nz);
+                w.stored =
+                    StoredTensor::build(kind, w.values.clone(), &w.shape, w.dtype, &w.device)?;
+                tracing::debug!(tensor = %w.name, storage = %kind, bytes = w.stored.size_bytes(), "pipeline: stored");
+                st.nonzeros += nz;
+                st.bytes_after += w.stored.size_bytes();
+            }
+            st.sparsity = if st.params == 0 {
+                0.0
+            } else {
+                1.0 - st.nonzeros as f64 / st.params as f64
+            };
+            stages.push(st);
+        }
+
+        for w in work {
+            let stored = w.stored;
+            lines.push(TensorReport {
+                name: w.name.clone(),
+                shape: w.shape.dims().to_vec(),
+                dtype: format!("{:?}", w.dtype),
+                params: w.values.len(),
+                nonzeros: nnz(&w.values),
+                storage: stored.kind(),
+                bytes_before: StoredTensor::dense_size(&w.shape, w.dtype),
+                bytes_after: stored.size_bytes(),
+                skipped: None,
+            });
+            out.insert(w.name, stored);
+        }
+        lines.sort_by(|a, b| a.name.cmp(&b.name));
+        let bytes_after = out.values().map(StoredTensor::size_bytes).sum();
+        let report = Report {
+            stages,
+            tensors_processed: lines.len() - skipped_by_rules,
+            tensors_skipped: skipped_by_rules,
+            tensors: lines,
+            bytes_before: bytes_before_total,
+            bytes_after,
+        };
+        tracing::info!(
+            bytes_before = report.bytes_before,
+            bytes_after = report.bytes_after,
+            "pipeline: done"
+        );
+        Ok(PipelineOutput {
+            tensors: out,
+            report,
+        })
+    }
+
+    /// Loads a safetensors file with candle's loader and runs the pipeline on it.
+    ///
+    /// # Errors
+    /// I/O and parse errors from candle's loader; those of [`Pipeline::run`].
+    pub fn run_safetensors(
+        &self,
+        path: impl AsRef<Path>,
+        device: &Device,
+    ) -> Result<PipelineOutput> {
+        let tensors = candle_core::safetensors::load(path.as_ref(), device)?;
+        self.run(&tensors)
+    }
+
+    /// Predicts the output size from names, shapes and dtypes only, without reading or
+    /// compressing any value: each prune stage is assumed to reach its sparsity in every
+    /// tensor (inputs assumed free of zeros), N:M to leave `n/m`, and the layout is chosen
+    /// as in [`Pipeline::run`]. Exact for per-tensor and N:M pruning of dense inputs; for
+    /// global pruning the per-tensor split is unknown, so it is assumed uniform.
+    ///
+    /// # Errors
+    /// [`Pipeline::validate`] errors.
+    pub fn estimate<S: AsRef<str>>(
+        &self,
+        tensors: impl IntoIterator<Item = (S, Shape, DType)>,
+    ) -> Result<Estimate> {
+        self.validate()?;
+        let mut items: Vec<(String, Shape, DType)> = tensors
+            .into_iter()
+            .map(|(n, s, d)| (n.as_ref().to_string(), s, d))
+            .collect();
+        items.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut est = Estimate {
+            bytes_before: 0,
+            bytes_after: 0,
+            tensors: Vec::with_capacity(items.len()),
+        };
+        for (name, shape, dtype) in items {
+            let dense = StoredTensor::dense_size(&shape, dtype);
+            est.bytes_before += dense;
+            if self.skip.reason(&name, shape.rank(), dtype).is_some() {
+                est.bytes_after += dense;
+                est.tensors.push((name, StorageKind::Dense, dense));
+                continue;
+            }
+            let n = shape.elem_count();
+            let mut nz = n;
+            let mut nm = None;
+            let mut quantize = None;
+            let mut kind = StorageKind::Dense;
+            let mut size = dense;
+            for stage in &self.stages {
+                match *stage {
+                    Stage::PruneMagnitude { sparsity } | Stage::PruneGlobal { sparsity } => {
+                        nz = nz.min(n - target_zeros(sparsity, n));
+                    }
+                    Stage::PruneNm { n: keep, m } => {
+                        if shape.dims().last().is_some_and(|c| c.is_multiple_of(m)) {
+                            nz = nz.min(n / m * keep);
+                            nm = Some((keep, m));
+                        } else {
+                            continue;
+                        }
+                    }
+                    Stage::Clip { .. } => {}
+                    Stage::Quantize { scheme } => quantize = Some(scheme),
+                }
+                let w_kind = if self.sparse_storage {
+                    StoredTensor::candidates(&shape, dtype, nz, quantize, nm)[0]
+                } else {
+                    let c = StoredTensor::candidates(&shape, dtype, nz, quantize, None);
+                    *c.iter()
+                        .find(|(k, _)| matches!(k, StorageKind::Dense | StorageKind::Quantized(_)))
+                        .unwrap_or(&c[0])
+                };
+                kind = w_kind.0;
+                size = w_kind.1;
+            }
+            est.bytes_after += size;
+            est.tensors.push((name, kind, size));
+        }
+        Ok(est)
+    }
+
+    /// [`Pipeline::estimate`] for in-memory tensors (reads only their shapes and dtypes).
+    ///
+    /// # Errors
+    /// As [`Pipeline::estimate`].
+    pub fn estimate_tensors(&self, tensors: &HashMap<String, Tensor>) -> Result<Estimate> {
+        self.estimate(
+            tensors
+                .iter()
+                .map(|(n, t)| (n.as_str(), t.shape().clone(), t.dtype())),
+        )
+    }
+
+    /// [`Pipeline::estimate`] for a safetensors file, reading only its JSON header.
+    ///
+    /// # Errors
+    /// [`Error::Io`]; [`Error::Corrupt`] for a malformed header;
+    /// [`Error::Unsupported`] for a dtype candle does not know.
+    pub fn estimate_safetensors(&self, path: impl AsRef<Path>) -> Result<Estimate> {
+        self.estimate(read_safetensors_shapes(path.as_ref())?)
+    }
+}
+
+/// The largest safetensors header read (the `safetensors` crate's own limit, 100 MB).
+const MAX_SAFETENSORS_HEADER: usize = 100_000_000;
+
+fn read_safetensors_shapes(path: &Path) -> Result<Vec<(String, Shape, DType)>> {
+    let corrupt = |reason: String| Error::Corrupt {
+        what: format!("safetensors header of {}", path.display()),
+        reason,
+    };
+    let mut f = std::fs::File::open(path)?;
+    let mut len = [0u8; 8];
+    f.read_exact(&mut len)?;
+    let n = usize::try_from(u64::from_le_bytes(len))
+        .ok()
+        .filter(|&n| n <= MAX_SAFETENSORS_HEADER)
+        .ok_or_else(|| {
+            corrupt(format!(
+                "header length {} above the 100 MB limit",
+                u64::from_le_bytes(len)
+            ))
+        })?;
+    let mut header = vec![0u8; n];
+    f.read_exact(&mut header)?;
+    let json: serde_json::Value = serde_json::from_slice(&header)?;
+    let obj = json
+        .as_object()
+        .ok_or_else(|| corrupt("header is not a JSON object".into()))?;
+    let mut out = Vec::new();
+    for (name, info) in obj {
+        if name == "__metadata__" {
+            continue;
+        }
+        let dtype = info
+            .get("dtype")
+            .and_then(|d| d.as_str())
+            .ok_or_else(|| corrupt(format!("tensor {name}: no dtype")))?;
+        let dtype = match dtype {
+            "F32" => DType::F32,
+            "F16" => DType::F16,
+            "BF16" => DType::BF16,
+            "F64" => DType::F64,
+            "U8" => DType::U8,
+            "U32" => DType::U32,
+            "I64" => DType::I64,
+            other => {
+                return Err(Error::Unsupported {
+                    what: "safetensors dtype",
+                    found: other.to_string(),
+                    supported: "F32, F16, BF16, F64, U8, U32, I64".into(),
+                })
+            }
+        };
+        let shape = info
+            .get("shape")
+            .and_then(|s| s.as_array())
+            .and_then(|a| {
+                a.iter()
+                    .map(|d| d.as_u64().and_then(|d| usize::try_from(d).ok()))
+                    .collect::<Option<Vec<usize>>>()
+            })
+            .ok_or_else(|| corrupt(format!("tensor {name}: bad shape")))?;
+        out.push((name.clone(), Shape::from(shape), dtype));
+    }
+    Ok(out)
+}
+
+fn count_nonzeros(t: &Tensor) -> Result<usize> {
+    if t.elem_count() == 0 {
+        return Ok(0);
+    }
+    let ne = t.ne(&t.zeros_like()?)?;
+    Ok(ne.to_dtype(DType::U32)?.sum_all()?.to_scalar::<u32>()? as usize)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn glob_patterns() {
+        assert!(glob_match("*embed*", "model.embed_tokens.weight"));
+        assert!(glob_match("lm_head*", "lm_head.weight"));
+        assert!(!glob_match("lm_head*", "model.lm_head.weight"));
+        assert!(glob_match("layers.?.mlp*", "layers.3.mlp.up.weight"));
+        assert!(!glob_match("layers.?.mlp*", "layers.13.mlp.up.weight"));
+        assert!(glob_match("*", ""));
+        assert!(glob_match("a*b*c", "aXXbYYbc"));
+        assert!(!glob_match("a*b*c", "aXXbYYb"));
+    }
+}
