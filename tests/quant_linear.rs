@@ -763,3 +763,43 @@ fn drops_into_a_candle_nn_sequential_model() -> TestResult {
     assert_eq!((qa.rows, qa.values.len(), qa.scales.len()), (0, 0, 0));
     Ok(())
 }
+
+#[test]
+fn per_tensor_scale_is_the_global_amax_on_the_parallel_path() -> TestResult {
+    // 100 rows of very different magnitudes, large enough for parallel quantization.
+    let (rows, inp) = (100, 1000);
+    let mut xs = gaussian(rows * inp, 41);
+    let mags = gaussian(rows, 42);
+    for (t, row) in xs.chunks_mut(inp).enumerate() {
+        row.iter_mut().for_each(|v| *v *= (2.0 * mags[t]).exp());
+    }
+    let x = tensor(xs.clone(), &[rows, inp]);
+    let s: Vec<f32> = gaussian(inp, 43).iter().map(|v| (0.5 * v).exp()).collect();
+    let lin = linear(8, inp, false, 44);
+    let cfg = QuantConfig::w8a8().with_activations(ActivationQuant::PerTensor)?;
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build()?;
+    for smooth in [None, Some(&s)] {
+        let q = match smooth {
+            None => QuantLinear::from_linear(&lin, &cfg)?,
+            Some(s) => QuantLinear::from_linear_smoothed(&lin, s, &cfg)?,
+        };
+        let ys: Vec<f32> = match smooth {
+            None => xs.clone(),
+            Some(s) => xs
+                .iter()
+                .enumerate()
+                .map(|(i, v)| v * (1.0 / s[i % inp]))
+                .collect(),
+        };
+        let scale = ys.iter().fold(0f32, |m, v| m.max(v.abs())) / 127.0;
+        let qa = pool.install(|| q.quantize_activations(&x))?;
+        assert!(qa.scales.iter().all(|v| v.to_bits() == scale.to_bits()));
+        for (i, y) in ys.iter().enumerate() {
+            let want = round_half_away(y / scale).clamp(-127.0, 127.0) as i8;
+            assert_eq!(qa.values[i], want, "element {i}");
+        }
+        let got = pool.install(|| q.forward(&x))?;
+        assert_bits_eq(&flat(&got), &reference(&q, &x), "per-tensor forward");
+    }
+    Ok(())
+}

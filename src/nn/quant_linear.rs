@@ -36,7 +36,8 @@
 //! tensor (one `sx = amax / 127` for the whole input of the call), or a static scale from
 //! calibration (`qx = clamp(round_half_away(x / sx), -127, 127)`, so values beyond
 //! `127·sx` saturate). Quantization is one fused pass of [`kernels::gemm`] (per tensor
-//! adds one `amax` pass over the input), split over rayon by rows for large inputs.
+//! adds a second pass when the batch has more than one row), split over rayon by rows for
+//! large inputs.
 //!
 //! **Output.** The integer accumulator `acc[t,o] = Σ_k qx[t,k]·qw[o,k]` is exact (i32,
 //! blocked into wider accumulators when `in_features` could overflow i32), and the float
@@ -670,10 +671,18 @@ impl QuantLinear {
                 scales.fill(scale);
                 quantize_rows_with_scales(x, cols, smooth, scales, q)
             }
+            // Per-row scales first; the tensor's scale is their maximum, which equals
+            // `max|y| / 127` exactly (correctly rounded division is monotonic). Rows
+            // quantized with another scale are then redone with the shared one.
             ActivationQuant::PerTensor => {
-                let amax = abs_max(x, smooth).map_err(|i| non_finite(x, smooth, i))?;
-                scales.fill(amax / 127.0);
-                quantize_rows_with_scales(x, cols, smooth, scales, q)
+                quantize_rows(x, cols, smooth, q, scales).and_then(|()| {
+                    let scale = scales.iter().fold(0f32, |m, &s| m.max(s));
+                    if scales.iter().all(|&s| s == scale) {
+                        return Ok(());
+                    }
+                    scales.fill(scale);
+                    quantize_rows_with_scales(x, cols, smooth, scales, q)
+                })
             }
         };
         res.map_err(|i| non_finite(x, smooth, i))
@@ -893,37 +902,6 @@ fn quantize_rows_with_scales(
     for_row_chunks(x, cols, q, scales, |xc, qc, sc| {
         gemm::quantize_rows_i8_with_scales(xc, cols, smooth, sc, qc)
     })
-}
-
-/// `max |x[i] · smooth[i % cols]|` (or `max |x|`), or the index of the first value whose
-/// (smoothed) value is not finite.
-fn abs_max(x: &[f32], smooth: Option<&[f32]>) -> std::result::Result<f32, usize> {
-    let mut amax = 0f32;
-    let mut finite = true;
-    match smooth {
-        None => x.iter().for_each(|v| {
-            finite &= v.is_finite();
-            amax = amax.max(v.abs());
-        }),
-        Some(s) => x.chunks(s.len()).for_each(|row| {
-            row.iter().zip(s).for_each(|(v, k)| {
-                let y = v * k;
-                finite &= y.is_finite();
-                amax = amax.max(y.abs());
-            })
-        }),
-    }
-    if finite {
-        return Ok(amax);
-    }
-    let bad = match smooth {
-        None => x.iter().position(|v| !v.is_finite()),
-        Some(s) => x
-            .iter()
-            .enumerate()
-            .position(|(i, v)| !(v * s[i % s.len()]).is_finite()),
-    };
-    Err(bad.unwrap_or(0))
 }
 
 /// Builds the [`Error::NonFinite`] for flat index `i` of the input.
