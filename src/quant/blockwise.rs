@@ -47,7 +47,7 @@ use super::{check_block, check_header, check_part_len, check_same_block};
 use crate::compressor::{header_bytes, Compressed, Compressor};
 use crate::error::{Error, Result};
 use crate::input::{tensor_from_f32, with_f32_slice};
-use crate::kernels::blockwise::{dequantize_i8_blocks, quantize_i8_blocks};
+use crate::kernels::blockwise::{dequantize_i8_blocks_to_vec, quantize_i8_blocks};
 
 /// The GGML Q8_0 block size: `BlockwiseInt8::new(32)` produces Q8_0's bytes.
 pub const Q8_0_BLOCK: usize = 32;
@@ -230,9 +230,8 @@ impl BlockwiseInt8Tensor {
     /// Decodes to row-major f32 values: `q · scale` per element.
     #[must_use]
     pub fn to_f32_vec(&self) -> Vec<f32> {
-        let mut out = vec![0f32; self.codes.len()];
-        dequantize_i8_blocks(&self.codes, &self.scales, self.block_size, &mut out);
-        out
+        // Lengths were validated at construction, so the kernel's preconditions hold.
+        dequantize_i8_blocks_to_vec(&self.codes, &self.scales, self.block_size)
     }
 
     /// The value as GGML Q8_0 blocks — per block of 32, the f16 scale (little endian) then

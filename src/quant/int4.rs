@@ -32,6 +32,7 @@ use super::{check_block, check_header, check_part_len, check_same_block, f16_rou
 use crate::compressor::{header_bytes, Compressed, Compressor};
 use crate::error::{Error, Result};
 use crate::input::{check_finite, tensor_from_f32, with_f32_slice};
+use crate::kernels::blockwise::dequantize_u4_lut_to_vec;
 
 /// Packs 4-bit codes two per byte: `codes[2i]` in the low nibble, `codes[2i + 1]` in the high
 /// nibble of byte `i`; an odd count leaves the last high nibble 0. `n` codes take
@@ -290,17 +291,17 @@ impl SymmetricInt4Tensor {
     /// Decodes to row-major f32 values: `q · scale` per element.
     #[must_use]
     pub fn to_f32_vec(&self) -> Vec<f32> {
-        let n = self.shape.elem_count();
-        let mut out = Vec::with_capacity(n);
-        let g = self.group_size;
-        for (i, b) in self.packed.iter().enumerate() {
-            for (j, nib) in [(2 * i, b & 0x0F), (2 * i + 1, b >> 4)] {
-                if j < n {
-                    out.push((nib as i8 - 8) as f32 * f32::from(self.scales[j / g]));
-                }
-            }
-        }
-        out
+        // Nibble k holds q = k - 8; one f32 multiply per value, as in the formula.
+        let lut: [f32; 16] = std::array::from_fn(|k| k as f32 - 8.0);
+        let scales: Vec<f32> = self.scales.iter().map(|&s| f32::from(s)).collect();
+        // Lengths were validated at construction, so the kernel's preconditions hold.
+        dequantize_u4_lut_to_vec(
+            &self.packed,
+            &lut,
+            &scales,
+            self.group_size,
+            self.shape.elem_count(),
+        )
     }
 }
 

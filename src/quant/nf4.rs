@@ -36,6 +36,7 @@ use super::{check_block, check_header, check_part_len, check_same_block};
 use crate::compressor::{header_bytes, Compressed, Compressor};
 use crate::error::{Error, Result};
 use crate::input::{check_finite, tensor_from_f32, with_f32_slice};
+use crate::kernels::blockwise::dequantize_u4_lut_to_vec;
 
 /// The 16 NF4 levels, ascending (QLoRA, appendix E; bitsandbytes' `NF4` table). Index 7 is
 /// exactly 0, indices 0 and 15 are -1 and 1.
@@ -252,12 +253,14 @@ impl Nf4Tensor {
     /// Decodes to row-major f32 values: `NF4_CODE_BOOK[q] · absmax` per element.
     #[must_use]
     pub fn to_f32_vec(&self) -> Vec<f32> {
-        let b = self.block_size;
-        self.codes()
-            .iter()
-            .enumerate()
-            .map(|(i, &q)| NF4_CODE_BOOK[usize::from(q)] * self.absmax[i / b])
-            .collect()
+        // Lengths were validated at construction, so the kernel's preconditions hold.
+        dequantize_u4_lut_to_vec(
+            &self.packed,
+            &NF4_CODE_BOOK,
+            &self.absmax,
+            self.block_size,
+            self.shape.elem_count(),
+        )
     }
 }
 
