@@ -130,7 +130,7 @@ fn w8_table(mr: usize, np: usize) -> W8TileFn {
 }
 
 fn w4_table(mr: usize, np: usize) -> W4TileFn {
-    tile_table!(w4_zmm, W4TileFn, mr, np; 1 2 3 4; 1 2)
+    tile_table!(w4_zmm, W4TileFn, mr, np; 1 2 3 4 5 6; 1 2)
 }
 
 /// The zmm W8 microkernels (6 rows × 4 panels of 16 channels).
@@ -140,9 +140,9 @@ pub(crate) static W8: W8Kernel = W8Kernel {
     shifted: true,
     tile: w8_table,
 };
-/// The zmm W4 microkernels (4 rows × 2 panels).
+/// The zmm W4 microkernels (6 rows × 2 panels: 12 integer + 12 float accumulators).
 pub(crate) static W4: W4Kernel = W4Kernel {
-    mr: 4,
+    mr: 6,
     np: 2,
     tile: w4_table,
 };

@@ -379,3 +379,69 @@ pub(crate) unsafe fn matmul_w4a8(
         }
     });
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every (panel, row) cell belongs to exactly one task, for any thread count.
+    #[test]
+    fn plan_covers_the_grid_once() {
+        for threads in [1, 2, 3, 7] {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            pool.install(|| {
+                for (rows, panels, mr, np) in [
+                    (1, 1, 6, 4),
+                    (128, 256, 6, 4),
+                    (8, 24, 6, 4),
+                    (17, 3, 4, 1),
+                    (300, 5, 2, 1),
+                ] {
+                    let tasks = plan(rows, panels, mr, np, usize::MAX);
+                    let mut seen = vec![0u8; rows * panels];
+                    for t in &tasks {
+                        assert!(t.p0 < t.p1 && t.r0 < t.r1, "{t:?}");
+                        assert!(
+                            t.p0 % np == 0 && t.r0 % mr == 0,
+                            "tasks start on whole tiles: {t:?}"
+                        );
+                        for p in t.p0..t.p1 {
+                            for r in t.r0..t.r1 {
+                                seen[p * rows + r] += 1;
+                            }
+                        }
+                    }
+                    assert!(
+                        seen.iter().all(|&c| c == 1),
+                        "rows={rows} panels={panels} threads={threads}"
+                    );
+                    if threads == 1 {
+                        assert_eq!(tasks.len(), 1);
+                    }
+                }
+                assert_eq!(
+                    plan(128, 256, 6, 4, PAR_MIN_MACS - 1).len(),
+                    1,
+                    "small work stays on one thread"
+                );
+            });
+        }
+    }
+
+    #[test]
+    fn balanced_rows_never_exceed_the_tile() {
+        for mr in 1..=8 {
+            for rows in 0..50 {
+                let b = balanced_rows(rows, mr);
+                assert!(b >= 1 && b <= mr);
+                if rows > 0 {
+                    assert_eq!(rows.div_ceil(b), rows.div_ceil(mr), "same tile count");
+                }
+            }
+        }
+        assert_eq!(balanced_rows(8, 6), 4);
+    }
+}
