@@ -273,6 +273,7 @@ impl TryFrom<NeuronStatsRepr> for NeuronStats {
 }
 
 const OP_ACT: &str = "NeuronStats::record_activations";
+const OP_TRACK: &str = "HotSetTracker::record_activations";
 
 fn check_n_neurons(n: usize) -> Result<()> {
     if n == 0 {
@@ -733,8 +734,8 @@ impl HotSetTracker {
     pub fn record_activations(&mut self, activations: &Tensor) -> Result<usize> {
         let n = self.window.n_neurons;
         check_activation_shape(activations, n)?;
-        with_f32_slice(activations, OP_ACT, |values| {
-            check_finite(values, OP_ACT)?;
+        with_f32_slice(activations, OP_TRACK, |values| {
+            check_finite(values, OP_TRACK)?;
             let mut done = 0;
             for row in values.chunks_exact(n) {
                 self.window.add_activation_row(row);
