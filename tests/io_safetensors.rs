@@ -269,6 +269,9 @@ fn inspect_items_report_stored_bytes() -> Result<()> {
 
 // ----------------------------------------------------------------------- corrupt files
 
+/// A tensor as (name, dtype, shape, bytes).
+type RawPart = (String, Dtype, Vec<usize>, Vec<u8>);
+
 /// A valid file with one `int8:32` tensor `w` [2, 32], as bytes.
 fn valid_file() -> Result<Vec<u8>> {
     let c = "int8:32"
@@ -296,12 +299,7 @@ fn build(
     safetensors::serialize(views, Some(meta)).unwrap()
 }
 
-fn parts_of(
-    bytes: &[u8],
-) -> (
-    Vec<(String, Dtype, Vec<usize>, Vec<u8>)>,
-    HashMap<String, String>,
-) {
+fn parts_of(bytes: &[u8]) -> (Vec<RawPart>, HashMap<String, String>) {
     let st = SafeTensors::deserialize(bytes).unwrap();
     let (_, meta) = SafeTensors::read_metadata(bytes).unwrap();
     let tensors = st
@@ -312,10 +310,7 @@ fn parts_of(
     (tensors, meta.metadata().clone().unwrap())
 }
 
-fn rebuild(
-    tensors: &[(String, Dtype, Vec<usize>, Vec<u8>)],
-    meta: HashMap<String, String>,
-) -> Vec<u8> {
+fn rebuild(tensors: &[RawPart], meta: HashMap<String, String>) -> Vec<u8> {
     build(
         tensors
             .iter()

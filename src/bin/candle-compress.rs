@@ -457,7 +457,11 @@ fn eval(original: &Path, compressed: &Path, json: bool) -> Result<Value> {
         let (_, reference) = orig.read_f32(&reference_name)?;
         let stats: ErrorStats = compare_slices(&reference, &approx)
             .map_err(|e| invalid("eval", format!("{reference_name}: {e}")))?;
-        if worst.as_ref().is_none_or(|(_, s)| stats.sqnr_db < *s) {
+        let is_worse = match &worst {
+            Some((_, s)) => stats.sqnr_db < *s,
+            None => true,
+        };
+        if is_worse {
             worst = Some((reference_name.clone(), stats.sqnr_db));
         }
         rows.push(json!({
