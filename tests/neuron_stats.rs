@@ -448,9 +448,20 @@ fn serde_round_trips_and_validates() -> TestResult {
     assert!(serde_json::from_str::<NeuronPermutation>("[0,0,1]").is_err());
     assert!(serde_json::from_str::<NeuronPermutation>("[]").is_err());
     assert!(serde_json::from_str::<HotSet>(r#"{"n_neurons":3,"hot":[3]}"#).is_err());
-    let mut v: serde_json::Value = serde_json::from_str(&json)?;
-    v["history"][0] = serde_json::json!(1e9); // more than history_rows
-    assert!(serde_json::from_value::<HotSetTracker>(v).is_err());
+    let v: serde_json::Value = serde_json::from_str(&json)?;
+    let mut tampered = v.clone();
+    tampered["history"][0] = serde_json::json!(1e9); // more than history_rows
+    assert!(serde_json::from_value::<HotSetTracker>(tampered).is_err());
+    let mut tampered = v.clone();
+    tampered["hot"]["hot"] = serde_json::json!([5, 4, 3, 2, 1, 0]); // not the rule's choice
+    let e = serde_json::from_value::<HotSetTracker>(tampered)
+        .err()
+        .ok_or("tampered hot set accepted")?;
+    assert!(e.to_string().contains("rule's choice"), "{e}");
+    let mut tampered = v;
+    tampered["window"]["rows"] = serde_json::json!(4); // a full window not reclassified
+    tampered["window"]["counts"] = serde_json::json!([0, 0, 0, 0, 0, 0]);
+    assert!(serde_json::from_value::<HotSetTracker>(tampered).is_err());
     Ok(())
 }
 

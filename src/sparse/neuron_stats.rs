@@ -524,8 +524,9 @@ fn check_index_rows<R: AsRef<[usize]>>(rows: &[R], n: usize) -> Result<()> {
 /// not change, so a model permuted from it stays valid for at least `every_rows` rows.
 /// Before the first reclassification the hot set is empty.
 ///
-/// Serializes with serde (every field, including the current window), and deserialization
-/// validates every invariant.
+/// Serializes with serde (every field, including the current window); deserialization
+/// validates every invariant, including that the stored hot set is the rule's choice on the
+/// stored history.
 ///
 /// ```
 /// use candle_compress::sparse::{HotRule, HotSetTracker};
@@ -604,6 +605,35 @@ impl TryFrom<HotSetTrackerRepr> for HotSetTracker {
             return Err(corrupt(format!(
                 "history[{i}] = {} is not in [0, history_rows = {}]",
                 r.history[i], r.history_rows
+            )));
+        }
+        // The hot set must be what the rule gives on the history (or empty before the
+        // first reclassification, when the history is empty too).
+        let expected_hot = if r.reclassifications == 0 {
+            if r.history_rows != 0.0 {
+                return Err(corrupt(format!(
+                    "history_rows is {} before any reclassification",
+                    r.history_rows
+                )));
+            }
+            HotSet {
+                n_neurons: n,
+                hot: Vec::new(),
+            }
+        } else {
+            if r.history_rows < 1.0 {
+                return Err(corrupt(format!(
+                    "history_rows is {} after {} reclassifications (at least 1)",
+                    r.history_rows, r.reclassifications
+                )));
+            }
+            r.rule.select(&r.history, r.history_rows)
+        };
+        if r.hot != expected_hot {
+            return Err(corrupt(format!(
+                "hot set {:?} is not the rule's choice {:?} on the stored history",
+                r.hot.indices(),
+                expected_hot.indices()
             )));
         }
         Ok(Self {
