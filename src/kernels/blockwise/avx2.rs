@@ -82,6 +82,20 @@ pub(crate) fn dequantize_u4_lut(
     unsafe { dequantize_u4(packed, lut, scales, group, out) }
 }
 
+/// See [`super::dequantize_affine`]; arguments already checked by the caller.
+pub(crate) fn dequantize_affine(
+    _cpu: Avx2,
+    codes: &[u8],
+    bits: u8,
+    zero_points: &[f32],
+    scales: &[f32],
+    group: usize,
+    out: &mut [f32],
+) {
+    // SAFETY: holding an `Avx2` token proves the CPU has AVX2, FMA and F16C.
+    unsafe { dequantize_affine_impl(codes, bits, zero_points, scales, group, out) }
+}
+
 /// Loads `x[i..i + 8]`.
 #[inline]
 #[target_feature(enable = "avx2")]
@@ -351,5 +365,68 @@ unsafe fn dequantize_u4(
             i += 2 * LANES;
         }
         scalar::dequantize_u4_lut_range(packed, lut, s, start + i, &mut og[i..]);
+    }
+}
+
+/// `m + q·s` in f64 for 4 codes, clamped to ±f32::MAX (NaN kept: `min`/`max` return their
+/// second operand when one is NaN), rounded to f32 (nearest even, like `as f32`).
+#[inline]
+#[target_feature(enable = "avx2")]
+fn affine4(q: __m128i, m: __m256d, s: __m256d) -> __m128 {
+    let v = _mm256_add_pd(m, _mm256_mul_pd(_mm256_cvtepi32_pd(q), s));
+    let max = _mm256_set1_pd(f64::from(f32::MAX));
+    let v = _mm256_max_pd(_mm256_set1_pd(-f64::from(f32::MAX)), _mm256_min_pd(max, v));
+    _mm256_cvtpd_ps(v)
+}
+
+/// # Safety
+/// The CPU must support AVX2. Arguments as in [`super::dequantize_affine`].
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dequantize_affine_impl(
+    codes: &[u8],
+    bits: u8,
+    zero_points: &[f32],
+    scales: &[f32],
+    group: usize,
+    out: &mut [f32],
+) {
+    if bits == 4 && group % 2 == 1 {
+        // Odd groups start mid-byte every other group: rare, keep them simple.
+        return scalar::dequantize_affine(codes, bits, zero_points, scales, group, out);
+    }
+    let low = _mm_set1_epi8(0x0F);
+    for (g, ((og, &m), &s)) in out
+        .chunks_mut(group)
+        .zip(zero_points)
+        .zip(scales)
+        .enumerate()
+    {
+        let start = g * group;
+        let (mv, sv) = (_mm256_set1_pd(f64::from(m)), _mm256_set1_pd(f64::from(s)));
+        let mut i = 0;
+        while i + LANES <= og.len() {
+            let q = if bits == 8 {
+                let src: &[u8; 8] = codes[start + i..start + i + 8].try_into().expect("8");
+                // SAFETY: `src` is 8 readable bytes; `loadl_epi64` reads 8 bytes, unaligned.
+                _mm256_cvtepu8_epi32(unsafe { _mm_loadl_epi64(src.as_ptr().cast()) })
+            } else {
+                let at = (start + i) / 2;
+                let src: &[u8; 4] = codes[at..at + 4].try_into().expect("4");
+                let bytes = _mm_cvtsi32_si128(i32::from_le_bytes(*src));
+                let lo = _mm_and_si128(bytes, low);
+                let hi = _mm_and_si128(_mm_srli_epi16::<4>(bytes), low);
+                _mm256_cvtepu8_epi32(_mm_unpacklo_epi8(lo, hi))
+            };
+            let v0 = affine4(_mm256_castsi256_si128(q), mv, sv);
+            let v1 = affine4(_mm256_extracti128_si256::<1>(q), mv, sv);
+            let dst: &mut [f32; LANES] = (&mut og[i..i + LANES]).try_into().expect("8");
+            // SAFETY: `dst` is 8 writable f32; each store writes 4 of them, unaligned.
+            unsafe {
+                _mm_storeu_ps(dst.as_mut_ptr(), v0);
+                _mm_storeu_ps(dst.as_mut_ptr().add(4), v1);
+            }
+            i += LANES;
+        }
+        scalar::dequantize_affine_range(codes, bits, m, s, start + i, &mut og[i..]);
     }
 }

@@ -72,6 +72,20 @@ pub(crate) fn dequantize_u4_lut(
     unsafe { dequantize_u4(packed, lut, scales, group, out) }
 }
 
+/// See [`super::dequantize_affine`]; arguments already checked by the caller.
+pub(crate) fn dequantize_affine(
+    _cpu: Avx512Vnni,
+    codes: &[u8],
+    bits: u8,
+    zero_points: &[f32],
+    scales: &[f32],
+    group: usize,
+    out: &mut [f32],
+) {
+    // SAFETY: holding an `Avx512Vnni` token proves AVX-512 F/BW/VL and AVX2/FMA/F16C.
+    unsafe { dequantize_affine_impl(codes, bits, zero_points, scales, group, out) }
+}
+
 /// Loads `x[i..i + 16]`.
 #[inline]
 #[target_feature(enable = "avx512f")]
@@ -313,5 +327,70 @@ unsafe fn dequantize_u4(
             i += 2 * LANES;
         }
         scalar::dequantize_u4_lut_range(packed, lut, s, start + i, &mut og[i..]);
+    }
+}
+
+/// `m + q·s` in f64 for 8 codes, clamped to ±f32::MAX (NaN kept: `min`/`max` return their
+/// second operand when one is NaN), rounded to f32 (nearest even, like `as f32`).
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn affine8(q: __m256i, m: __m512d, s: __m512d) -> __m256 {
+    let v = _mm512_add_pd(m, _mm512_mul_pd(_mm512_cvtepi32_pd(q), s));
+    let max = _mm512_set1_pd(f64::from(f32::MAX));
+    let v = _mm512_max_pd(_mm512_set1_pd(-f64::from(f32::MAX)), _mm512_min_pd(max, v));
+    _mm512_cvtpd_ps(v)
+}
+
+/// # Safety
+/// The CPU must support AVX-512 F/BW/VL and AVX2. Arguments as in
+/// [`super::dequantize_affine`].
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2")]
+unsafe fn dequantize_affine_impl(
+    codes: &[u8],
+    bits: u8,
+    zero_points: &[f32],
+    scales: &[f32],
+    group: usize,
+    out: &mut [f32],
+) {
+    if bits == 4 && group % 2 == 1 {
+        // Odd groups start mid-byte every other group: rare, keep them simple.
+        return scalar::dequantize_affine(codes, bits, zero_points, scales, group, out);
+    }
+    let low = _mm_set1_epi8(0x0F);
+    for (g, ((og, &m), &s)) in out
+        .chunks_mut(group)
+        .zip(zero_points)
+        .zip(scales)
+        .enumerate()
+    {
+        let start = g * group;
+        let (mv, sv) = (_mm512_set1_pd(f64::from(m)), _mm512_set1_pd(f64::from(s)));
+        let mut i = 0;
+        while i + LANES <= og.len() {
+            let q = if bits == 8 {
+                let src: &[u8; 16] = codes[start + i..start + i + 16].try_into().expect("16");
+                // SAFETY: `src` is 16 readable bytes; `loadu` has no alignment requirement.
+                _mm512_cvtepu8_epi32(unsafe { _mm_loadu_si128(src.as_ptr().cast()) })
+            } else {
+                let at = (start + i) / 2;
+                let src: &[u8; 8] = codes[at..at + 8].try_into().expect("8");
+                // SAFETY: `src` is 8 readable bytes; `loadl_epi64` reads 8 bytes, unaligned.
+                let bytes = unsafe { _mm_loadl_epi64(src.as_ptr().cast()) };
+                let lo = _mm_and_si128(bytes, low);
+                let hi = _mm_and_si128(_mm_srli_epi16::<4>(bytes), low);
+                _mm512_cvtepu8_epi32(_mm_unpacklo_epi8(lo, hi))
+            };
+            let v0 = affine8(_mm512_castsi512_si256(q), mv, sv);
+            let v1 = affine8(_mm512_extracti64x4_epi64::<1>(q), mv, sv);
+            let dst: &mut [f32; LANES] = (&mut og[i..i + LANES]).try_into().expect("16");
+            // SAFETY: `dst` is 16 writable f32; each store writes 8 of them, unaligned.
+            unsafe {
+                _mm256_storeu_ps(dst.as_mut_ptr(), v0);
+                _mm256_storeu_ps(dst.as_mut_ptr().add(8), v1);
+            }
+            i += LANES;
+        }
+        scalar::dequantize_affine_range(codes, bits, m, s, start + i, &mut og[i..]);
     }
 }

@@ -217,6 +217,140 @@ fn dequantize_u4_unchecked_on(
     }
 }
 
+/// Dequantizes asymmetric (affine) 8- or 4-bit codes with a zero point and a scale per
+/// group: `out[i] = (m + q·s computed in f64).clamp(±f32::MAX) as f32` with
+/// `m = zero_points[i / group]`, `s = scales[i / group]`, `q = code(i)` — the formula of
+/// `quant::affine`, bit-identical on every ISA. `bits == 8`: one code per byte;
+/// `bits == 4`: two per byte, element `2k` in the low nibble of byte `k`.
+///
+/// Preconditions (checked with `assert!`): `bits` is 4 or 8, `group >= 1`,
+/// `codes.len()` is `out.len()` (8 bits) or `out.len().div_ceil(2)` (4 bits),
+/// `zero_points.len() == scales.len() == out.len().div_ceil(group)`.
+///
+/// ```
+/// use candle_compress::kernels::blockwise::dequantize_affine;
+/// let mut out = [0f32; 3];
+/// dequantize_affine(&[0, 255, 10], 8, &[-1.0], &[0.5], 3, &mut out);
+/// assert_eq!(out, [-1.0, 126.5, 4.0]);
+/// ```
+pub fn dequantize_affine(
+    codes: &[u8],
+    bits: u8,
+    zero_points: &[f32],
+    scales: &[f32],
+    group: usize,
+    out: &mut [f32],
+) {
+    check_affine(
+        codes.len(),
+        bits,
+        zero_points.len(),
+        scales.len(),
+        group,
+        out.len(),
+    );
+    if dequantize_affine_unchecked_on(kernel_isa(), codes, bits, zero_points, scales, group, out)
+        .is_none()
+    {
+        scalar::dequantize_affine(codes, bits, zero_points, scales, group, out)
+    }
+}
+
+/// [`dequantize_affine`] of `n` values into a new `Vec`, with the huge-page advice of
+/// [`dequantize_i8_blocks_to_vec`] for large outputs.
+///
+/// # Panics
+/// On the preconditions of [`dequantize_affine`] with `out.len() == n`.
+#[must_use]
+pub fn dequantize_affine_to_vec(
+    codes: &[u8],
+    bits: u8,
+    zero_points: &[f32],
+    scales: &[f32],
+    group: usize,
+    n: usize,
+) -> Vec<f32> {
+    check_affine(codes.len(), bits, zero_points.len(), scales.len(), group, n);
+    let mut out = vec![0f32; n];
+    hugepage::advise(&mut out);
+    dequantize_affine(codes, bits, zero_points, scales, group, &mut out);
+    out
+}
+
+/// [`dequantize_affine`] on a chosen instruction set; `None` (nothing written) when this
+/// CPU lacks `isa` or there is no kernel for it (see [`quantize_i8_blocks_on`]).
+///
+/// # Panics
+/// On the preconditions of [`dequantize_affine`].
+#[must_use]
+pub fn dequantize_affine_on(
+    isa: Isa,
+    codes: &[u8],
+    bits: u8,
+    zero_points: &[f32],
+    scales: &[f32],
+    group: usize,
+    out: &mut [f32],
+) -> Option<()> {
+    check_affine(
+        codes.len(),
+        bits,
+        zero_points.len(),
+        scales.len(),
+        group,
+        out.len(),
+    );
+    dequantize_affine_unchecked_on(isa, codes, bits, zero_points, scales, group, out)
+}
+
+#[track_caller]
+fn check_affine(codes: usize, bits: u8, zero_points: usize, scales: usize, group: usize, n: usize) {
+    assert!(
+        bits == 4 || bits == 8,
+        "affine dequantization: bits must be 4 or 8, got {bits}"
+    );
+    assert!(group >= 1, "affine dequantization: group size must be >= 1");
+    let want = if bits == 8 { n } else { n.div_ceil(2) };
+    assert_eq!(
+        codes, want,
+        "affine dequantization: {n} {bits}-bit codes take {want} bytes"
+    );
+    let groups = n.div_ceil(group);
+    assert!(
+        zero_points == groups && scales == groups,
+        "affine dequantization: expected {groups} zero points and scales, got {zero_points} and {scales}"
+    );
+}
+
+fn dequantize_affine_unchecked_on(
+    isa: Isa,
+    codes: &[u8],
+    bits: u8,
+    zero_points: &[f32],
+    scales: &[f32],
+    group: usize,
+    out: &mut [f32],
+) -> Option<()> {
+    match isa {
+        Isa::Scalar => {
+            scalar::dequantize_affine(codes, bits, zero_points, scales, group, out);
+            Some(())
+        }
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => Avx2::detect()
+            .map(|cpu| avx2::dequantize_affine(cpu, codes, bits, zero_points, scales, group, out)),
+        #[cfg(target_arch = "x86_64")]
+        Isa::AvxVnni => AvxVnni::detect()
+            .and(Avx2::detect())
+            .map(|cpu| avx2::dequantize_affine(cpu, codes, bits, zero_points, scales, group, out)),
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512Vnni => Avx512Vnni::detect().map(|cpu| {
+            avx512::dequantize_affine(cpu, codes, bits, zero_points, scales, group, out)
+        }),
+        _ => None,
+    }
+}
+
 /// The instruction set the blockwise kernels run on in this process: [`Isa::Avx512Vnni`]
 /// when the CPU reaches the crate's AVX-512 level (F/BW/VL + VNNI; these kernels use only
 /// F/BW/VL), [`Isa::Avx2`] on AVX2 + FMA + F16C CPUs (including AVX-VNNI ones and AVX-512
@@ -748,6 +882,60 @@ mod tests {
         let mut out = vec![0f32; n];
         dequantize_u4_lut(&packed, &lut, &scales, 64, &mut out);
         assert_eq!(dequantize_u4_lut_to_vec(&packed, &lut, &scales, 64, n), out);
+    }
+
+    #[test]
+    fn affine_simd_matches_scalar() {
+        let pool = [
+            (0.0f32, 0.01f32),
+            (-1.5, 0.013),
+            (-f32::MAX, f32::MAX / 100.0), // clamps at the top
+            (f32::MAX, -f32::MAX / 100.0),
+            (1e-40, 1e-42), // subnormal results
+            (-0.0, 0.0),
+            (f32::NAN, 1.0),
+            (0.5, f32::INFINITY),
+        ];
+        for (isa, lanes) in SIMD {
+            for bits in [4u8, 8] {
+                for group in [1usize, 2, 3, 7, 8, 16, 31, 32, 33, 64, 65, 256] {
+                    for n in (0..=4 * lanes + 1).chain([group * 9 + 1, 1000]) {
+                        let len = if bits == 8 { n } else { n.div_ceil(2) };
+                        let codes: Vec<u8> = (0..len).map(|i| (i * 151 + n) as u8).collect();
+                        let groups = n.div_ceil(group);
+                        let zp: Vec<f32> =
+                            (0..groups).map(|g| pool[(g + n) % pool.len()].0).collect();
+                        let sc: Vec<f32> =
+                            (0..groups).map(|g| pool[(g + n) % pool.len()].1).collect();
+                        let (mut o0, mut o1) = (vec![0f32; n], vec![1f32; n]);
+                        dequantize_affine_on(Isa::Scalar, &codes, bits, &zp, &sc, group, &mut o0)
+                            .unwrap();
+                        if dequantize_affine_on(isa, &codes, bits, &zp, &sc, group, &mut o1)
+                            .is_none()
+                        {
+                            crate::kernels::detect::report_skipped(isa, "blockwise affine");
+                            return;
+                        }
+                        for (i, (a, b)) in o0.iter().zip(&o1).enumerate() {
+                            assert!(
+                                a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan()),
+                                "{isa} bits {bits} group {group} n {n} i {i}: {a} vs {b}"
+                            );
+                            let q = if bits == 8 {
+                                codes[i]
+                            } else {
+                                (codes[i / 2] >> (4 * (i % 2))) & 15
+                            };
+                            let (m, s) = (zp[i / group], sc[i / group]);
+                            let want = (f64::from(m) + f64::from(q) * f64::from(s))
+                                .clamp(-f64::from(f32::MAX), f64::from(f32::MAX))
+                                as f32;
+                            assert!(a.to_bits() == want.to_bits() || (a.is_nan() && want.is_nan()));
+                        }
+                    }
+                }
+            }
+        }
     }
 
     #[test]

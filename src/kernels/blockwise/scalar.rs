@@ -107,3 +107,55 @@ pub(crate) fn dequantize_u4_lut_range(
         *o = lut[u4_at(packed, start + k)] * s;
     }
 }
+
+/// The affine decode of one code: `m + q·s` in f64, clamped to the finite f32 range, then
+/// rounded to f32 (nearest even). The crate's `quant::affine` formula.
+#[inline(always)]
+pub(crate) fn affine_decode(m: f32, s: f32, q: u8) -> f32 {
+    let v = f64::from(m) + f64::from(q) * f64::from(s);
+    v.clamp(-f64::from(f32::MAX), f64::from(f32::MAX)) as f32
+}
+
+/// The code of element `i` for `bits` 8 (one per byte) or 4 (two per byte, low first).
+#[inline(always)]
+pub(crate) fn code_at(codes: &[u8], bits: u8, i: usize) -> u8 {
+    if bits == 8 {
+        codes[i]
+    } else {
+        (codes[i / 2] >> (4 * (i % 2))) & 0x0F
+    }
+}
+
+/// See [`super::dequantize_affine`]; the caller has checked the arguments.
+pub(crate) fn dequantize_affine(
+    codes: &[u8],
+    bits: u8,
+    zero_points: &[f32],
+    scales: &[f32],
+    group: usize,
+    out: &mut [f32],
+) {
+    for (g, ((og, &m), &s)) in out
+        .chunks_mut(group)
+        .zip(zero_points)
+        .zip(scales)
+        .enumerate()
+    {
+        dequantize_affine_range(codes, bits, m, s, g * group, og);
+    }
+}
+
+/// `og[k] = affine_decode(m, s, code(start + k))`: one group or the tail of one.
+#[inline]
+pub(crate) fn dequantize_affine_range(
+    codes: &[u8],
+    bits: u8,
+    m: f32,
+    s: f32,
+    start: usize,
+    og: &mut [f32],
+) {
+    for (k, o) in og.iter_mut().enumerate() {
+        *o = affine_decode(m, s, code_at(codes, bits, start + k));
+    }
+}
