@@ -467,3 +467,23 @@ fn avx_vnni_ymm_kernels_run_or_report_skipped() {
         }
     }
 }
+
+/// Degenerate sizes: no inputs (every dot product is 0), no outputs, no rows.
+#[test]
+fn zero_sizes_are_handled() {
+    for kern in GemmKernels::available() {
+        let p8 = PackedW8::pack(&[], &[2.0, 3.0], 2, 0);
+        let mut out = vec![f32::NAN; 6];
+        kern.matmul_w8a8(&[], &[1.0; 3], 3, &p8, Some(&[1.0, -1.0]), &mut out);
+        assert_eq!(out, [1.0, -1.0, 1.0, -1.0, 1.0, -1.0], "{}", kern.name());
+        let p4 = PackedW4::pack(&[], &[], 2, 0, 32);
+        kern.matmul_w4a8(&[], &[1.0; 3], 3, &p4, None, &mut out);
+        assert!(out.iter().all(|&v| v == 0.0), "{}", kern.name());
+        let empty = PackedW8::pack(&[], &[], 0, 5);
+        kern.matmul_w8a8(&[1; 10], &[1.0; 2], 2, &empty, None, &mut []);
+        let p8 = PackedW8::pack(&[1; 10], &[1.0; 2], 2, 5);
+        kern.matmul_w8a8(&[], &[], 0, &p8, None, &mut []);
+        let (mut q, mut s) = (vec![], vec![]);
+        kern.quantize_rows_i8(&[], 7, None, &mut q, &mut s).unwrap();
+    }
+}
