@@ -531,15 +531,7 @@ impl Pipeline {
         let mut stages = Vec::with_capacity(self.stages.len());
         for (si, stage) in self.stages.iter().enumerate() {
             tracing::info!(stage = %stage, index = si, tensors = work.len(), "pipeline: stage");
-            let applies: Vec<bool> = work
-                .iter()
-                .map(|w| match stage {
-                    Stage::PruneNm { m, .. } => {
-                        w.shape.dims().last().is_some_and(|c| c.is_multiple_of(*m))
-                    }
-                    _ => true,
-                })
-                .collect();
+            let applies = stage_applies(stage, &work);
             let mut st = StageStats {
                 stage: stage.to_string(),
                 tensors_processed: 0,
@@ -560,50 +552,7 @@ impl Pipeline {
                     st.bytes_before += w.stored.size_bytes();
                 }
             }
-            match *stage {
-                Stage::PruneMagnitude { sparsity } => {
-                    for (w, _) in work.iter_mut().zip(&applies).filter(|(_, a)| **a) {
-                        let k = target_zeros(sparsity, w.values.len());
-                        st.changed += prune_smallest(&mut w.values, k).0;
-                    }
-                }
-                Stage::PruneGlobal { sparsity } => {
-                    let k = target_zeros(sparsity, st.params);
-                    if k > 0 {
-                        let slices: Vec<&[f32]> = work
-                            .iter()
-                            .zip(&applies)
-                            .filter(|(_, a)| **a)
-                            .map(|(w, _)| w.values.as_slice())
-                            .collect();
-                        let cut = global_cut(&slices, k);
-                        let mut slices: Vec<&mut [f32]> = work
-                            .iter_mut()
-                            .zip(&applies)
-                            .filter(|(_, a)| **a)
-                            .map(|(w, _)| w.values.as_mut_slice())
-                            .collect();
-                        st.changed += apply_global_cut(&mut slices, cut).iter().sum::<usize>();
-                        tracing::debug!(threshold = cut.threshold, "pipeline: global threshold");
-                    }
-                }
-                Stage::PruneNm { n, m } => {
-                    for (w, _) in work.iter_mut().zip(&applies).filter(|(_, a)| **a) {
-                        st.changed += prune_nm_slice(&mut w.values, n, m).0;
-                        w.nm = Some((n, m));
-                    }
-                }
-                Stage::Clip { percentile } => {
-                    for (w, _) in work.iter_mut().zip(&applies).filter(|(_, a)| **a) {
-                        st.changed += clip_slice(&mut w.values, percentile).0;
-                    }
-                }
-                Stage::Quantize { scheme } => {
-                    for w in work.iter_mut() {
-                        w.quantize = Some(scheme);
-                    }
-                }
-            }
+            st.changed += apply_stage(stage, &mut work, &applies);
             // Store every processed tensor in its smallest layout and count what was built.
             for (w, _) in work.iter_mut().zip(&applies).filter(|(_, a)| **a) {
                 let nz = nnz(&w.values);
@@ -676,8 +625,9 @@ impl Pipeline {
     /// Predicts the output size from names, shapes and dtypes only, without reading or
     /// compressing any value: each prune stage is assumed to reach its sparsity in every
     /// tensor (inputs assumed free of zeros), N:M to leave `n/m`, and the layout is chosen
-    /// as in [`Pipeline::run`]. Exact for per-tensor and N:M pruning of dense inputs; for
-    /// global pruning the per-tensor split is unknown, so it is assumed uniform.
+    /// as in [`Pipeline::run`]. Exact for per-tensor and N:M pruning of inputs without
+    /// zeros. For global pruning the per-tensor split depends on the values, so it is
+    /// assumed uniform here; [`Pipeline::estimate_tensors`] measures it instead.
     ///
     /// # Errors
     /// [`Pipeline::validate`] errors.
@@ -686,10 +636,21 @@ impl Pipeline {
         tensors: impl IntoIterator<Item = (S, Shape, DType)>,
     ) -> Result<Estimate> {
         self.validate()?;
-        let mut items: Vec<(String, Shape, DType)> = tensors
+        let items: Vec<(String, Shape, DType)> = tensors
             .into_iter()
             .map(|(n, s, d)| (n.as_ref().to_string(), s, d))
             .collect();
+        self.predict(items, None)
+    }
+
+    /// Predicts layouts and sizes; `counts` gives, per tensor name, the non-zeros after
+    /// each stage (`None` where the stage did not apply), else they are assumed from the
+    /// stage parameters.
+    fn predict(
+        &self,
+        mut items: Vec<(String, Shape, DType)>,
+        counts: Option<&HashMap<String, Vec<Option<usize>>>>,
+    ) -> Result<Estimate> {
         items.sort_by(|a, b| a.0.cmp(&b.0));
         let mut est = Estimate {
             bytes_before: 0,
@@ -710,7 +671,8 @@ impl Pipeline {
             let mut quantize = None;
             let mut kind = StorageKind::Dense;
             let mut size = dense;
-            for stage in &self.stages {
+            let measured = counts.and_then(|c| c.get(&name));
+            for (si, stage) in self.stages.iter().enumerate() {
                 match *stage {
                     Stage::PruneMagnitude { sparsity } | Stage::PruneGlobal { sparsity } => {
                         nz = nz.min(n - target_zeros(sparsity, n));
@@ -725,6 +687,9 @@ impl Pipeline {
                     }
                     Stage::Clip { .. } => {}
                     Stage::Quantize { scheme } => quantize = Some(scheme),
+                }
+                if let Some(Some(c)) = measured.and_then(|m| m.get(si)) {
+                    nz = *c;
                 }
                 let w_kind = if self.sparse_storage {
                     StoredTensor::candidates(&shape, dtype, nz, quantize, nm)[0]
@@ -743,16 +708,50 @@ impl Pipeline {
         Ok(est)
     }
 
-    /// [`Pipeline::estimate`] for in-memory tensors (reads only their shapes and dtypes).
+    /// [`Pipeline::estimate`] for in-memory tensors, with the non-zero counts measured:
+    /// the prune and clip stages run on copies of the values (selection only), so the
+    /// prediction also holds for global pruning and inputs that already have zeros;
+    /// nothing is quantized or encoded.
     ///
     /// # Errors
-    /// As [`Pipeline::estimate`].
+    /// As [`Pipeline::estimate`]; [`Error::NonFinite`] as in [`Pipeline::run`].
     pub fn estimate_tensors(&self, tensors: &HashMap<String, Tensor>) -> Result<Estimate> {
-        self.estimate(
-            tensors
-                .iter()
-                .map(|(n, t)| (n.as_str(), t.shape().clone(), t.dtype())),
-        )
+        self.validate()?;
+        let items: Vec<(String, Shape, DType)> = tensors
+            .iter()
+            .map(|(n, t)| (n.clone(), t.shape().clone(), t.dtype()))
+            .collect();
+        let mut work = Vec::new();
+        for (name, t) in tensors {
+            if self.skip.reason(name, t.rank(), t.dtype()).is_some() {
+                continue;
+            }
+            let d = FloatData::from_tensor_finite(t, "Pipeline::estimate_tensors")?;
+            work.push(Work {
+                name: name.clone(),
+                values: d.values,
+                shape: d.shape,
+                dtype: d.dtype,
+                device: t.device().clone(),
+                nm: None,
+                quantize: None,
+                stored: StoredTensor::Dense(t.clone()),
+            });
+        }
+        // Same order as `run`, so global ties resolve identically.
+        work.sort_by(|a, b| a.name.cmp(&b.name));
+        let mut counts: HashMap<String, Vec<Option<usize>>> = HashMap::new();
+        for stage in &self.stages {
+            let applies = stage_applies(stage, &work);
+            apply_stage(stage, &mut work, &applies);
+            for (w, a) in work.iter().zip(&applies) {
+                counts
+                    .entry(w.name.clone())
+                    .or_default()
+                    .push(a.then(|| nnz(&w.values)));
+            }
+        }
+        self.predict(items, Some(&counts))
     }
 
     /// [`Pipeline::estimate`] for a safetensors file, reading only its JSON header.
@@ -763,6 +762,73 @@ impl Pipeline {
     pub fn estimate_safetensors(&self, path: impl AsRef<Path>) -> Result<Estimate> {
         self.estimate(read_safetensors_shapes(path.as_ref())?)
     }
+}
+
+/// Which tensors a stage applies to (N:M needs a last dimension that is a multiple of m).
+fn stage_applies(stage: &Stage, work: &[Work]) -> Vec<bool> {
+    work.iter()
+        .map(|w| match stage {
+            Stage::PruneNm { m, .. } => w.shape.dims().last().is_some_and(|c| c.is_multiple_of(*m)),
+            _ => true,
+        })
+        .collect()
+}
+
+/// Applies one stage to the values of the tensors it applies to; returns the elements
+/// changed (zeroed or clipped).
+fn apply_stage(stage: &Stage, work: &mut [Work], applies: &[bool]) -> usize {
+    let mut changed = 0;
+    let params: usize = work
+        .iter()
+        .zip(applies)
+        .filter(|(_, a)| **a)
+        .map(|(w, _)| w.values.len())
+        .sum();
+    match *stage {
+        Stage::PruneMagnitude { sparsity } => {
+            for (w, _) in work.iter_mut().zip(applies).filter(|(_, a)| **a) {
+                let k = target_zeros(sparsity, w.values.len());
+                changed += prune_smallest(&mut w.values, k).0;
+            }
+        }
+        Stage::PruneGlobal { sparsity } => {
+            let k = target_zeros(sparsity, params);
+            if k > 0 {
+                let slices: Vec<&[f32]> = work
+                    .iter()
+                    .zip(applies)
+                    .filter(|(_, a)| **a)
+                    .map(|(w, _)| w.values.as_slice())
+                    .collect();
+                let cut = global_cut(&slices, k);
+                let mut slices: Vec<&mut [f32]> = work
+                    .iter_mut()
+                    .zip(applies)
+                    .filter(|(_, a)| **a)
+                    .map(|(w, _)| w.values.as_mut_slice())
+                    .collect();
+                changed += apply_global_cut(&mut slices, cut).iter().sum::<usize>();
+                tracing::debug!(threshold = cut.threshold, "pipeline: global threshold");
+            }
+        }
+        Stage::PruneNm { n, m } => {
+            for (w, _) in work.iter_mut().zip(applies).filter(|(_, a)| **a) {
+                changed += prune_nm_slice(&mut w.values, n, m).0;
+                w.nm = Some((n, m));
+            }
+        }
+        Stage::Clip { percentile } => {
+            for (w, _) in work.iter_mut().zip(applies).filter(|(_, a)| **a) {
+                changed += clip_slice(&mut w.values, percentile).0;
+            }
+        }
+        Stage::Quantize { scheme } => {
+            for w in work.iter_mut() {
+                w.quantize = Some(scheme);
+            }
+        }
+    }
+    changed
 }
 
 /// The largest safetensors header read (the `safetensors` crate's own limit, 100 MB).
