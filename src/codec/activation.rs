@@ -86,10 +86,11 @@ const F32_EXP_MASK: u32 = 0x7f80_0000;
 /// let y = ActivationCodec::decode(&bytes, &Device::Cpu)?;
 /// assert_eq!(y.to_vec2::<f32>()?, x.to_vec2::<f32>()?); // these values are exact in f16
 ///
-/// // Keep the two columns with the largest L2 norm; the other one decodes as zeros.
+/// // Keep the two columns with the largest L2 norm (norms² 17, 4.06, 64.25); the other
+/// // one decodes as zeros.
 /// let bytes = ActivationCodec::SparseColumns { keep: 2 }.encode(&x)?;
 /// let y = ActivationCodec::decode(&bytes, &Device::Cpu)?;
-/// assert_eq!(y.to_vec2::<f32>()?, [[1.0, -2.0, 0.0], [4.0, 0.0, -8.0]]);
+/// assert_eq!(y.to_vec2::<f32>()?, [[1.0, 0.0, 0.5], [4.0, 0.0, -8.0]]);
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
