@@ -48,6 +48,20 @@
 //! also serves the 256-bit kernels. [`GemmKernels`] is the run-time dispatch: detected
 //! once, cached, logged with `tracing`; the free functions use [`GemmKernels::active`],
 //! and tests or benches pick an ISA with [`GemmKernels::for_isa`].
+//!
+//! | kernels | ISA | W8A8 dot product | tile (rows × channels) |
+//! |---|---|---|---|
+//! | `avx512-vnni` | AVX-512 F/BW/VL + VNNI | `vpdpbusd` zmm, `qx + 128` as u8, `- 128·Σw` | 6 × 64 (W4: 6 × 32) |
+//! | `avx-vnni` | AVX2 + AVX-VNNI | `vpdpbusd` ymm (VEX) | 6 × 16 (W4: 2 × 16) |
+//! | `avx512-vnni-ymm` | AVX-512 VNNI + VL | the `avx-vnni` tiles with EVEX `vpdpbusd` | 6 × 16 |
+//! | `avx2` | AVX2 + FMA | `vpmaddubsw` (`abs(qx)` × sign-moved `w`) + `vpmaddwd` | 4 × 16 (W4: 2 × 16) |
+//! | `scalar` | any | i64 loops, the reference | — |
+//!
+//! Edge tiles (fewer rows or panels) are separate monomorphised kernels from a table. A
+//! panel group's weights stay in L2 while all row blocks stream past them; batch 1 reads
+//! every weight byte once. Work above ~4M multiply-adds is split into rayon tasks over
+//! panel groups (and row blocks when there are few panels), about four per thread.
+//! There are no aarch64 NEON kernels yet: aarch64 runs the scalar reference.
 #![warn(clippy::undocumented_unsafe_blocks, clippy::missing_safety_doc)]
 
 use std::sync::OnceLock;
@@ -55,6 +69,7 @@ use std::sync::OnceLock;
 use super::detect::Isa;
 
 // Expands `(mr, np)` to the monomorphised microkernel.
+#[cfg(target_arch = "x86_64")]
 macro_rules! tile_table {
     ($f:ident, $ty:ty, $mr:expr, $np:expr; $($m:literal)*; $($n:literal)*) => {{
         tile_table!(@rows $f, $ty, $mr, $np; [$($m)*]; [$($n)*])
@@ -184,6 +199,7 @@ impl GemmKernels {
 
     /// The kernels for `isa`, or `Err` when this CPU (or this build's target) lacks it.
     pub fn for_isa(isa: Isa) -> Result<GemmKernels, IsaUnavailable> {
+        #[cfg(target_arch = "x86_64")]
         use super::detect::{Avx2, Avx512Vnni, AvxVnni};
         let path = match isa {
             Isa::Scalar => Some(Path::Scalar),
