@@ -22,12 +22,12 @@ use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
 use candle_compress::kernels::blockwise::{
-    dequantize_i8_blocks_on, dequantize_i8_blocks_to_vec, dequantize_u4_lut_to_vec, kernel_isa,
-    quantize_i8_blocks_on,
+    dequantize_affine_to_vec, dequantize_i8_blocks_on, dequantize_i8_blocks_to_vec,
+    dequantize_u4_lut_to_vec, kernel_isa, quantize_i8_blocks_on,
 };
 use candle_compress::kernels::{active_isa, Isa};
 use candle_compress::quant::nf4::NF4_CODE_BOOK;
-use candle_compress::quant::{Nf4, SymmetricInt4};
+use candle_compress::quant::{Affine, Nf4, SymmetricInt4};
 use candle_compress::{Compressed, Compressor, Scheme};
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
@@ -189,6 +189,19 @@ fn bench_dequantize(c: &mut Criterion, x: &[f32], t: &Tensor) {
     );
     group.bench_function("u4_kernel_int4_64", |b| b.iter(int4_decode));
     drop(int4);
+    for bits in [4u8, 8] {
+        let aff = Affine::new(bits, 64)
+            .expect("affine")
+            .compress(t)
+            .expect("affine compress");
+        let decode = || {
+            let (codes, zp, sc) = (aff.codes(), aff.zero_points(), aff.scales());
+            let v = dequantize_affine_to_vec(codes, bits, zp, sc, 64, N);
+            Tensor::from_vec(v, t.shape(), &Device::Cpu).expect("tensor")
+        };
+        assert_same_values(&decode(), &aff.decompress(&Device::Cpu).expect("affine"));
+        group.bench_function(format!("affine_kernel_affine{bits}_64"), |b| b.iter(decode));
+    }
     for scheme in SCHEMES {
         let s: Scheme = scheme.parse().expect("scheme name");
         let compressed = s.compress(t).expect("compress");
@@ -256,6 +269,8 @@ fn print_summary(since: SystemTime) {
             "to_tensor_b64",
             "u4_kernel_nf4_64",
             "u4_kernel_int4_64",
+            "affine_kernel_affine4_64",
+            "affine_kernel_affine8_64",
         ]
         .map(String::from),
     );
