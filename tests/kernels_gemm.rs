@@ -487,3 +487,58 @@ fn zero_sizes_are_handled() {
         kern.quantize_rows_i8(&[], 7, None, &mut q, &mut s).unwrap();
     }
 }
+
+/// Extreme magnitudes: subnormal rows (tiny or zero scales), rows reaching f32::MAX, and
+/// static scales far too small (everything clamps) give the scalar bits on every ISA.
+#[test]
+fn row_quantization_extreme_magnitudes() {
+    let kernels = simd_kernels("row_quantization_extreme_magnitudes");
+    let cols = 37;
+    let mut rng = Rng(31337);
+    let rows: Vec<Vec<f32>> = vec![
+        (0..cols).map(|i| f32::from_bits(i as u32 * 3)).collect(), // subnormals
+        (0..cols)
+            .map(|i| -f32::from_bits(1 + (i as u32 % 2)))
+            .collect(), // ±min subnormal
+        (0..cols)
+            .map(|i| if i == 5 { f32::MAX } else { rng.f32() * 1e38 })
+            .collect(),
+        (0..cols)
+            .map(|i| {
+                if i == 36 {
+                    -f32::MAX
+                } else {
+                    f32::MIN_POSITIVE * i as f32
+                }
+            })
+            .collect(),
+        (0..cols).map(|i| (i as f32 - 18.0) * 0.5).collect(), // exact ties
+    ];
+    let x: Vec<f32> = rows.concat();
+    let n = rows.len();
+    let (mut q0, mut s0) = (vec![0i8; n * cols], vec![0f32; n]);
+    scalar()
+        .quantize_rows_i8(&x, cols, None, &mut q0, &mut s0)
+        .unwrap();
+    let given = [1e-30f32, 0.0, 1e30, f32::MIN_POSITIVE, 1.0];
+    let mut g0 = vec![0i8; n * cols];
+    scalar()
+        .quantize_rows_i8_with_scales(&x, cols, None, &given, &mut g0)
+        .unwrap();
+    assert!(
+        g0[..cols].iter().all(|&v| v == 0),
+        "subnormal x / 1e-30 rounds to 0"
+    );
+    assert_eq!(&g0[4 * cols..4 * cols + 3], &[-9, -9, -8], "-8.5 rounds away from zero");
+    for kern in &kernels {
+        let (mut q, mut s) = (vec![0i8; n * cols], vec![0f32; n]);
+        kern.quantize_rows_i8(&x, cols, None, &mut q, &mut s)
+            .unwrap();
+        assert_eq!(q, q0, "{}", kern.name());
+        assert_eq!(bits(&s), bits(&s0), "{}", kern.name());
+        let mut g = vec![0i8; n * cols];
+        kern.quantize_rows_i8_with_scales(&x, cols, None, &given, &mut g)
+            .unwrap();
+        assert_eq!(g, g0, "{}", kern.name());
+    }
+}
