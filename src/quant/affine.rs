@@ -39,6 +39,7 @@ use super::{check_block, check_header, check_part_len, check_same_block};
 use crate::compressor::{header_bytes, Compressed, Compressor};
 use crate::error::{Error, Result};
 use crate::input::{check_finite, tensor_from_f32, with_f32_slice};
+use crate::kernels::blockwise::dequantize_affine_to_vec;
 
 /// Affine quantizer: `bits` (4 or 8) per value, f32 scale and zero point per group of
 /// `group_size` values. See the [module docs](self) for the formula and error bound.
@@ -106,41 +107,36 @@ fn quantize(x: &[f32], bits: u8, group: usize) -> Result<(Vec<u8>, Vec<f32>, Vec
     check_finite(x, "Affine::compress")?;
     let qmax = qmax(bits);
     let groups = x.len().div_ceil(group);
-    let (mut codes, mut scales, mut mins) = (
-        Vec::with_capacity(x.len()),
-        Vec::with_capacity(groups),
-        Vec::with_capacity(groups),
-    );
-    for chunk in x.chunks(group) {
-        let (lo, hi) = chunk
-            .iter()
-            .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &v| {
-                (lo.min(v), hi.max(v))
-            });
+    let mut codes = vec![0u8; x.len()];
+    let (mut scales, mut mins) = (Vec::with_capacity(groups), Vec::with_capacity(groups));
+    for (chunk, out) in x.chunks(group).zip(codes.chunks_mut(group)) {
+        // Plain comparisons (the input is finite) so the reduction vectorizes.
+        let (mut lo, mut hi) = (chunk[0], chunk[0]);
+        for &v in chunk {
+            lo = if v < lo { v } else { lo };
+            hi = if v > hi { v } else { hi };
+        }
         let mut scale = ((f64::from(hi) - f64::from(lo)) / qmax) as f32;
         if scale == 0.0 && hi > lo {
             scale = f32::from_bits(1); // smallest positive subnormal: keeps q ≤ qmax
         }
         scales.push(scale);
         mins.push(lo);
-        if scale == 0.0 {
-            codes.extend(std::iter::repeat_n(0u8, chunk.len()));
-        } else {
+        if scale != 0.0 {
             let (lo, inv) = (f64::from(lo), 1.0 / f64::from(scale));
-            codes.extend(
-                chunk
-                    .iter()
-                    .map(|&v| round_half_up((f64::from(v) - lo) * inv).min(qmax) as u8),
-            );
-        }
+            for (q, &v) in out.iter_mut().zip(chunk) {
+                *q = round_half_up((f64::from(v) - lo) * inv).min(qmax) as u8;
+            }
+        } // else: a constant group, every code stays 0
     }
     Ok((codes, scales, mins))
 }
 
-/// `round(y)` for `y >= 0` (halves up) without a libm call; exact for `y < 2^53`.
+/// `round(y)` for `0 <= y < 2^31` (halves up) without a libm call; exact there, since
+/// `y - trunc(y)` is exact.
 #[inline]
 fn round_half_up(y: f64) -> f64 {
-    let t = (y as u64) as f64; // truncation; y >= 0
+    let t = f64::from(y as i32); // truncation; y >= 0
     t + f64::from(u8::from(y - t >= 0.5)) // branch-free
 }
 
@@ -294,26 +290,21 @@ impl AffineTensor {
             .collect()
     }
 
-    /// Decodes to row-major f32 values: `zero_point + q · scale` per element.
+    /// Decodes to row-major f32 values: `zero_point + q · scale` per element, computed in
+    /// f64, clamped to the finite f32 range (the rounding of `S` may push the top level of a
+    /// group ending at `±f32::MAX` a few ulps past it), then rounded once to f32.
     #[must_use]
     pub fn to_f32_vec(&self) -> Vec<f32> {
-        let g = self.group_size;
-        self.unpacked_codes()
-            .iter()
-            .enumerate()
-            .map(|(i, &q)| {
-                let (m, s) = (self.zero_points[i / g], self.scales[i / g]);
-                decode(m, s, q)
-            })
-            .collect()
+        // Lengths were validated at construction, so the kernel's preconditions hold.
+        dequantize_affine_to_vec(
+            &self.codes,
+            self.bits,
+            &self.zero_points,
+            &self.scales,
+            self.group_size,
+            self.shape.elem_count(),
+        )
     }
-}
-
-/// `m + q·S` in f64, clamped to the finite f32 range (the rounding of `S` may push the top
-/// level of a group ending at `±f32::MAX` a few ulps past it), then rounded to f32.
-fn decode(m: f32, s: f32, q: u8) -> f32 {
-    let v = f64::from(m) + f64::from(q) * f64::from(s);
-    v.clamp(-f64::from(f32::MAX), f64::from(f32::MAX)) as f32
 }
 
 impl Compressed for AffineTensor {

@@ -139,9 +139,9 @@ impl Default for SymmetricInt4 {
 fn quantize(x: &[f32], group: usize) -> Result<(Vec<u8>, Vec<f16>)> {
     const OP: &str = "SymmetricInt4::compress";
     check_finite(x, OP)?;
-    let mut codes = Vec::with_capacity(x.len());
+    let mut codes = vec![8u8; x.len()]; // nibble 8 is q = 0
     let mut scales = Vec::with_capacity(x.len().div_ceil(group));
-    for (g, chunk) in x.chunks(group).enumerate() {
+    for (g, (chunk, out)) in x.chunks(group).zip(codes.chunks_mut(group)).enumerate() {
         let amax = super::amax(chunk);
         let scale = f16_round_up(amax / 7.0);
         if scale.is_infinite() {
@@ -158,15 +158,11 @@ fn quantize(x: &[f32], group: usize) -> Result<(Vec<u8>, Vec<f16>)> {
         }
         scales.push(scale);
         let d = f32::from(scale);
-        if d == 0.0 {
-            codes.extend(std::iter::repeat_n(8u8, chunk.len()));
-        } else {
-            codes.extend(
-                chunk
-                    .iter()
-                    .map(|&v| (super::round_half_away(v / d).clamp(-7.0, 7.0) as i8 + 8) as u8),
-            );
-        }
+        if d != 0.0 {
+            for (q, &v) in out.iter_mut().zip(chunk) {
+                *q = (super::round_half_away(v / d).clamp(-7.0, 7.0) as i8 + 8) as u8;
+            }
+        } // else: an all-zero group, every code stays 8 (q = 0)
     }
     Ok((pack_nibbles(&codes)?, scales))
 }

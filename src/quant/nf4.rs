@@ -138,16 +138,16 @@ impl Default for Nf4 {
 
 fn quantize(x: &[f32], block: usize) -> Result<(Vec<u8>, Vec<f32>)> {
     check_finite(x, "Nf4::compress")?;
-    let mut codes = Vec::with_capacity(x.len());
+    let mut codes = vec![7u8; x.len()]; // code 7 is exactly 0
     let mut absmax = Vec::with_capacity(x.len().div_ceil(block));
-    for chunk in x.chunks(block) {
+    for (chunk, out) in x.chunks(block).zip(codes.chunks_mut(block)) {
         let a = super::amax(chunk);
         absmax.push(a);
-        if a == 0.0 {
-            codes.extend(std::iter::repeat_n(7u8, chunk.len()));
-        } else {
-            codes.extend(chunk.iter().map(|&v| encode(v / a)));
-        }
+        if a != 0.0 {
+            for (q, &v) in out.iter_mut().zip(chunk) {
+                *q = encode(v / a);
+            }
+        } // else: an all-zero block, every code stays 7
     }
     Ok((pack_nibbles(&codes)?, absmax))
 }
