@@ -822,36 +822,42 @@ fn decode_raw(payload: &[u8], dtype: DType) -> Result<Values> {
 // Int8PerRow
 // ---------------------------------------------------------------------------------------
 
+/// Per-row int8 through the crate's fused kernel (`kernels::gemm::quantize_rows_i8`, the
+/// same formula the W8A8 path uses): `scale = amax / 127`, `q = round_half_away(x /
+/// scale)` clamped to `[-127, 127]`.
 fn encode_int8_rows(x: &[f32], rows: usize, cols: usize, out: &mut Vec<u8>) -> Result<()> {
-    check_finite(x, "ActivationCodec::encode")?;
     let scales_at = out.len();
     out.resize(scales_at + 4 * rows + x.len(), 0);
-    let (scales_out, q_out) = out[scales_at..].split_at_mut(4 * rows);
     if cols == 0 {
         // No values: every row's scale is 0 (already written as zeros).
         return Ok(());
     }
-    for ((row, s_out), q_row) in x
-        .chunks_exact(cols)
+    let mut q = vec![0i8; x.len()];
+    let mut scales = vec![0f32; rows];
+    crate::kernels::gemm::quantize_rows_i8(x, cols, None, &mut q, &mut scales).map_err(
+        |index| Error::NonFinite {
+            op: "ActivationCodec::encode",
+            index,
+            value: x[index],
+        },
+    )?;
+    let (scales_out, q_out) = out[scales_at..].split_at_mut(4 * rows);
+    for (r, (&scale, s_out)) in scales
+        .iter()
         .zip(scales_out.chunks_exact_mut(4))
-        .zip(q_out.chunks_exact_mut(cols))
+        .enumerate()
     {
-        let amax = row.iter().fold(0f32, |m, v| m.max(v.abs()));
-        let scale = amax / 127.0;
         if !(127.0 * scale).is_finite() {
             // Only for |x| within an ulp of f32::MAX: q = 127 would decode to infinity.
             return Err(Error::invalid(
                 "tensor",
-                format!("row amax {amax} is too close to f32::MAX for the int8 codec"),
+                format!("row {r}: amax is too close to f32::MAX for the int8 codec"),
             ));
         }
         s_out.copy_from_slice(&scale.to_le_bytes());
-        if scale == 0.0 {
-            continue; // q stays 0
-        }
-        for (q, &v) in q_row.iter_mut().zip(row) {
-            *q = (v / scale).round().clamp(-127.0, 127.0) as i8 as u8;
-        }
+    }
+    for (o, &v) in q_out.iter_mut().zip(&q) {
+        *o = v as u8;
     }
     Ok(())
 }
