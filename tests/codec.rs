@@ -750,3 +750,22 @@ fn encode_into_reuses_the_buffer() -> candle_compress::Result<()> {
     );
     Ok(())
 }
+
+/// Found by the fuzzer (`oom-d7052a49…`): 34 bytes describing a legal `[1, 2^26]` F16
+/// sparse message with one kept column. Decoding is allowed (the default cap is 2^26
+/// elements) and costs 256 MiB; the header is readable without allocating, and a tighter
+/// cap refuses it before allocating.
+#[test]
+fn fuzz_regression_small_message_large_tensor() -> candle_compress::Result<()> {
+    let bytes = [
+        67u8, 67, 65, 67, 1, 5, 1, 2, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 4, 0, 0, 0, 0, 1, 0, 0, 0,
+        2, 0, 0, 0, 0, 60,
+    ];
+    let h = ActivationCodec::read_header(&bytes)?;
+    assert_eq!(h.shape.dims(), &[1, MAX_ELEMENTS]);
+    assert_eq!(h.codec, ActivationCodec::SparseColumnsF16 { keep: 1 });
+    assert_eq!(h.dtype, DType::F16);
+    let e = ActivationCodec::decode_with_limit(&bytes, &CPU, 1 << 20).unwrap_err();
+    assert!(matches!(e, Error::Unsupported { .. }), "{e}");
+    Ok(())
+}
