@@ -1,6 +1,6 @@
 //! Pruning, clipping and the compression [`Pipeline`].
 //!
-//! - [`prune`](self::prune): magnitude (L1) pruning per tensor ([`magnitude_prune`]) or
+//! - [`prune`]: magnitude (L1) pruning per tensor ([`magnitude_prune`]) or
 //!   with one global threshold ([`magnitude_prune_global`]), N:M structured sparsity
 //!   ([`nm_prune`]) and percentile clipping ([`clip_percentile`]); thresholds by
 //!   selection, ties documented.
