@@ -31,7 +31,10 @@ impl FloatData {
     /// the device copy.
     pub fn from_tensor(tensor: &Tensor, op: &'static str) -> Result<Self> {
         ensure_float(tensor.dtype(), op)?;
-        let values = tensor.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+        let values = tensor
+            .flatten_all()?
+            .to_dtype(DType::F32)?
+            .to_vec1::<f32>()?;
         Ok(Self {
             values,
             shape: tensor.shape().clone(),

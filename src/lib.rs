@@ -20,5 +20,5 @@ pub mod sparse;
 
 pub use compressor::{Compressed, Compressor};
 pub use error::{Error, Result};
-pub use scheme::{CompressedTensor, Scheme};
 pub use nn::{QuantConfig, QuantLinear};
+pub use scheme::{CompressedTensor, Scheme};

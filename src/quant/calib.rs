@@ -380,7 +380,7 @@ impl ChannelAbsMax {
     /// [`Error::NonFinite`] naming the first bad index, in which case nothing is recorded.
     pub fn observe_slice(&mut self, values: &[f32]) -> Result<()> {
         let c = self.channels();
-        if values.len() % c != 0 {
+        if !values.len().is_multiple_of(c) {
             return Err(Error::shape(
                 "ChannelAbsMax input length (a multiple of channels)",
                 format!("k * {c}"),
