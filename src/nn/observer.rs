@@ -47,6 +47,9 @@ struct Record {
 /// A linear layer that records its inputs' per-channel `max |x|` ([`ChannelAbsMax`]), the
 /// statistics of all input values ([`CalibStats`]) and, if asked, the first input rows,
 /// then computes the wrapped layer's output unchanged. See the [module docs](self).
+///
+/// Every row of the input is recorded, padding tokens included: calibrate on unpadded
+/// sequences (one per batch, or batches of equal length) when padding would skew the maxima.
 #[derive(Debug, Clone)]
 pub struct ObservedLinear {
     linear: Linear,

@@ -616,6 +616,14 @@ pub struct AlphaSearch {
 /// [`AlphaSearch::sqnr_db`] with [`AlphaSearch::unsmoothed_sqnr_db`] to decide whether to
 /// smooth at all.
 ///
+/// Score on *held-out* rows: `x` should not be the data `act` was collected from. On the
+/// calibration rows themselves every activation is inside its recorded maximum, so large α
+/// looks best and generalises badly (on all-MiniLM-L6-v2, `examples/minilm.rs`, scoring on
+/// the calibration sentences picked α = 0.8–1.0 and lost accuracy; held-out sentences gave
+/// the best per-tensor result). For the same reason, be careful with inputs that come after
+/// a GELU/ReLU (an FFN's down projection): channels that rarely fire during calibration get
+/// tiny factors and blow up when they do fire; the paper smooths only norm-fed groups.
+///
 /// # Errors
 /// [`Error::InvalidArgument`] for an empty grid, a grid α outside `[0, 1]`, an empty
 /// calibration input or statistics, an empty group, or a static activation scale in
