@@ -452,3 +452,80 @@ fn corrupt_manifest_and_contents() -> Result<()> {
     assert!(file.load_tensor("w", &Device::Cpu).is_err());
     Ok(())
 }
+
+#[test]
+fn streaming_writer_matches_the_in_memory_writer() -> Result<()> {
+    use candle_compress::io::safetensors::{LayerEntry, PlannedItem, StreamingWriter, TensorEntry};
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("stream.safetensors");
+    let scheme: Scheme = "affine4:32".parse()?;
+    let t = sample(&[6, 50], DType::BF16, 0.3)?;
+    let c = scheme.compress(&t)?;
+    let w = sample(&[8, 64], DType::F32, 0.6)?;
+    let layer = QuantLinear::new(
+        &w,
+        Some(&sample(&[8], DType::F32, 0.1)?),
+        &QuantConfig::w4a8(32)?,
+    )?;
+    let plan = vec![
+        (
+            "t".to_string(),
+            PlannedItem::Compressed(TensorEntry {
+                scheme,
+                shape: vec![6, 50],
+                dtype: DType::BF16,
+            }),
+        ),
+        (
+            "fc".to_string(),
+            PlannedItem::QuantLinear(LayerEntry {
+                in_features: 64,
+                out_features: 8,
+                config: QuantConfig::w4a8(32)?,
+                bias: true,
+                smooth: false,
+            }),
+        ),
+        (
+            "raw".to_string(),
+            PlannedItem::Raw {
+                dtype: Dtype::I8,
+                shape: vec![3],
+            },
+        ),
+    ];
+    let mut sw = StreamingWriter::create(&path, plan.clone(), HashMap::new())?;
+    // Out of order, or not what was declared: refused, nothing written.
+    assert!(sw.write_quant_linear("fc", &layer).is_err());
+    let other = "int8:32".parse::<Scheme>()?.compress(&t)?;
+    assert!(sw.write_compressed("t", &other).is_err());
+    sw.write_compressed("t", &c)?;
+    sw.write_quant_linear("fc", &layer)?;
+    sw.write_raw("raw", Dtype::I8, &[3], &[1, 0xff, 7])?;
+    sw.finish()?;
+
+    let file = CompressedFile::open(&path)?;
+    assert_eq!(file.load_compressed("t")?, c);
+    assert_eq!(file.load_quant_linear("fc")?.to_parts(), layer.to_parts());
+    let st_bytes = std::fs::read(&path)?;
+    let st = SafeTensors::deserialize(&st_bytes)?;
+    assert_eq!(st.tensor("raw")?.data(), &[1, 0xff, 7]);
+
+    // The same items through the in-memory writer load to the same values.
+    let mut mw = CompressedWriter::new();
+    mw.add_compressed("t", &c)?;
+    mw.add_quant_linear("fc", &layer)?;
+    let mem = CompressedFile::from_bytes(mw.to_bytes()?)?;
+    assert_eq!(mem.load_compressed("t")?, file.load_compressed("t")?);
+
+    // An unfinished writer leaves nothing behind.
+    let path2 = dir.path().join("unfinished.safetensors");
+    let mut sw = StreamingWriter::create(&path2, plan, HashMap::new())?;
+    sw.write_compressed("t", &c)?;
+    assert!(sw.finish().is_err());
+    let names: Vec<_> = std::fs::read_dir(dir.path())?
+        .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
+        .collect::<std::io::Result<_>>()?;
+    assert_eq!(names, vec!["stream.safetensors".to_string()]);
+    Ok(())
+}

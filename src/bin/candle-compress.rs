@@ -11,13 +11,15 @@
 //! written to a temporary file renamed into place, and an existing output is only replaced
 //! with `--force`.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use candle_compress::io::gguf::{save_gguf, GgufTensor, GgufType};
 use candle_compress::io::reader::SafetensorsReader;
-use candle_compress::io::safetensors::{CompressedFile, CompressedWriter, ItemKind};
+use candle_compress::io::safetensors::{
+    CompressedFile, ItemKind, LayerEntry, PlannedItem, StreamingWriter, TensorEntry,
+};
 use candle_compress::nn::{QuantConfig, QuantLinear, WeightQuant};
 use candle_compress::quant::metrics::{compare_slices, ErrorStats};
 use candle_compress::scheme::Scheme;
@@ -216,6 +218,20 @@ fn read_tensor(reader: &SafetensorsReader, name: &str, dtype: Dtype) -> Result<T
     )?)
 }
 
+/// What `quantize` does with one input tensor.
+enum Action {
+    Compress(Scheme),
+    Layer {
+        prefix: String,
+        bias: Option<String>,
+    },
+    Keep {
+        skipped: bool,
+    },
+    /// A bias folded into its layer.
+    Folded,
+}
+
 fn quantize(
     input: &Path,
     output: &Path,
@@ -228,103 +244,154 @@ fn quantize(
     check_output(output, force)?;
     let reader = in_file(input, SafetensorsReader::open(input))?;
     let names = reader.names();
-    let mut writer = CompressedWriter::new();
-    writer.add_metadata(
-        "source",
-        &input
-            .file_name()
-            .map_or(String::new(), |n| n.to_string_lossy().into_owned()),
-    )?;
-    let mut rows = Vec::new();
-    // Biases folded into QuantLinears (layer schemes): decided up front, since a bias may
-    // come before its weight in the file.
-    let mut consumed = HashSet::new();
-    if let Plan::Layers(_) = plan {
-        for name in &names {
-            let Some(info) = reader.info(name) else {
-                continue;
-            };
-            let Some(prefix) = name.strip_suffix(".weight") else {
-                continue;
-            };
-            if info.shape.len() != 2
-                || !is_float(info.dtype)
-                || skip.iter().any(|p| matches(p, name))
-            {
-                continue;
+    let skipped = |name: &str| skip.iter().any(|p| matches(p, name));
+
+    // Pass 1, header only: decide what happens to every tensor. Biases folded into
+    // QuantLinears are found up front, since a bias may come before its weight.
+    let mut actions: Vec<(String, Action)> = Vec::new();
+    let mut folded = HashSet::new();
+    for name in &names {
+        let Some(info) = reader.info(name) else {
+            continue;
+        };
+        let float = is_float(info.dtype);
+        let action = match &plan {
+            Plan::Tensors(s) if float && info.shape.len() >= 2 && !skipped(name) => {
+                Action::Compress(*s)
             }
-            let bias_name = format!("{prefix}.bias");
-            if let Some(b) = reader.info(&bias_name) {
-                if is_float(b.dtype) && b.shape == [info.shape[0]] {
-                    consumed.insert(bias_name);
+            Plan::Layers(_) if float && info.shape.len() == 2 && !skipped(name) => {
+                match name.strip_suffix(".weight") {
+                    Some(prefix) => {
+                        let bias_name = format!("{prefix}.bias");
+                        let bias = reader
+                            .info(&bias_name)
+                            .filter(|b| is_float(b.dtype) && b.shape == [info.shape[0]])
+                            .map(|_| bias_name);
+                        if let Some(b) = &bias {
+                            folded.insert(b.clone());
+                        }
+                        Action::Layer {
+                            prefix: prefix.to_string(),
+                            bias,
+                        }
+                    }
+                    None => Action::Keep { skipped: false },
                 }
             }
-        }
+            _ => Action::Keep {
+                skipped: skipped(name),
+            },
+        };
+        actions.push((name.clone(), action));
     }
-    let bar = progress(names.len(), json, "quantize");
-    let (mut total_in, mut total_out) = (0usize, 0usize);
-    for name in &names {
-        bar.inc(1);
-        if consumed.contains(name) {
+    let mut items = Vec::new();
+    for (name, action) in &mut actions {
+        if folded.contains(name.as_str()) {
+            *action = Action::Folded;
             continue;
         }
         let Some(info) = reader.info(name) else {
             continue;
         };
-        let stored_in = info.data_offsets.1 - info.data_offsets.0;
-        let skipped = skip.iter().any(|p| matches(p, name));
+        let item = match action {
+            Action::Compress(s) => PlannedItem::Compressed(TensorEntry {
+                scheme: *s,
+                shape: info.shape.clone(),
+                dtype: candle_float(info.dtype),
+            }),
+            Action::Layer { prefix, bias } => {
+                let Plan::Layers(cfg) = &plan else { continue };
+                items.push((
+                    prefix.clone(),
+                    PlannedItem::QuantLinear(LayerEntry {
+                        in_features: info.shape[1],
+                        out_features: info.shape[0],
+                        config: *cfg,
+                        bias: bias.is_some(),
+                        smooth: false,
+                    }),
+                ));
+                continue;
+            }
+            Action::Keep { .. } | Action::Folded => PlannedItem::Raw {
+                dtype: info.dtype,
+                shape: info.shape.clone(),
+            },
+        };
+        items.push((name.clone(), item));
+    }
+    let source = input
+        .file_name()
+        .map_or(String::new(), |n| n.to_string_lossy().into_owned());
+    let mut writer = in_file(
+        output,
+        StreamingWriter::create(
+            output,
+            items,
+            HashMap::from([("source".to_string(), source)]),
+        ),
+    )?;
+
+    // Pass 2: one tensor at a time: read, compress, write, drop.
+    let mut rows = Vec::new();
+    let bar = progress(actions.len(), json, "quantize");
+    let (mut total_in, mut total_out) = (0usize, 0usize);
+    for (name, action) in &actions {
+        bar.inc(1);
+        let Some(info) = reader.info(name) else {
+            continue;
+        };
         let (dtype, shape) = (info.dtype, info.shape.clone());
+        let mut original = info.data_offsets.1 - info.data_offsets.0;
         let before = writer.data_bytes();
-        let action;
-        let mut scheme_text = Value::Null;
-        let mut original = stored_in;
-        match &plan {
-            Plan::Tensors(s) if !skipped && is_float(dtype) && shape.len() >= 2 => {
+        let (label, scheme_text) = match action {
+            Action::Folded => continue,
+            Action::Compress(s) => {
                 let t = read_tensor(&reader, name, dtype)?;
                 let c = s.compress(&t)?;
                 drop(t);
-                writer.add_compressed(name, &c)?;
-                scheme_text = json!(s.to_string());
-                action = "compressed";
+                writer.write_compressed(name, &c)?;
+                ("compressed", json!(s.to_string()))
             }
-            Plan::Layers(cfg)
-                if !skipped && is_float(dtype) && shape.len() == 2 && name.ends_with(".weight") =>
-            {
-                let prefix = &name[..name.len() - ".weight".len()];
-                let bias_name = format!("{prefix}.bias");
-                let bias = match reader.info(&bias_name) {
-                    Some(b) if consumed.contains(&bias_name) => {
-                        original += b.data_offsets.1 - b.data_offsets.0;
-                        Some(read_tensor(&reader, &bias_name, b.dtype)?)
+            Action::Layer { prefix, bias } => {
+                let Plan::Layers(cfg) = &plan else { continue };
+                let bias_t = match bias {
+                    Some(b) => {
+                        let binfo = reader.info(b).ok_or_else(|| Error::Missing {
+                            what: "tensor",
+                            name: b.clone(),
+                        })?;
+                        original += binfo.data_offsets.1 - binfo.data_offsets.0;
+                        Some(read_tensor(&reader, b, binfo.dtype)?)
                     }
-                    _ => None,
+                    None => None,
                 };
                 let w = read_tensor(&reader, name, dtype)?;
-                let layer = QuantLinear::new(&w, bias.as_ref(), cfg)?;
+                let layer = QuantLinear::new(&w, bias_t.as_ref(), cfg)?;
                 drop(w);
-                writer.add_quant_linear(prefix, &layer)?;
-                scheme_text = json!(match cfg.weights() {
+                writer.write_quant_linear(prefix, &layer)?;
+                let text = match cfg.weights() {
                     WeightQuant::Int4Grouped { group } => format!("w4a8:{group}"),
                     _ => "w8a8".to_string(),
-                });
-                action = "layer";
+                };
+                ("layer", json!(text))
             }
-            _ => {
+            Action::Keep { skipped } => {
                 let raw = reader.read(name)?;
-                writer.add_raw(name, dtype, &shape, raw.data.into_owned())?;
-                action = if skipped { "skipped" } else { "kept" };
+                writer.write_raw(name, dtype, &shape, &raw.data)?;
+                (if *skipped { "skipped" } else { "kept" }, Value::Null)
             }
-        }
+        };
         let stored = writer.data_bytes() - before;
         total_in += original;
         total_out += stored;
         rows.push(json!({
-            "name": name, "action": action, "scheme": scheme_text, "shape": shape,
+            "name": name, "action": label, "scheme": scheme_text, "shape": shape,
             "dtype": format!("{dtype:?}"), "original_bytes": original, "stored_bytes": stored,
         }));
     }
     bar.finish_and_clear();
-    in_file(output, writer.write(output))?;
+    in_file(output, writer.finish())?;
     let file_bytes = std::fs::metadata(output)?.len();
     Ok(json!({
         "input": input.display().to_string(),

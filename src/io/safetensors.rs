@@ -232,11 +232,8 @@ fn candle_dtype(d: Dtype, name: &str) -> Result<DType> {
 
 /// The parts and manifest entry of one compressed tensor.
 fn encode_compressed(value: &CompressedTensor) -> Result<(Value, Vec<(&'static str, Part)>)> {
-    let mut entry = Map::new();
     let shape = value.shape().dims().to_vec();
-    entry.insert("scheme".into(), json!(value.scheme().to_string()));
-    entry.insert("shape".into(), json!(shape));
-    entry.insert("dtype".into(), json!(dtype_name(value.original_dtype())?));
+    let entry = tensor_json(value.scheme(), &shape, value.original_dtype())?;
     let parts = match value {
         CompressedTensor::Int8(t) => {
             vec![
@@ -267,25 +264,62 @@ fn encode_compressed(value: &CompressedTensor) -> Result<(Value, Vec<(&'static s
             ]
         }
     };
-    Ok((Value::Object(entry), parts))
+    Ok((entry, parts))
+}
+
+/// The manifest entry of a quantized layer.
+fn layer_json(l: &LayerEntry) -> Value {
+    let mut entry = Map::new();
+    entry.insert("in_features".into(), json!(l.in_features));
+    entry.insert("out_features".into(), json!(l.out_features));
+    match l.config.weights() {
+        WeightQuant::Int8PerChannel => {
+            entry.insert("weights".into(), json!("int8-per-channel"));
+        }
+        WeightQuant::Int4Grouped { group } => {
+            entry.insert("weights".into(), json!("int4-grouped"));
+            entry.insert("group".into(), json!(group));
+        }
+    }
+    match l.config.activations() {
+        ActivationQuant::PerToken => {
+            entry.insert("activations".into(), json!("per-token"));
+        }
+        ActivationQuant::PerTensor => {
+            entry.insert("activations".into(), json!("per-tensor"));
+        }
+        ActivationQuant::Static { scale } => {
+            entry.insert("activations".into(), json!("static"));
+            entry.insert("activation_scale".into(), json!(scale));
+        }
+    }
+    entry.insert("bias".into(), json!(l.bias));
+    entry.insert("smooth".into(), json!(l.smooth));
+    Value::Object(entry)
+}
+
+/// The manifest entry of a compressed tensor.
+fn tensor_json(scheme: Scheme, shape: &[usize], dtype: DType) -> Result<Value> {
+    Ok(json!({"scheme": scheme.to_string(), "shape": shape, "dtype": dtype_name(dtype)?}))
 }
 
 fn encode_layer(layer: &QuantLinear) -> Result<(Value, Vec<(&'static str, Part)>)> {
     let p = layer.to_parts();
     let (out, inp) = (p.out_features, p.in_features);
-    let mut entry = Map::new();
-    entry.insert("in_features".into(), json!(inp));
-    entry.insert("out_features".into(), json!(out));
+    let entry = layer_json(&LayerEntry {
+        in_features: inp,
+        out_features: out,
+        config: p.config,
+        bias: p.bias.is_some(),
+        smooth: p.smooth.is_some(),
+    });
     let mut parts = Vec::new();
     match p.config.weights() {
         WeightQuant::Int8PerChannel => {
-            entry.insert("weights".into(), json!("int8-per-channel"));
             parts.push(("weight", part_i8(vec![out, inp], &p.weights)));
             parts.push(("weight_scale", part_f32(vec![out], &p.scales)));
         }
         WeightQuant::Int4Grouped { group } => {
-            entry.insert("weights".into(), json!("int4-grouped"));
-            entry.insert("group".into(), json!(group));
             let row_bytes = inp.div_ceil(2);
             let mut packed = Vec::with_capacity(out * row_bytes);
             for row in p.weights.chunks(inp) {
@@ -300,27 +334,13 @@ fn encode_layer(layer: &QuantLinear) -> Result<(Value, Vec<(&'static str, Part)>
             parts.push(("weight_scale", part_f32(vec![out, groups], &p.scales)));
         }
     }
-    match p.config.activations() {
-        ActivationQuant::PerToken => {
-            entry.insert("activations".into(), json!("per-token"));
-        }
-        ActivationQuant::PerTensor => {
-            entry.insert("activations".into(), json!("per-tensor"));
-        }
-        ActivationQuant::Static { scale } => {
-            entry.insert("activations".into(), json!("static"));
-            entry.insert("activation_scale".into(), json!(scale));
-        }
-    }
-    entry.insert("bias".into(), json!(p.bias.is_some()));
-    entry.insert("smooth".into(), json!(p.smooth.is_some()));
     if let Some(b) = &p.bias {
         parts.push(("bias", part_f32(vec![out], b)));
     }
     if let Some(s) = &p.smooth {
         parts.push(("smooth", part_f32(vec![inp], s)));
     }
-    Ok((Value::Object(entry), parts))
+    Ok((entry, parts))
 }
 
 // ---------------------------------------------------------------------------------------
@@ -609,6 +629,395 @@ impl CompressedWriter {
             self.parts.iter().map(|(k, v)| (k.as_str(), v)).collect(),
             self.metadata()?,
         )
+    }
+}
+
+/// What one item of a [`StreamingWriter`] file will be, declared before any data is
+/// written (the safetensors header, which comes first, needs every size).
+#[derive(Debug, Clone, PartialEq)]
+pub enum PlannedItem {
+    /// A compressed tensor of this scheme, original shape and dtype.
+    Compressed(TensorEntry),
+    /// A quantized linear layer.
+    QuantLinear(LayerEntry),
+    /// An uncompressed tensor given as raw bytes.
+    Raw {
+        /// Its safetensors dtype.
+        dtype: Dtype,
+        /// Its shape.
+        shape: Vec<usize>,
+    },
+}
+
+/// One planned safetensors tensor: full name, dtype, shape, byte length.
+type PlannedPart = (String, Dtype, Vec<usize>, usize);
+
+fn planned_parts(name: &str, item: &PlannedItem) -> Result<Vec<PlannedPart>> {
+    let bytes = |d: Dtype, n: usize| n * d.bitsize() / 8;
+    Ok(match item {
+        PlannedItem::Compressed(e) => {
+            let n = crate::quant::checked_elem_count(&e.shape, name)?;
+            e.expected_parts(n)
+                .into_iter()
+                .map(|(suffix, d, count)| {
+                    let shape = if suffix == "q" {
+                        e.shape.clone()
+                    } else {
+                        vec![count]
+                    };
+                    (format!("{name}.{suffix}"), d, shape, bytes(d, count))
+                })
+                .collect()
+        }
+        PlannedItem::QuantLinear(l) => {
+            let (out, inp) = (l.out_features, l.in_features);
+            layer_parts(l)
+                .into_iter()
+                .map(|(suffix, d, count)| {
+                    let shape = match (suffix, l.config.weights()) {
+                        ("weight", WeightQuant::Int4Grouped { .. }) => vec![out, inp.div_ceil(2)],
+                        ("weight", _) => vec![out, inp],
+                        ("weight_scale", WeightQuant::Int4Grouped { group }) => {
+                            vec![out, inp.div_ceil(group)]
+                        }
+                        ("smooth", _) => vec![inp],
+                        _ => vec![out],
+                    };
+                    (format!("{name}.{suffix}"), d, shape, bytes(d, count))
+                })
+                .collect()
+        }
+        PlannedItem::Raw { dtype, shape } => {
+            let n = crate::quant::checked_elem_count(shape, name)?;
+            let bits = n
+                .checked_mul(dtype.bitsize())
+                .ok_or_else(|| Error::Corrupt {
+                    what: name.to_string(),
+                    reason: "size overflows".into(),
+                })?;
+            vec![(name.to_string(), *dtype, shape.clone(), bits.div_ceil(8))]
+        }
+    })
+}
+
+/// Writes a candle-compress file item by item without holding the output in memory:
+/// the items are declared up front ([`PlannedItem`]), the header is written, then each
+/// item's bytes are written as soon as the caller has them, in the declared order. Peak
+/// memory is one item, whatever the file size. The file is a temporary sibling renamed
+/// into place by [`StreamingWriter::finish`]; dropping the writer unfinished deletes it.
+///
+/// Items are laid out in the declared order, so multi-byte parts may start at offsets
+/// that are not multiples of their size (readers of this crate copy values out).
+///
+/// ```
+/// use candle_compress::io::safetensors::{CompressedFile, PlannedItem, StreamingWriter, TensorEntry};
+/// use candle_compress::scheme::Scheme;
+/// use candle_compress::Compressor;
+/// use candle_core::{DType, Device, Tensor};
+///
+/// let dir = tempfile::tempdir()?;
+/// let path = dir.path().join("s.safetensors");
+/// let scheme: Scheme = "int8:32".parse()?;
+/// let plan = vec![(
+///     "w".to_string(),
+///     PlannedItem::Compressed(TensorEntry { scheme, shape: vec![4, 32], dtype: DType::F32 }),
+/// )];
+/// let mut w = StreamingWriter::create(&path, plan, Default::default())?;
+/// let t = Tensor::randn(0f32, 1., (4, 32), &Device::Cpu)?;
+/// w.write_compressed("w", &scheme.compress(&t)?)?;
+/// w.finish()?;
+/// assert!(CompressedFile::open(&path)?.tensor_entry("w").is_some());
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug)]
+pub struct StreamingWriter {
+    out: Option<std::io::BufWriter<std::fs::File>>,
+    tmp: std::path::PathBuf,
+    path: std::path::PathBuf,
+    /// Declared items, in order: name and expected parts.
+    items: Vec<(String, Value, Vec<PlannedPart>)>,
+    next: usize,
+    written: usize,
+}
+
+impl StreamingWriter {
+    /// Declares the items (in write order), writes the header and returns the writer.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] for duplicate names or reserved metadata keys; I/O
+    /// errors creating the temporary file.
+    ///
+    /// ```
+    /// # use candle_compress::io::safetensors::StreamingWriter;
+    /// let dir = tempfile::tempdir()?;
+    /// let w = StreamingWriter::create(dir.path().join("e.safetensors"), vec![], Default::default())?;
+    /// w.finish()?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn create(
+        path: impl AsRef<Path>,
+        plan: Vec<(String, PlannedItem)>,
+        extra_metadata: HashMap<String, String>,
+    ) -> Result<Self> {
+        use std::io::Write;
+        let path = path.as_ref().to_path_buf();
+        let mut tensors = Map::new();
+        let mut layers = Map::new();
+        let mut infos = Vec::new();
+        let mut items = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        let mut offset = 0usize;
+        for (name, item) in plan {
+            let parts = planned_parts(&name, &item)?;
+            let entry = match &item {
+                PlannedItem::Compressed(e) => {
+                    let v = tensor_json(e.scheme, &e.shape, e.dtype)?;
+                    tensors.insert(name.clone(), v.clone());
+                    v
+                }
+                PlannedItem::QuantLinear(l) => {
+                    let v = layer_json(l);
+                    layers.insert(name.clone(), v.clone());
+                    v
+                }
+                PlannedItem::Raw { .. } => Value::Null,
+            };
+            for (full, dtype, shape, len) in &parts {
+                if !seen.insert(full.clone()) {
+                    return Err(Error::invalid(
+                        "tensor name",
+                        format!("{full} is planned twice"),
+                    ));
+                }
+                infos.push((
+                    full.clone(),
+                    safetensors::tensor::TensorInfo {
+                        dtype: *dtype,
+                        shape: shape.clone(),
+                        data_offsets: (offset, offset + len),
+                    },
+                ));
+                offset += len;
+            }
+            items.push((name, entry, parts));
+        }
+        let mut metadata = extra_metadata;
+        for key in [KEY_FORMAT, KEY_VERSION, KEY_TENSORS, KEY_LAYERS] {
+            if metadata.contains_key(key) {
+                return Err(Error::invalid(
+                    "metadata key",
+                    format!("{key} is reserved by the candle-compress format"),
+                ));
+            }
+        }
+        metadata.insert(KEY_FORMAT.into(), FORMAT_NAME.into());
+        metadata.insert(KEY_VERSION.into(), FORMAT_VERSION.to_string());
+        metadata.insert(KEY_TENSORS.into(), serde_json::to_string(&tensors)?);
+        metadata.insert(KEY_LAYERS.into(), serde_json::to_string(&layers)?);
+        let header = safetensors::tensor::Metadata::new(Some(metadata), infos)?;
+        let mut header = serde_json::to_string(&header)?.into_bytes();
+        header.resize(header.len().next_multiple_of(8), b' ');
+        let tmp = super::temp_sibling(&path)?;
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)?;
+        let mut writer = Self {
+            out: Some(std::io::BufWriter::with_capacity(1 << 20, file)),
+            tmp,
+            path,
+            items,
+            next: 0,
+            written: 0,
+        };
+        let out = writer
+            .out
+            .as_mut()
+            .ok_or_else(|| Error::invalid("writer", "closed"))?;
+        out.write_all(&(header.len() as u64).to_le_bytes())?;
+        out.write_all(&header)?;
+        Ok(writer)
+    }
+
+    /// Checks that `name` is the next declared item with this entry and these parts, then
+    /// writes the parts' bytes.
+    fn write_item(
+        &mut self,
+        name: &str,
+        entry: &Value,
+        parts: &[(&str, Dtype, &[usize], &[u8])],
+    ) -> Result<()> {
+        use std::io::Write;
+        let Some((planned_name, planned_entry, planned)) = self.items.get(self.next) else {
+            return Err(Error::invalid(
+                "streamed item",
+                format!("{name}: all declared items were already written"),
+            ));
+        };
+        if planned_name != name || planned_entry != entry || planned.len() != parts.len() {
+            return Err(Error::metadata(
+                format!("streamed item {name}"),
+                format!("{planned_name} {planned_entry}"),
+                format!("{name} {entry}"),
+            ));
+        }
+        for ((full, dtype, shape, len), (suffix, d, s, data)) in planned.iter().zip(parts) {
+            let got = if suffix.is_empty() {
+                name.to_string()
+            } else {
+                format!("{name}.{suffix}")
+            };
+            if *full != got || dtype != d || shape.as_slice() != *s || *len != data.len() {
+                return Err(Error::metadata(
+                    format!("streamed part {got}"),
+                    format!("{full} {dtype:?} {shape:?} {len} bytes"),
+                    format!("{got} {d:?} {s:?} {} bytes", data.len()),
+                ));
+            }
+        }
+        let out = self
+            .out
+            .as_mut()
+            .ok_or_else(|| Error::invalid("writer", "closed"))?;
+        for (_, _, _, data) in parts {
+            out.write_all(data)?;
+            self.written += data.len();
+        }
+        self.next += 1;
+        Ok(())
+    }
+
+    /// Writes the next declared item, a compressed tensor.
+    ///
+    /// # Errors
+    /// [`Error::MetadataMismatch`] when `name`, scheme, shape or dtype differ from the
+    /// next declared item; I/O errors.
+    ///
+    /// ```
+    /// # use candle_compress::io::safetensors::StreamingWriter;
+    /// use candle_compress::{scheme::Scheme, Compressor};
+    /// let dir = tempfile::tempdir()?;
+    /// let mut w = StreamingWriter::create(dir.path().join("e.safetensors"), vec![], Default::default())?;
+    /// let t = candle_core::Tensor::zeros(8, candle_core::DType::F32, &candle_core::Device::Cpu)?;
+    /// assert!(w.write_compressed("t", &"nf4".parse::<Scheme>()?.compress(&t)?).is_err()); // not declared
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn write_compressed(&mut self, name: &str, value: &CompressedTensor) -> Result<()> {
+        let (entry, parts) = encode_compressed(value)?;
+        let views: Vec<_> = parts
+            .iter()
+            .map(|(s, p)| (*s, p.dtype, p.shape.as_slice(), p.data.as_slice()))
+            .collect();
+        self.write_item(name, &entry, &views)
+    }
+
+    /// Writes the next declared item, a quantized layer.
+    ///
+    /// # Errors
+    /// As [`StreamingWriter::write_compressed`].
+    ///
+    /// ```
+    /// # use candle_compress::io::safetensors::StreamingWriter;
+    /// use candle_compress::nn::{QuantConfig, QuantLinear};
+    /// let dir = tempfile::tempdir()?;
+    /// let mut w = StreamingWriter::create(dir.path().join("e.safetensors"), vec![], Default::default())?;
+    /// let weight = candle_core::Tensor::ones((2, 8), candle_core::DType::F32, &candle_core::Device::Cpu)?;
+    /// assert!(w.write_quant_linear("fc", &QuantLinear::new(&weight, None, &QuantConfig::w8a8())?).is_err());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn write_quant_linear(&mut self, prefix: &str, layer: &QuantLinear) -> Result<()> {
+        let (entry, parts) = encode_layer(layer)?;
+        let views: Vec<_> = parts
+            .iter()
+            .map(|(s, p)| (*s, p.dtype, p.shape.as_slice(), p.data.as_slice()))
+            .collect();
+        self.write_item(prefix, &entry, &views)
+    }
+
+    /// Writes the next declared item, an uncompressed tensor's raw bytes.
+    ///
+    /// # Errors
+    /// As [`StreamingWriter::write_compressed`] (here: name, dtype, shape and length).
+    ///
+    /// ```
+    /// # use candle_compress::io::safetensors::{PlannedItem, StreamingWriter};
+    /// use safetensors::tensor::Dtype;
+    /// let dir = tempfile::tempdir()?;
+    /// let plan = vec![("b".to_string(), PlannedItem::Raw { dtype: Dtype::U8, shape: vec![2] })];
+    /// let mut w = StreamingWriter::create(dir.path().join("r.safetensors"), plan, Default::default())?;
+    /// assert!(w.write_raw("b", Dtype::U8, &[2], &[1, 2, 3]).is_err()); // 3 bytes for 2
+    /// w.write_raw("b", Dtype::U8, &[2], &[1, 2])?;
+    /// w.finish()?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn write_raw(
+        &mut self,
+        name: &str,
+        dtype: Dtype,
+        shape: &[usize],
+        data: &[u8],
+    ) -> Result<()> {
+        self.write_item(name, &Value::Null, &[("", dtype, shape, data)])
+    }
+
+    /// Bytes of tensor data written so far.
+    ///
+    /// ```
+    /// # use candle_compress::io::safetensors::StreamingWriter;
+    /// let dir = tempfile::tempdir()?;
+    /// let w = StreamingWriter::create(dir.path().join("e.safetensors"), vec![], Default::default())?;
+    /// assert_eq!(w.data_bytes(), 0);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn data_bytes(&self) -> usize {
+        self.written
+    }
+
+    /// Checks every declared item was written, syncs the file and renames it into place.
+    ///
+    /// # Errors
+    /// [`Error::Missing`] naming the first item not written; I/O errors.
+    ///
+    /// ```
+    /// # use candle_compress::io::safetensors::{PlannedItem, StreamingWriter};
+    /// let dir = tempfile::tempdir()?;
+    /// let plan = vec![("b".to_string(), PlannedItem::Raw { dtype: safetensors::tensor::Dtype::U8, shape: vec![1] })];
+    /// let w = StreamingWriter::create(dir.path().join("r.safetensors"), plan, Default::default())?;
+    /// assert!(w.finish().is_err());
+    /// assert_eq!(std::fs::read_dir(dir.path())?.count(), 0); // nothing left behind
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn finish(mut self) -> Result<()> {
+        if let Some((name, _, _)) = self.items.get(self.next) {
+            return Err(Error::Missing {
+                what: "streamed item (declared, never written)",
+                name: name.clone(),
+            });
+        }
+        let out = self
+            .out
+            .take()
+            .ok_or_else(|| Error::invalid("writer", "closed"))?;
+        let result = (|| {
+            let file = out.into_inner().map_err(|e| Error::Io(e.into_error()))?;
+            file.sync_all()?;
+            drop(file);
+            std::fs::rename(&self.tmp, &self.path)?;
+            Ok(())
+        })();
+        if result.is_err() {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+        result
+    }
+}
+
+impl Drop for StreamingWriter {
+    fn drop(&mut self) {
+        // Unfinished (an error, or finish() not called): remove the temporary file.
+        if self.out.take().is_some() {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
     }
 }
 
