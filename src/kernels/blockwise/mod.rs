@@ -16,6 +16,16 @@
 //!
 //! With `block == 32` the `q` bytes and f16 scales are exactly candle's
 //! `GgmlDType::Q8_0` blocks (`BlockQ8_0::from_float` / `to_float`).
+//!
+//! The folder also holds the decoders of the other weight formats, one formula each:
+//! [`dequantize_u4_lut`] (4-bit codes through a 16-entry table: NF4 and symmetric int4) and
+//! [`dequantize_affine`] (zero point + code × scale in f64). Every decoder has a `*_to_vec`
+//! form for callers that build a tensor from the result: a large fresh allocation is
+//! page-faulted in on first touch, which costs more than the decoding itself, so those
+//! buffers are advised to use transparent huge pages (Linux; see `hugepage.rs`).
+//!
+//! Each entry point also has an `*_on(isa, ..)` form that runs a chosen ISA (or returns
+//! `None` when the CPU lacks it), for tests and benchmarks that compare kernels.
 #![warn(clippy::undocumented_unsafe_blocks, clippy::missing_safety_doc)]
 
 use half::f16;
