@@ -242,3 +242,45 @@ fn runtime_errors_are_one_line_and_exit_1() {
     assert!(stderr(&o).contains("missing.safetensors"));
     assert!(!out.exists());
 }
+
+#[test]
+fn prune_writes_a_loadable_pruned_and_quantized_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = checkpoint(dir.path());
+    let out = dir.path().join("pruned.safetensors");
+    let j = json_of(&run(&[
+        "prune",
+        input.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+        "--nm",
+        "2:4",
+        "--scheme",
+        "int8:32",
+        "--skip",
+        "*embed*",
+        "--json",
+    ]));
+    assert_eq!(j["stages"].as_array().unwrap().len(), 2);
+    let file = CompressedFile::open(&out).unwrap();
+    assert!(file.is_plain("model.embed.weight"));
+    let fc1 = file
+        .load_tensor("model.layers.0.fc1.weight", &Device::Cpu)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    // 2:4: at most two non-zeros in every group of four along the last dim.
+    for group in fc1.chunks(4) {
+        assert!(group.iter().filter(|v| **v != 0.0).count() <= 2);
+    }
+    let o = run(&[
+        "prune",
+        input.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+        "--force",
+    ]);
+    assert_eq!(o.status.code(), Some(1), "no stage given");
+}

@@ -18,9 +18,11 @@ use std::process::ExitCode;
 use candle_compress::io::gguf::{save_gguf, GgufTensor, GgufType};
 use candle_compress::io::reader::SafetensorsReader;
 use candle_compress::io::safetensors::{
-    CompressedFile, ItemKind, LayerEntry, PlannedItem, StreamingWriter, TensorEntry,
+    CompressedFile, CompressedWriter, ItemKind, LayerEntry, PlannedItem, StreamingWriter,
+    TensorEntry,
 };
 use candle_compress::nn::{QuantConfig, QuantLinear, WeightQuant};
+use candle_compress::prune::{Pipeline, StoredTensor};
 use candle_compress::quant::metrics::{compare_slices, ErrorStats};
 use candle_compress::scheme::Scheme;
 use candle_compress::{Compressor, Error, Result};
@@ -80,6 +82,36 @@ enum Command {
         original: PathBuf,
         /// The compressed file written by `quantize`.
         compressed: PathBuf,
+    },
+    /// Prune (and optionally clip and quantize) every float tensor of rank >= 2 with the
+    /// compression pipeline; pruned tensors are stored dense (zeros included) or quantized.
+    Prune {
+        /// Input safetensors file.
+        input: PathBuf,
+        /// Output file.
+        #[arg(short, long)]
+        output: PathBuf,
+        /// Magnitude-prune each tensor to this fraction of zeros (0..1).
+        #[arg(long)]
+        sparsity: Option<f64>,
+        /// With --sparsity: one magnitude threshold across all tensors instead of per tensor.
+        #[arg(long)]
+        global: bool,
+        /// N:M structured pruning (keep N of every M along the last dim), e.g. 2:4.
+        #[arg(long, value_name = "N:M")]
+        nm: Option<String>,
+        /// Clip each tensor to this percentile of |x| (e.g. 99.9).
+        #[arg(long)]
+        clip: Option<f64>,
+        /// Quantize after pruning with this tensor scheme (e.g. int8:64).
+        #[arg(long)]
+        scheme: Option<String>,
+        /// Leave tensors matching PATTERN alone (`*` any text, `?` one character).
+        #[arg(long = "skip", value_name = "PATTERN")]
+        skip: Vec<String>,
+        /// Replace an existing output file.
+        #[arg(long)]
+        force: bool,
     },
     /// Export to GGUF (Q8_0 or Q4_0 for tensors of rank >= 2, F32 otherwise).
     ExportGguf {
@@ -403,6 +435,69 @@ fn quantize(
         "output_file_bytes": file_bytes,
         "ratio": total_in as f64 / total_out.max(1) as f64,
     }))
+}
+
+struct PruneArgs<'a> {
+    sparsity: Option<f64>,
+    global: bool,
+    nm: Option<&'a str>,
+    clip: Option<f64>,
+    scheme: Option<&'a str>,
+    skip: &'a [String],
+}
+
+fn prune(input: &Path, output: &Path, args: &PruneArgs<'_>, force: bool) -> Result<Value> {
+    check_output(output, force)?;
+    let mut pipeline = Pipeline::new().sparse_storage(false);
+    if let Some(s) = args.sparsity {
+        pipeline = if args.global {
+            pipeline.prune_global(s)
+        } else {
+            pipeline.prune_magnitude(s)
+        };
+    } else if args.global {
+        return Err(invalid("--global", "needs --sparsity"));
+    }
+    if let Some(nm) = args.nm {
+        let parsed = nm
+            .split_once(':')
+            .and_then(|(n, m)| Some((n.parse::<usize>().ok()?, m.parse::<usize>().ok()?)));
+        let Some((n, m)) = parsed else {
+            return Err(invalid("--nm", format!("{nm:?} is not N:M (e.g. 2:4)")));
+        };
+        pipeline = pipeline.prune_nm(n, m);
+    }
+    if let Some(p) = args.clip {
+        pipeline = pipeline.clip_percentile(p);
+    }
+    if let Some(text) = args.scheme {
+        pipeline = pipeline.quantize(text.parse()?);
+    }
+    if pipeline.stages.is_empty() {
+        return Err(invalid(
+            "prune",
+            "give at least one of --sparsity, --nm, --clip, --scheme",
+        ));
+    }
+    pipeline = pipeline.skip_names(args.skip);
+    pipeline.validate()?;
+    in_file(input, SafetensorsReader::open(input))?; // a clear error before loading
+    let out = pipeline.run_safetensors(input, &Device::Cpu)?;
+    let mut writer = CompressedWriter::new();
+    for (name, stored) in &out.tensors {
+        match stored {
+            StoredTensor::Dense(t) => writer.add_plain(name, t)?,
+            StoredTensor::Quantized(c) => writer.add_compressed(name, c)?,
+            other => writer.add_plain(name, &other.to_dense(&Device::Cpu)?)?,
+        }
+    }
+    in_file(output, writer.write(output))?;
+    let mut report = serde_json::to_value(&out.report)?;
+    report["input"] = json!(input.display().to_string());
+    report["output"] = json!(output.display().to_string());
+    report["output_file_bytes"] = json!(std::fs::metadata(output)?.len());
+    report["text"] = json!(out.report.to_string());
+    Ok(report)
 }
 
 fn inspect(path: &Path) -> Result<Value> {
@@ -733,6 +828,14 @@ fn print_table(command: &Command, report: &Value) {
                 );
             }
         }
+        Command::Prune { .. } => {
+            println!("{}", text(&report["text"]));
+            println!(
+                "wrote {} ({})",
+                text(&report["output"]),
+                human(u(&report["output_file_bytes"]))
+            );
+        }
         Command::ExportGguf { .. } => {
             for t in &tensors {
                 println!(
@@ -772,6 +875,29 @@ fn run(cli: &Cli) -> Result<Value> {
             skip,
             force,
         } => quantize(input, output, scheme, skip, *force, cli.json),
+        Command::Prune {
+            input,
+            output,
+            sparsity,
+            global,
+            nm,
+            clip,
+            scheme,
+            skip,
+            force,
+        } => prune(
+            input,
+            output,
+            &PruneArgs {
+                sparsity: *sparsity,
+                global: *global,
+                nm: nm.as_deref(),
+                clip: *clip,
+                scheme: scheme.as_deref(),
+                skip,
+            },
+            *force,
+        ),
         Command::Inspect { file } => inspect(file),
         Command::Eval {
             original,
