@@ -22,7 +22,10 @@ fn bits(t: &Tensor) -> Vec<u64> {
         v.iter().map(|x| x.to_bits()).collect()
     } else {
         // F16/BF16 -> F32 is exact.
-        let v = t.to_dtype(DType::F32).and_then(|f| f.to_vec1::<f32>()).expect("read back");
+        let v = t
+            .to_dtype(DType::F32)
+            .and_then(|f| f.to_vec1::<f32>())
+            .expect("read back");
         assert!(v.iter().all(|x| x.is_finite()), "non-finite decoded value");
         v.iter().map(|x| u64::from(x.to_bits())).collect()
     }
@@ -52,7 +55,9 @@ fuzz_target!(|data: &[u8]| {
     let v = bits(&t);
     assert_eq!(v, bits(&t2));
     // The lossless codec round-trips whatever decode produced, bit for bit.
-    let again = ActivationCodec::None.encode(&t).expect("decoded tensors are encodable");
+    let again = ActivationCodec::None
+        .encode(&t)
+        .expect("decoded tensors are encodable");
     let back = ActivationCodec::decode(&again, &cpu).expect("our own encoding decodes");
     assert_eq!(back.dtype(), t.dtype());
     assert_eq!(v, bits(&back));
