@@ -377,7 +377,7 @@ fn check_quantized_shape(
 ) -> Result<usize> {
     check_rank(name, shape)?;
     let last = shape[shape.len() - 1];
-    if last % QK != 0 {
+    if !last.is_multiple_of(QK) {
         return Err(Error::invalid(
             "GGUF tensor shape",
             format!("{name}: last dimension {last} is not a multiple of the block size {QK}"),
