@@ -13,7 +13,11 @@
 //!    and per-tensor activation scales, SmoothQuant + W8A8 per-tensor (the first layer
 //!    has no norm before it, so `1/s` runs inside the layer's fused activation
 //!    quantization: [`smooth`] with [`Preceding::Nothing`], α from [`search_alpha`] on
-//!    held-out rows), and W4A8 with int4 weight groups of 32.
+//!    held-out rows), and W4A8 with int4 weight groups of 32, plain and smoothed. (For
+//!    int4 weights the outlier channels matter the other way round: the weights that
+//!    multiply the ×30 inputs need precision. Smoothing scales those weight columns up
+//!    relative to the rest of their group, so their int4 steps are relatively finer, and
+//!    `search_alpha` finds that a moderate α lowers the layer-0 error.)
 //! 4. **Compare.** Weight bytes (what the layers really hold), test accuracy, cosine and
 //!    SQNR of the logits against f32, and the median time of a 256-row batch. Then every
 //!    weight [`Scheme`] on the trained weights: bytes, ratio, SQNR, max error.
@@ -29,7 +33,8 @@ use std::time::Instant;
 
 use candle_compress::kernels::active_isa;
 use candle_compress::nn::smooth::{search_alpha, smooth, Preceding, DEFAULT_ALPHA_GRID};
-use candle_compress::nn::{ActivationQuant, ObservedLinear, QuantConfig, QuantLinear};
+use candle_compress::nn::{ActivationQuant, ObservedLinear, QuantConfig, QuantLinear, WeightQuant};
+use candle_compress::quant::calib::ChannelAbsMax;
 use candle_compress::quant::metrics::{compare_slices, compare_tensors};
 use candle_compress::scheme::Scheme;
 use candle_compress::{Compressed, Compressor};
@@ -257,6 +262,41 @@ fn quantize_all(layers: &[Linear], cfg: &QuantConfig) -> candle_compress::Result
         .collect()
 }
 
+/// SmoothQuant on the first layer for `cfg`: picks α with [`search_alpha`] on the
+/// held-out rows, rewrites the layer with [`smooth`] ([`Preceding::Nothing`]: the layer
+/// divides its own input by `s`, inside the fused activation quantization once
+/// quantized), checks that the f32 rewrite computes the same function on the test rows,
+/// and returns α and the whole model quantized with `cfg`.
+fn smooth_first_layer(
+    trained: &[Linear],
+    act0: &ChannelAbsMax,
+    heldout: &Split,
+    test: &Split,
+    cfg: &QuantConfig,
+) -> Result<(f32, Vec<QuantLinear>), BoxError> {
+    let found = search_alpha(&heldout.x, act0, &[&trained[0]], &DEFAULT_ALPHA_GRID, cfg)?;
+    let smoothed = smooth(Preceding::Nothing, &[&trained[0]], &found.factors)?;
+    let before = trained[0].forward(&test.x)?;
+    let after = smoothed.linears[0].forward(&test.x)?;
+    let rewrite = compare_tensors(&before, &after)?;
+    let weights = match cfg.weights() {
+        WeightQuant::Int4Grouped { group } => format!("W4A8 g{group}"),
+        _ => "W8A8".to_string(),
+    };
+    let acts = match cfg.activations() {
+        ActivationQuant::PerTensor => "per-tensor",
+        _ => "per-token",
+    };
+    println!(
+        "SmoothQuant layer 0 for {weights} {acts}: α = {:.1} (held-out layer-0 output SQNR \
+         {:.1} dB vs {:.1} dB unsmoothed); f32 rewrite max |Δ| = {:.1e}.",
+        found.alpha, found.sqnr_db, found.unsmoothed_sqnr_db, rewrite.max_abs_error
+    );
+    let mut layers = smoothed.quantize(cfg)?;
+    layers.extend(quantize_all(&trained[1..], cfg)?);
+    Ok((found.alpha, layers))
+}
+
 /// Prints the per-scheme table: every weight matrix of the trained MLP compressed with
 /// every weight quantization scheme.
 fn scheme_table(layers: &[Linear]) -> Result<(), BoxError> {
@@ -412,28 +452,11 @@ fn main() -> Result<(), BoxError> {
     let w4 = QuantConfig::w4a8(32)?;
 
     // SmoothQuant on layer 0 (nothing precedes it: 1/s goes into the QuantLinear's fused
-    // activation quantization). α is scored on held-out rows, not the calibration rows.
-    // Layers 1 and 2 read ReLU outputs (no outliers, and the library docs advise against
-    // smoothing them): they are quantized as they are.
-    let found = search_alpha(
-        &heldout.x,
-        &act0,
-        &[&trained[0]],
-        &DEFAULT_ALPHA_GRID,
-        &per_tensor,
-    )?;
-    let smoothed = smooth(Preceding::Nothing, &[&trained[0]], &found.factors)?;
-    // The rewritten f32 layer computes the same function.
-    let before = trained[0].forward(&test.x)?;
-    let after = smoothed.linears[0].forward(&test.x)?;
-    let rewrite = compare_tensors(&before, &after)?;
-    println!(
-        "SmoothQuant layer 0: α = {:.1} (held-out layer-0 output SQNR {:.1} dB vs {:.1} dB \
-         unsmoothed, W8A8 per-tensor); f32 rewrite max |Δ| = {:.1e}.",
-        found.alpha, found.sqnr_db, found.unsmoothed_sqnr_db, rewrite.max_abs_error
-    );
-    let mut smooth_layers = smoothed.quantize(&per_tensor)?;
-    smooth_layers.extend(quantize_all(&trained[1..], &per_tensor)?);
+    // activation quantization), α searched per config on held-out rows (not the
+    // calibration rows). Layers 1 and 2 read ReLU outputs (no outliers, and the library
+    // docs advise against smoothing them): they are quantized as they are.
+    let (a8, smooth_w8) = smooth_first_layer(&trained, &act0, &heldout, &test, &per_tensor)?;
+    let (a4, smooth_w4) = smooth_first_layer(&trained, &act0, &heldout, &test, &w4)?;
 
     let variants = [
         Variant {
@@ -449,16 +472,18 @@ fn main() -> Result<(), BoxError> {
             },
         },
         Variant {
-            name: format!("SmoothQuant α={:.1} + W8A8 per-tensor", found.alpha),
-            model: Mlp {
-                layers: smooth_layers,
-            },
+            name: format!("SmoothQuant α={a8:.1} + W8A8 per-tensor"),
+            model: Mlp { layers: smooth_w8 },
         },
         Variant {
             name: "W4A8 g32 per-token".into(),
             model: Mlp {
                 layers: quantize_all(&trained, &w4)?,
             },
+        },
+        Variant {
+            name: format!("SmoothQuant α={a4:.1} + W4A8 g32"),
+            model: Mlp { layers: smooth_w4 },
         },
     ];
 
