@@ -529,7 +529,11 @@ fn row_quantization_extreme_magnitudes() {
         g0[..cols].iter().all(|&v| v == 0),
         "subnormal x / 1e-30 rounds to 0"
     );
-    assert_eq!(&g0[4 * cols..4 * cols + 3], &[-9, -9, -8], "-8.5 rounds away from zero");
+    assert_eq!(
+        &g0[4 * cols..4 * cols + 3],
+        &[-9, -9, -8],
+        "-8.5 rounds away from zero"
+    );
     for kern in &kernels {
         let (mut q, mut s) = (vec![0i8; n * cols], vec![0f32; n]);
         kern.quantize_rows_i8(&x, cols, None, &mut q, &mut s)

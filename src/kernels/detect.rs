@@ -143,14 +143,19 @@ token!(
     Avx512Vnni, avx512_vnni
 );
 
-/// Prints (to stderr, so `cargo test` shows it with `--nocapture` and in failures) that a
-/// test of `isa` was skipped because this CPU lacks it. Tests of an ISA the machine lacks
-/// call this instead of silently passing.
+/// Prints that a test of `isa` was skipped because this CPU lacks it. Tests of an ISA the
+/// machine lacks call this instead of silently passing.
+///
+/// It writes to the stderr handle directly rather than through `eprintln!`, which the test
+/// harness captures and hides for passing tests: a plain `cargo test` shows the line.
 pub fn report_skipped(isa: Isa, test: &str) {
-    eprintln!(
-        "SKIPPED {test}: this CPU has no {isa} (active ISA: {})",
+    use std::io::Write;
+    let line = format!(
+        "SKIPPED {test}: this CPU has no {isa} (active ISA: {})\n",
         active_isa()
     );
+    // A failed write to stderr has nowhere better to be reported.
+    let _ = std::io::stderr().lock().write_all(line.as_bytes());
 }
 
 #[cfg(test)]
