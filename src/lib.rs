@@ -35,8 +35,8 @@
 //! - **Neuron statistics** ([`sparse`]): hot/cold neurons and the hot-first FFN order.
 //! - **Files** ([`io`]): our safetensors layout, the [`io::loader::QuantLoader`],
 //!   compressed-tensors interop and GGUF export.
-//! - **Kernels** ([`kernels`]): the only `unsafe` code; [`kernels::active_isa`] says which
-//!   instruction set runs.
+//! - **Kernels** ([`kernels`]): the only module allowed `unsafe_code`;
+//!   [`kernels::active_isa`] says which instruction set runs.
 //!
 //! # What it does not do
 //!

@@ -281,6 +281,8 @@ impl ActivationCodec {
         let (rows, cols) = rows_cols(dims);
         out.clear();
         out.reserve(total);
+        // A fresh multi-megabyte buffer costs a page fault per 4 KiB on first touch.
+        crate::kernels::hugepage::advise(out.spare_capacity_mut());
         out.extend_from_slice(&MAGIC);
         out.push(VERSION);
         out.push(self.id());
@@ -365,6 +367,7 @@ impl ActivationCodec {
                     Values::F16(f16_from_bytes(payload)?)
                 } else {
                     let mut out = vec![0f32; shape.elem_count()];
+                    crate::kernels::hugepage::advise(&mut out);
                     f16_bytes_to_f32(payload, &mut out)?;
                     Values::F32(out)
                 }
@@ -374,6 +377,7 @@ impl ActivationCodec {
                     Values::BF16(bf16_from_bytes(payload)?)
                 } else {
                     let mut out = vec![0f32; shape.elem_count()];
+                    crate::kernels::hugepage::advise(&mut out);
                     bf16_bytes_to_f32(payload, &mut out)?;
                     Values::F32(out)
                 }

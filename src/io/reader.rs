@@ -6,8 +6,9 @@
 //! positioned reads, so loading one tensor of a large file does not read the others and
 //! the process never holds more than that tensor. [`SafetensorsReader::from_bytes`]
 //! works on any byte container instead — a `Vec<u8>`, or a `memmap2::Mmap` the caller
-//! mapped (mapping a file is `unsafe` in Rust because another process may change it; this
-//! crate leaves that decision to the caller and keeps `unsafe` out of `io`).
+//! mapped (mapping a file needs an unchecked block in Rust because another process may
+//! change the file; this crate leaves that decision to the caller and keeps such blocks
+//! inside `kernels` only).
 //!
 //! Every check is made before any allocation sized by the file: the header length is
 //! capped ([`MAX_HEADER_SIZE`]) and must lie inside the file, tensor offsets must be in

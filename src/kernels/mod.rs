@@ -13,5 +13,6 @@ pub mod blockwise;
 pub mod detect;
 pub mod gemm;
 pub mod halfconv;
+pub(crate) mod hugepage;
 
 pub use detect::{active_isa, features, CpuFeatures, Isa};

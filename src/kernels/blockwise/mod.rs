@@ -22,7 +22,7 @@
 //! [`dequantize_affine`] (zero point + code × scale in f64). Every decoder has a `*_to_vec`
 //! form for callers that build a tensor from the result: a large fresh allocation is
 //! page-faulted in on first touch, which costs more than the decoding itself, so those
-//! buffers are advised to use transparent huge pages (Linux; see `hugepage.rs`).
+//! buffers are advised to use transparent huge pages (Linux; see `kernels/hugepage.rs`).
 //!
 //! Each entry point also has an `*_on(isa, ..)` form that runs a chosen ISA (or returns
 //! `None` when the CPU lacks it), for tests and benchmarks that compare kernels.
@@ -38,7 +38,6 @@ use super::detect::{Avx2, Avx512Vnni, AvxVnni};
 mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
-mod hugepage;
 mod scalar;
 
 /// Quantizes `x` to int8 in blocks of `block` values with one f16 scale per block.
@@ -108,7 +107,7 @@ pub fn dequantize_i8_blocks_to_vec(q: &[i8], scales: &[f16], block: usize) -> Ve
     // `vec![0.0; n]` is `calloc`: large zeroed allocations come untouched from `mmap`, so
     // the advice is in place before the first write faults the pages in.
     let mut out = vec![0f32; q.len()];
-    hugepage::advise(&mut out);
+    super::hugepage::advise(&mut out);
     dequantize_i8_blocks(q, scales, block, &mut out);
     out
 }
@@ -161,7 +160,7 @@ pub fn dequantize_u4_lut_to_vec(
 ) -> Vec<f32> {
     check_u4_lengths(packed.len(), scales.len(), group, n);
     let mut out = vec![0f32; n];
-    hugepage::advise(&mut out);
+    super::hugepage::advise(&mut out);
     dequantize_u4_lut(packed, lut, scales, group, &mut out);
     out
 }
@@ -282,7 +281,7 @@ pub fn dequantize_affine_to_vec(
 ) -> Vec<f32> {
     check_affine(codes.len(), bits, zero_points.len(), scales.len(), group, n);
     let mut out = vec![0f32; n];
-    hugepage::advise(&mut out);
+    super::hugepage::advise(&mut out);
     dequantize_affine(codes, bits, zero_points, scales, group, &mut out);
     out
 }

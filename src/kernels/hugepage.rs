@@ -1,6 +1,6 @@
 //! Transparent-huge-page advice for large, freshly allocated output buffers.
 //!
-//! Dequantizing a large tensor writes a new buffer: with glibc, allocations above 32 MiB
+//! Dequantizing or decoding a large tensor writes a new buffer: with glibc, allocations above 32 MiB
 //! are always fresh `mmap`s, and on Linux the first touch of each 4 KiB page is a page
 //! fault (kernel zeroing + fault handling). For a 64 MiB f32 output that costs ~30 ms on
 //! our machines, ten times the dequantization itself. Asking the kernel for transparent
