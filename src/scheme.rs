@@ -127,6 +127,32 @@ impl Scheme {
         }
     }
 
+    /// Exact [`Compressed::size_bytes`] of this scheme applied to a tensor of `shape`,
+    /// without compressing anything: codes (`n` bytes at 8 bits, `ceil(n/2)` at 4), one
+    /// scale set per block (f16 for `int8` / `int4`, f32 absmax for `nf4`, f32 scale + f32
+    /// zero point for `affine`), [`header_bytes`](crate::compressor::header_bytes) and
+    /// [`SCHEME_BYTES`](crate::quant::SCHEME_BYTES). The tests check it against real
+    /// compression for every scheme.
+    #[must_use]
+    pub fn compressed_size_bytes(&self, shape: &Shape) -> usize {
+        let n = shape.elem_count();
+        let blocks = n.div_ceil(self.block_size().max(1));
+        let codes = if self.code_bits() == 8 {
+            n
+        } else {
+            n.div_ceil(2)
+        };
+        let scale_bytes_per_block = match self {
+            Scheme::Int8 { .. } | Scheme::Int4 { .. } => 2,
+            Scheme::Nf4 { .. } => 4,
+            Scheme::Affine8 { .. } | Scheme::Affine4 { .. } => 8,
+        };
+        codes
+            + scale_bytes_per_block * blocks
+            + crate::compressor::header_bytes(shape)
+            + crate::quant::SCHEME_BYTES
+    }
+
     /// Builds the scheme from a kind name and a size.
     ///
     /// # Errors
@@ -332,6 +358,32 @@ impl From<Nf4Tensor> for CompressedTensor {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn scheme_size_formula_is_exact() -> Result<()> {
+        for scheme in Scheme::ALL_DEFAULT.into_iter().chain(
+            ["int8:32", "int4:32", "nf4:128", "affine8:16", "affine4:7"]
+                .map(|s| s.parse().unwrap()),
+        ) {
+            for dims in [
+                vec![0usize],
+                vec![1],
+                vec![7, 13],
+                vec![3, 64],
+                vec![2, 5, 33],
+            ] {
+                let shape = Shape::from(dims.clone());
+                let t = Tensor::ones(dims.as_slice(), DType::F32, &Device::Cpu)?;
+                let c = scheme.compress(&t)?;
+                assert_eq!(
+                    c.size_bytes(),
+                    scheme.compressed_size_bytes(&shape),
+                    "{scheme} {dims:?}"
+                );
+            }
+        }
+        Ok(())
+    }
 
     #[test]
     fn parses_and_prints_every_kind() -> Result<()> {

@@ -24,6 +24,5 @@ pub use prune::{
     GlobalPruned, Pruned, MAX_NM_GROUP,
 };
 pub use storage::{
-    scheme_size_bytes, BitmaskSparse, NmSparse, SparseValues, StorageKind, StoredTensor,
-    SPARSE_TAG_BYTES,
+    BitmaskSparse, NmSparse, SparseValues, StorageKind, StoredTensor, SPARSE_TAG_BYTES,
 };

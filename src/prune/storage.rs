@@ -25,7 +25,6 @@ use crate::compressor::{header_bytes, Compressed, Compressor};
 use crate::error::{Error, Result};
 use crate::input::tensor_from_f32;
 use crate::prune::prune::satisfies_nm;
-use crate::quant::SCHEME_BYTES;
 use crate::scheme::{CompressedTensor, Scheme};
 
 /// Bytes a sparse layout counts for its format tag: 1 (layout) for bitmask, 3 (layout, n,
@@ -105,28 +104,9 @@ impl SparseValues {
     }
 }
 
-/// Exact bytes of `scheme` applied to `n` values of a tensor of `shape` — the layout the
-/// quantizers document (payload, one scale set per block, header, scheme tag), checked
-/// against real compression in the tests.
-#[must_use]
-pub fn scheme_size_bytes(scheme: Scheme, n: usize, shape: &Shape) -> usize {
-    let blocks = n.div_ceil(scheme.block_size().max(1));
-    let payload = if scheme.code_bits() == 8 {
-        n
-    } else {
-        n.div_ceil(2)
-    };
-    let per_block = match scheme {
-        Scheme::Int8 { .. } | Scheme::Int4 { .. } => 2,
-        Scheme::Nf4 { .. } => 4,
-        Scheme::Affine8 { .. } | Scheme::Affine4 { .. } => 8,
-    };
-    payload + per_block * blocks + header_bytes(shape) + SCHEME_BYTES
-}
-
 fn values_size(nnz: usize, dtype: DType, quantize: Option<Scheme>) -> usize {
     match quantize {
-        Some(s) => scheme_size_bytes(s, nnz, &Shape::from(nnz)),
+        Some(s) => s.compressed_size_bytes(&Shape::from(nnz)),
         None => nnz * dtype.size_in_bytes(),
     }
 }
@@ -516,9 +496,8 @@ impl StoredTensor {
         quantize: Option<Scheme>,
         nm: Option<(usize, usize)>,
     ) -> Vec<(StorageKind, usize)> {
-        let n = shape.elem_count();
         let mut c = vec![match quantize {
-            Some(s) => (StorageKind::Quantized(s), scheme_size_bytes(s, n, shape)),
+            Some(s) => (StorageKind::Quantized(s), s.compressed_size_bytes(shape)),
             None => (StorageKind::Dense, Self::dense_size(shape, dtype)),
         }];
         c.push((
@@ -566,36 +545,5 @@ impl StoredTensor {
                 StoredTensor::Nm(NmSparse::from_values(&values, shape, dtype, n, m, q)?)
             }
         })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn scheme_size_formula_is_exact() -> Result<()> {
-        for scheme in Scheme::ALL_DEFAULT.into_iter().chain(
-            ["int8:32", "int4:32", "nf4:128", "affine8:16", "affine4:7"]
-                .map(|s| s.parse().unwrap()),
-        ) {
-            for dims in [
-                vec![0usize],
-                vec![1],
-                vec![7, 13],
-                vec![3, 64],
-                vec![2, 5, 33],
-            ] {
-                let shape = Shape::from(dims.clone());
-                let t = Tensor::ones(dims.as_slice(), DType::F32, &Device::Cpu)?;
-                let c = scheme.compress(&t)?;
-                assert_eq!(
-                    c.size_bytes(),
-                    scheme_size_bytes(scheme, shape.elem_count(), &shape),
-                    "{scheme} {dims:?}"
-                );
-            }
-        }
-        Ok(())
     }
 }
