@@ -146,9 +146,10 @@ fn w8a8_simd_equals_scalar_all_shapes() {
     let mut rng = Rng(0x1234_5678_9abc_def1);
     for &k in &[1usize, 7, 31, 33, 63, 65, 4095] {
         for &n in &[1usize, 3, 16, 33, 70] {
-            for &rows in &[1usize, 3, 17] {
+            // 8 and 23 rows reach the 7- and 8-row tiles (23 runs as 8 + 8 + 7)
+            for &rows in &[1usize, 3, 8, 17, 23] {
                 for fill in [Fill::Random, Fill::Zeros, Fill::Extreme, Fill::Extreme2] {
-                    if !matches!(fill, Fill::Random) && k == 4095 && rows == 17 {
+                    if !matches!(fill, Fill::Random) && k == 4095 && rows >= 17 {
                         continue;
                     }
                     let (qx, w) = make(&mut rng, fill, rows, n, k);
@@ -347,7 +348,7 @@ fn row_quantization_simd_equals_scalar_at_every_tail() {
     let kernels = simd_kernels("row_quantization_simd_equals_scalar_at_every_tail");
     let mut rng = Rng(2024);
     let mut lens: Vec<usize> = (1..=40).collect();
-    lens.extend([63, 64, 65, 127, 4095]);
+    lens.extend([63, 64, 65, 127, 128, 129, 191, 257, 4095]);
     for &cols in &lens {
         for rows in [1usize, 3] {
             let x = row_inputs(&mut rng, rows, cols);
@@ -410,7 +411,7 @@ fn row_quantization_simd_equals_scalar_at_every_tail() {
 fn row_quantization_reports_first_non_finite_index() {
     let kernels = simd_kernels("row_quantization_reports_first_non_finite_index");
     let mut rng = Rng(5);
-    for &cols in &[1usize, 7, 8, 9, 16, 17, 33, 100] {
+    for &cols in &[1usize, 7, 8, 9, 16, 17, 33, 100, 130] {
         let rows = 3;
         for bad_at in (0..rows * cols).step_by(cols.div_ceil(3).max(1)) {
             for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
@@ -544,5 +545,39 @@ fn row_quantization_extreme_magnitudes() {
         kern.quantize_rows_i8_with_scales(&x, cols, None, &given, &mut g)
             .unwrap();
         assert_eq!(g, g0, "{}", kern.name());
+    }
+}
+
+/// Values whose `y / s` lies within a few ulps of a half-integer, on both sides: the
+/// SIMD row quantizers may multiply by `1/s` instead of dividing only where that cannot
+/// change the rounding, so they must still equal the scalar division here.
+#[test]
+fn row_quantization_near_half_integers_matches_division() {
+    let kernels = simd_kernels("row_quantization_near_half_integers_matches_division");
+    let mut rng = Rng(77);
+    let cols = 200;
+    for _ in 0..400 {
+        // amax over 60 binades (normal scales), set by element 0
+        let amax = 2f32.powi(rng.range(-30, 30) as i32) * (1.0 + rng.f32().abs());
+        let s = amax / 127.0;
+        let mut x = vec![amax; cols];
+        for v in x.iter_mut().skip(1) {
+            let k = rng.range(-127, 126) as f32 + 0.5;
+            let ulps = rng.range(-4, 4) as i32;
+            let t = k * s;
+            *v = f32::from_bits((t.to_bits() as i32 + ulps) as u32);
+        }
+        let smooth = vec![1.0f32; cols];
+        for sm in [None, Some(&smooth[..])] {
+            let (mut q0, mut s0) = (vec![0i8; cols], vec![0f32; 1]);
+            scalar()
+                .quantize_rows_i8(&x, cols, sm, &mut q0, &mut s0)
+                .unwrap();
+            for kern in &kernels {
+                let (mut q, mut s1) = (vec![0i8; cols], vec![0f32; 1]);
+                kern.quantize_rows_i8(&x, cols, sm, &mut q, &mut s1).unwrap();
+                assert_eq!(q, q0, "{} amax={amax}", kern.name());
+            }
+        }
     }
 }

@@ -9,7 +9,7 @@
 
 use std::arch::x86_64::*;
 
-use super::driver::{W4Kernel, W8Kernel};
+use super::driver::{W4Kernel, W8Finish, W8Kernel, LDC};
 use super::scalar;
 use super::ymm::{ymm_kernels, Dot4};
 
@@ -43,12 +43,56 @@ impl Dot4 for MaddSign {
 ymm_kernels!(MaddSign, "avx2,fma", w8_avx2, w4_avx2, w8_table, w4_table;
     w8: 1 2 3 4 / 1; w4: 1 2 / 1);
 
+/// The W8 epilogue on ymm (also used by the AVX-VNNI kernels): the IEEE operations of
+/// `finish_w8_generic` in the same order (`x_scale · w_scale`, then `acc ·` that, then
+/// `+ bias`; no fused multiply-add), so the results are bit-identical. A tail of fewer
+/// than 8 columns takes the scalar formula.
+///
+/// # Safety
+/// AVX2 must be available; `f` must satisfy the [`W8Finish`] contract.
+#[target_feature(enable = "avx2")]
+pub(crate) unsafe fn w8_finish(f: &W8Finish) {
+    // SAFETY: (whole body) vector accesses cover columns `j..j+8 ≤ cols` of the `mr` rows
+    // the caller vouches for; the tail is element-wise inside `cols`.
+    unsafe {
+        for r in 0..f.mr {
+            let x_scale = f.xs.add(r).read();
+            let xs = _mm256_set1_ps(x_scale);
+            let mut j = 0;
+            while j + 8 <= f.cols {
+                let mut acc = _mm256_loadu_si256(f.c.add(r * LDC + j).cast());
+                if let Some(cs) = f.colsums {
+                    let cs = _mm256_loadu_si256(cs.add(j).cast());
+                    acc = _mm256_sub_epi32(acc, _mm256_slli_epi32::<7>(cs));
+                }
+                let scale = _mm256_mul_ps(xs, _mm256_loadu_ps(f.ws.add(j)));
+                let mut v = _mm256_mul_ps(_mm256_cvtepi32_ps(acc), scale);
+                if let Some(b) = f.bias {
+                    v = _mm256_add_ps(v, _mm256_loadu_ps(b.add(j)));
+                }
+                _mm256_storeu_ps(f.out.add(r * f.ldo + j), v);
+                j += 8;
+            }
+            for j in j..f.cols {
+                let mut acc = f.c.add(r * LDC + j).read();
+                if let Some(cs) = f.colsums {
+                    acc = acc.wrapping_sub(cs.add(j).read().wrapping_mul(128));
+                }
+                let b = f.bias.map(|b| b.add(j).read());
+                let v = super::finish_w8(acc as f32, x_scale, f.ws.add(j).read(), b);
+                f.out.add(r * f.ldo + j).write(v);
+            }
+        }
+    }
+}
+
 /// AVX2 W8 microkernels: 4 rows × 1 panel (8 accumulators of 16 ymm registers).
 pub(crate) static W8: W8Kernel = W8Kernel {
     mr: 4,
     np: 1,
     shifted: false,
     tile: w8_table,
+    finish: Some(w8_finish),
 };
 /// AVX2 W4 microkernels: 2 rows × 1 panel (4 integer + 4 float accumulators).
 pub(crate) static W4: W4Kernel = W4Kernel {

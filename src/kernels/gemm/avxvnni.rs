@@ -64,6 +64,7 @@ pub(crate) static W8_VEX: W8Kernel = W8Kernel {
     np: 1,
     shifted: true,
     tile: w8_vex_table,
+    finish: Some(super::avx2::w8_finish),
 };
 /// AVX-VNNI W4 microkernels: 2 rows × 1 panel.
 pub(crate) static W4_VEX: W4Kernel = W4Kernel {
@@ -77,6 +78,7 @@ pub(crate) static W8_EVEX: W8Kernel = W8Kernel {
     np: 1,
     shifted: true,
     tile: w8_evex_table,
+    finish: Some(super::avx2::w8_finish),
 };
 /// The same W4 tiles with EVEX `vpdpbusd` on ymm.
 pub(crate) static W4_EVEX: W4Kernel = W4Kernel {

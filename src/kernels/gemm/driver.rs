@@ -60,6 +60,34 @@ pub(crate) type W8TileFn = unsafe fn(&Tile, &mut CTile<i32>);
 /// of an `mr × np·16` tile into `c[r * LDC + p * 16 + j]`.
 pub(crate) type W4TileFn = unsafe fn(&W4Tile, &mut CTile<f32>);
 
+/// Operands of the float epilogue of one W8 tile whose sums fit one [`K_BLOCK`]:
+/// `out[r, j] = finish_w8((c[r, j] - 128·colsums[j]) as f32, xs[r], ws[j], bias[j])`
+/// (the subtraction only for shifted kernels, wrapping), for `r < mr`, `j < cols`.
+#[derive(Clone, Copy)]
+pub(crate) struct W8Finish {
+    /// The tile's i32 sums, row-major with stride [`LDC`] (a whole [`CTile`]).
+    pub c: *const i32,
+    /// Rows of the tile.
+    pub mr: usize,
+    /// Valid columns, `1..=LDC`.
+    pub cols: usize,
+    /// `Σ w` of the tile's columns (`cols` values) for shifted kernels, else `None`.
+    pub colsums: Option<*const i32>,
+    /// Activation scales of the tile's rows (`mr` values).
+    pub xs: *const f32,
+    /// Weight scales of the tile's columns (`cols` values).
+    pub ws: *const f32,
+    /// Bias of the tile's columns (`cols` values), if any.
+    pub bias: Option<*const f32>,
+    /// Output element (row 0, column 0) of the tile; rows `ldo` floats apart.
+    pub out: *mut f32,
+    /// Floats between output rows.
+    pub ldo: usize,
+}
+
+/// A vectorized W8 epilogue: must give exactly the results of [`finish_w8_generic`].
+pub(crate) type W8FinishFn = unsafe fn(&W8Finish);
+
 /// A W8 microkernel family of one ISA.
 pub(crate) struct W8Kernel {
     /// Largest tile: rows, panels.
@@ -72,6 +100,10 @@ pub(crate) struct W8Kernel {
     pub shifted: bool,
     /// The microkernel for an `mr × np` tile (`1 ≤ mr ≤ self.mr`, `1 ≤ np ≤ self.np`).
     pub tile: fn(usize, usize) -> W8TileFn,
+    /// The ISA's epilogue for single-block tiles; `None` runs [`finish_w8_generic`]. With
+    /// short rows (in = 384) the epilogue is a fifth of the work, so it must be as wide
+    /// as the microkernel.
+    pub finish: Option<W8FinishFn>,
 }
 
 /// A W4 microkernel family of one ISA (activations always raw i8).
@@ -178,6 +210,39 @@ fn epilogue_w8(
     }
 }
 
+/// The portable W8 epilogue of one single-block tile (the contract of [`W8Finish`]).
+///
+/// # Safety
+/// The pointers must be valid for the lengths [`W8Finish`] documents, and no other
+/// reference to the output elements may exist during the call.
+unsafe fn finish_w8_generic(f: &W8Finish) {
+    // SAFETY: lengths as documented on `W8Finish`, vouched for by the caller.
+    let (c, xs, ws, cs, bias) = unsafe {
+        (
+            std::slice::from_raw_parts(f.c, MR_MAX * LDC),
+            std::slice::from_raw_parts(f.xs, f.mr),
+            std::slice::from_raw_parts(f.ws, f.cols),
+            f.colsums.map(|p| std::slice::from_raw_parts(p, f.cols)),
+            f.bias.map(|p| std::slice::from_raw_parts(p, f.cols)),
+        )
+    };
+    for (r, &x_scale) in xs.iter().enumerate() {
+        // SAFETY: row `r < mr` of the output tile, `cols` floats, exclusively ours.
+        let dst = unsafe { std::slice::from_raw_parts_mut(f.out.add(r * f.ldo), f.cols) };
+        let row = &c[r * LDC..r * LDC + f.cols];
+        match cs {
+            Some(cs) => {
+                let acc = row
+                    .iter()
+                    .zip(cs)
+                    .map(|(&a, &s)| a.wrapping_sub(s.wrapping_mul(128)) as f32);
+                epilogue_w8(dst, acc, x_scale, ws, bias);
+            }
+            None => epilogue_w8(dst, row.iter().map(|&a| a as f32), x_scale, ws, bias),
+        }
+    }
+}
+
 fn run_tasks(tasks: &[Task], f: impl Fn(Task) + Sync + Send) {
     if tasks.len() <= 1 {
         tasks.iter().for_each(|&t| f(t));
@@ -229,41 +294,59 @@ pub(crate) unsafe fn matmul_w8a8(
             for r0 in (task.r0..task.r1).step_by(mr_eff) {
                 let mr = mr_eff.min(task.r1 - r0);
                 let f = (kern.tile)(mr, np);
-                for kb in 0..kblocks {
+                let o0 = p0 * NR;
+                let tile_at = |kb: usize| {
                     let s4 = kb * (K_BLOCK / 4);
-                    let tile = Tile {
+                    Tile {
                         a: a[r0 * kp + s4 * 4..].as_ptr(),
                         lda: kp,
                         b: bytes[p0 * k4 * 64 + s4 * 64..].as_ptr(),
                         ldb: k4 * 64,
                         k4: (k4 - s4).min(K_BLOCK / 4),
-                    };
-                    // SAFETY: the tile reads `mr` rows of `a` (each `kp` bytes, the range
-                    // `s4*4 .. s4*4 + 4*tile.k4` inside the row) and `np` panels of
-                    // `k4*64` bytes from step `s4` — all inside `a` and `bytes` since
-                    // `r0 + mr ≤ rows` and `p0 + np ≤ panels`; `c` holds MR_MAX×LDC
-                    // values with `mr ≤ MR_MAX`, `np*16 ≤ LDC`; the caller guarantees
-                    // the CPU features.
-                    unsafe { f(&tile, &mut c) };
-                    if kern.shifted {
-                        let cs = &w.colsums(kb)[p0 * NR..];
-                        for r in 0..mr {
-                            for j in 0..cols {
-                                c[r * LDC + j] =
-                                    c[r * LDC + j].wrapping_sub(cs[j].wrapping_mul(128));
-                            }
-                        }
                     }
-                    if kblocks > 1 {
-                        for r in 0..mr {
-                            for j in 0..cols {
-                                let v = i64::from(c[r * LDC + j]);
-                                c64[r * LDC + j] = if kb == 0 { v } else { c64[r * LDC + j] + v };
+                };
+                if kblocks == 1 {
+                    // SAFETY: the tile reads `mr` rows of `a` (each `kp` bytes) and `np`
+                    // panels of `k4*64` bytes — inside `a` and `bytes` since
+                    // `r0 + mr ≤ rows` and `p0 + np ≤ panels`; `c` holds MR_MAX×LDC
+                    // values with `mr ≤ MR_MAX`, `np*16 ≤ LDC`; the caller guarantees the
+                    // CPU features.
+                    unsafe { f(&tile_at(0), &mut c) };
+                    let fin = W8Finish {
+                        c: c.as_ptr(),
+                        mr,
+                        cols,
+                        colsums: kern.shifted.then(|| w.colsums(0)[o0..o0 + cols].as_ptr()),
+                        xs: x_scales[r0..r0 + mr].as_ptr(),
+                        ws: w.scales()[o0..o0 + cols].as_ptr(),
+                        bias: bias.map(|b| b[o0..o0 + cols].as_ptr()),
+                        // SAFETY: `r0 < rows`, `o0 < n`: an element of `out` (rows*n long).
+                        out: unsafe { out_ptr.get().add(r0 * n + o0) },
+                        ldo: n,
+                    };
+                    // SAFETY: every pointer covers the lengths `W8Finish` documents (the
+                    // slices above; output rows `r0..r0+mr`, columns `o0..o0+cols`, which
+                    // only this task writes); `finish` is the ISA's own, whose features
+                    // the caller guarantees.
+                    unsafe { kern.finish.unwrap_or(finish_w8_generic)(&fin) };
+                    continue;
+                }
+                for kb in 0..kblocks {
+                    // SAFETY: as above, for the k4 steps of block `kb` (inside every row
+                    // and panel).
+                    unsafe { f(&tile_at(kb), &mut c) };
+                    let cs = &w.colsums(kb)[o0..];
+                    for r in 0..mr {
+                        for j in 0..cols {
+                            let mut v = c[r * LDC + j];
+                            if kern.shifted {
+                                v = v.wrapping_sub(cs[j].wrapping_mul(128));
                             }
+                            let v = i64::from(v);
+                            c64[r * LDC + j] = if kb == 0 { v } else { c64[r * LDC + j] + v };
                         }
                     }
                 }
-                let o0 = p0 * NR;
                 let ws = &w.scales()[o0..o0 + cols];
                 let bs = bias.map(|b| &b[o0..o0 + cols]);
                 for r in 0..mr {
@@ -274,13 +357,8 @@ pub(crate) unsafe fn matmul_w8a8(
                     let dst = unsafe {
                         std::slice::from_raw_parts_mut(out_ptr.get().add(t * n + o0), cols)
                     };
-                    if kblocks > 1 {
-                        let acc = c64[r * LDC..r * LDC + cols].iter().map(|&a| a as f32);
-                        epilogue_w8(dst, acc, x_scales[t], ws, bs);
-                    } else {
-                        let acc = c[r * LDC..r * LDC + cols].iter().map(|&a| a as f32);
-                        epilogue_w8(dst, acc, x_scales[t], ws, bs);
-                    }
+                    let acc = c64[r * LDC..r * LDC + cols].iter().map(|&a| a as f32);
+                    epilogue_w8(dst, acc, x_scales[t], ws, bs);
                 }
             }
         }
