@@ -350,12 +350,25 @@ fn print_summary(home: &Path, thread_counts: &[usize], since: SystemTime) {
         },
         home.display()
     );
+    // The core's int8 and f32 peaks bound every ratio: at 100% of the int8 peak W8A8 would
+    // take `ops / int8 peak`, so `Linear time / that` is the highest ratio possible.
+    let peaks = kernels::peak::measure();
+    println!();
+    println!(
+        "Core peaks (kernels::peak, {} probe): int8 {:.0} GOPS, f32 FMA {:.0} GFLOPS, quotient {:.2}. \
+         `ceiling` = Linear f32 time / (2·b·in·out / int8 peak): the W8A8 ratio at 100% of the int8 peak; \
+         `% peak` = W8A8's share of it (batch ≥ 8; batch 1 is memory bound).",
+        peaks.isa,
+        peaks.int8_gops,
+        peaks.f32_gflops,
+        peaks.ratio()
+    );
     for &threads in thread_counts {
         println!();
         println!("### {threads} thread(s): ratio = candle f32 Linear time / implementation time (higher is faster)");
         println!();
-        println!("| in×out | batch | Linear f32 ms | W8A8 ms | **W8A8** | target | W4A8 g{W4_GROUP} | QMatMul Q8_0 | QMatMul Q4_0 | W8A8 vs Q8_0 | bare-kernel time / W8A8 time |");
-        println!("|---|---|---|---|---|---|---|---|---|---|---|");
+        println!("| in×out | batch | Linear f32 ms | W8A8 ms | **W8A8** | target | ceiling | % peak | W4A8 g{W4_GROUP} | QMatMul Q8_0 | QMatMul Q4_0 | W8A8 vs Q8_0 | bare-kernel time / W8A8 time |");
+        println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
         for &(inp, out) in &SHAPES {
             for &batch in &BATCHES {
                 let lin = t(threads, inp, out, batch, "linear_f32");
@@ -369,8 +382,18 @@ fn print_summary(home: &Path, thread_counts: &[usize], since: SystemTime) {
                 } else {
                     "".into()
                 };
+                // ns at the int8 peak of `threads` cores
+                let ideal = (2 * batch * inp * out) as f64 / (peaks.int8_gops * threads as f64);
+                let (ceiling, share) = if batch >= 8 && peaks.int8_gops > 0.0 {
+                    (
+                        fmt_ratio(lin, Some(ideal)),
+                        w8.map_or("-".into(), |w| format!("{:.0}%", 100.0 * ideal / w)),
+                    )
+                } else {
+                    ("-".into(), "-".into())
+                };
                 println!(
-                    "| {inp}×{out} | {batch} | {} | {} | **{}** | {tgt} | {} | {} | {} | {} | {} |",
+                    "| {inp}×{out} | {batch} | {} | {} | **{}** | {tgt} | {ceiling} | {share} | {} | {} | {} | {} | {} |",
                     ms(lin),
                     ms(w8),
                     fmt_ratio(lin, w8),

@@ -14,5 +14,6 @@ pub mod detect;
 pub mod gemm;
 pub mod halfconv;
 pub(crate) mod hugepage;
+pub mod peak;
 
 pub use detect::{active_isa, features, CpuFeatures, Isa};
