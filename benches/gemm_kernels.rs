@@ -63,6 +63,22 @@ fn main() {
             .join(", "),
         rayon::current_num_threads()
     );
+    // The core's peaks: what each kernel set's GOPS should be read against.
+    let f32_peak = candle_compress::kernels::peak::f32_peak_gflops();
+    let mut peaks = Vec::new();
+    for k in kernels.iter().filter(|k| k.name() != "scalar") {
+        let g = candle_compress::kernels::peak::int8_peak_gops(k.isa());
+        peaks.push(format!(
+            "{} {}",
+            k.name(),
+            g.map_or("-".into(), |g| format!("{g:.0} GOPS"))
+        ));
+    }
+    println!(
+        "core peaks (kernels::peak): f32 FMA {}; int8 {}",
+        f32_peak.map_or("-".into(), |g| format!("{g:.0} GFLOPS")),
+        peaks.join(", ")
+    );
     let mut header =
         String::from("| in×out | b | candle f32 | ours (quant+matmul) | ratio | W4A8 g64 ratio |");
     for k in kernels.iter().filter(|k| k.name() != "scalar") {
