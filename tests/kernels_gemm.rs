@@ -469,6 +469,44 @@ fn avx_vnni_ymm_kernels_run_or_report_skipped() {
     }
 }
 
+/// Every aarch64 CPU has NEON, so there the NEON kernels must be the active ones (and the
+/// comparisons above ran them); elsewhere this reports the skip.
+#[test]
+fn neon_kernels_are_active_on_aarch64_or_report_skipped() {
+    let test = "neon_kernels_are_active_on_aarch64_or_report_skipped";
+    match GemmKernels::for_isa(Isa::Neon) {
+        Err(_) => {
+            if cfg!(target_arch = "aarch64") {
+                panic!("every aarch64 CPU has NEON");
+            }
+            report_skipped(Isa::Neon, test);
+        }
+        Ok(k) => {
+            assert_eq!((k.isa(), k.name()), (Isa::Neon, "neon"));
+            assert_eq!(GemmKernels::active(), k);
+            assert!(GemmKernels::available().contains(&k));
+            // 5 rows × 33 channels × 70 inputs: a 4-row and a 1-row tile, 3 panels (the
+            // last one short), a partial k4 step; W4 group 32 with a short last group.
+            let (rows, n, k_in) = (5, 33, 70);
+            let w: Vec<i8> = (0..n * k_in).map(|i| (i * 37 % 256) as u8 as i8).collect();
+            let qx: Vec<i8> = (0..rows * k_in)
+                .map(|i| (i * 11 % 256) as u8 as i8)
+                .collect();
+            let p = PackedW8::pack(&w, &vec![0.5; n], n, k_in);
+            let (mut a, mut b) = (vec![0f32; rows * n], vec![0f32; rows * n]);
+            k.matmul_w8a8(&qx, &[1.0; 5], rows, &p, None, &mut a);
+            scalar().matmul_w8a8(&qx, &[1.0; 5], rows, &p, None, &mut b);
+            assert_eq!(bits(&a), bits(&b));
+            let w4: Vec<i8> = w.iter().map(|&v| v >> 4).collect();
+            let s4: Vec<f32> = (0..n * 3).map(|i| 0.01 * i as f32 - 0.3).collect();
+            let p4 = PackedW4::pack(&w4, &s4, n, k_in, 32);
+            k.matmul_w4a8(&qx, &[0.5; 5], rows, &p4, None, &mut a);
+            scalar().matmul_w4a8(&qx, &[0.5; 5], rows, &p4, None, &mut b);
+            assert_eq!(bits(&a), bits(&b));
+        }
+    }
+}
+
 /// Degenerate sizes: no inputs (every dot product is 0), no outputs, no rows.
 #[test]
 fn zero_sizes_are_handled() {
@@ -575,7 +613,8 @@ fn row_quantization_near_half_integers_matches_division() {
                 .unwrap();
             for kern in &kernels {
                 let (mut q, mut s1) = (vec![0i8; cols], vec![0f32; 1]);
-                kern.quantize_rows_i8(&x, cols, sm, &mut q, &mut s1).unwrap();
+                kern.quantize_rows_i8(&x, cols, sm, &mut q, &mut s1)
+                    .unwrap();
                 assert_eq!(q, q0, "{} amax={amax}", kern.name());
             }
         }

@@ -6,9 +6,10 @@
 //! `#[target_feature]` and chosen here, so a plain `cargo build` (no
 //! `-C target-cpu=native`) runs the fast path.
 //!
-//! Holding a token ([`Avx2`], [`Avx512Vnni`], [`AvxVnni`]) proves the check was done: the
-//! tokens can only be made by `detect()`, which returns `None` on a CPU that lacks the
-//! features, so the safe wrappers that take a token may call `#[target_feature]` code.
+//! Holding a token ([`Avx2`], [`Avx512Vnni`], [`AvxVnni`], [`Neon`]) proves the check was
+//! done: the tokens can only be made by `detect()`, which returns `None` on a CPU that
+//! lacks the features, so the safe wrappers that take a token may call
+//! `#[target_feature]` code.
 
 use std::sync::OnceLock;
 
@@ -142,6 +143,11 @@ token!(
     /// Proof that the CPU has AVX-512 F/BW/VL/VNNI (and AVX2).
     Avx512Vnni, avx512_vnni
 );
+token!(
+    /// Proof that the CPU has aarch64 NEON (Advanced SIMD); never made on other
+    /// architectures.
+    Neon, neon
+);
 
 /// Prints that a test of `isa` was skipped because this CPU lacks it. Tests of an ISA the
 /// machine lacks call this instead of silently passing.
@@ -171,6 +177,12 @@ mod tests {
         assert_eq!(Avx2::detect().is_some(), f.avx2);
         assert_eq!(Avx512Vnni::detect().is_some(), f.avx512_vnni);
         assert_eq!(AvxVnni::detect().is_some(), f.avx_vnni);
+        assert_eq!(Neon::detect().is_some(), f.neon);
+        if cfg!(target_arch = "aarch64") {
+            assert!(f.neon, "every aarch64 CPU has NEON");
+        } else {
+            assert!(!f.neon, "NEON is an aarch64 feature");
+        }
         if f.avx512_vnni || f.avx_vnni {
             assert!(f.avx2, "VNNI tokens imply AVX2");
         }

@@ -226,9 +226,9 @@ unsafe fn finish_w8_generic(f: &W8Finish) {
             f.bias.map(|p| std::slice::from_raw_parts(p, f.cols)),
         )
     };
+    let mut tmp = [0f32; LDC];
     for (r, &x_scale) in xs.iter().enumerate() {
-        // SAFETY: row `r < mr` of the output tile, `cols` floats, exclusively ours.
-        let dst = unsafe { std::slice::from_raw_parts_mut(f.out.add(r * f.ldo), f.cols) };
+        let dst = &mut tmp[..f.cols];
         let row = &c[r * LDC..r * LDC + f.cols];
         match cs {
             Some(cs) => {
@@ -240,7 +240,20 @@ unsafe fn finish_w8_generic(f: &W8Finish) {
             }
             None => epilogue_w8(dst, row.iter().map(|&a| a as f32), x_scale, ws, bias),
         }
+        // SAFETY: row `r < mr` of the output tile, `cols` floats, exclusively ours.
+        unsafe { store_row(f.out.add(r * f.ldo), dst) };
     }
+}
+
+/// Copies a finished tile row to the output. The output is only ever written through
+/// raw pointers (never borrowed as a slice), so it may start uninitialized.
+///
+/// # Safety
+/// `dst` must be valid for `vals.len()` float writes that nothing else accesses.
+#[inline(always)]
+unsafe fn store_row(dst: *mut f32, vals: &[f32]) {
+    // SAFETY: forwarded contract; `vals` is a distinct (stack) buffer.
+    unsafe { std::ptr::copy_nonoverlapping(vals.as_ptr(), dst, vals.len()) };
 }
 
 fn run_tasks(tasks: &[Task], f: impl Fn(Task) + Sync + Send) {
@@ -267,7 +280,9 @@ fn prep_activations(qx: &[i8], rows: usize, k: usize, kp: usize, xor: u8) -> Vec
 /// W8A8 on a SIMD microkernel family; same results as `scalar::matmul_w8a8`.
 ///
 /// # Safety
-/// The CPU must support the instructions of `kern`'s microkernels.
+/// The CPU must support the instructions of `kern`'s microkernels; `out` must be valid
+/// for `rows · out_features` float writes (it may be uninitialized: every element is
+/// written exactly once, through raw pointers) and not accessed elsewhere meanwhile.
 pub(crate) unsafe fn matmul_w8a8(
     kern: &W8Kernel,
     qx: &[i8],
@@ -275,14 +290,14 @@ pub(crate) unsafe fn matmul_w8a8(
     rows: usize,
     w: &PackedW8,
     bias: Option<&[f32]>,
-    out: &mut [f32],
+    out: *mut f32,
 ) {
     let (n, k, k4) = (w.out_features(), w.in_features(), w.k4());
     let kp = k4 * 4;
     let a = prep_activations(qx, rows, k, kp, if kern.shifted { 0x80 } else { 0 });
     let kblocks = super::pack::kblocks(k);
     let bytes = w.bytes();
-    let out_ptr = OutPtr(out.as_mut_ptr());
+    let out_ptr = OutPtr(out);
     let tasks = plan(rows, w.panels(), kern.mr, kern.np, rows * n * k);
     run_tasks(&tasks, |task| {
         let mut c = [0i32; MR_MAX * LDC];
@@ -349,16 +364,14 @@ pub(crate) unsafe fn matmul_w8a8(
                 }
                 let ws = &w.scales()[o0..o0 + cols];
                 let bs = bias.map(|b| &b[o0..o0 + cols]);
+                let mut tmp = [0f32; LDC];
                 for r in 0..mr {
                     let t = r0 + r;
-                    // SAFETY: `t < rows` and `o0 + cols ≤ n`, so the range lies inside
-                    // `out` (rows*n long); no other task writes these (t, o) elements
-                    // and no other reference to them exists during the loop.
-                    let dst = unsafe {
-                        std::slice::from_raw_parts_mut(out_ptr.get().add(t * n + o0), cols)
-                    };
                     let acc = c64[r * LDC..r * LDC + cols].iter().map(|&a| a as f32);
-                    epilogue_w8(dst, acc, x_scales[t], ws, bs);
+                    epilogue_w8(&mut tmp[..cols], acc, x_scales[t], ws, bs);
+                    // SAFETY: `t < rows` and `o0 + cols ≤ n`, so the range lies inside
+                    // `out` (rows*n long); no other task writes these (t, o) elements.
+                    unsafe { store_row(out_ptr.get().add(t * n + o0), &tmp[..cols]) };
                 }
             }
         }
@@ -368,7 +381,7 @@ pub(crate) unsafe fn matmul_w8a8(
 /// W4A8 on a SIMD microkernel family; same results as `scalar::matmul_w4a8`.
 ///
 /// # Safety
-/// The CPU must support the instructions of `kern`'s microkernels.
+/// As [`matmul_w8a8`] (`out` may be uninitialized).
 pub(crate) unsafe fn matmul_w4a8(
     kern: &W4Kernel,
     qx: &[i8],
@@ -376,7 +389,7 @@ pub(crate) unsafe fn matmul_w4a8(
     rows: usize,
     w: &PackedW4,
     bias: Option<&[f32]>,
-    out: &mut [f32],
+    out: *mut f32,
 ) {
     let (n, k, k4, groups, group) = (
         w.out_features(),
@@ -399,7 +412,7 @@ pub(crate) unsafe fn matmul_w4a8(
     }
     let bytes = w.bytes();
     let pscales = w.panel_scales();
-    let out_ptr = OutPtr(out.as_mut_ptr());
+    let out_ptr = OutPtr(out);
     let tasks = plan(rows, w.panels(), kern.mr, kern.np, rows * n * k);
     run_tasks(&tasks, |task| {
         let mut c = [0f32; MR_MAX * LDC];
@@ -431,13 +444,10 @@ pub(crate) unsafe fn matmul_w4a8(
                 unsafe { f(&tile, &mut c) };
                 let o0 = p0 * NR;
                 let bs = bias.map(|b| &b[o0..o0 + cols]);
+                let mut tmp = [0f32; LDC];
                 for r in 0..mr {
                     let t = r0 + r;
-                    // SAFETY: as in `matmul_w8a8`: an in-bounds range of `out` that only
-                    // this task writes.
-                    let dst = unsafe {
-                        std::slice::from_raw_parts_mut(out_ptr.get().add(t * n + o0), cols)
-                    };
+                    let dst = &mut tmp[..cols];
                     let sums = &c[r * LDC..r * LDC + cols];
                     let xs = x_scales[t];
                     match bs {
@@ -452,6 +462,9 @@ pub(crate) unsafe fn matmul_w4a8(
                             }
                         }
                     }
+                    // SAFETY: as in `matmul_w8a8`: an in-bounds range of `out` that only
+                    // this task writes.
+                    unsafe { store_row(out_ptr.get().add(t * n + o0), dst) };
                 }
             }
         }

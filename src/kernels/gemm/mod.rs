@@ -51,17 +51,19 @@
 //!
 //! | kernels | ISA | W8A8 dot product | tile (rows × channels) |
 //! |---|---|---|---|
-//! | `avx512-vnni` | AVX-512 F/BW/VL + VNNI | `vpdpbusd` zmm, `qx + 128` as u8, `- 128·Σw` | 6 × 64 (W4: 6 × 32) |
+//! | `avx512-vnni` | AVX-512 F/BW/VL + VNNI | `vpdpbusd` zmm, `qx + 128` as u8, `- 128·Σw` | 8 × 48 (W4: 6 × 32) |
 //! | `avx-vnni` | AVX2 + AVX-VNNI | `vpdpbusd` ymm (VEX) | 6 × 16 (W4: 2 × 16) |
 //! | `avx512-vnni-ymm` | AVX-512 VNNI + VL | the `avx-vnni` tiles with EVEX `vpdpbusd` | 6 × 16 |
 //! | `avx2` | AVX2 + FMA | `vpmaddubsw` (`abs(qx)` × sign-moved `w`) + `vpmaddwd` | 4 × 16 (W4: 2 × 16) |
+//! | `neon` | aarch64 NEON | `ld4` + `smlal`/`smlal2` by lane on i16 (raw i8 `qx`) | 4 × 16 |
 //! | `scalar` | any | i64 loops, the reference | — |
 //!
 //! Edge tiles (fewer rows or panels) are separate monomorphised kernels from a table. A
 //! panel group's weights stay in L2 while all row blocks stream past them; batch 1 reads
 //! every weight byte once. Work above ~4M multiply-adds is split into rayon tasks over
 //! panel groups (and row blocks when there are few panels), about four per thread.
-//! There are no aarch64 NEON kernels yet: aarch64 runs the scalar reference.
+//! On aarch64 the `neon` kernels use baseline Advanced SIMD only (no `sdot`: its
+//! intrinsics are not stable in the supported Rust versions).
 #![warn(clippy::undocumented_unsafe_blocks, clippy::missing_safety_doc)]
 
 use std::sync::OnceLock;
@@ -69,7 +71,7 @@ use std::sync::OnceLock;
 use super::detect::Isa;
 
 // Expands `(mr, np)` to the monomorphised microkernel.
-#[cfg(target_arch = "x86_64")]
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 macro_rules! tile_table {
     ($f:ident, $ty:ty, $mr:expr, $np:expr; $($m:literal)*; $($n:literal)*) => {{
         tile_table!(@rows $f, $ty, $mr, $np; [$($m)*]; [$($n)*])
@@ -94,8 +96,10 @@ mod avx2;
 mod avx512;
 #[cfg(target_arch = "x86_64")]
 mod avxvnni;
-#[cfg(target_arch = "x86_64")]
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 mod driver;
+#[cfg(target_arch = "aarch64")]
+mod neon;
 mod pack;
 mod scalar;
 #[cfg(target_arch = "x86_64")]
@@ -166,6 +170,9 @@ enum Path {
     /// EVEX `vpdpbusd` on ymm: the AVX-VNNI tiles, runnable on AVX-512 VNNI CPUs.
     #[cfg(target_arch = "x86_64")]
     Avx512VnniYmm,
+    /// aarch64 NEON `smlal`/`smlal2` by lane on widened i16 operands.
+    #[cfg(target_arch = "aarch64")]
+    Neon,
 }
 
 /// A set of integer GEMM kernels for one ISA. Holding one proves the CPU supports it.
@@ -209,6 +216,8 @@ impl GemmKernels {
             Isa::AvxVnni => AvxVnni::detect().map(|_| Path::AvxVnni),
             #[cfg(target_arch = "x86_64")]
             Isa::Avx512Vnni => Avx512Vnni::detect().map(|_| Path::Avx512Vnni),
+            #[cfg(target_arch = "aarch64")]
+            Isa::Neon => super::detect::Neon::detect().map(|_| Path::Neon),
             _ => None,
         };
         path.map(|path| GemmKernels { path })
@@ -232,10 +241,16 @@ impl GemmKernels {
 
     /// Every kernel set this CPU can run (the scalar reference first).
     pub fn available() -> Vec<GemmKernels> {
-        let mut v: Vec<GemmKernels> = [Isa::Scalar, Isa::Avx2, Isa::AvxVnni, Isa::Avx512Vnni]
-            .into_iter()
-            .filter_map(|isa| GemmKernels::for_isa(isa).ok())
-            .collect();
+        let mut v: Vec<GemmKernels> = [
+            Isa::Scalar,
+            Isa::Neon,
+            Isa::Avx2,
+            Isa::AvxVnni,
+            Isa::Avx512Vnni,
+        ]
+        .into_iter()
+        .filter_map(|isa| GemmKernels::for_isa(isa).ok())
+        .collect();
         v.extend(GemmKernels::avx512_ymm());
         v
     }
@@ -250,6 +265,8 @@ impl GemmKernels {
             Path::AvxVnni => Isa::AvxVnni,
             #[cfg(target_arch = "x86_64")]
             Path::Avx512Vnni | Path::Avx512VnniYmm => Isa::Avx512Vnni,
+            #[cfg(target_arch = "aarch64")]
+            Path::Neon => Isa::Neon,
         }
     }
 
@@ -265,6 +282,8 @@ impl GemmKernels {
             Path::Avx512Vnni => "avx512-vnni",
             #[cfg(target_arch = "x86_64")]
             Path::Avx512VnniYmm => "avx512-vnni-ymm",
+            #[cfg(target_arch = "aarch64")]
+            Path::Neon => "neon",
         }
     }
 
@@ -293,6 +312,10 @@ impl GemmKernels {
             Path::Avx2 | Path::AvxVnni | Path::Avx512VnniYmm => unsafe {
                 avx2::quantize_rows_i8(x, cols, smooth, q, scales)
             },
+            // SAFETY: a `Path::Neon` value exists only after NEON was detected; lengths
+            // were checked above and `cols > 0`.
+            #[cfg(target_arch = "aarch64")]
+            Path::Neon => unsafe { neon::quantize_rows_i8(x, cols, smooth, q, scales) },
         }
     }
 
@@ -325,6 +348,9 @@ impl GemmKernels {
             Path::Avx2 | Path::AvxVnni | Path::Avx512VnniYmm => unsafe {
                 avx2::quantize_rows_i8_with_scales(x, cols, smooth, scales, q)
             },
+            // SAFETY: NEON detected for this path; lengths and scales checked.
+            #[cfg(target_arch = "aarch64")]
+            Path::Neon => unsafe { neon::quantize_rows_i8_with_scales(x, cols, smooth, scales, q) },
         }
     }
 
@@ -359,15 +385,22 @@ impl GemmKernels {
             Path::Avx512Vnni => Some(&avx512::W8),
             Path::Avx512VnniYmm => Some(&avxvnni::W8_EVEX),
         };
-        #[cfg(not(target_arch = "x86_64"))]
+        #[cfg(target_arch = "aarch64")]
+        let kern = match self.path {
+            Path::Scalar => None,
+            Path::Neon => Some(&neon::W8),
+        };
+        #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
         let kern: Option<()> = None;
         match kern {
             None => scalar::matmul_w8a8(qx, x_scales, rows, w, bias, out),
             // SAFETY: the kernel family was chosen from a path that exists only after its
             // CPU features were detected; lengths were checked above.
-            #[cfg(target_arch = "x86_64")]
-            Some(k) => unsafe { driver::matmul_w8a8(k, qx, x_scales, rows, w, bias, out) },
-            #[cfg(not(target_arch = "x86_64"))]
+            #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+            Some(k) => unsafe {
+                driver::matmul_w8a8(k, qx, x_scales, rows, w, bias, out.as_mut_ptr())
+            },
+            #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
             Some(()) => unreachable!(),
         }
     }
@@ -402,14 +435,21 @@ impl GemmKernels {
             Path::Avx512Vnni => Some(&avx512::W4),
             Path::Avx512VnniYmm => Some(&avxvnni::W4_EVEX),
         };
-        #[cfg(not(target_arch = "x86_64"))]
+        #[cfg(target_arch = "aarch64")]
+        let kern = match self.path {
+            Path::Scalar => None,
+            Path::Neon => Some(&neon::W4),
+        };
+        #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
         let kern: Option<()> = None;
         match kern {
             None => scalar::matmul_w4a8(qx, x_scales, rows, w, bias, out),
             // SAFETY: as in `matmul_w8a8`.
-            #[cfg(target_arch = "x86_64")]
-            Some(k) => unsafe { driver::matmul_w4a8(k, qx, x_scales, rows, w, bias, out) },
-            #[cfg(not(target_arch = "x86_64"))]
+            #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+            Some(k) => unsafe {
+                driver::matmul_w4a8(k, qx, x_scales, rows, w, bias, out.as_mut_ptr())
+            },
+            #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
             Some(()) => unreachable!(),
         }
     }
