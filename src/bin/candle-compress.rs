@@ -12,17 +12,17 @@
 //! with `--force`.
 
 use std::collections::{HashMap, HashSet};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use candle_compress::io::gguf::{save_gguf, GgufTensor, GgufType};
 use candle_compress::io::reader::SafetensorsReader;
 use candle_compress::io::safetensors::{
-    CompressedFile, CompressedWriter, ItemKind, LayerEntry, PlannedItem, StreamingWriter,
-    TensorEntry,
+    CompressedFile, ItemKind, LayerEntry, PlannedItem, StreamingWriter, TensorEntry,
 };
 use candle_compress::nn::{QuantConfig, QuantLinear, WeightQuant};
-use candle_compress::prune::{Pipeline, StoredTensor};
+use candle_compress::prune::{Pipeline, SkipRules, Stage, StoredTensor};
 use candle_compress::quant::metrics::{compare_slices, ErrorStats};
 use candle_compress::scheme::Scheme;
 use candle_compress::{Compressor, Error, Result};
@@ -63,8 +63,11 @@ enum Command {
         /// Quantization scheme.
         #[arg(long)]
         scheme: String,
-        /// Keep tensors whose name matches PATTERN in full precision (`*` matches any
-        /// text; a pattern without `*` matches as a substring). Repeatable.
+        /// Keep tensors whose name matches PATTERN in full precision. A pattern without
+        /// wildcards matches names containing it (`embed`); with `*` (any text) or `?`
+        /// (one character) it must match the whole name or a dot-separated tail of it
+        /// (`embed*` matches `model.embed_tokens.weight`, `*.bias` every bias).
+        /// Repeatable.
         #[arg(long = "skip", value_name = "PATTERN")]
         skip: Vec<String>,
         /// Replace an existing output file.
@@ -92,7 +95,7 @@ enum Command {
         #[arg(short, long)]
         output: PathBuf,
         /// Magnitude-prune each tensor to this fraction of zeros (0..1).
-        #[arg(long)]
+        #[arg(long, allow_negative_numbers = true)]
         sparsity: Option<f64>,
         /// With --sparsity: one magnitude threshold across all tensors instead of per tensor.
         #[arg(long)]
@@ -101,12 +104,16 @@ enum Command {
         #[arg(long, value_name = "N:M")]
         nm: Option<String>,
         /// Clip each tensor to this percentile of |x| (e.g. 99.9).
-        #[arg(long)]
+        #[arg(long, allow_negative_numbers = true)]
         clip: Option<f64>,
         /// Quantize after pruning with this tensor scheme (e.g. int8:64).
         #[arg(long)]
         scheme: Option<String>,
-        /// Leave tensors matching PATTERN alone (`*` any text, `?` one character).
+        /// Leave tensors whose name matches PATTERN alone. A pattern without
+        /// wildcards matches names containing it (`embed`); with `*` (any text) or `?`
+        /// (one character) it must match the whole name or a dot-separated tail of it
+        /// (`embed*` matches `model.embed_tokens.weight`, `*.bias` every bias).
+        /// Repeatable.
         #[arg(long = "skip", value_name = "PATTERN")]
         skip: Vec<String>,
         /// Replace an existing output file.
@@ -163,27 +170,13 @@ fn parse_plan(text: &str) -> Result<Plan> {
     }
 }
 
-/// `*` matches any text; a pattern without `*` matches as a substring.
-fn matches(pattern: &str, name: &str) -> bool {
-    if !pattern.contains('*') {
-        return name.contains(pattern);
-    }
-    let parts: Vec<&str> = pattern.split('*').collect();
-    let (first, last) = (parts[0], parts[parts.len() - 1]);
-    if !name.starts_with(first) || name.len() < first.len() + last.len() || !name.ends_with(last) {
-        return false;
-    }
-    let mut rest = &name[first.len()..name.len() - last.len()];
-    for mid in &parts[1..parts.len() - 1] {
-        match rest.find(mid) {
-            Some(i) => rest = &rest[i + mid.len()..],
-            None => return false,
-        }
-    }
-    true
-}
-
 fn check_output(path: &Path, force: bool) -> Result<()> {
+    if path.is_dir() {
+        return Err(invalid(
+            "output",
+            format!("{} is a directory; give a file name", path.display()),
+        ));
+    }
     if path.exists() && !force {
         return Err(invalid(
             "output",
@@ -193,21 +186,18 @@ fn check_output(path: &Path, force: bool) -> Result<()> {
             ),
         ));
     }
-    if path.is_dir() {
-        return Err(invalid(
-            "output",
-            format!("{} is a directory", path.display()),
-        ));
-    }
     Ok(())
 }
+
+/// The progress line: what runs, the bar, the count (the message once).
+const BAR_TEMPLATE: &str = "{msg} [{bar:30}] {pos}/{len}";
 
 fn progress(len: usize, json: bool, what: &str) -> ProgressBar {
     let bar = ProgressBar::new(len as u64);
     if json {
         bar.set_draw_target(ProgressDrawTarget::hidden());
     }
-    if let Ok(style) = ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} {wide_msg}") {
+    if let Ok(style) = ProgressStyle::with_template(BAR_TEMPLATE) {
         bar.set_style(style.progress_chars("=> "));
     }
     bar.set_message(what.to_string());
@@ -235,16 +225,21 @@ fn candle_float(d: Dtype) -> DType {
     }
 }
 
-/// Reads a float tensor in its own dtype; F32 goes straight into one f32 buffer.
+/// Reads a tensor in its own dtype; F32 goes straight into one f32 buffer.
 fn read_tensor(reader: &SafetensorsReader, name: &str, dtype: Dtype) -> Result<Tensor> {
     if dtype == Dtype::F32 {
         let (shape, values) = reader.read_f32(name)?;
         return Ok(Tensor::from_vec(values, shape, &Device::Cpu)?);
     }
+    let candle = candle_dtype(dtype).ok_or_else(|| Error::Unsupported {
+        what: "tensor dtype",
+        found: format!("{dtype:?}"),
+        supported: "F32, F16, BF16, F64, U8, U32, I64".into(),
+    })?;
     let raw = reader.read(name)?;
     Ok(Tensor::from_raw_buffer(
         &raw.data,
-        candle_float(dtype),
+        candle,
         &raw.shape,
         &Device::Cpu,
     )?)
@@ -271,12 +266,14 @@ fn quantize(
     skip: &[String],
     force: bool,
     json: bool,
-) -> Result<Value> {
+) -> CliResult<Value> {
     let plan = parse_plan(scheme)?;
     check_output(output, force)?;
     let reader = in_file(input, SafetensorsReader::open(input))?;
+    refuse_compressed(input, "quantize")?;
     let names = reader.names();
-    let skipped = |name: &str| skip.iter().any(|p| matches(p, name));
+    let rules = SkipRules::names(skip);
+    let skipped = |name: &str| rules.matching_pattern(name).is_some();
 
     // Pass 1, header only: decide what happens to every tensor. Biases folded into
     // QuantLinears are found up front, since a bias may come before its weight.
@@ -379,10 +376,10 @@ fn quantize(
         let (label, scheme_text) = match action {
             Action::Folded => continue,
             Action::Compress(s) => {
-                let t = read_tensor(&reader, name, dtype)?;
-                let c = s.compress(&t)?;
+                let t = in_tensor(input, name, read_tensor(&reader, name, dtype))?;
+                let c = in_tensor(input, name, s.compress(&t))?;
                 drop(t);
-                writer.write_compressed(name, &c)?;
+                in_file(output, writer.write_compressed(name, &c))?;
                 ("compressed", json!(s.to_string()))
             }
             Action::Layer { prefix, bias } => {
@@ -394,14 +391,14 @@ fn quantize(
                             name: b.clone(),
                         })?;
                         original += binfo.data_offsets.1 - binfo.data_offsets.0;
-                        Some(read_tensor(&reader, b, binfo.dtype)?)
+                        Some(in_tensor(input, b, read_tensor(&reader, b, binfo.dtype))?)
                     }
                     None => None,
                 };
-                let w = read_tensor(&reader, name, dtype)?;
-                let layer = QuantLinear::new(&w, bias_t.as_ref(), cfg)?;
+                let w = in_tensor(input, name, read_tensor(&reader, name, dtype))?;
+                let layer = in_tensor(input, name, QuantLinear::new(&w, bias_t.as_ref(), cfg))?;
                 drop(w);
-                writer.write_quant_linear(prefix, &layer)?;
+                in_file(output, writer.write_quant_linear(prefix, &layer))?;
                 let text = match cfg.weights() {
                     WeightQuant::Int4Grouped { group } => format!("w4a8:{group}"),
                     _ => "w8a8".to_string(),
@@ -409,8 +406,8 @@ fn quantize(
                 ("layer", json!(text))
             }
             Action::Keep { skipped } => {
-                let raw = reader.read(name)?;
-                writer.write_raw(name, dtype, &shape, &raw.data)?;
+                let raw = in_tensor(input, name, reader.read(name))?;
+                in_file(output, writer.write_raw(name, dtype, &shape, &raw.data))?;
                 (if *skipped { "skipped" } else { "kept" }, Value::Null)
             }
         };
@@ -446,7 +443,13 @@ struct PruneArgs<'a> {
     skip: &'a [String],
 }
 
-fn prune(input: &Path, output: &Path, args: &PruneArgs<'_>, force: bool) -> Result<Value> {
+fn prune(
+    input: &Path,
+    output: &Path,
+    args: &PruneArgs<'_>,
+    force: bool,
+    json: bool,
+) -> CliResult<Value> {
     check_output(output, force)?;
     let mut pipeline = Pipeline::new().sparse_storage(false);
     if let Some(s) = args.sparsity {
@@ -456,14 +459,14 @@ fn prune(input: &Path, output: &Path, args: &PruneArgs<'_>, force: bool) -> Resu
             pipeline.prune_magnitude(s)
         };
     } else if args.global {
-        return Err(invalid("--global", "needs --sparsity"));
+        return Err(invalid("--global", "needs --sparsity").into());
     }
     if let Some(nm) = args.nm {
         let parsed = nm
             .split_once(':')
             .and_then(|(n, m)| Some((n.parse::<usize>().ok()?, m.parse::<usize>().ok()?)));
         let Some((n, m)) = parsed else {
-            return Err(invalid("--nm", format!("{nm:?} is not N:M (e.g. 2:4)")));
+            return Err(invalid("--nm", format!("{nm:?} is not N:M (e.g. 2:4)")).into());
         };
         pipeline = pipeline.prune_nm(n, m);
     }
@@ -477,30 +480,190 @@ fn prune(input: &Path, output: &Path, args: &PruneArgs<'_>, force: bool) -> Resu
         return Err(invalid(
             "prune",
             "give at least one of --sparsity, --nm, --clip, --scheme",
-        ));
+        )
+        .into());
     }
     pipeline = pipeline.skip_names(args.skip);
     pipeline.validate()?;
-    in_file(input, SafetensorsReader::open(input))?; // a clear error before loading
-    let out = pipeline.run_safetensors(input, &Device::Cpu)?;
-    let mut writer = CompressedWriter::new();
-    for (name, stored) in &out.tensors {
-        match stored {
-            StoredTensor::Dense(t) => writer.add_plain(name, t)?,
-            StoredTensor::Quantized(c) => writer.add_compressed(name, c)?,
-            other => writer.add_plain(name, &other.to_dense(&Device::Cpu)?)?,
+    let reader = in_file(input, SafetensorsReader::open(input))?;
+    refuse_compressed(input, "prune")?;
+
+    // Plan: tensors candle cannot hold (I8, I16, BOOL, ...) are copied as they are; every
+    // other tensor goes through the pipeline, which stores each processed tensor dense in
+    // its dtype or quantized with the last stage's scheme, and passes the rest through.
+    let quantize = pipeline.stages.iter().find_map(|s| match s {
+        Stage::Quantize { scheme } => Some(*scheme),
+        _ => None,
+    });
+    let (mut copied, mut streamed) = (Vec::new(), Vec::new());
+    for name in reader.names() {
+        let Some(info) = reader.info(&name) else {
+            continue;
+        };
+        match candle_dtype(info.dtype) {
+            Some(dtype) => streamed.push((name, dtype, info.shape.clone())),
+            None => copied.push((name, info.dtype, info.shape.clone())),
         }
     }
-    in_file(output, writer.write(output))?;
-    let mut report = serde_json::to_value(&out.report)?;
-    report["input"] = json!(input.display().to_string());
-    report["output"] = json!(output.display().to_string());
-    report["output_file_bytes"] = json!(std::fs::metadata(output)?.len());
-    report["text"] = json!(out.report.to_string());
-    Ok(report)
+    streamed.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut plan: Vec<(String, PlannedItem)> = copied
+        .iter()
+        .map(|(n, d, shape)| {
+            (
+                n.clone(),
+                PlannedItem::Raw {
+                    dtype: *d,
+                    shape: shape.clone(),
+                },
+            )
+        })
+        .collect();
+    for (name, dtype, shape) in &streamed {
+        let processed = pipeline.skip.reason(name, shape.len(), *dtype).is_none();
+        let item = match quantize {
+            Some(scheme) if processed => PlannedItem::Compressed(TensorEntry {
+                scheme,
+                shape: shape.clone(),
+                dtype: *dtype,
+            }),
+            _ => PlannedItem::Raw {
+                dtype: safetensors_dtype(*dtype),
+                shape: shape.clone(),
+            },
+        };
+        plan.push((name.clone(), item));
+    }
+    let mut writer = in_file(
+        output,
+        StreamingWriter::create(output, plan, HashMap::new()),
+    )?;
+    for (name, dtype, shape) in &copied {
+        let raw = in_tensor(input, name, reader.read(name))?;
+        in_file(output, writer.write_raw(name, *dtype, shape, &raw.data))?;
+    }
+
+    // One tensor in memory at a time; a global threshold costs two extra reads.
+    let names: Vec<String> = streamed.iter().map(|(n, _, _)| n.clone()).collect();
+    let bar = progress(names.len() * pipeline.streaming_passes(), json, "prune");
+    let dtypes: HashMap<&str, DType> = streamed.iter().map(|(n, d, _)| (n.as_str(), *d)).collect();
+    // The tensor being read or written, for the error message.
+    let current = std::cell::RefCell::new(String::new());
+    let result = pipeline.run_streaming(
+        &names,
+        |name| {
+            bar.inc(1);
+            name.clone_into(&mut current.borrow_mut());
+            let info = reader.info(name).ok_or_else(|| Error::Missing {
+                what: "tensor",
+                name: name.to_string(),
+            })?;
+            read_tensor(&reader, name, info.dtype)
+        },
+        |name, stored| {
+            name.clone_into(&mut current.borrow_mut());
+            match stored {
+                StoredTensor::Quantized(c) => writer.write_compressed(name, &c),
+                StoredTensor::Dense(t) => {
+                    let dtype = dtypes.get(name).copied().unwrap_or(t.dtype());
+                    let (d, bytes) = tensor_bytes(&t.to_dtype(dtype)?)?;
+                    writer.write_raw(name, d, t.dims(), &bytes)
+                }
+                other => {
+                    let (d, bytes) = tensor_bytes(&other.to_dense(&Device::Cpu)?)?;
+                    writer.write_raw(name, d, other.shape().dims(), &bytes)
+                }
+            }
+        },
+    );
+    bar.finish_and_clear();
+    let report = match result {
+        Ok(r) => r,
+        Err(e) => {
+            let name = current.into_inner();
+            return Err(if name.is_empty() {
+                Failure::from(e).within(input.display())
+            } else {
+                Failure::from(e).within(format_args!("{}: tensor {name}", input.display()))
+            });
+        }
+    };
+    in_file(output, writer.finish())?;
+    let mut out = serde_json::to_value(&report)?;
+    out["input"] = json!(input.display().to_string());
+    out["output"] = json!(output.display().to_string());
+    out["output_file_bytes"] = json!(std::fs::metadata(output)?.len());
+    out["text"] = json!(report.to_string());
+    Ok(out)
 }
 
-fn inspect(path: &Path) -> Result<Value> {
+/// The candle dtype of a safetensors dtype, where candle has one.
+fn candle_dtype(d: Dtype) -> Option<DType> {
+    Some(match d {
+        Dtype::F32 => DType::F32,
+        Dtype::F16 => DType::F16,
+        Dtype::BF16 => DType::BF16,
+        Dtype::F64 => DType::F64,
+        Dtype::U8 => DType::U8,
+        Dtype::U32 => DType::U32,
+        Dtype::I64 => DType::I64,
+        _ => return None,
+    })
+}
+
+/// The safetensors dtype of a candle dtype this CLI reads.
+fn safetensors_dtype(d: DType) -> Dtype {
+    match d {
+        DType::F16 => Dtype::F16,
+        DType::BF16 => Dtype::BF16,
+        DType::F64 => Dtype::F64,
+        DType::U8 => Dtype::U8,
+        DType::U32 => Dtype::U32,
+        DType::I64 => Dtype::I64,
+        _ => Dtype::F32,
+    }
+}
+
+/// A tensor's values as little-endian bytes, with their safetensors dtype.
+fn tensor_bytes(t: &Tensor) -> Result<(Dtype, Vec<u8>)> {
+    let t = t.flatten_all()?;
+    let bytes = match t.dtype() {
+        DType::F16 => t
+            .to_vec1::<half::f16>()?
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect(),
+        DType::BF16 => t
+            .to_vec1::<half::bf16>()?
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect(),
+        DType::F64 => t
+            .to_vec1::<f64>()?
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect(),
+        DType::U8 => t.to_vec1::<u8>()?,
+        DType::U32 => t
+            .to_vec1::<u32>()?
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect(),
+        DType::I64 => t
+            .to_vec1::<i64>()?
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect(),
+        _ => t
+            .to_dtype(DType::F32)?
+            .to_vec1::<f32>()?
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect(),
+    };
+    Ok((safetensors_dtype(t.dtype()), bytes))
+}
+
+fn inspect(path: &Path) -> CliResult<Value> {
     let file = in_file(path, CompressedFile::open(path))?;
     let ours = file
         .reader()
@@ -584,7 +747,7 @@ fn dequantized_weight(layer: &QuantLinear) -> Vec<f32> {
     w
 }
 
-fn eval(original: &Path, compressed: &Path, json: bool) -> Result<Value> {
+fn eval(original: &Path, compressed: &Path, json: bool) -> CliResult<Value> {
     let orig = in_file(original, SafetensorsReader::open(original))?;
     let file = in_file(compressed, CompressedFile::open(compressed))?;
     let items = file.items();
@@ -608,10 +771,11 @@ fn eval(original: &Path, compressed: &Path, json: bool) -> Result<Value> {
             ItemKind::Plain { .. } => continue,
         };
         let Some(info) = orig.info(&reference_name) else {
-            return Err(Error::Missing {
+            return Err(Failure::from(Error::Missing {
                 what: "tensor in the original file",
                 name: reference_name,
-            });
+            })
+            .within(original.display()));
         };
         if !is_float(info.dtype) {
             continue;
@@ -657,7 +821,7 @@ fn export_gguf(
     ty: GgufKind,
     force: bool,
     json: bool,
-) -> Result<Value> {
+) -> CliResult<Value> {
     check_output(output, force)?;
     let file = in_file(input, CompressedFile::open(input))?;
     let items = file.items();
@@ -675,11 +839,12 @@ fn export_gguf(
                 GgufTensor::from_compressed(&item.name, &file.load_compressed(&item.name)?)?
             }
             ItemKind::QuantLinear(_) => {
-                return Err(Error::Unsupported {
+                return Err(Failure::from(Error::Unsupported {
                     what: "GGUF export of a QuantLinear",
                     found: item.name,
                     supported: "float tensors and int8:32 / int4:32 compressed tensors".into(),
                 })
+                .within(input.display()))
             }
             ItemKind::Plain { dtype, shape } if is_float(*dtype) => {
                 let tensor = file.load_plain(&item.name, &Device::Cpu)?;
@@ -691,11 +856,12 @@ fn export_gguf(
                 }
             }
             ItemKind::Plain { dtype, .. } => {
-                return Err(Error::Unsupported {
+                return Err(Failure::from(Error::Unsupported {
                     what: "GGUF export of a non-float tensor",
                     found: format!("{} ({dtype:?})", item.name),
                     supported: "F32, F16, BF16, F64".into(),
                 })
+                .within(input.display()))
             }
         };
         rows.push(json!({
@@ -741,7 +907,8 @@ fn u(v: &Value) -> u64 {
     v.as_u64().unwrap_or(0)
 }
 
-fn print_table(command: &Command, report: &Value) {
+fn print_table(command: &Command, report: &Value) -> std::io::Result<()> {
+    let mut out = std::io::stdout().lock();
     let tensors = report["tensors"].as_array().cloned().unwrap_or_default();
     let shape = |v: &Value| {
         let dims: Vec<String> = v
@@ -764,13 +931,15 @@ fn print_table(command: &Command, report: &Value) {
             } else {
                 "action"
             };
-            println!(
+            writeln!(
+                out,
                 "{:<width$}  {:<12}  {:<12}  {:<16}  {:>12}  {:>7}",
                 "tensor", kind_key, "scheme", "shape", "bytes", "ratio"
-            );
+            )?;
             for t in &tensors {
                 let ratio = u(&t["original_bytes"]) as f64 / u(&t["stored_bytes"]).max(1) as f64;
-                println!(
+                writeln!(
+                    out,
                     "{:<width$}  {:<12}  {:<12}  {:<16}  {:>12}  {:>6.2}x",
                     text(&t["name"]),
                     text(&t[kind_key]),
@@ -778,21 +947,26 @@ fn print_table(command: &Command, report: &Value) {
                     shape(&t["shape"]),
                     u(&t["stored_bytes"]),
                     ratio
-                );
+                )?;
             }
             let (o, s) = (
                 u(&report["total_original_bytes"]),
                 u(&report["total_stored_bytes"]),
             );
-            println!(
+            writeln!(
+                out,
                 "total: {} tensors, {} -> {} ({:.2}x)",
                 tensors.len(),
                 human(o),
                 human(s),
                 o as f64 / s.max(1) as f64
-            );
-            if let Some(out) = report["output"].as_str() {
-                println!("wrote {out} ({})", human(u(&report["output_file_bytes"])));
+            )?;
+            if let Some(path) = report["output"].as_str() {
+                writeln!(
+                    out,
+                    "wrote {path} ({})",
+                    human(u(&report["output_file_bytes"]))
+                )?;
             }
         }
         Command::Eval { .. } => {
@@ -802,71 +976,188 @@ fn print_table(command: &Command, report: &Value) {
                 .max()
                 .unwrap_or(4)
                 .max(6);
-            println!(
+            writeln!(
+                out,
                 "{:<width$}  {:>12}  {:>10}  {:>10}",
                 "tensor", "MAE", "SQNR dB", "cosine"
-            );
+            )?;
             for t in &tensors {
                 let sqnr = t["sqnr_db"]
                     .as_f64()
                     .map_or_else(|| text(&t["sqnr_db"]), |v| format!("{v:.2}"));
-                println!(
+                writeln!(
+                    out,
                     "{:<width$}  {:>12.4e}  {:>10}  {:>10.6}",
                     text(&t["name"]),
                     t["mae"].as_f64().unwrap_or(f64::NAN),
                     sqnr,
                     t["cosine"].as_f64().unwrap_or(f64::NAN)
-                );
+                )?;
             }
             if let Some(w) = report["worst_sqnr"].as_object() {
                 let sqnr = w.get("sqnr_db").map_or("-".into(), |v| {
                     v.as_f64().map_or_else(|| text(v), |f| format!("{f:.2}"))
                 });
-                println!(
+                writeln!(
+                    out,
                     "worst SQNR: {} ({sqnr} dB)",
                     w.get("name").map_or("-".into(), text)
-                );
+                )?;
             }
         }
         Command::Prune { .. } => {
-            println!("{}", text(&report["text"]));
-            println!(
+            writeln!(out, "{}", text(&report["text"]))?;
+            writeln!(
+                out,
                 "wrote {} ({})",
                 text(&report["output"]),
                 human(u(&report["output_file_bytes"]))
-            );
+            )?;
         }
         Command::ExportGguf { .. } => {
             for t in &tensors {
-                println!(
+                writeln!(
+                    out,
                     "{:<40}  {:<5}  {:<16}  {:>12}",
                     text(&t["name"]),
                     text(&t["type"]),
                     shape(&t["shape"]),
                     u(&t["bytes"])
-                );
+                )?;
             }
-            println!(
+            writeln!(
+                out,
                 "wrote {} ({})",
                 text(&report["output"]),
                 human(u(&report["output_file_bytes"]))
-            );
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// A failed command as the CLI reports it: one line naming the file (and the tensor, where
+/// one is concerned) and what went wrong, plus a stable `kind` for `--json` consumers.
+#[derive(Debug)]
+struct Failure {
+    kind: &'static str,
+    message: String,
+}
+
+type CliResult<T> = std::result::Result<T, Failure>;
+
+impl From<Error> for Failure {
+    fn from(e: Error) -> Self {
+        let kind = match &e {
+            Error::ShapeMismatch { .. } => "shape_mismatch",
+            Error::UnsupportedDType { .. } => "unsupported_dtype",
+            Error::NonFinite { .. } => "non_finite",
+            Error::InvalidArgument { .. } => "invalid_argument",
+            Error::MetadataMismatch { .. } => "metadata_mismatch",
+            Error::Truncated { .. } => "truncated",
+            Error::Corrupt { .. } => "corrupt",
+            Error::Unsupported { .. } => "unsupported",
+            Error::Missing { .. } => "missing",
+            Error::Io(_) => "io",
+            Error::Json(_) => "json",
+            Error::Safetensors(_) => "safetensors",
+            _ => "error",
+        };
+        Failure {
+            kind,
+            message: e.to_string().replace('\n', " "),
         }
     }
 }
 
-/// Names the file in I/O errors (the library's `Io` errors carry no path).
-fn in_file<T>(path: &Path, r: Result<T>) -> Result<T> {
-    r.map_err(|e| match e {
-        Error::Io(io) => Error::Io(std::io::Error::new(
-            io.kind(),
-            format!("{}: {io}", path.display()),
-        )),
-        other => other,
-    })
+impl From<std::io::Error> for Failure {
+    fn from(e: std::io::Error) -> Self {
+        Error::Io(e).into()
+    }
 }
 
-fn run(cli: &Cli) -> Result<Value> {
+impl From<serde_json::Error> for Failure {
+    fn from(e: serde_json::Error) -> Self {
+        Error::Json(e).into()
+    }
+}
+
+impl From<candle_core::Error> for Failure {
+    fn from(e: candle_core::Error) -> Self {
+        Error::Candle(e).into()
+    }
+}
+
+impl Failure {
+    /// Puts `what` (a file, a tensor) in front of the message.
+    fn within(mut self, what: impl std::fmt::Display) -> Self {
+        self.message = format!("{what}: {}", self.message);
+        self
+    }
+}
+
+/// Names the file in every error of `r`.
+fn in_file<T>(path: &Path, r: Result<T>) -> CliResult<T> {
+    r.map_err(|e| Failure::from(e).within(path.display()))
+}
+
+/// Names the tensor and its file in every error of `r`.
+fn in_tensor<T>(path: &Path, name: &str, r: Result<T>) -> CliResult<T> {
+    r.map_err(|e| Failure::from(e).within(format_args!("{}: tensor {name}", path.display())))
+}
+
+/// Refuses an input that already holds compressed values: quantizing or pruning their
+/// integer payloads and scales as if they were weights would write a file that no
+/// longer decodes.
+fn refuse_compressed(path: &Path, command: &str) -> CliResult<()> {
+    let file = in_file(path, CompressedFile::open(path))?;
+    let (mut tensors, mut layers, mut example) = (0usize, 0usize, None);
+    for item in file.items() {
+        match item.kind {
+            ItemKind::Compressed(_) => tensors += 1,
+            ItemKind::QuantLinear(_) => layers += 1,
+            ItemKind::Plain { .. } => continue,
+        }
+        example.get_or_insert(item.name);
+    }
+    if let Some(name) = example {
+        return Err(Failure::from(invalid(
+            "input",
+            format!(
+                "it is already compressed by candle-compress ({tensors} compressed tensors, \
+                 {layers} quantized layers, e.g. {name:?}); {command} the original float \
+                 checkpoint instead"
+            ),
+        ))
+        .within(path.display()));
+    }
+    // compressed-tensors checkpoints (llm-compressor, vLLM) keep their codes and scales
+    // under these suffixes.
+    let ct = file.reader().names().into_iter().find(|n| {
+        [
+            ".weight_packed",
+            ".weight_scale",
+            ".weight_zero_point",
+            ".weight_shape",
+        ]
+        .iter()
+        .any(|s| n.ends_with(s))
+    });
+    if let Some(name) = ct {
+        return Err(Failure::from(invalid(
+            "input",
+            format!(
+                "it holds compressed-tensors quantized weights (e.g. {name:?}); {command} \
+                 the original float checkpoint instead, or load it with \
+                 QuantLoader::from_compressed_tensors"
+            ),
+        ))
+        .within(path.display()));
+    }
+    Ok(())
+}
+
+fn run(cli: &Cli) -> CliResult<Value> {
     match &cli.command {
         Command::Quantize {
             input,
@@ -897,6 +1188,7 @@ fn run(cli: &Cli) -> Result<Value> {
                 skip,
             },
             *force,
+            cli.json,
         ),
         Command::Inspect { file } => inspect(file),
         Command::Eval {
@@ -912,6 +1204,34 @@ fn run(cli: &Cli) -> Result<Value> {
     }
 }
 
+/// Ends the process on Ctrl-C, `SIGTERM` or `SIGHUP` after removing the temporary file of
+/// an unfinished output (destructors do not run when a signal ends a process), with the
+/// shell's exit status for that signal (128 + its number).
+fn remove_partial_output_on_signal() {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let Ok(mut signals) = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP]) else {
+        return; // no handler: the default action (exit) still applies
+    };
+    std::thread::spawn(move || {
+        if let Some(signal) = signals.forever().next() {
+            candle_compress::io::remove_temp_files();
+            let _ = writeln!(std::io::stderr(), "\ninterrupted; no output written");
+            std::process::exit(128 + signal);
+        }
+    });
+}
+
+/// Prints `text` and a newline on stdout. A closed pipe (`candle-compress … | head`) is
+/// not an error: the reader has all it wanted.
+fn print_stdout(text: &str) -> ExitCode {
+    let mut out = std::io::stdout().lock();
+    match writeln!(out, "{text}").and_then(|()| out.flush()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(_) => ExitCode::FAILURE,
+    }
+}
+
 fn main() -> ExitCode {
     // A bug must still end as one line and a failure code, not a backtrace.
     std::panic::set_hook(Box::new(|info| {
@@ -921,20 +1241,23 @@ fn main() -> ExitCode {
             .map(|s| s.to_string())
             .or_else(|| info.payload().downcast_ref::<String>().cloned())
             .unwrap_or_else(|| "unknown".into());
-        eprintln!("error: internal error: {msg}");
+        let _ = writeln!(std::io::stderr(), "error: internal error: {msg}");
     }));
     let cli = Cli::parse(); // usage errors: clap prints them and exits with 2
+    remove_partial_output_on_signal();
     match run(&cli) {
-        Ok(report) => {
+        Ok(report) if cli.json => print_stdout(&report.to_string()),
+        Ok(report) => match print_table(&cli.command, &report) {
+            Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => ExitCode::FAILURE,
+            _ => ExitCode::SUCCESS,
+        },
+        Err(f) => {
             if cli.json {
-                println!("{report}");
+                let report = json!({"error": {"kind": f.kind, "message": f.message}});
+                let _ = print_stdout(&report.to_string());
             } else {
-                print_table(&cli.command, &report);
+                let _ = writeln!(std::io::stderr(), "error: {}", f.message);
             }
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("error: {}", e.to_string().replace('\n', " "));
             ExitCode::FAILURE
         }
     }
@@ -942,16 +1265,11 @@ fn main() -> ExitCode {
 
 #[cfg(test)]
 mod tests {
-    use super::matches;
+    use super::BAR_TEMPLATE;
 
     #[test]
-    fn patterns_match_as_documented() {
-        assert!(matches("embed", "model.embed_tokens.weight"));
-        assert!(matches("*.bias", "fc.bias"));
-        assert!(!matches("*.bias", "fc.bias.x"));
-        assert!(matches("model.*.weight", "model.layers.0.weight"));
-        assert!(matches("a*b*c", "axxbyyc"));
-        assert!(!matches("a*b*c", "axxcyyb"));
-        assert!(matches("*", "anything"));
+    fn the_progress_bar_prints_its_message_once() {
+        assert_eq!(BAR_TEMPLATE.matches("msg}").count(), 1);
+        indicatif::ProgressStyle::with_template(BAR_TEMPLATE).expect("a valid template");
     }
 }

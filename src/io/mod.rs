@@ -12,7 +12,8 @@
 //! - [`gguf`]: export of Q8_0 / Q4_0 tensors to GGUF files that candle and llama.cpp read.
 //!
 //! Writers never leave a half-written file under the target name: they write a temporary
-//! file in the same directory and rename it into place.
+//! file in the same directory and rename it into place; [`remove_temp_files`] removes
+//! those of unfinished writes when a signal ends the process.
 
 pub mod compressed_tensors;
 pub mod gguf;
@@ -64,7 +65,45 @@ pub(crate) fn temp_sibling(path: &Path) -> Result<PathBuf> {
         file_name.to_string_lossy(),
         std::process::id()
     );
-    Ok(path.with_file_name(tmp_name))
+    let tmp = path.with_file_name(tmp_name);
+    let mut pending = PENDING_TEMP_FILES
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    // Now and then forget the temporary files that are gone (renamed or removed), so the
+    // list stays short in long-running processes. (A name is pushed before its file is
+    // created, so pruning on every call could drop a write that is about to start.)
+    if pending.len() >= 64 {
+        pending.retain(|p| p.exists());
+    }
+    pending.push(tmp.clone());
+    Ok(tmp)
+}
+
+/// The temporary files the writers of this module have named in this process; entries
+/// whose file is gone are dropped on the next write.
+static PENDING_TEMP_FILES: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+
+/// Removes the temporary files of writes still in progress in this process and returns
+/// how many it removed.
+///
+/// Writers clean up after themselves on errors and when dropped, but a process ended by
+/// a signal (Ctrl-C, `SIGTERM`) runs no destructors: call this from your signal handler
+/// before exiting so no hidden `.NAME.PID.NANOS.tmp` file is left beside the output (the
+/// `candle-compress` CLI does). Finished outputs are never touched: they are already
+/// renamed into place.
+///
+/// ```
+/// // Nothing is being written, so nothing is removed.
+/// assert_eq!(candle_compress::io::remove_temp_files(), 0);
+/// ```
+pub fn remove_temp_files() -> usize {
+    let mut pending = PENDING_TEMP_FILES
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    pending
+        .drain(..)
+        .filter(|p| std::fs::remove_file(p).is_ok())
+        .count()
 }
 
 /// Writes tensors as a safetensors file at `path` through [`write_atomically`] (so the

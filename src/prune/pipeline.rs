@@ -42,10 +42,12 @@ use std::path::Path;
 use candle_core::{DType, Device, Shape, Tensor};
 use serde::{Deserialize, Serialize};
 
+use super::global_select::GlobalSelect;
 use super::prune::{
     apply_global_cut, check_nm, check_percentile, clip_slice, global_cut, prune_nm_slice,
-    prune_smallest, target_zeros,
+    prune_smallest, target_zeros, GlobalCut,
 };
+use super::skip::SkipRules;
 use super::storage::{StorageKind, StoredTensor};
 use crate::error::{Error, Result};
 use crate::input::FloatData;
@@ -97,70 +99,6 @@ impl fmt::Display for Stage {
             Stage::Quantize { scheme } => write!(f, "quantize {scheme}"),
         }
     }
-}
-
-/// Name patterns that usually stay uncompressed in transformers: embeddings, norms and
-/// the output head. Use with [`Pipeline::skip_names`].
-pub const TRANSFORMER_SKIPS: [&str; 3] = ["*embed*", "*norm*", "lm_head*"];
-
-/// Which tensors a pipeline leaves alone.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct SkipRules {
-    /// Glob patterns over the tensor name (`*` any run of characters, `?` one character);
-    /// a tensor matching any of them is skipped.
-    pub name_patterns: Vec<String>,
-    /// Tensors of rank below this are skipped (default 2: biases and norm weights).
-    pub min_rank: usize,
-}
-
-impl Default for SkipRules {
-    fn default() -> Self {
-        Self {
-            name_patterns: Vec::new(),
-            min_rank: 2,
-        }
-    }
-}
-
-impl SkipRules {
-    /// Why `name` (of `rank` and `dtype`) is skipped, or `None` when it is processed.
-    #[must_use]
-    pub fn reason(&self, name: &str, rank: usize, dtype: DType) -> Option<String> {
-        if let Some(p) = self.name_patterns.iter().find(|p| glob_match(p, name)) {
-            return Some(format!("name matches {p:?}"));
-        }
-        if rank < self.min_rank {
-            return Some(format!("rank {rank} < {}", self.min_rank));
-        }
-        if crate::input::ensure_float(dtype, "pipeline").is_err() {
-            return Some(format!("dtype {dtype:?} is not a float"));
-        }
-        None
-    }
-}
-
-/// `*` matches any run (also empty), `?` exactly one character; everything else literally.
-fn glob_match(pattern: &str, name: &str) -> bool {
-    let (p, n): (Vec<char>, Vec<char>) = (pattern.chars().collect(), name.chars().collect());
-    // Iterative matcher with backtracking to the last star: O(|p|·|n|) worst case.
-    let (mut pi, mut ni) = (0, 0);
-    let mut star: Option<(usize, usize)> = None;
-    while ni < n.len() {
-        if pi < p.len() && (p[pi] == '?' || p[pi] == n[ni]) {
-            pi += 1;
-            ni += 1;
-        } else if pi < p.len() && p[pi] == '*' {
-            star = Some((pi, ni));
-            pi += 1;
-        } else if let Some((sp, sn)) = star {
-            pi = sp + 1;
-            ni = sn + 1;
-            star = Some((sp, sn + 1));
-        } else {
-            return false;
-        }
-    }
-    p[pi..].iter().all(|&c| c == '*')
 }
 
 /// Statistics of one stage, over the tensors it processed.
@@ -231,6 +169,60 @@ pub struct Report {
 }
 
 impl Report {
+    /// The report of a run over no tensors.
+    fn empty(pipeline: &Pipeline) -> Self {
+        Report {
+            stages: pipeline
+                .stages
+                .iter()
+                .map(|s| StageStats {
+                    stage: s.to_string(),
+                    tensors_processed: 0,
+                    tensors_skipped: 0,
+                    params: 0,
+                    nonzeros_before: 0,
+                    nonzeros: 0,
+                    sparsity: 0.0,
+                    changed: 0,
+                    bytes_before: 0,
+                    bytes_after: 0,
+                })
+                .collect(),
+            tensors: Vec::new(),
+            tensors_processed: 0,
+            tensors_skipped: 0,
+            bytes_before: 0,
+            bytes_after: 0,
+        }
+    }
+
+    /// The report of two runs of one pipeline over disjoint tensors, as one run over all
+    /// of them would give it.
+    fn merge(mut self, other: Report) -> Self {
+        for (a, b) in self.stages.iter_mut().zip(other.stages) {
+            a.tensors_processed += b.tensors_processed;
+            a.tensors_skipped += b.tensors_skipped;
+            a.params += b.params;
+            a.nonzeros_before += b.nonzeros_before;
+            a.nonzeros += b.nonzeros;
+            a.changed += b.changed;
+            a.bytes_before += b.bytes_before;
+            a.bytes_after += b.bytes_after;
+            a.sparsity = if a.params == 0 {
+                0.0
+            } else {
+                1.0 - a.nonzeros as f64 / a.params as f64
+            };
+        }
+        self.tensors.extend(other.tensors);
+        self.tensors.sort_by(|a, b| a.name.cmp(&b.name));
+        self.tensors_processed += other.tensors_processed;
+        self.tensors_skipped += other.tensors_skipped;
+        self.bytes_before += other.bytes_before;
+        self.bytes_after += other.bytes_after;
+        self
+    }
+
     /// `bytes_before / bytes_after`.
     #[must_use]
     pub fn compression_ratio(&self) -> f64 {
@@ -415,7 +407,8 @@ impl Pipeline {
         self.stage(Stage::Quantize { scheme })
     }
 
-    /// Adds name patterns to skip (e.g. [`TRANSFORMER_SKIPS`]).
+    /// Adds name patterns to skip (e.g. [`TRANSFORMER_SKIPS`](super::TRANSFORMER_SKIPS); the
+    /// pattern language is in [`skip`](super::skip)).
     #[must_use]
     pub fn skip_names<S: AsRef<str>>(mut self, patterns: impl IntoIterator<Item = S>) -> Self {
         self.skip
@@ -486,6 +479,17 @@ impl Pipeline {
     /// element (the message names the operation; the tensor is logged); quantizer errors.
     pub fn run(&self, tensors: &HashMap<String, Tensor>) -> Result<PipelineOutput> {
         self.validate()?;
+        self.run_with_cuts(tensors, None)
+    }
+
+    /// [`Pipeline::run`] where each [`Stage::PruneGlobal`] at index `i` uses `cuts[i]`
+    /// (computed over all tensors of a streaming run, its tie count decremented as ties
+    /// are pruned) instead of a cut over `tensors` alone.
+    fn run_with_cuts(
+        &self,
+        tensors: &HashMap<String, Tensor>,
+        mut cuts: Option<&mut [GlobalCut]>,
+    ) -> Result<PipelineOutput> {
         let mut names: Vec<&String> = tensors.keys().collect();
         names.sort();
         let mut out = BTreeMap::new();
@@ -552,7 +556,8 @@ impl Pipeline {
                     st.bytes_before += w.stored.size_bytes();
                 }
             }
-            st.changed += apply_stage(stage, &mut work, &applies);
+            let cut = cuts.as_deref_mut().map(|c| &mut c[si]);
+            st.changed += apply_stage(stage, &mut work, &applies, cut);
             // Store every processed tensor in its smallest layout and count what was built.
             for (w, _) in work.iter_mut().zip(&applies).filter(|(_, a)| **a) {
                 let nz = nnz(&w.values);
@@ -607,6 +612,161 @@ impl Pipeline {
             tensors: out,
             report,
         })
+    }
+
+    /// How many times [`Pipeline::run_streaming`] loads each tensor: once, plus twice for
+    /// every [`Stage::PruneGlobal`] (the two passes that find its threshold). For
+    /// progress bars.
+    #[must_use]
+    pub fn streaming_passes(&self) -> usize {
+        1 + 2 * self
+            .stages
+            .iter()
+            .filter(|s| matches!(s, Stage::PruneGlobal { .. }))
+            .count()
+    }
+
+    /// Runs the pipeline holding one tensor at a time: `load(name)` gives a tensor,
+    /// `emit(name, stored)` takes its result, in name order, and the tensor is dropped
+    /// before the next is loaded, so peak memory is about one tensor whatever the model's
+    /// size. Outputs and the report are exactly those of [`Pipeline::run`] over the same
+    /// tensors.
+    ///
+    /// A [`Stage::PruneGlobal`] needs a threshold over all tensors: it is found by two
+    /// extra passes over the inputs (each tensor loaded again and the earlier stages
+    /// rerun), so `load` is called [`Pipeline::streaming_passes`] times per name.
+    ///
+    /// ```
+    /// use std::collections::HashMap;
+    /// use candle_compress::prune::{Pipeline, StoredTensor};
+    /// use candle_core::{Device, Tensor};
+    ///
+    /// let dev = Device::Cpu;
+    /// let tensors: HashMap<String, Tensor> = (0..3)
+    ///     .map(|i| Ok((format!("l{i}.weight"), Tensor::randn(0f32, 1.0, (16, 32), &dev)?)))
+    ///     .collect::<candle_core::Result<_>>()?;
+    /// let pipeline = Pipeline::new().prune_global(0.5);
+    /// let mut names: Vec<String> = tensors.keys().cloned().collect();
+    /// let mut stored: Vec<(String, StoredTensor)> = Vec::new();
+    /// let report = pipeline.run_streaming(
+    ///     &names,
+    ///     |name| Ok(tensors[name].clone()),
+    ///     |name, value| { stored.push((name.to_string(), value)); Ok(()) },
+    /// )?;
+    /// let whole = pipeline.run(&tensors)?;
+    /// assert_eq!(report, whole.report);
+    /// assert_eq!(stored.len(), 3);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    /// Those of [`Pipeline::run`], and any error of `load` or `emit`. A `load` that gives
+    /// different values on different passes yields a threshold of no particular meaning
+    /// (never a panic).
+    pub fn run_streaming(
+        &self,
+        names: &[String],
+        mut load: impl FnMut(&str) -> Result<Tensor>,
+        mut emit: impl FnMut(&str, StoredTensor) -> Result<()>,
+    ) -> Result<Report> {
+        self.validate()?;
+        let mut names = names.to_vec();
+        names.sort();
+        names.dedup();
+        let mut cuts = self.streaming_cuts(&names, &mut load)?;
+        let mut merged: Option<Report> = None;
+        for name in &names {
+            let tensors = HashMap::from([(name.clone(), load(name)?)]);
+            let out = self.run_with_cuts(&tensors, Some(&mut cuts))?;
+            merged = Some(match merged {
+                None => out.report,
+                Some(r) => r.merge(out.report),
+            });
+            for (n, stored) in out.tensors {
+                emit(&n, stored)?;
+            }
+        }
+        Ok(merged.unwrap_or_else(|| Report::empty(self)))
+    }
+
+    /// The cut of every global stage over all `names` (a cut that prunes nothing for the
+    /// other stages), found stage by stage with two passes each.
+    fn streaming_cuts(
+        &self,
+        names: &[String],
+        load: &mut impl FnMut(&str) -> Result<Tensor>,
+    ) -> Result<Vec<GlobalCut>> {
+        let none = GlobalCut {
+            threshold: 0.0,
+            at_threshold: 0,
+        };
+        let mut cuts = vec![none; self.stages.len()];
+        for (g, stage) in self.stages.iter().enumerate() {
+            let Stage::PruneGlobal { sparsity } = *stage else {
+                continue;
+            };
+            let before = Pipeline {
+                stages: self.stages[..g].to_vec(),
+                skip: self.skip.clone(),
+                sparse_storage: false,
+            };
+            let mut select = GlobalSelect::new();
+            // Each pass replays the earlier global cuts from their start (their tie counts
+            // are consumed in name order).
+            let mut pass_cuts = cuts[..g].to_vec();
+            for name in names {
+                before.visit_values(name, load(name)?, &mut pass_cuts, |v| select.count_high(v))?;
+            }
+            let k = target_zeros(sparsity, select.total());
+            if k == 0 {
+                // Nothing to prune; skip the second pass (its loads are not made).
+                continue;
+            }
+            select.finish_high(k);
+            let mut pass_cuts = cuts[..g].to_vec();
+            for name in names {
+                before.visit_values(name, load(name)?, &mut pass_cuts, |v| select.count_low(v))?;
+            }
+            cuts[g] = select.cut(k);
+            tracing::debug!(
+                stage = g,
+                threshold = cuts[g].threshold,
+                "pipeline: global threshold"
+            );
+        }
+        Ok(cuts)
+    }
+
+    /// Runs this (prefix) pipeline on one tensor and shows `f` its values, unless the skip
+    /// rules leave it alone. `cuts` are the earlier global stages' cuts, consumed in order.
+    fn visit_values(
+        &self,
+        name: &str,
+        t: Tensor,
+        cuts: &mut [GlobalCut],
+        f: impl FnOnce(&[f32]),
+    ) -> Result<()> {
+        if self.skip.reason(name, t.rank(), t.dtype()).is_some() {
+            return Ok(());
+        }
+        let d = FloatData::from_tensor_finite(&t, "Pipeline::run_streaming")?;
+        let mut work = vec![Work {
+            name: name.to_string(),
+            values: d.values,
+            shape: d.shape,
+            dtype: d.dtype,
+            device: t.device().clone(),
+            nm: None,
+            quantize: None,
+            stored: StoredTensor::Dense(t),
+        }];
+        for (si, stage) in self.stages.iter().enumerate() {
+            let applies = stage_applies(stage, &work);
+            let cut = matches!(stage, Stage::PruneGlobal { .. }).then(|| &mut cuts[si]);
+            apply_stage(stage, &mut work, &applies, cut);
+        }
+        f(&work[0].values);
+        Ok(())
     }
 
     /// Loads a safetensors file with candle's loader and runs the pipeline on it.
@@ -743,7 +903,7 @@ impl Pipeline {
         let mut counts: HashMap<String, Vec<Option<usize>>> = HashMap::new();
         for stage in &self.stages {
             let applies = stage_applies(stage, &work);
-            apply_stage(stage, &mut work, &applies);
+            apply_stage(stage, &mut work, &applies, None);
             for (w, a) in work.iter().zip(&applies) {
                 counts
                     .entry(w.name.clone())
@@ -775,8 +935,14 @@ fn stage_applies(stage: &Stage, work: &[Work]) -> Vec<bool> {
 }
 
 /// Applies one stage to the values of the tensors it applies to; returns the elements
-/// changed (zeroed or clipped).
-fn apply_stage(stage: &Stage, work: &mut [Work], applies: &[bool]) -> usize {
+/// changed (zeroed or clipped). A global stage given a `cut` applies it (and counts the
+/// ties it used) instead of computing one over `work`.
+fn apply_stage(
+    stage: &Stage,
+    work: &mut [Work],
+    applies: &[bool],
+    cut: Option<&mut GlobalCut>,
+) -> usize {
     let mut changed = 0;
     let params: usize = work
         .iter()
@@ -790,6 +956,22 @@ fn apply_stage(stage: &Stage, work: &mut [Work], applies: &[bool]) -> usize {
                 let k = target_zeros(sparsity, w.values.len());
                 changed += prune_smallest(&mut w.values, k).0;
             }
+        }
+        Stage::PruneGlobal { .. } if cut.is_some() => {
+            let Some(cut) = cut else { return 0 };
+            let t = cut.threshold.to_bits() & 0x7fff_ffff;
+            let mut slices: Vec<&mut [f32]> = work
+                .iter_mut()
+                .zip(applies)
+                .filter(|(_, a)| **a)
+                .map(|(w, _)| w.values.as_mut_slice())
+                .collect();
+            let ties: usize = slices
+                .iter()
+                .map(|s| s.iter().filter(|v| v.to_bits() & 0x7fff_ffff == t).count())
+                .sum();
+            changed += apply_global_cut(&mut slices, *cut).iter().sum::<usize>();
+            cut.at_threshold -= ties.min(cut.at_threshold);
         }
         Stage::PruneGlobal { sparsity } => {
             let k = target_zeros(sparsity, params);
@@ -902,21 +1084,4 @@ fn count_nonzeros(t: &Tensor) -> Result<usize> {
     }
     let ne = t.ne(&t.zeros_like()?)?;
     Ok(ne.to_dtype(DType::U32)?.sum_all()?.to_scalar::<u32>()? as usize)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn glob_patterns() {
-        assert!(glob_match("*embed*", "model.embed_tokens.weight"));
-        assert!(glob_match("lm_head*", "lm_head.weight"));
-        assert!(!glob_match("lm_head*", "model.lm_head.weight"));
-        assert!(glob_match("layers.?.mlp*", "layers.3.mlp.up.weight"));
-        assert!(!glob_match("layers.?.mlp*", "layers.13.mlp.up.weight"));
-        assert!(glob_match("*", ""));
-        assert!(glob_match("a*b*c", "aXXbYYbc"));
-        assert!(!glob_match("a*b*c", "aXXbYYb"));
-    }
 }
