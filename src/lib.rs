@@ -43,7 +43,9 @@
 //! - GPUs: everything runs on candle's CPU device.
 //! - Training with quantized weights (no quantization-aware training, no gradients through
 //!   [`QuantLinear`]).
-//! - aarch64 SIMD: NEON kernels are not written yet; aarch64 runs the scalar kernels.
+//! - aarch64 beyond the GEMM: the W8A8/W4A8 kernels and their row quantization have NEON
+//!   versions; the blockwise quantizers and the half conversions run their scalar
+//!   kernels there.
 //!
 //! # Errors and input policy
 //!
@@ -54,7 +56,8 @@
 //!
 //! # Crate features
 //!
-//! - `cli` (off by default): the `candle-compress` binary; adds `clap` and `indicatif`.
+//! - `cli` (off by default): the `candle-compress` binary; adds `clap`, `indicatif` and
+//!   `signal-hook` (to remove an unfinished output on Ctrl-C).
 //!
 //! SIMD needs no feature and no `-C target-cpu=native`: AVX-512 VNNI, AVX-VNNI or AVX2
 //! kernels are chosen when the process starts (detected once, cached, logged with
