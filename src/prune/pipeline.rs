@@ -128,6 +128,24 @@ pub struct StageStats {
     pub bytes_after: usize,
 }
 
+impl StageStats {
+    /// The statistics of `stage` before it has seen any tensor.
+    fn zero(stage: &Stage) -> Self {
+        StageStats {
+            stage: stage.to_string(),
+            tensors_processed: 0,
+            tensors_skipped: 0,
+            params: 0,
+            nonzeros_before: 0,
+            nonzeros: 0,
+            sparsity: 0.0,
+            changed: 0,
+            bytes_before: 0,
+            bytes_after: 0,
+        }
+    }
+}
+
 /// One tensor's line in the [`Report`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TensorReport {
@@ -172,22 +190,7 @@ impl Report {
     /// The report of a run over no tensors.
     fn empty(pipeline: &Pipeline) -> Self {
         Report {
-            stages: pipeline
-                .stages
-                .iter()
-                .map(|s| StageStats {
-                    stage: s.to_string(),
-                    tensors_processed: 0,
-                    tensors_skipped: 0,
-                    params: 0,
-                    nonzeros_before: 0,
-                    nonzeros: 0,
-                    sparsity: 0.0,
-                    changed: 0,
-                    bytes_before: 0,
-                    bytes_after: 0,
-                })
-                .collect(),
+            stages: pipeline.stages.iter().map(StageStats::zero).collect(),
             tensors: Vec::new(),
             tensors_processed: 0,
             tensors_skipped: 0,
@@ -537,16 +540,8 @@ impl Pipeline {
             tracing::info!(stage = %stage, index = si, tensors = work.len(), "pipeline: stage");
             let applies = stage_applies(stage, &work);
             let mut st = StageStats {
-                stage: stage.to_string(),
-                tensors_processed: 0,
                 tensors_skipped: skipped_by_rules + applies.iter().filter(|a| !**a).count(),
-                params: 0,
-                nonzeros_before: 0,
-                nonzeros: 0,
-                sparsity: 0.0,
-                changed: 0,
-                bytes_before: 0,
-                bytes_after: 0,
+                ..StageStats::zero(stage)
             };
             for (w, &a) in work.iter().zip(&applies) {
                 if a {
