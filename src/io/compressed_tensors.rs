@@ -882,6 +882,25 @@ impl CtCheckpoint {
         Self::from_shards(Shards::single(reader), config)
     }
 
+    /// [`CtCheckpoint::from_parts`] with the `config.json` given as its bytes.
+    ///
+    /// # Errors
+    /// [`Error::Json`] when the bytes are not JSON; as [`CtCheckpoint::open`] otherwise.
+    ///
+    /// ```
+    /// use candle_compress::io::compressed_tensors::CtCheckpoint;
+    /// use candle_compress::io::reader::SafetensorsReader;
+    /// let none: [(&str, safetensors::tensor::TensorView); 0] = [];
+    /// let bytes = safetensors::serialize(none, None)?;
+    /// let err = CtCheckpoint::from_config_bytes(SafetensorsReader::from_bytes(bytes)?, b"{oops").unwrap_err();
+    /// assert!(matches!(err, candle_compress::Error::Json(_)));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn from_config_bytes(reader: SafetensorsReader, config_json: &[u8]) -> Result<Self> {
+        let config: Value = serde_json::from_slice(config_json)?;
+        Self::from_parts(reader, &config)
+    }
+
     fn from_shards(shards: Shards, config: &Value) -> Result<Self> {
         let q = config.get("quantization_config").unwrap_or(config);
         let method = match q.get("quant_method") {
@@ -1331,10 +1350,15 @@ impl CtCheckpoint {
         let packed_name = format!("{prefix}.weight_packed");
         let weight_name = format!("{prefix}.weight");
         let scale_name = format!("{prefix}.weight_scale");
+        if self.shards.info(&scale_name).is_none() {
+            return Err(Error::Missing {
+                what: "tensor",
+                name: format!("{scale_name} ({})", self.layout_of(prefix)),
+            });
+        }
         let mut clamped = 0usize;
         let (out, inp, weights, group) = if self.shards.info(&packed_name).is_some() {
             let (out, inp) = self.weight_shape(prefix)?;
-            let g = self.group_for(prefix, true, inp)?;
             let words = inp.div_ceil(8);
             let packed_info = self.shards.info(&packed_name).map(|i| i.shape.clone());
             if let Some([_, stored_words]) = packed_info.as_deref() {
@@ -1374,6 +1398,7 @@ impl CtCheckpoint {
                 }
                 w.extend(unpack_row_int32(row, inp));
             }
+            let g = self.group_for(prefix, true, inp)?;
             (out, inp, w, g)
         } else {
             let info = self

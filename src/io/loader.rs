@@ -170,6 +170,44 @@ impl QuantLoader {
         )?)))
     }
 
+    /// A loader that quantizes the float checkpoint of an already opened reader with
+    /// `config` as each layer is loaded (as [`QuantLoader::quantize_on_load`]).
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] for an invalid config.
+    ///
+    /// ```
+    /// use candle_compress::io::loader::QuantLoader;
+    /// use candle_compress::io::reader::SafetensorsReader;
+    /// use candle_compress::nn::QuantConfig;
+    /// let none: [(&str, safetensors::tensor::TensorView); 0] = [];
+    /// let reader = SafetensorsReader::from_bytes(safetensors::serialize(none, None)?)?;
+    /// let vb = QuantLoader::quantize_reader_on_load(reader, QuantConfig::w8a8())?;
+    /// assert!(!vb.contains("fc.weight"));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn quantize_reader_on_load(reader: SafetensorsReader, config: QuantConfig) -> Result<Self> {
+        config.validate()?;
+        Ok(Self::new(Backend::Float { reader, config }))
+    }
+
+    /// A loader over an already opened compressed-tensors checkpoint.
+    ///
+    /// ```
+    /// use candle_compress::io::compressed_tensors::{quantization_config, CtCheckpoint, CtFormat};
+    /// use candle_compress::io::loader::QuantLoader;
+    /// use candle_compress::io::reader::SafetensorsReader;
+    /// let none: [(&str, safetensors::tensor::TensorView); 0] = [];
+    /// let reader = SafetensorsReader::from_bytes(safetensors::serialize(none, None)?)?;
+    /// let ckpt = CtCheckpoint::from_parts(reader, &quantization_config(CtFormat::IntQuantized, &[]))?;
+    /// assert_eq!(QuantLoader::from_ct_checkpoint(ckpt).prefix(), "");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    #[must_use]
+    pub fn from_ct_checkpoint(checkpoint: CtCheckpoint) -> Self {
+        Self::new(Backend::Ct(checkpoint))
+    }
+
     /// A loader over a compressed-tensors checkpoint directory: `config.json` and
     /// `model.safetensors`, or a sharded checkpoint (`model.safetensors.index.json` and
     /// its shards), as llm-compressor writes it.
