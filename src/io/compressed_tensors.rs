@@ -99,6 +99,23 @@ impl CtFormat {
     }
 }
 
+/// The `input_activations` of a config group for an activation mode: dynamic per-token
+/// or per-tensor int8, static per-tensor int8 (with a `p.input_scale` tensor per layer),
+/// or `null` for weight-only layers.
+fn activation_args(acts: ActivationQuant) -> Value {
+    match acts {
+        ActivationQuant::PerTensor => quant_args(8, "tensor", None, true),
+        ActivationQuant::Static { .. } => quant_args(8, "tensor", None, false),
+        ActivationQuant::Float => Value::Null,
+        ActivationQuant::PerToken => quant_args(8, "token", None, true),
+    }
+}
+
+/// Whether two activation modes share one config group (static scales may differ).
+fn same_activation_kind(a: ActivationQuant, b: ActivationQuant) -> bool {
+    std::mem::discriminant(&a) == std::mem::discriminant(&b)
+}
+
 fn quant_args(num_bits: u32, strategy: &str, group: Option<usize>, dynamic: bool) -> Value {
     json!({
         "num_bits": num_bits,
@@ -225,6 +242,7 @@ fn f32_part(shape: Vec<usize>, v: &[f32]) -> Part {
 pub struct CtWriter {
     parts: BTreeMap<String, Part>,
     format: Option<CtFormat>,
+    activations: Option<ActivationQuant>,
     ignore: Vec<String>,
 }
 
@@ -268,11 +286,18 @@ impl CtWriter {
 
     /// Adds a layer under `prefix` in the layout of its format (see the module docs).
     ///
+    /// Activations map to the config group's `input_activations`: per token and per
+    /// tensor to dynamic int8 of that strategy, [`ActivationQuant::Static`] to static
+    /// per-tensor int8 with a `p.input_scale` tensor `[1]`, [`ActivationQuant::Float`]
+    /// (weight-only, W4A16 / W8A16) to `null`.
+    ///
     /// # Errors
     /// [`Error::Unsupported`] for a layer with a smoothing vector (fold it into the
-    /// preceding norm first), with activations other than dynamic per-token, or whose
-    /// format differs from the layers already added; [`Error::InvalidArgument`] for a name
-    /// already used.
+    /// preceding norm first), an int4 layer whose group does not divide `in_features`
+    /// (the format has no layout for a shorter last group: compressed-tensors 0.12 would
+    /// decode it with wrong scales, 0.20 refuses it), or a layer whose format or
+    /// activation mode differs from the layers already added (one config group per
+    /// checkpoint); [`Error::InvalidArgument`] for a name already used.
     ///
     /// ```
     /// # use candle_compress::io::compressed_tensors::CtWriter;
@@ -293,14 +318,32 @@ impl CtWriter {
                 supported: "layers without smoothing (fold SmoothQuant into the norm first)".into(),
             });
         }
-        if p.config.activations() != ActivationQuant::PerToken {
-            return Err(Error::Unsupported {
-                what: "activation mode for compressed-tensors",
-                found: format!("{prefix}: {:?}", p.config.activations()),
-                supported: "dynamic per-token".into(),
-            });
+        let acts = p.config.activations();
+        if let Some(a) = self.activations {
+            if !same_activation_kind(a, acts) {
+                return Err(Error::Unsupported {
+                    what: "mixed activation modes in one compressed-tensors checkpoint",
+                    found: format!("{prefix}: {acts:?} after {a:?}"),
+                    supported: "one activation mode per checkpoint".into(),
+                });
+            }
         }
         let format = CtFormat::of(&p.config);
+        if let CtFormat::PackQuantized { group } = format {
+            if !p.in_features.is_multiple_of(group) {
+                return Err(Error::Unsupported {
+                    what: "int4 layer for compressed-tensors",
+                    found: format!(
+                        "{prefix}: in_features {} is not a multiple of the group {group} \
+                         (the last group of each row would be shorter)",
+                        p.in_features
+                    ),
+                    supported: "in_features divisible by the group (compressed-tensors \
+                                infers the group as in_features / number of scales)"
+                        .into(),
+                });
+            }
+        }
         if let Some(f) = self.format {
             if f != format {
                 return Err(Error::Unsupported {
@@ -358,7 +401,11 @@ impl CtWriter {
         if let Some(b) = &p.bias {
             self.insert(format!("{prefix}.bias"), f32_part(vec![out], b))?;
         }
+        if let ActivationQuant::Static { scale } = acts {
+            self.insert(format!("{prefix}.input_scale"), f32_part(vec![1], &[scale]))?;
+        }
         self.format = Some(format);
+        self.activations = Some(acts);
         Ok(())
     }
 
@@ -409,7 +456,10 @@ impl CtWriter {
         let format = self
             .format
             .ok_or_else(|| Error::invalid("checkpoint", "no quantized layer was added"))?;
-        Ok(quantization_config(format, &self.ignore))
+        let mut config = quantization_config(format, &self.ignore);
+        let acts = self.activations.unwrap_or_default();
+        config["config_groups"]["group_0"]["input_activations"] = activation_args(acts);
+        Ok(config)
     }
 
     /// Writes the tensors to `safetensors_path` and a `config.json` at `config_path`:
@@ -440,6 +490,84 @@ impl CtWriter {
         config_path: impl AsRef<Path>,
         base_config: Option<Value>,
     ) -> Result<()> {
+        let config = self.full_config(base_config)?;
+        let metadata = std::collections::HashMap::from([("format".to_string(), "pt".to_string())]);
+        super::write_safetensors(
+            safetensors_path.as_ref(),
+            self.parts.iter().map(|(k, v)| (k.as_str(), v)).collect(),
+            metadata,
+        )?;
+        write_json(config_path.as_ref(), &config)
+    }
+
+    /// Writes a sharded checkpoint into directory `dir` as transformers and llm-compressor
+    /// lay one out: shards `model-00001-of-0000N.safetensors` of at most
+    /// `max_shard_bytes` of tensor data each (a larger tensor gets a shard of its own),
+    /// [`SHARD_INDEX_NAME`] (`{"metadata": {"total_size": bytes}, "weight_map": {tensor:
+    /// shard}}`) and `config.json` as in [`CtWriter::write`]. Tensors go to shards in name
+    /// order. Every file goes through a temporary file renamed into place.
+    ///
+    /// # Errors
+    /// As [`CtWriter::write`]; [`Error::InvalidArgument`] for `max_shard_bytes == 0`.
+    ///
+    /// ```
+    /// # use candle_compress::io::compressed_tensors::{CtCheckpoint, CtWriter};
+    /// use candle_compress::nn::{QuantConfig, QuantLinear};
+    /// let dir = tempfile::tempdir()?;
+    /// let mut writer = CtWriter::new();
+    /// for name in ["a", "b"] {
+    ///     let w = candle_core::Tensor::randn(0f32, 1., (8, 64), &candle_core::Device::Cpu)?;
+    ///     writer.add_quant_linear(name, &QuantLinear::new(&w, None, &QuantConfig::w8a8())?)?;
+    /// }
+    /// writer.write_sharded(dir.path(), 600, None)?;
+    /// let ckpt = CtCheckpoint::open_dir(dir.path())?;
+    /// assert_eq!(ckpt.shard_count(), 2);
+    /// assert_eq!(ckpt.load_quant_linear("b")?.out_features(), 8);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn write_sharded(
+        &self,
+        dir: impl AsRef<Path>,
+        max_shard_bytes: usize,
+        base_config: Option<Value>,
+    ) -> Result<()> {
+        if max_shard_bytes == 0 {
+            return Err(Error::invalid("max_shard_bytes", "must be at least 1"));
+        }
+        let dir = dir.as_ref();
+        let config = self.full_config(base_config)?;
+        let mut shards: Vec<Vec<(&str, &Part)>> = Vec::new();
+        let mut current = 0usize;
+        for (name, part) in &self.parts {
+            let n = part.data.len();
+            match shards.last_mut() {
+                Some(last) if current + n <= max_shard_bytes => {
+                    last.push((name.as_str(), part));
+                    current += n;
+                }
+                _ => {
+                    shards.push(vec![(name.as_str(), part)]);
+                    current = n;
+                }
+            }
+        }
+        let count = shards.len().max(1);
+        let mut weight_map = serde_json::Map::new();
+        let total: usize = self.parts.values().map(|p| p.data.len()).sum();
+        let metadata = std::collections::HashMap::from([("format".to_string(), "pt".to_string())]);
+        for (i, shard) in shards.into_iter().enumerate() {
+            let file = format!("model-{:05}-of-{count:05}.safetensors", i + 1);
+            for (name, _) in &shard {
+                weight_map.insert(name.to_string(), json!(file));
+            }
+            super::write_safetensors(&dir.join(&file), shard, metadata.clone())?;
+        }
+        let index = json!({"metadata": {"total_size": total}, "weight_map": weight_map});
+        write_json(&dir.join(SHARD_INDEX_NAME), &index)?;
+        write_json(&dir.join("config.json"), &config)
+    }
+
+    fn full_config(&self, base_config: Option<Value>) -> Result<Value> {
         let mut config = match base_config {
             None => json!({}),
             Some(v @ Value::Object(_)) => v,
@@ -451,35 +579,121 @@ impl CtWriter {
             }
         };
         config["quantization_config"] = self.config()?;
-        let metadata = std::collections::HashMap::from([("format".to_string(), "pt".to_string())]);
-        super::write_safetensors(
-            safetensors_path.as_ref(),
-            self.parts.iter().map(|(k, v)| (k.as_str(), v)).collect(),
-            metadata,
-        )?;
-        let text = serde_json::to_string_pretty(&config)?;
-        super::write_atomically(config_path.as_ref(), |f| {
-            use std::io::Write;
-            f.write_all(text.as_bytes())?;
-            Ok(())
-        })
+        Ok(config)
     }
 }
 
-/// The weight arguments of one config group, as far as loading needs them.
+/// How a config group's `input_activations` says activations are quantized.
 #[derive(Debug, Clone, PartialEq)]
-struct GroupArgs {
-    num_bits: u64,
-    group_size: Option<usize>,
+enum ActArgs {
+    /// `null`: weight-only.
+    None,
+    /// 8-bit symmetric int, dynamic, per token.
+    DynamicToken,
+    /// 8-bit symmetric int, dynamic, per tensor.
+    DynamicTensor,
+    /// 8-bit symmetric int, static, per tensor (`p.input_scale`).
+    StaticTensor,
+    /// Anything else, described for the error.
+    Other(String),
 }
 
-/// An opened compressed-tensors checkpoint (one safetensors file + its config).
+/// The arguments of one config group, as far as loading needs them.
+#[derive(Debug, Clone, PartialEq)]
+struct GroupArgs {
+    name: String,
+    num_bits: u64,
+    strategy: String,
+    group_size: Option<usize>,
+    /// The group's own `format`, or the checkpoint's.
+    format: String,
+    acts: ActArgs,
+}
+
+impl GroupArgs {
+    fn describe(&self) -> String {
+        let group = self
+            .group_size
+            .map_or(String::new(), |g| format!(" (group_size {g})"));
+        format!(
+            "{}: {} {}-bit {}{group}",
+            self.name, self.format, self.num_bits, self.strategy
+        )
+    }
+}
+
+/// Where a tensor of the checkpoint lives: one reader per safetensors file (one, or the
+/// shards of `model.safetensors.index.json`) and the shard holding each tensor.
+#[derive(Debug)]
+struct Shards {
+    readers: Vec<SafetensorsReader>,
+    /// Tensor name → index into `readers` (only for sharded checkpoints).
+    index: std::collections::HashMap<String, usize>,
+}
+
+impl Shards {
+    fn single(reader: SafetensorsReader) -> Self {
+        Self {
+            readers: vec![reader],
+            index: Default::default(),
+        }
+    }
+
+    fn reader_of(&self, name: &str) -> Option<&SafetensorsReader> {
+        if self.readers.len() == 1 {
+            return self.readers.first();
+        }
+        self.index.get(name).and_then(|&i| self.readers.get(i))
+    }
+
+    fn info(&self, name: &str) -> Option<&safetensors::tensor::TensorInfo> {
+        self.reader_of(name).and_then(|r| r.info(name))
+    }
+
+    fn read(&self, name: &str) -> Result<super::reader::RawTensor<'_>> {
+        match self.reader_of(name) {
+            Some(r) => r.read(name),
+            None => Err(Error::Missing {
+                what: "tensor",
+                name: name.to_string(),
+            }),
+        }
+    }
+
+    fn names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.readers.iter().flat_map(|r| r.names()).collect();
+        names.sort();
+        names
+    }
+}
+
+/// The file name of the index of a sharded checkpoint, as transformers and llm-compressor
+/// write it.
+pub const SHARD_INDEX_NAME: &str = "model.safetensors.index.json";
+
+/// An opened compressed-tensors checkpoint: one safetensors file, or the shards listed
+/// by a `model.safetensors.index.json`, with the `quantization_config` of its config.
 #[derive(Debug)]
 pub struct CtCheckpoint {
-    reader: SafetensorsReader,
+    shards: Shards,
     format: String,
     groups: Vec<GroupArgs>,
     ignore: Vec<String>,
+    clamped: std::sync::atomic::AtomicUsize,
+}
+
+/// What loading one layer found that the caller should know about
+/// ([`CtCheckpoint::load_quant_linear_with_report`]).
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+#[non_exhaustive]
+pub struct CtLayerReport {
+    /// Int8 codes stored as `-128` (inside compressed-tensors' range `[-128, 127]`)
+    /// that were loaded as `-127` ([`QuantLinear`]'s symmetric range): each is one
+    /// quantization step off on that weight.
+    pub clamped_codes: usize,
+    /// The activation mode the layer runs with, from the config group's
+    /// `input_activations` ([`ActivationQuant::Float`] for weight-only checkpoints).
+    pub activations: ActivationQuant,
 }
 
 fn corrupt(reason: impl Into<String>) -> Error {
@@ -489,6 +703,33 @@ fn corrupt(reason: impl Into<String>) -> Error {
     }
 }
 
+/// Parses one group's `input_activations`.
+fn parse_activations(gname: &str, a: Option<&Value>) -> Result<ActArgs> {
+    let a = match a {
+        None | Some(Value::Null) => return Ok(ActArgs::None),
+        Some(a @ Value::Object(_)) => a,
+        Some(other) => {
+            return Err(corrupt(format!(
+                "group {gname}: input_activations has the wrong type ({other})"
+            )))
+        }
+    };
+    let bits = a.get("num_bits").and_then(Value::as_u64);
+    let ty = a.get("type").and_then(Value::as_str).unwrap_or("int");
+    let symmetric = a.get("symmetric").and_then(Value::as_bool).unwrap_or(true);
+    let dynamic = a.get("dynamic").and_then(Value::as_bool).unwrap_or(false);
+    let strategy = a.get("strategy").and_then(Value::as_str).unwrap_or("");
+    Ok(match (bits, ty, symmetric, dynamic, strategy) {
+        (Some(8), "int", true, true, "token") => ActArgs::DynamicToken,
+        (Some(8), "int", true, true, "tensor") => ActArgs::DynamicTensor,
+        (Some(8), "int", true, false, "tensor") => ActArgs::StaticTensor,
+        _ => ActArgs::Other(format!(
+            "{} {ty}, strategy {strategy:?}, symmetric {symmetric}, dynamic {dynamic}",
+            bits.map_or("?-bit".to_string(), |b| format!("{b}-bit"))
+        )),
+    })
+}
+
 impl CtCheckpoint {
     /// Opens `safetensors_path` (header only) and reads `quantization_config` from the
     /// `config.json` at `config_path`.
@@ -496,16 +737,130 @@ impl CtCheckpoint {
     /// # Errors
     /// Reader errors; [`Error::Missing`] when the config has no `quantization_config`;
     /// [`Error::Unsupported`] for another `quant_method`, a format other than
-    /// `int-quantized` / `pack-quantized`, or asymmetric / non-int / actorder weights;
-    /// [`Error::Corrupt`] for a malformed config.
+    /// `int-quantized` / `pack-quantized` / `mixed-precision`, or asymmetric / non-int /
+    /// actorder weights; [`Error::Corrupt`] for a malformed config.
     ///
     /// ```
     /// use candle_compress::io::compressed_tensors::CtCheckpoint;
     /// assert!(CtCheckpoint::open("/nonexistent.safetensors", "/nonexistent.json").is_err());
     /// ```
     pub fn open(safetensors_path: impl AsRef<Path>, config_path: impl AsRef<Path>) -> Result<Self> {
-        let config: Value = serde_json::from_slice(&std::fs::read(config_path.as_ref())?)?;
+        let config = read_config(config_path.as_ref())?;
         Self::from_parts(SafetensorsReader::open(safetensors_path)?, &config)
+    }
+
+    /// Opens a checkpoint directory as transformers lays it out: `config.json` and either
+    /// one `model.safetensors` or a sharded checkpoint ([`SHARD_INDEX_NAME`] and the
+    /// shards it lists).
+    ///
+    /// # Errors
+    /// As [`CtCheckpoint::open`] and [`CtCheckpoint::open_sharded`]; [`Error::Missing`]
+    /// when the directory holds neither `model.safetensors` nor an index.
+    ///
+    /// ```
+    /// use candle_compress::io::compressed_tensors::CtCheckpoint;
+    /// assert!(CtCheckpoint::open_dir("/nonexistent-checkpoint").is_err());
+    /// ```
+    pub fn open_dir(dir: impl AsRef<Path>) -> Result<Self> {
+        let dir = dir.as_ref();
+        let config = dir.join("config.json");
+        let index = dir.join(SHARD_INDEX_NAME);
+        let single = dir.join("model.safetensors");
+        if index.exists() {
+            Self::open_sharded(index, config)
+        } else if single.exists() {
+            Self::open(single, config)
+        } else {
+            Err(Error::Missing {
+                what: "checkpoint file",
+                name: format!(
+                    "{} or {} in {}",
+                    "model.safetensors",
+                    SHARD_INDEX_NAME,
+                    dir.display()
+                ),
+            })
+        }
+    }
+
+    /// Opens a sharded checkpoint: the index at `index_path` (`{"metadata": {..},
+    /// "weight_map": {tensor: shard file}}`), every shard it lists (file names in the
+    /// index's directory; headers only), and the config.
+    ///
+    /// # Errors
+    /// [`Error::Corrupt`] for an index that is not such an object, a shard name that is a
+    /// path (`/`, `\`, `..`), a tensor listed for a shard that lacks it, or a tensor held
+    /// by two shards; reader and config errors as [`CtCheckpoint::open`], naming the
+    /// shard file.
+    ///
+    /// ```
+    /// use candle_compress::io::compressed_tensors::CtCheckpoint;
+    /// assert!(CtCheckpoint::open_sharded("/no/model.safetensors.index.json", "/no/config.json").is_err());
+    /// ```
+    pub fn open_sharded(
+        index_path: impl AsRef<Path>,
+        config_path: impl AsRef<Path>,
+    ) -> Result<Self> {
+        let index_path = index_path.as_ref();
+        let config = read_config(config_path.as_ref())?;
+        let text = std::fs::read(index_path).map_err(|e| {
+            Error::Io(std::io::Error::new(
+                e.kind(),
+                format!("{}: {e}", index_path.display()),
+            ))
+        })?;
+        let bad = |reason: String| Error::Corrupt {
+            what: format!("shard index {}", index_path.display()),
+            reason,
+        };
+        let index: Value =
+            serde_json::from_slice(&text).map_err(|e| bad(format!("not JSON: {e}")))?;
+        let map = index
+            .get("weight_map")
+            .and_then(Value::as_object)
+            .ok_or_else(|| bad("no \"weight_map\" object".into()))?;
+        let dir = index_path.parent().unwrap_or(Path::new("."));
+        let mut files: Vec<String> = Vec::new();
+        for (tensor, file) in map {
+            let file = file
+                .as_str()
+                .ok_or_else(|| bad(format!("{tensor}: the shard is not a string")))?;
+            if file.is_empty() || file.contains(['/', '\\']) || file == ".." || file == "." {
+                return Err(bad(format!("{tensor}: shard {file:?} is not a file name")));
+            }
+            if !files.iter().any(|f| f == file) {
+                files.push(file.to_string());
+            }
+        }
+        files.sort();
+        let mut readers = Vec::with_capacity(files.len());
+        let mut where_is = std::collections::HashMap::new();
+        for (i, file) in files.iter().enumerate() {
+            let reader = SafetensorsReader::open(dir.join(file))?;
+            for name in reader.names() {
+                if let Some(j) = where_is.insert(name.clone(), i) {
+                    return Err(bad(format!(
+                        "tensor {name} is in two shards, {} and {file}",
+                        files[j]
+                    )));
+                }
+            }
+            readers.push(reader);
+        }
+        for (tensor, file) in map {
+            let listed = file.as_str().unwrap_or_default();
+            let holder = where_is.get(tensor).map(|&i| files[i].as_str());
+            if holder != Some(listed) {
+                return Err(bad(format!(
+                    "the index puts {tensor} in {listed}, which does not hold it"
+                )));
+            }
+        }
+        let shards = Shards {
+            readers,
+            index: where_is,
+        };
+        Self::from_shards(shards, &config)
     }
 
     /// Builds a checkpoint from an opened reader and the parsed `config.json` (or the
@@ -524,14 +879,44 @@ impl CtCheckpoint {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn from_parts(reader: SafetensorsReader, config: &Value) -> Result<Self> {
+        Self::from_shards(Shards::single(reader), config)
+    }
+
+    /// [`CtCheckpoint::from_parts`] with the `config.json` given as its bytes.
+    ///
+    /// # Errors
+    /// [`Error::Json`] when the bytes are not JSON; as [`CtCheckpoint::open`] otherwise.
+    ///
+    /// ```
+    /// use candle_compress::io::compressed_tensors::CtCheckpoint;
+    /// use candle_compress::io::reader::SafetensorsReader;
+    /// let none: [(&str, safetensors::tensor::TensorView); 0] = [];
+    /// let bytes = safetensors::serialize(none, None)?;
+    /// let err = CtCheckpoint::from_config_bytes(SafetensorsReader::from_bytes(bytes)?, b"{oops").unwrap_err();
+    /// assert!(matches!(err, candle_compress::Error::Json(_)));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn from_config_bytes(reader: SafetensorsReader, config_json: &[u8]) -> Result<Self> {
+        let config: Value = serde_json::from_slice(config_json)?;
+        Self::from_parts(reader, &config)
+    }
+
+    fn from_shards(shards: Shards, config: &Value) -> Result<Self> {
         let q = config.get("quantization_config").unwrap_or(config);
-        let method = q
-            .get("quant_method")
-            .and_then(Value::as_str)
-            .ok_or_else(|| Error::Missing {
-                what: "config entry",
-                name: "quantization_config.quant_method".into(),
-            })?;
+        let method = match q.get("quant_method") {
+            Some(Value::String(m)) => m.as_str(),
+            Some(other) => {
+                return Err(corrupt(format!(
+                    "quant_method has the wrong type ({other}), expected a string"
+                )))
+            }
+            None => {
+                return Err(Error::Missing {
+                    what: "config entry",
+                    name: "quantization_config.quant_method".into(),
+                })
+            }
+        };
         if method != "compressed-tensors" {
             return Err(Error::Unsupported {
                 what: "quant_method",
@@ -542,12 +927,13 @@ impl CtCheckpoint {
         let format = q
             .get("format")
             .and_then(Value::as_str)
-            .ok_or_else(|| corrupt("missing \"format\""))?;
-        if format != "int-quantized" && format != "pack-quantized" {
+            .ok_or_else(|| corrupt("missing \"format\" (a string)"))?;
+        const FORMATS: [&str; 3] = ["int-quantized", "pack-quantized", "mixed-precision"];
+        if !FORMATS.contains(&format) {
             return Err(Error::Unsupported {
                 what: "compressed-tensors format",
                 found: format.to_string(),
-                supported: "int-quantized, pack-quantized".into(),
+                supported: "int-quantized, pack-quantized, mixed-precision".into(),
             });
         }
         let groups_obj = q
@@ -572,7 +958,8 @@ impl CtCheckpoint {
             let supported = ty == "int"
                 && symmetric
                 && !actorder
-                && matches!((num_bits, strategy), (8, "channel") | (4, "group"));
+                && matches!(num_bits, 4 | 8)
+                && matches!(strategy, "channel" | "group");
             if !supported {
                 return Err(Error::Unsupported {
                     what: "compressed-tensors weight scheme",
@@ -580,7 +967,7 @@ impl CtCheckpoint {
                         "group {gname}: {num_bits}-bit {ty}, strategy {strategy:?}, \
                          symmetric {symmetric}, actorder {actorder}"
                     ),
-                    supported: "8-bit int channel or 4-bit int group, symmetric".into(),
+                    supported: "8-bit int channel, 4-bit int group or channel, symmetric".into(),
                 });
             }
             let group_size = match w.get("group_size") {
@@ -592,14 +979,22 @@ impl CtCheckpoint {
                 ),
                 _ => None,
             };
-            if num_bits == 4 && group_size.is_none() {
+            if strategy == "group" && group_size.is_none() {
                 return Err(corrupt(format!(
-                    "group {gname}: 4-bit group without group_size"
+                    "group {gname}: strategy \"group\" without group_size"
                 )));
             }
+            let gformat = match g.get("format") {
+                Some(Value::String(f)) if format == "mixed-precision" => f.clone(),
+                _ => format.to_string(),
+            };
             groups.push(GroupArgs {
+                name: gname.clone(),
                 num_bits,
+                strategy: strategy.to_string(),
                 group_size,
+                format: gformat,
+                acts: parse_activations(gname, g.get("input_activations"))?,
             });
         }
         let ignore = q
@@ -612,10 +1007,11 @@ impl CtCheckpoint {
             })
             .unwrap_or_default();
         Ok(Self {
-            reader,
+            shards,
             format: format.to_string(),
             groups,
             ignore,
+            clamped: Default::default(),
         })
     }
 
@@ -647,7 +1043,9 @@ impl CtCheckpoint {
         &self.ignore
     }
 
-    /// The underlying reader (for the float tensors of the checkpoint).
+    /// The reader of the first (for a single file: the only) safetensors file. For a
+    /// sharded checkpoint use [`CtCheckpoint::names`] and [`CtCheckpoint::info`], which
+    /// span every shard.
     ///
     /// ```
     /// # use candle_compress::io::compressed_tensors::{quantization_config, CtCheckpoint, CtFormat};
@@ -658,27 +1056,68 @@ impl CtCheckpoint {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn reader(&self) -> &SafetensorsReader {
-        &self.reader
+        &self.shards.readers[0]
     }
 
-    fn group(&self, bits: u64, prefix: &str) -> Result<&GroupArgs> {
-        let mut matching = self.groups.iter().filter(|g| g.num_bits == bits);
-        match (matching.next(), matching.next()) {
-            (Some(g), None) => Ok(g),
-            (None, _) => Err(Error::Missing {
-                what: "config group",
-                name: format!("{bits}-bit weights for {prefix}"),
-            }),
-            (Some(_), Some(_)) => Err(Error::Unsupported {
-                what: "config groups",
-                found: format!("several {bits}-bit groups ({prefix})"),
-                supported: "one group per bit width".into(),
-            }),
-        }
+    /// Number of safetensors files (1, or the shard count).
+    ///
+    /// ```
+    /// # use candle_compress::io::compressed_tensors::{quantization_config, CtCheckpoint, CtFormat};
+    /// # let none: [(&str, safetensors::tensor::TensorView); 0] = [];
+    /// # let reader = candle_compress::io::reader::SafetensorsReader::from_bytes(safetensors::serialize(none, None)?)?;
+    /// let ckpt = CtCheckpoint::from_parts(reader, &quantization_config(CtFormat::IntQuantized, &[]))?;
+    /// assert_eq!(ckpt.shard_count(), 1);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn shard_count(&self) -> usize {
+        self.shards.readers.len()
+    }
+
+    /// Every tensor name of the checkpoint (all shards), sorted.
+    ///
+    /// ```
+    /// # use candle_compress::io::compressed_tensors::{quantization_config, CtCheckpoint, CtFormat};
+    /// # let none: [(&str, safetensors::tensor::TensorView); 0] = [];
+    /// # let reader = candle_compress::io::reader::SafetensorsReader::from_bytes(safetensors::serialize(none, None)?)?;
+    /// let ckpt = CtCheckpoint::from_parts(reader, &quantization_config(CtFormat::IntQuantized, &[]))?;
+    /// assert!(ckpt.names().is_empty());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn names(&self) -> Vec<String> {
+        self.shards.names()
+    }
+
+    /// The header entry of tensor `name`, whichever shard holds it.
+    ///
+    /// ```
+    /// # use candle_compress::io::compressed_tensors::{quantization_config, CtCheckpoint, CtFormat};
+    /// # let none: [(&str, safetensors::tensor::TensorView); 0] = [];
+    /// # let reader = candle_compress::io::reader::SafetensorsReader::from_bytes(safetensors::serialize(none, None)?)?;
+    /// let ckpt = CtCheckpoint::from_parts(reader, &quantization_config(CtFormat::IntQuantized, &[]))?;
+    /// assert!(ckpt.info("fc.weight").is_none());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn info(&self, name: &str) -> Option<&safetensors::tensor::TensorInfo> {
+        self.shards.info(name)
+    }
+
+    /// Int8 codes of `-128` loaded as `-127` so far, over every layer loaded from this
+    /// checkpoint (see [`CtLayerReport::clamped_codes`]).
+    ///
+    /// ```
+    /// # use candle_compress::io::compressed_tensors::{quantization_config, CtCheckpoint, CtFormat};
+    /// # let none: [(&str, safetensors::tensor::TensorView); 0] = [];
+    /// # let reader = candle_compress::io::reader::SafetensorsReader::from_bytes(safetensors::serialize(none, None)?)?;
+    /// let ckpt = CtCheckpoint::from_parts(reader, &quantization_config(CtFormat::IntQuantized, &[]))?;
+    /// assert_eq!(ckpt.clamped_codes(), 0);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn clamped_codes(&self) -> usize {
+        self.clamped.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     fn read_float(&self, name: &str) -> Result<Vec<f32>> {
-        let raw = self.reader.read(name)?;
+        let raw = self.shards.read(name)?;
         Ok(match raw.dtype {
             Dtype::F32 => bytes_to_f32(&raw.data),
             Dtype::F16 => bytes_to_f16(&raw.data).iter().map(|v| v.to_f32()).collect(),
@@ -698,7 +1137,7 @@ impl CtCheckpoint {
     }
 
     fn expect_shape(&self, name: &str, dtype: Option<Dtype>, shape: &[usize]) -> Result<()> {
-        let info = self.reader.info(name).ok_or_else(|| Error::Missing {
+        let info = self.shards.info(name).ok_or_else(|| Error::Missing {
             what: "tensor",
             name: name.to_string(),
         })?;
@@ -717,14 +1156,141 @@ impl CtCheckpoint {
         Ok(())
     }
 
-    /// Loads the linear layer at `prefix` as a [`QuantLinear`] (dynamic per-token int8
-    /// activations), reading only its tensors.
+    /// A one-line description of the tensors stored for layer `prefix`, for errors.
+    fn layout_of(&self, prefix: &str) -> String {
+        let parts: Vec<String> = ["weight", "weight_packed", "weight_scale", "weight_shape"]
+            .iter()
+            .filter_map(|s| {
+                let name = format!("{prefix}.{s}");
+                self.shards
+                    .info(&name)
+                    .map(|i| format!("{s} {:?} {:?}", i.dtype, i.shape))
+            })
+            .collect();
+        if parts.is_empty() {
+            format!("{prefix}: no weight tensors")
+        } else {
+            format!("{prefix}: {}", parts.join(", "))
+        }
+    }
+
+    /// The config group describing layer `prefix`, chosen by what is stored: the groups
+    /// whose format, bit width, strategy and group size agree with the layer's tensors.
+    fn group_for(&self, prefix: &str, packed: bool, inp: usize) -> Result<&GroupArgs> {
+        let scale_cols = self
+            .shards
+            .info(&format!("{prefix}.weight_scale"))
+            .and_then(|i| match i.shape[..] {
+                [_, c] => Some(c),
+                _ => None,
+            });
+        let fits = |g: &&GroupArgs| {
+            let format_ok = if packed {
+                g.format == "pack-quantized" && g.num_bits == 4
+            } else {
+                g.format == "int-quantized"
+            };
+            let cols_ok = match (g.strategy.as_str(), g.group_size, scale_cols) {
+                ("channel", _, Some(c)) => c == 1,
+                ("group", Some(gs), Some(c)) => inp.is_multiple_of(gs) && c == inp / gs,
+                _ => false,
+            };
+            format_ok && cols_ok
+        };
+        let found: Vec<&GroupArgs> = self.groups.iter().filter(fits).collect();
+        match found[..] {
+            [g] => Ok(g),
+            [g, ..]
+                if found.iter().all(|h| {
+                    (h.num_bits, &h.strategy, h.group_size, &h.acts)
+                        == (g.num_bits, &g.strategy, g.group_size, &g.acts)
+                }) =>
+            {
+                Ok(g)
+            }
+            [] => {
+                let groups: Vec<String> = self.groups.iter().map(GroupArgs::describe).collect();
+                Err(Error::Unsupported {
+                    what: "compressed-tensors layer layout",
+                    found: format!(
+                        "{} matches no config group ({})",
+                        self.layout_of(prefix),
+                        if groups.is_empty() {
+                            "none".into()
+                        } else {
+                            groups.join("; ")
+                        }
+                    ),
+                    supported: "int-quantized: I8 weight [out, in] with weight_scale \
+                                [out, 1] (8-bit channel) or [out, in/group] (4-bit group); \
+                                pack-quantized: I32 weight_packed [out, ceil(in/8)] with \
+                                weight_scale [out, in/group] and weight_shape"
+                        .into(),
+                })
+            }
+            _ => Err(Error::Unsupported {
+                what: "compressed-tensors config groups",
+                found: format!(
+                    "{} matches several groups with different arguments ({})",
+                    self.layout_of(prefix),
+                    found
+                        .iter()
+                        .map(|g| g.describe())
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                ),
+                supported: "one matching group per layer".into(),
+            }),
+        }
+    }
+
+    /// Reads `p.weight_shape` (I32 or I64 `[2]`) as `(out, in)`, both non-zero.
+    fn weight_shape(&self, prefix: &str) -> Result<(usize, usize)> {
+        let shape_name = format!("{prefix}.weight_shape");
+        let shape_raw = self.shards.read(&shape_name)?;
+        let dims: Vec<i64> = match shape_raw.dtype {
+            Dtype::I32 => shape_raw
+                .data
+                .chunks_exact(4)
+                .map(|c| i64::from(i32::from_le_bytes([c[0], c[1], c[2], c[3]])))
+                .collect(),
+            Dtype::I64 => shape_raw
+                .data
+                .chunks_exact(8)
+                .map(|c| i64::from_le_bytes(c.try_into().unwrap_or([0; 8])))
+                .collect(),
+            other => {
+                return Err(Error::metadata(
+                    format!("{shape_name} dtype"),
+                    "I32 (or I64)",
+                    format!("{other:?}"),
+                ))
+            }
+        };
+        let [out, inp] = dims[..] else {
+            return Err(Error::shape(shape_name, [2usize], dims.len()));
+        };
+        let (Ok(o), Ok(i)) = (usize::try_from(out), usize::try_from(inp)) else {
+            return Err(Error::Corrupt {
+                what: shape_name,
+                reason: format!("negative dims [{out}, {inp}]"),
+            });
+        };
+        if o == 0 || i == 0 {
+            return Err(Error::Corrupt {
+                what: shape_name,
+                reason: format!("zero dims [{o}, {i}]"),
+            });
+        }
+        Ok((o, i))
+    }
+
+    /// Loads the linear layer at `prefix` as a [`QuantLinear`], reading only its tensors.
+    /// Equivalent to [`CtCheckpoint::load_quant_linear_with_report`] without the report
+    /// (the clamped-code count still adds to [`CtCheckpoint::clamped_codes`]).
     ///
     /// # Errors
-    /// [`Error::Missing`] for a missing tensor (e.g. `weight_scale`) or config group;
-    /// [`Error::MetadataMismatch`] / [`Error::ShapeMismatch`] for tensors whose dtype or
-    /// shape disagrees with the spec; [`Error::Unsupported`] for a zero point or `g_idx`,
-    /// or a group size [`QuantLinear`] lacks; [`QuantLinear::from_parts`] errors.
+    /// As [`CtCheckpoint::load_quant_linear_with_report`].
     ///
     /// ```
     /// # use candle_compress::io::compressed_tensors::{quantization_config, CtCheckpoint, CtFormat};
@@ -735,109 +1301,209 @@ impl CtCheckpoint {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn load_quant_linear(&self, prefix: &str) -> Result<QuantLinear> {
-        for extra in ["weight_zero_point", "weight_g_idx", "input_scale"] {
-            if self.reader.info(&format!("{prefix}.{extra}")).is_some() {
+        Ok(self.load_quant_linear_with_report(prefix)?.0)
+    }
+
+    /// Loads the linear layer at `prefix` as a [`QuantLinear`] and reports what the
+    /// caller should know ([`CtLayerReport`]: `-128` codes clamped, the activation mode).
+    ///
+    /// The layer's config group is the one whose format, bit width, strategy and group
+    /// size agree with its stored tensors. Layouts read: `int-quantized` I8 `weight`
+    /// `[out, in]` with `weight_scale` `[out, 1]` (8-bit per channel) or `[out, in/g]`
+    /// (4-bit codes in I8, groups of `g`: llm-compressor's W4A8 preset); `pack-quantized`
+    /// I32 `weight_packed` with `weight_scale` `[out, in/g]` and `weight_shape`.
+    /// Activations follow the group's `input_activations`: `null` runs weight-only
+    /// ([`ActivationQuant::Float`]), dynamic int8 per token / per tensor, static int8 per
+    /// tensor with `p.input_scale`.
+    ///
+    /// # Errors
+    /// [`Error::Missing`] for a missing tensor (e.g. `weight_scale`);
+    /// [`Error::Unsupported`] naming the layout found when no config group matches the
+    /// stored tensors, for a zero point or `g_idx`, a group size [`QuantLinear`] lacks
+    /// (32, 64, 128), or activation arguments it cannot run;
+    /// [`Error::MetadataMismatch`] / [`Error::ShapeMismatch`] for tensors whose dtype or
+    /// shape disagrees with the spec; [`Error::Corrupt`] for 4-bit codes outside
+    /// `[-8, 7]`, or a `weight_shape` smaller than the packed codes whose padding is not
+    /// zero; [`QuantLinear::from_parts`] errors.
+    ///
+    /// ```
+    /// # use candle_compress::io::compressed_tensors::{quantization_config, CtCheckpoint, CtFormat};
+    /// # let none: [(&str, safetensors::tensor::TensorView); 0] = [];
+    /// # let reader = candle_compress::io::reader::SafetensorsReader::from_bytes(safetensors::serialize(none, None)?)?;
+    /// let ckpt = CtCheckpoint::from_parts(reader, &quantization_config(CtFormat::IntQuantized, &[]))?;
+    /// assert!(ckpt.load_quant_linear_with_report("fc").is_err()); // no such layer
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn load_quant_linear_with_report(
+        &self,
+        prefix: &str,
+    ) -> Result<(QuantLinear, CtLayerReport)> {
+        for extra in ["weight_zero_point", "weight_g_idx"] {
+            if self.shards.info(&format!("{prefix}.{extra}")).is_some() {
                 return Err(Error::Unsupported {
                     what: "compressed-tensors tensor",
-                    found: format!("{prefix}.{extra}"),
-                    supported: "symmetric weights, dynamic activations".into(),
+                    found: format!("{prefix}.{extra} ({})", self.layout_of(prefix)),
+                    supported: "symmetric weights without activation order".into(),
                 });
             }
         }
         let packed_name = format!("{prefix}.weight_packed");
         let weight_name = format!("{prefix}.weight");
         let scale_name = format!("{prefix}.weight_scale");
-        let (out, inp, weights, config) = if self.reader.info(&packed_name).is_some() {
-            let group = self.group(4, prefix)?.group_size.unwrap_or(0);
-            let config = QuantConfig::w4a8(group).map_err(|_| Error::Unsupported {
-                what: "int4 group size",
-                found: format!("{group} ({prefix})"),
-                supported: "32, 64, 128".into(),
-            })?;
-            let shape_name = format!("{prefix}.weight_shape");
-            let shape_raw = self.reader.read(&shape_name)?;
-            let dims: Vec<i64> = match shape_raw.dtype {
-                Dtype::I32 => shape_raw
-                    .data
-                    .chunks_exact(4)
-                    .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as i64)
-                    .collect(),
-                Dtype::I64 => shape_raw
-                    .data
-                    .chunks_exact(8)
-                    .map(|c| i64::from_le_bytes(c.try_into().unwrap_or([0; 8])))
-                    .collect(),
-                other => {
-                    return Err(Error::metadata(
-                        format!("{shape_name} dtype"),
-                        "I32 (or I64)",
-                        format!("{other:?}"),
-                    ))
-                }
-            };
-            let [out, inp] = dims[..] else {
-                return Err(Error::shape(shape_name, [2usize], dims.len()));
-            };
-            let (Ok(out), Ok(inp)) = (usize::try_from(out), usize::try_from(inp)) else {
-                return Err(Error::Corrupt {
-                    what: shape_name,
-                    reason: format!("negative dims [{out}, {inp}]"),
-                });
-            };
-            if out == 0 || inp == 0 {
-                return Err(Error::Corrupt {
-                    what: shape_name,
-                    reason: format!("zero dims [{out}, {inp}]"),
-                });
-            }
+        if self.shards.info(&scale_name).is_none() {
+            return Err(Error::Missing {
+                what: "tensor",
+                name: format!("{scale_name} ({})", self.layout_of(prefix)),
+            });
+        }
+        let mut clamped = 0usize;
+        let (out, inp, weights, group) = if self.shards.info(&packed_name).is_some() {
+            let (out, inp) = self.weight_shape(prefix)?;
             let words = inp.div_ceil(8);
+            let packed_info = self.shards.info(&packed_name).map(|i| i.shape.clone());
+            if let Some([_, stored_words]) = packed_info.as_deref() {
+                if *stored_words != words {
+                    return Err(Error::Corrupt {
+                        what: packed_name,
+                        reason: format!(
+                            "weight_shape [{out}, {inp}] needs {words} int32 words per row, \
+                             {stored_words} are stored ({})",
+                            self.layout_of(prefix)
+                        ),
+                    });
+                }
+            }
             self.expect_shape(&packed_name, Some(Dtype::I32), &[out, words])?;
-            self.expect_shape(&scale_name, None, &[out, inp.div_ceil(group)])?;
-            let raw = self.reader.read(&packed_name)?;
+            let raw = self.shards.read(&packed_name)?;
             let all: Vec<i32> = raw
                 .data
                 .chunks_exact(4)
                 .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]))
                 .collect();
+            let pad_bits = 4 * (words * 8 - inp);
             let mut w = Vec::with_capacity(out * inp);
-            for row in all.chunks(words) {
+            for (r, row) in all.chunks(words).enumerate() {
+                if pad_bits > 0 {
+                    let last = row.last().copied().unwrap_or(0) as u32;
+                    let padding = last >> (32 - pad_bits);
+                    if padding != 0 {
+                        return Err(Error::Corrupt {
+                            what: packed_name,
+                            reason: format!(
+                                "row {r} holds non-zero codes past weight_shape's {inp} \
+                                 columns (weight_shape smaller than the stored codes)"
+                            ),
+                        });
+                    }
+                }
                 w.extend(unpack_row_int32(row, inp));
             }
-            (out, inp, w, config)
+            let g = self.group_for(prefix, true, inp)?;
+            (out, inp, w, g)
         } else {
-            self.group(8, prefix)?;
             let info = self
-                .reader
+                .shards
                 .info(&weight_name)
                 .ok_or_else(|| Error::Missing {
                     what: "tensor",
-                    name: weight_name.clone(),
+                    name: format!("{weight_name} (or {packed_name})"),
                 })?;
             let (out, inp) = match info.shape[..] {
                 [o, i] if o > 0 && i > 0 => (o, i),
                 _ => return Err(Error::shape(weight_name, "[out > 0, in > 0]", &info.shape)),
             };
             self.expect_shape(&weight_name, Some(Dtype::I8), &[out, inp])?;
-            self.expect_shape(&scale_name, None, &[out, 1])?;
-            let mut w = bytes_to_i8(&self.reader.read(&weight_name)?.data);
-            let clamped = w.iter().filter(|&&q| q == -128).count();
-            if clamped > 0 {
-                tracing::warn!(
-                    "{weight_name}: {clamped} codes of -128 loaded as -127 (QuantLinear range)"
-                );
-                w.iter_mut().filter(|q| **q == -128).for_each(|q| *q = -127);
+            let g = self.group_for(prefix, false, inp)?;
+            let mut w = bytes_to_i8(&self.shards.read(&weight_name)?.data);
+            if g.num_bits == 4 {
+                let bad = w.iter().filter(|q| !(-8..=7).contains(*q)).count();
+                if bad > 0 {
+                    return Err(Error::Corrupt {
+                        what: weight_name,
+                        reason: format!(
+                            "{bad} codes outside [-8, 7] under the 4-bit config group {}",
+                            g.describe()
+                        ),
+                    });
+                }
+            } else {
+                clamped = w.iter().filter(|&&q| q == -128).count();
+                if clamped > 0 {
+                    tracing::warn!(
+                        "{weight_name}: {clamped} codes of -128 loaded as -127 (QuantLinear range)"
+                    );
+                    w.iter_mut().filter(|q| **q == -128).for_each(|q| *q = -127);
+                }
             }
-            (out, inp, w, QuantConfig::w8a8())
+            (out, inp, w, g)
         };
+        let weights_mode = match (group.num_bits, group.strategy.as_str(), group.group_size) {
+            (8, "channel", _) => WeightQuant::Int8PerChannel,
+            (4, "group", Some(gs)) if crate::nn::quant_linear::INT4_GROUPS.contains(&gs) => {
+                WeightQuant::Int4Grouped { group: gs }
+            }
+            _ => {
+                return Err(Error::Unsupported {
+                    what: "compressed-tensors weights for QuantLinear",
+                    found: format!("{} under {}", self.layout_of(prefix), group.describe()),
+                    supported: "8-bit per channel, or 4-bit groups of 32, 64 or 128".into(),
+                })
+            }
+        };
+        let acts = match &group.acts {
+            ActArgs::None => ActivationQuant::Float,
+            ActArgs::DynamicToken => ActivationQuant::PerToken,
+            ActArgs::DynamicTensor => ActivationQuant::PerTensor,
+            ActArgs::StaticTensor => {
+                let name = format!("{prefix}.input_scale");
+                let s = self.read_float(&name)?;
+                let [scale] = s[..] else {
+                    return Err(Error::shape(name, [1usize], s.len()));
+                };
+                ActivationQuant::Static { scale }
+            }
+            ActArgs::Other(desc) => {
+                return Err(Error::Unsupported {
+                    what: "compressed-tensors input activations",
+                    found: format!("{prefix} (group {}): {desc}", group.name),
+                    supported: "null (weight-only), 8-bit int symmetric: dynamic per token, \
+                                dynamic per tensor, static per tensor"
+                        .into(),
+                })
+            }
+        };
+        if !matches!(group.acts, ActArgs::StaticTensor)
+            && self.shards.info(&format!("{prefix}.input_scale")).is_some()
+        {
+            return Err(Error::Unsupported {
+                what: "compressed-tensors tensor",
+                found: format!(
+                    "{prefix}.input_scale under group {} whose activations are not static",
+                    group.name
+                ),
+                supported: "input_scale only with static per-tensor activations".into(),
+            });
+        }
+        let scale_cols = match weights_mode {
+            WeightQuant::Int4Grouped { group } => inp / group,
+            _ => 1,
+        };
+        self.expect_shape(&scale_name, None, &[out, scale_cols])?;
+        let config = QuantConfig::w8a8();
+        let config = match weights_mode {
+            WeightQuant::Int4Grouped { group } => QuantConfig::w4a8(group)?,
+            _ => config,
+        }
+        .with_activations(acts)?;
         let scales = self.read_float(&scale_name)?;
         let bias_name = format!("{prefix}.bias");
-        let bias = if self.reader.info(&bias_name).is_some() {
+        let bias = if self.shards.info(&bias_name).is_some() {
             self.expect_shape(&bias_name, None, &[out])?;
             Some(self.read_float(&bias_name)?)
         } else {
             None
         };
-        QuantLinear::from_parts(QuantLinearParts {
+        let layer = QuantLinear::from_parts(QuantLinearParts {
             out_features: out,
             in_features: inp,
             weights,
@@ -845,7 +1511,16 @@ impl CtCheckpoint {
             bias,
             smooth: None,
             config,
-        })
+        })?;
+        self.clamped
+            .fetch_add(clamped, std::sync::atomic::Ordering::Relaxed);
+        Ok((
+            layer,
+            CtLayerReport {
+                clamped_codes: clamped,
+                activations: acts,
+            },
+        ))
     }
 
     /// Reads a float tensor of the checkpoint (an ignored layer's weight, a norm, …).
@@ -863,7 +1538,7 @@ impl CtCheckpoint {
     /// ```
     pub fn load_float(&self, name: &str, device: &Device) -> Result<Tensor> {
         let shape = self
-            .reader
+            .shards
             .info(name)
             .ok_or_else(|| Error::Missing {
                 what: "tensor",
@@ -874,4 +1549,28 @@ impl CtCheckpoint {
         let values = self.read_float(name)?;
         Ok(Tensor::from_vec(values, shape, device)?)
     }
+}
+
+/// Writes pretty JSON at `path` through a temporary file renamed into place.
+fn write_json(path: &Path, value: &Value) -> Result<()> {
+    let text = serde_json::to_string_pretty(value)?;
+    super::write_atomically(path, |f| {
+        use std::io::Write;
+        f.write_all(text.as_bytes())?;
+        Ok(())
+    })
+}
+
+/// Reads and parses a `config.json`, naming the file in errors.
+fn read_config(path: &Path) -> Result<Value> {
+    let bytes = std::fs::read(path).map_err(|e| {
+        Error::Io(std::io::Error::new(
+            e.kind(),
+            format!("{}: {e}", path.display()),
+        ))
+    })?;
+    serde_json::from_slice(&bytes).map_err(|e| Error::Corrupt {
+        what: path.display().to_string(),
+        reason: format!("not a JSON config: {e}"),
+    })
 }

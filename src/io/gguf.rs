@@ -15,6 +15,13 @@
 //! | `Q4_0` | 2 | 32 | 18 | `d: f16`, then 16 bytes; byte `j` holds element `j` in its low nibble and element `j + 16` in its high nibble, each stored as `q + 8`; value = `q · d` |
 //! | `F16` | 1 | 1 | 2 | IEEE half |
 //! | `F32` | 0 | 1 | 4 | IEEE single |
+//! | `I8` / `I16` / `I32` / `I64` | 24 / 25 / 26 / 27 | 1 | 1 / 2 / 4 / 8 | little-endian signed integers |
+//!
+//! [`GgufTensor::quantize`] quantizes float tensors with llama.cpp's own reference rules,
+//! so exported files are as accurate as llama.cpp's; [`GgufTensor::from_compressed`]
+//! converts our `int8:32` / `int4:32` tensors without re-quantizing. Tensor names are at
+//! most 63 bytes ([`GGML_MAX_NAME`]), F16 tensors must fit f16's range, and block scales
+//! must be finite: anything a reader would refuse or decode to Inf is refused here.
 //!
 //! GGML blocks run along the innermost (last, row-major) dimension, so a quantized
 //! tensor's last dimension must be a multiple of 32.
@@ -65,6 +72,11 @@ pub const GGUF_MAX_DIMS: usize = 4;
 /// Number of elements in one Q8_0 or Q4_0 block.
 pub const QK: usize = 32;
 
+/// llama.cpp's `GGML_MAX_NAME`: a tensor name lives in a 64-byte buffer with its
+/// terminating NUL, so a name of 64 bytes or more makes llama.cpp refuse the whole file.
+/// The writer accepts names of at most `GGML_MAX_NAME - 1` bytes.
+pub const GGML_MAX_NAME: usize = 64;
+
 const GGUF_MAGIC: u32 = 0x4655_4747; // "GGUF" read as a little-endian u32
 
 /// The GGML tensor types this writer can produce.
@@ -78,6 +90,14 @@ pub enum GgufType {
     Q4_0,
     /// GGML Q8_0: blocks of 32 `i8` values with one f16 scale (34 bytes).
     Q8_0,
+    /// Signed 8-bit integers (GGML type 24).
+    I8,
+    /// Signed 16-bit integers (GGML type 25).
+    I16,
+    /// Signed 32-bit integers (GGML type 26).
+    I32,
+    /// Signed 64-bit integers (GGML type 27), e.g. position ids.
+    I64,
 }
 
 impl GgufType {
@@ -93,6 +113,10 @@ impl GgufType {
             GgufType::F16 => 1,
             GgufType::Q4_0 => 2,
             GgufType::Q8_0 => 8,
+            GgufType::I8 => 24,
+            GgufType::I16 => 25,
+            GgufType::I32 => 26,
+            GgufType::I64 => 27,
         }
     }
 
@@ -104,8 +128,8 @@ impl GgufType {
     /// ```
     pub fn block_size(self) -> usize {
         match self {
-            GgufType::F32 | GgufType::F16 => 1,
             GgufType::Q4_0 | GgufType::Q8_0 => QK,
+            _ => 1,
         }
     }
 
@@ -121,22 +145,30 @@ impl GgufType {
             GgufType::F16 => 2,
             GgufType::Q4_0 => 2 + QK / 2,
             GgufType::Q8_0 => 2 + QK,
+            GgufType::I8 => 1,
+            GgufType::I16 => 2,
+            GgufType::I32 => 4,
+            GgufType::I64 => 8,
         }
     }
 
-    /// The matching candle type.
+    /// The matching candle type; `None` for the integer types, which candle 0.11's
+    /// `gguf_file` reader does not know (it refuses a file holding one; llama.cpp reads
+    /// them).
     ///
     /// ```
     /// use candle_compress::io::gguf::GgufType;
     /// use candle_core::quantized::GgmlDType;
-    /// assert_eq!(GgufType::Q4_0.ggml_dtype(), GgmlDType::Q4_0);
+    /// assert_eq!(GgufType::Q4_0.ggml_dtype(), Some(GgmlDType::Q4_0));
+    /// assert_eq!(GgufType::I64.ggml_dtype(), None);
     /// ```
-    pub fn ggml_dtype(self) -> GgmlDType {
+    pub fn ggml_dtype(self) -> Option<GgmlDType> {
         match self {
-            GgufType::F32 => GgmlDType::F32,
-            GgufType::F16 => GgmlDType::F16,
-            GgufType::Q4_0 => GgmlDType::Q4_0,
-            GgufType::Q8_0 => GgmlDType::Q8_0,
+            GgufType::F32 => Some(GgmlDType::F32),
+            GgufType::F16 => Some(GgmlDType::F16),
+            GgufType::Q4_0 => Some(GgmlDType::Q4_0),
+            GgufType::Q8_0 => Some(GgmlDType::Q8_0),
+            _ => None,
         }
     }
 }
@@ -158,8 +190,10 @@ impl GgufTensor {
     ///
     /// # Errors
     /// [`Error::InvalidArgument`] when the shape is empty, has a zero dimension, rank > 4,
-    /// or a last dimension that is not a multiple of 32; [`Error::ShapeMismatch`] when
-    /// `q` or `scales` has the wrong length.
+    /// or a last dimension that is not a multiple of 32, when `name` has
+    /// [`GGML_MAX_NAME`] bytes or more, or when a scale is NaN or ±Inf (a block that
+    /// would decode to NaN/Inf); [`Error::ShapeMismatch`] when `q` or `scales` has the
+    /// wrong length.
     ///
     /// ```
     /// use candle_compress::io::gguf::GgufTensor;
@@ -170,6 +204,7 @@ impl GgufTensor {
     /// ```
     pub fn q8_0(name: &str, shape: &[usize], q: &[i8], scales: &[f16]) -> Result<Self> {
         let blocks = check_quantized_shape(name, shape, q.len(), scales.len())?;
+        check_scales(name, scales)?;
         let mut data = Vec::with_capacity(blocks * GgufType::Q8_0.type_size());
         for (block, d) in q.chunks_exact(QK).zip(scales) {
             data.extend_from_slice(&d.to_le_bytes());
@@ -203,6 +238,7 @@ impl GgufTensor {
     /// ```
     pub fn q4_0(name: &str, shape: &[usize], q: &[i8], scales: &[f16]) -> Result<Self> {
         let blocks = check_quantized_shape(name, shape, q.len(), scales.len())?;
+        check_scales(name, scales)?;
         if let Some(i) = q.iter().position(|v| !(-8..=7).contains(v)) {
             return Err(Error::invalid(
                 "Q4_0 value",
@@ -267,8 +303,10 @@ impl GgufTensor {
     /// for norms, biases and embeddings that stay in float.
     ///
     /// # Errors
-    /// [`Error::InvalidArgument`] for a quantized `ty`, rank 0 or above 4;
-    /// [`Error::UnsupportedDType`] for integer tensors; [`Error::NonFinite`] for NaN/Inf.
+    /// [`Error::InvalidArgument`] for a `ty` other than F32 / F16, rank 0 or above 4, a
+    /// name of [`GGML_MAX_NAME`] bytes or more, or (F16) a finite value beyond f16's
+    /// range, which would be stored as Inf; [`Error::UnsupportedDType`] for integer
+    /// tensors (see [`GgufTensor::integer`]); [`Error::NonFinite`] for NaN/Inf.
     ///
     /// ```
     /// use candle_compress::io::gguf::{GgufTensor, GgufType};
@@ -287,6 +325,18 @@ impl GgufTensor {
         check_rank(name, tensor.dims())?;
         let data = with_f32_slice(tensor, "GgufTensor::float", |values| {
             check_finite(values, "GgufTensor::float")?;
+            if ty == GgufType::F16 {
+                if let Some(i) = values.iter().position(|&v| f16::from_f32(v).is_infinite()) {
+                    return Err(Error::invalid(
+                        "GGUF F16 tensor",
+                        format!(
+                            "{name}: element {i} is {:e}, beyond f16's range (±65504) \
+                             and would be stored as Inf; store this tensor as F32",
+                            values[i]
+                        ),
+                    ));
+                }
+            }
             Ok(match ty {
                 GgufType::F16 => values
                     .iter()
@@ -295,6 +345,185 @@ impl GgufTensor {
                 _ => values.iter().flat_map(|v| v.to_le_bytes()).collect(),
             })
         })?;
+        Ok(Self {
+            name: name.to_string(),
+            ty,
+            shape: tensor.dims().to_vec(),
+            data,
+        })
+    }
+
+    /// Quantizes a float tensor (any float dtype, any layout) to `ty` with llama.cpp's own
+    /// reference rules (`quantize_row_q8_0_ref` / `quantize_row_q4_0_ref` of ggml), so the
+    /// bytes are those llama.cpp and gguf-py would write for the same values:
+    ///
+    /// - Q8_0: per block of 32, `d = amax / 127`, `q = round_half_away(x / d)`.
+    /// - Q4_0: per block of 32, `m` = the value of largest magnitude *with its sign* (the
+    ///   first one on ties), `d = m / -8`, `q = min(15, trunc(x / d + 8.5))` stored as
+    ///   the nibble `q` (value `(q - 8) · d`). The extreme value lands exactly on code
+    ///   −8, and the full 16 levels are used, which is what gives Q4_0 its lower error
+    ///   than a symmetric `amax / 7` rule.
+    ///
+    /// In both, `1 / d` is taken from the f32 `d` and `d` is stored as f16. F32 and F16
+    /// `ty` store the values as [`GgufTensor::float`] does.
+    ///
+    /// # Errors
+    /// As [`GgufTensor::float`] and [`GgufTensor::q8_0`]; [`Error::InvalidArgument`] for
+    /// an integer `ty`, or a block whose scale `d` overflows f16 (|values| beyond about
+    /// 8.3·10⁶ for Q8_0, 5.2·10⁵ for Q4_0), which would decode to Inf.
+    ///
+    /// ```
+    /// use candle_compress::io::gguf::{GgufTensor, GgufType};
+    /// use candle_core::quantized::{GgmlDType, QTensor};
+    /// let t = candle_core::Tensor::randn(0f32, 1., (4, 64), &candle_core::Device::Cpu)?;
+    /// let ours = GgufTensor::quantize("w", &t, GgufType::Q4_0)?;
+    /// // candle implements the same ggml rule: identical bytes.
+    /// assert_eq!(ours.data(), &QTensor::quantize(&t, GgmlDType::Q4_0)?.data()?[..]);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn quantize(name: &str, tensor: &Tensor, ty: GgufType) -> Result<Self> {
+        let block_fn: fn(&[f32], &mut Vec<u8>) -> std::result::Result<(), f32> = match ty {
+            GgufType::F32 | GgufType::F16 => return Self::float(name, tensor, ty),
+            GgufType::Q8_0 => quantize_block_q8_0,
+            GgufType::Q4_0 => quantize_block_q4_0,
+            other => {
+                return Err(Error::invalid(
+                    "GGUF quantization type",
+                    format!(
+                        "{name}: {other:?} is an integer type (use GgufTensor::integer); \
+                         expected F32, F16, Q8_0 or Q4_0"
+                    ),
+                ))
+            }
+        };
+        let shape = tensor.dims().to_vec();
+        let n = tensor.elem_count();
+        check_quantized_shape(name, &shape, n, n / QK)?;
+        let data = with_f32_slice(tensor, "GgufTensor::quantize", |x| {
+            check_finite(x, "GgufTensor::quantize")?;
+            let mut data = Vec::with_capacity(n / QK * ty.type_size());
+            for (b, block) in x.chunks_exact(QK).enumerate() {
+                block_fn(block, &mut data).map_err(|d| {
+                    Error::invalid(
+                        "GGUF block scale",
+                        format!(
+                            "{name}: block {b} needs the scale {d:e}, beyond f16's range \
+                             (it would decode to Inf); store this tensor as F32"
+                        ),
+                    )
+                })?;
+            }
+            Ok(data)
+        })?;
+        Ok(Self {
+            name: name.to_string(),
+            ty,
+            shape,
+            data,
+        })
+    }
+
+    /// Converts one of our compressed tensors to the GGML type `ty` the caller asked
+    /// for, without re-quantizing: `int8:32` only to Q8_0 and `int4:32` only to Q4_0.
+    ///
+    /// # Errors
+    /// [`Error::Unsupported`] when `ty` is not the tensor's own layout (e.g. Q8_0 asked for
+    /// an `int4:32` tensor: writing it as Q4_0 instead would silently change the type,
+    /// and re-quantizing would compound two roundings; decompress it and call
+    /// [`GgufTensor::quantize`] to convert deliberately); as
+    /// [`GgufTensor::from_compressed`] otherwise.
+    ///
+    /// ```
+    /// use candle_compress::io::gguf::{GgufTensor, GgufType};
+    /// use candle_compress::{scheme::Scheme, Compressor};
+    /// let t = candle_core::Tensor::randn(0f32, 1., (2, 64), &candle_core::Device::Cpu)?;
+    /// let c = "int4:32".parse::<Scheme>()?.compress(&t)?;
+    /// assert!(GgufTensor::from_compressed_as("w", &c, GgufType::Q4_0).is_ok());
+    /// assert!(GgufTensor::from_compressed_as("w", &c, GgufType::Q8_0).is_err());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn from_compressed_as(name: &str, value: &CompressedTensor, ty: GgufType) -> Result<Self> {
+        let t = Self::from_compressed(name, value)?;
+        if t.ty != ty {
+            return Err(Error::Unsupported {
+                what: "GGUF type for a compressed tensor",
+                found: format!(
+                    "{name} is {} (GGML {:?}), {ty:?} was asked for",
+                    value.scheme(),
+                    t.ty
+                ),
+                supported: "int8:32 as Q8_0, int4:32 as Q4_0; decompress and \
+                            GgufTensor::quantize to convert"
+                    .into(),
+            });
+        }
+        Ok(t)
+    }
+
+    /// Stores an integer tensor as the GGUF integer type that holds every value: I16 →
+    /// I16, I32 → I32, I64 → I64 (e.g. position ids), U8 → I16 and U32 → I64 (GGUF has
+    /// no unsigned tensor types). llama.cpp reads these types; candle 0.11's `gguf_file`
+    /// reader refuses any file holding one.
+    ///
+    /// # Errors
+    /// [`Error::UnsupportedDType`] for float tensors; [`Error::InvalidArgument`] for rank 0
+    /// or above 4, or a name of [`GGML_MAX_NAME`] bytes or more.
+    ///
+    /// ```
+    /// use candle_compress::io::gguf::{GgufTensor, GgufType};
+    /// let ids = candle_core::Tensor::arange(0i64, 8, &candle_core::Device::Cpu)?.reshape((1, 8))?;
+    /// let g = GgufTensor::integer("position_ids", &ids)?;
+    /// assert_eq!((g.ty(), g.data().len()), (GgufType::I64, 64));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn integer(name: &str, tensor: &Tensor) -> Result<Self> {
+        use candle_core::DType;
+        check_rank(name, tensor.dims())?;
+        let flat = tensor.flatten_all()?;
+        let (ty, data): (GgufType, Vec<u8>) = match tensor.dtype() {
+            DType::U8 => (
+                GgufType::I16,
+                flat.to_vec1::<u8>()?
+                    .iter()
+                    .flat_map(|&v| i16::from(v).to_le_bytes())
+                    .collect(),
+            ),
+            DType::I16 => (
+                GgufType::I16,
+                flat.to_vec1::<i16>()?
+                    .iter()
+                    .flat_map(|v| v.to_le_bytes())
+                    .collect(),
+            ),
+            DType::I32 => (
+                GgufType::I32,
+                flat.to_vec1::<i32>()?
+                    .iter()
+                    .flat_map(|v| v.to_le_bytes())
+                    .collect(),
+            ),
+            DType::U32 => (
+                GgufType::I64,
+                flat.to_vec1::<u32>()?
+                    .iter()
+                    .flat_map(|&v| i64::from(v).to_le_bytes())
+                    .collect(),
+            ),
+            DType::I64 => (
+                GgufType::I64,
+                flat.to_vec1::<i64>()?
+                    .iter()
+                    .flat_map(|v| v.to_le_bytes())
+                    .collect(),
+            ),
+            other => {
+                return Err(Error::UnsupportedDType {
+                    op: "GgufTensor::integer",
+                    expected: "U8, I16, I32, U32 or I64",
+                    found: other,
+                })
+            }
+        };
         Ok(Self {
             name: name.to_string(),
             ty,
@@ -352,7 +581,71 @@ impl GgufTensor {
     }
 }
 
+fn check_name(name: &str) -> Result<()> {
+    if name.len() >= GGML_MAX_NAME {
+        return Err(Error::invalid(
+            "GGUF tensor name",
+            format!(
+                "{name:?} is {} bytes; llama.cpp (GGML_MAX_NAME = {GGML_MAX_NAME}) refuses \
+                 a file holding a name of {GGML_MAX_NAME} bytes or more: rename the tensor",
+                name.len()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Refuses NaN / ±Inf block scales: such a block decodes to NaN or Inf.
+fn check_scales(name: &str, scales: &[f16]) -> Result<()> {
+    match scales.iter().position(|d| !d.is_finite()) {
+        Some(i) => Err(Error::invalid(
+            "GGUF block scale",
+            format!("{name}: block {i} has the scale {}", scales[i]),
+        )),
+        None => Ok(()),
+    }
+}
+
+/// One Q8_0 block (ggml's `quantize_row_q8_0_ref`), appended to `out`; `Err(d)` when the
+/// scale overflows f16.
+fn quantize_block_q8_0(x: &[f32], out: &mut Vec<u8>) -> std::result::Result<(), f32> {
+    let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let d = amax / 127.0;
+    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+    let dh = f16::from_f32(d);
+    if dh.is_infinite() {
+        return Err(d);
+    }
+    out.extend_from_slice(&dh.to_le_bytes());
+    out.extend(x.iter().map(|&v| (v * id).round() as i8 as u8));
+    Ok(())
+}
+
+/// One Q4_0 block (ggml's `quantize_row_q4_0_ref`), appended to `out`; `Err(d)` when the
+/// scale overflows f16.
+fn quantize_block_q4_0(x: &[f32], out: &mut Vec<u8>) -> std::result::Result<(), f32> {
+    let (mut amax, mut max) = (0f32, 0f32);
+    for &v in x {
+        if amax < v.abs() {
+            amax = v.abs();
+            max = v;
+        }
+    }
+    let d = max / -8.0;
+    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+    let dh = f16::from_f32(d);
+    if dh.is_infinite() {
+        return Err(d);
+    }
+    out.extend_from_slice(&dh.to_le_bytes());
+    let code = |v: f32| ((v * id + 8.5) as i8).min(15) as u8;
+    let (lo, hi) = x.split_at(QK / 2);
+    out.extend(lo.iter().zip(hi).map(|(&l, &h)| code(l) | (code(h) << 4)));
+    Ok(())
+}
+
 fn check_rank(name: &str, shape: &[usize]) -> Result<()> {
+    check_name(name)?;
     if shape.is_empty() || shape.len() > GGUF_MAX_DIMS {
         return Err(Error::invalid(
             "GGUF tensor shape",
@@ -468,7 +761,8 @@ fn write_value<W: Write>(w: &mut W, key: &str, v: &Value) -> Result<()> {
 /// the writer adds itself) and the tensors, in the order given.
 ///
 /// # Errors
-/// [`Error::InvalidArgument`] for duplicate tensor or metadata names, a user-supplied
+/// [`Error::InvalidArgument`] for duplicate tensor or metadata names, a tensor name of
+/// [`GGML_MAX_NAME`] bytes or more, a user-supplied
 /// `general.alignment`, or a metadata array mixing value types; I/O errors from `w`.
 ///
 /// ```
@@ -505,6 +799,7 @@ pub fn write_gguf<W: Write>(
     }
     let mut names = HashSet::new();
     for t in tensors {
+        check_name(&t.name)?;
         if !names.insert(t.name.as_str()) {
             return Err(Error::invalid(
                 "GGUF tensor name",

@@ -170,6 +170,78 @@ impl QuantLoader {
         )?)))
     }
 
+    /// A loader that quantizes the float checkpoint of an already opened reader with
+    /// `config` as each layer is loaded (as [`QuantLoader::quantize_on_load`]).
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] for an invalid config.
+    ///
+    /// ```
+    /// use candle_compress::io::loader::QuantLoader;
+    /// use candle_compress::io::reader::SafetensorsReader;
+    /// use candle_compress::nn::QuantConfig;
+    /// let none: [(&str, safetensors::tensor::TensorView); 0] = [];
+    /// let reader = SafetensorsReader::from_bytes(safetensors::serialize(none, None)?)?;
+    /// let vb = QuantLoader::quantize_reader_on_load(reader, QuantConfig::w8a8())?;
+    /// assert!(!vb.contains("fc.weight"));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn quantize_reader_on_load(reader: SafetensorsReader, config: QuantConfig) -> Result<Self> {
+        config.validate()?;
+        Ok(Self::new(Backend::Float { reader, config }))
+    }
+
+    /// A loader over an already opened compressed-tensors checkpoint.
+    ///
+    /// ```
+    /// use candle_compress::io::compressed_tensors::{quantization_config, CtCheckpoint, CtFormat};
+    /// use candle_compress::io::loader::QuantLoader;
+    /// use candle_compress::io::reader::SafetensorsReader;
+    /// let none: [(&str, safetensors::tensor::TensorView); 0] = [];
+    /// let reader = SafetensorsReader::from_bytes(safetensors::serialize(none, None)?)?;
+    /// let ckpt = CtCheckpoint::from_parts(reader, &quantization_config(CtFormat::IntQuantized, &[]))?;
+    /// assert_eq!(QuantLoader::from_ct_checkpoint(ckpt).prefix(), "");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    #[must_use]
+    pub fn from_ct_checkpoint(checkpoint: CtCheckpoint) -> Self {
+        Self::new(Backend::Ct(checkpoint))
+    }
+
+    /// A loader over a compressed-tensors checkpoint directory: `config.json` and
+    /// `model.safetensors`, or a sharded checkpoint (`model.safetensors.index.json` and
+    /// its shards), as llm-compressor writes it.
+    ///
+    /// # Errors
+    /// As [`CtCheckpoint::open_dir`].
+    ///
+    /// ```
+    /// use candle_compress::io::loader::QuantLoader;
+    /// assert!(QuantLoader::from_compressed_tensors_dir("/no-such-checkpoint").is_err());
+    /// ```
+    pub fn from_compressed_tensors_dir(dir: impl AsRef<Path>) -> Result<Self> {
+        Ok(Self::new(Backend::Ct(CtCheckpoint::open_dir(dir)?)))
+    }
+
+    /// Int8 codes of `-128` that loading layers of a compressed-tensors checkpoint
+    /// mapped to `-127` so far (each one quantization step off); 0 for other
+    /// checkpoints. Worth printing after a load: the same count goes to a `tracing`
+    /// warning, invisible without a subscriber.
+    ///
+    /// ```
+    /// # use candle_compress::io::loader::QuantLoader;
+    /// # use candle_compress::io::safetensors::{CompressedFile, CompressedWriter};
+    /// # let vb = QuantLoader::from_file(CompressedFile::from_bytes(CompressedWriter::new().to_bytes()?)?);
+    /// assert_eq!(vb.clamped_codes(), 0);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn clamped_codes(&self) -> usize {
+        match &*self.backend {
+            Backend::Ct(c) => c.clamped_codes(),
+            _ => 0,
+        }
+    }
+
     /// The same loader placing float tensors on `device` (default: CPU).
     ///
     /// ```
@@ -261,8 +333,7 @@ impl QuantLoader {
             }
             Backend::Float { reader, .. } => reader.info(&full).is_some(),
             Backend::Ct(c) => {
-                c.reader().info(&full).is_some()
-                    || c.reader().info(&format!("{full}.weight_scale")).is_some()
+                c.info(&full).is_some() || c.info(&format!("{full}.weight_scale")).is_some()
             }
         }
     }

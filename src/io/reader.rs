@@ -152,12 +152,18 @@ impl SafetensorsReader {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
-        let file = File::open(path.as_ref())?;
+        let path = path.as_ref();
+        let label = path.display().to_string();
+        let file = File::open(path)
+            .map_err(|e| Error::Io(std::io::Error::new(e.kind(), format!("{label}: {e}"))))?;
         let len = file.metadata()?.len();
-        Self::parse(Source::File {
-            file: Mutex::new(file),
-            len,
-        })
+        Self::parse(
+            Source::File {
+                file: Mutex::new(file),
+                len,
+            },
+            &label,
+        )
     }
 
     /// Parses a whole file held in memory: a `Vec<u8>`, a `&'static [u8]`, or a memory
@@ -172,49 +178,74 @@ impl SafetensorsReader {
     /// assert!(err.to_string().contains("truncated"));
     /// ```
     pub fn from_bytes(bytes: impl AsRef<[u8]> + Send + Sync + 'static) -> Result<Self> {
-        Self::parse(Source::Bytes(Box::new(bytes)))
+        Self::parse(Source::Bytes(Box::new(bytes)), "in-memory bytes")
     }
 
-    fn parse(source: Source) -> Result<Self> {
+    /// Parses the header of `source`; `label` (the file's path) starts every message, and
+    /// a file that cannot be a safetensors file at all says so.
+    fn parse(source: Source, label: &str) -> Result<Self> {
         let file_len = source.len();
-        let prefix = source.read_at(0, PREFIX, "safetensors header length")?;
+        if file_len < PREFIX as u64 {
+            return Err(Error::Truncated {
+                what: format!(
+                    "{label}: not a safetensors file (shorter than the 8-byte header length)"
+                ),
+                needed: PREFIX,
+                available: file_len as usize,
+            });
+        }
+        let prefix = source.read_at(0, PREFIX, &format!("{label}: safetensors header length"))?;
         let Ok(prefix) = <[u8; PREFIX]>::try_from(&prefix[..]) else {
             return Err(Error::Corrupt {
-                what: "safetensors header length".into(),
+                what: format!("{label}: safetensors header length"),
                 reason: "not 8 bytes".into(),
             });
         };
         let n = u64::from_le_bytes(prefix);
         if n > MAX_HEADER_SIZE as u64 {
             return Err(Error::Corrupt {
-                what: "safetensors header".into(),
-                reason: format!("header length {n} exceeds the maximum {MAX_HEADER_SIZE}"),
+                what: label.to_string(),
+                reason: format!(
+                    "not a safetensors file: it starts with \"{}\", not a header length \
+                     (a safetensors file starts with its JSON header's length, at most \
+                     {MAX_HEADER_SIZE} bytes)",
+                    prefix.escape_ascii()
+                ),
             });
         }
         let n = n as usize;
         let available = file_len.saturating_sub(PREFIX as u64);
         if n as u64 > available {
             return Err(Error::Truncated {
-                what: "safetensors header (length prefix points past the end of the file)".into(),
+                what: format!(
+                    "{label}: safetensors header (its length prefix points past the end of \
+                     the file: truncated, or not a safetensors file)"
+                ),
                 needed: n,
                 available: usize::try_from(available).unwrap_or(usize::MAX),
             });
         }
-        let header = source.read_at(PREFIX as u64, n, "safetensors header")?;
-        let metadata = parse_header(&header)?;
+        let header = source.read_at(PREFIX as u64, n, &format!("{label}: safetensors header"))?;
+        let metadata = parse_header(&header).map_err(|e| match e {
+            Error::Corrupt { what, reason } => Error::Corrupt {
+                what: format!("{label}: {what}"),
+                reason: format!("not a safetensors file ({reason})"),
+            },
+            other => other,
+        })?;
         let data_start = (PREFIX + n) as u64;
         let data_len = metadata.data_len() as u64;
         let have = file_len - data_start;
         if data_len > have {
             return Err(Error::Truncated {
-                what: "safetensors data section".into(),
+                what: format!("{label}: safetensors data section"),
                 needed: usize::try_from(data_len).unwrap_or(usize::MAX),
                 available: usize::try_from(have).unwrap_or(usize::MAX),
             });
         }
         if data_len < have {
             return Err(Error::Corrupt {
-                what: "safetensors data section".into(),
+                what: format!("{label}: safetensors data section"),
                 reason: format!("{} bytes after the last tensor", have - data_len),
             });
         }

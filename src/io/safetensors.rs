@@ -44,8 +44,11 @@
 //! and optionally `p.bias` (F32 `[out]`) and `p.smooth` (F32 `[in]`, the SmoothQuant
 //! vector). Its layer entry is `{"in_features", "out_features", "weights":
 //! "int8-per-channel" | "int4-grouped", "group" (int4 only), "activations": "per-token" |
-//! "per-tensor" | "static", "activation_scale" (static only), "bias": bool, "smooth":
-//! bool}`.
+//! "per-tensor" | "static" | "none" (weight-only), "activation_scale" (static only),
+//! "bias": bool, "smooth": bool}`.
+//!
+//! Every part must have exactly the dtype and shape listed here: a part whose shape
+//! disagrees with its manifest entry (even with the right element count) is refused.
 //!
 //! Every other tensor of the file is an ordinary (uncompressed) tensor.
 //!
@@ -291,6 +294,9 @@ fn layer_json(l: &LayerEntry) -> Value {
         ActivationQuant::Static { scale } => {
             entry.insert("activations".into(), json!("static"));
             entry.insert("activation_scale".into(), json!(scale));
+        }
+        ActivationQuant::Float => {
+            entry.insert("activations".into(), json!("none"));
         }
     }
     entry.insert("bias".into(), json!(l.bias));
@@ -649,6 +655,28 @@ pub enum PlannedItem {
     },
 }
 
+/// The stored shape of part `suffix` (of `count` elements) of a compressed tensor: the
+/// tensor's own shape for int8 codes, flat otherwise.
+fn tensor_part_shape(e: &TensorEntry, suffix: &str, count: usize) -> Vec<usize> {
+    if suffix == "q" {
+        e.shape.clone()
+    } else {
+        vec![count]
+    }
+}
+
+/// The stored shape of part `suffix` of a quantized layer.
+fn layer_part_shape(l: &LayerEntry, suffix: &str) -> Vec<usize> {
+    let (out, inp) = (l.out_features, l.in_features);
+    match (suffix, l.config.weights()) {
+        ("weight", WeightQuant::Int4Grouped { .. }) => vec![out, inp.div_ceil(2)],
+        ("weight", _) => vec![out, inp],
+        ("weight_scale", WeightQuant::Int4Grouped { group }) => vec![out, inp.div_ceil(group)],
+        ("smooth", _) => vec![inp],
+        _ => vec![out],
+    }
+}
+
 /// One planned safetensors tensor: full name, dtype, shape, byte length.
 type PlannedPart = (String, Dtype, Vec<usize>, usize);
 
@@ -660,33 +688,18 @@ fn planned_parts(name: &str, item: &PlannedItem) -> Result<Vec<PlannedPart>> {
             e.expected_parts(n)
                 .into_iter()
                 .map(|(suffix, d, count)| {
-                    let shape = if suffix == "q" {
-                        e.shape.clone()
-                    } else {
-                        vec![count]
-                    };
+                    let shape = tensor_part_shape(e, suffix, count);
                     (format!("{name}.{suffix}"), d, shape, bytes(d, count))
                 })
                 .collect()
         }
-        PlannedItem::QuantLinear(l) => {
-            let (out, inp) = (l.out_features, l.in_features);
-            layer_parts(l)
-                .into_iter()
-                .map(|(suffix, d, count)| {
-                    let shape = match (suffix, l.config.weights()) {
-                        ("weight", WeightQuant::Int4Grouped { .. }) => vec![out, inp.div_ceil(2)],
-                        ("weight", _) => vec![out, inp],
-                        ("weight_scale", WeightQuant::Int4Grouped { group }) => {
-                            vec![out, inp.div_ceil(group)]
-                        }
-                        ("smooth", _) => vec![inp],
-                        _ => vec![out],
-                    };
-                    (format!("{name}.{suffix}"), d, shape, bytes(d, count))
-                })
-                .collect()
-        }
+        PlannedItem::QuantLinear(l) => layer_parts(l)
+            .into_iter()
+            .map(|(suffix, d, count)| {
+                let shape = layer_part_shape(l, suffix);
+                (format!("{name}.{suffix}"), d, shape, bytes(d, count))
+            })
+            .collect(),
         PlannedItem::Raw { dtype, shape } => {
             let n = crate::quant::checked_elem_count(shape, name)?;
             let bits = n
@@ -1296,14 +1309,14 @@ impl CompressedFile {
             let n = crate::quant::checked_elem_count(&e.shape, name)?;
             for (suffix, dtype, count) in e.expected_parts(n) {
                 let full = format!("{name}.{suffix}");
-                self.check_part(&full, dtype, count)?;
+                self.check_part(&full, dtype, count, &tensor_part_shape(e, suffix, count))?;
                 owned.insert(full);
             }
         }
         for (prefix, l) in &self.layers {
             for (suffix, dtype, count) in layer_parts(l) {
                 let full = format!("{prefix}.{suffix}");
-                self.check_part(&full, dtype, count)?;
+                self.check_part(&full, dtype, count, &layer_part_shape(l, suffix))?;
                 owned.insert(full);
             }
         }
@@ -1316,7 +1329,7 @@ impl CompressedFile {
         Ok(self)
     }
 
-    fn check_part(&self, full: &str, dtype: Dtype, count: usize) -> Result<()> {
+    fn check_part(&self, full: &str, dtype: Dtype, count: usize, shape: &[usize]) -> Result<()> {
         let info = self.reader.info(full).ok_or_else(|| Error::Missing {
             what: "part tensor",
             name: full.to_string(),
@@ -1334,6 +1347,13 @@ impl CompressedFile {
                 format!("{full} element count (shape × scheme)"),
                 count,
                 found,
+            ));
+        }
+        if info.shape != shape {
+            return Err(Error::metadata(
+                format!("{full} shape (the manifest entry's layout)"),
+                format!("{shape:?}"),
+                format!("{:?}", info.shape),
             ));
         }
         Ok(())
@@ -1794,6 +1814,7 @@ fn parse_layer_entry(name: &str, v: &Value) -> Result<LayerEntry> {
     let activations = match str_field(v, name, "activations")? {
         "per-token" => ActivationQuant::PerToken,
         "per-tensor" => ActivationQuant::PerTensor,
+        "none" => ActivationQuant::Float,
         "static" => {
             let scale = field(v, name, "activation_scale")?
                 .as_f64()
@@ -1809,7 +1830,7 @@ fn parse_layer_entry(name: &str, v: &Value) -> Result<LayerEntry> {
             return Err(Error::Unsupported {
                 what: "quantized layer activation mode",
                 found: format!("{other:?} (layer {name})"),
-                supported: "per-token, per-tensor, static".into(),
+                supported: "per-token, per-tensor, static, none".into(),
             })
         }
     };

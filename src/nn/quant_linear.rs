@@ -35,7 +35,8 @@
 //! the flattened `[rows, in]` input, `sx[t] = amax_k |x[t,k]| / 127`, the default), per
 //! tensor (one `sx = amax / 127` for the whole input of the call), or a static scale from
 //! calibration (`qx = clamp(round_half_away(x / sx), -127, 127)`, so values beyond
-//! `127·sx` saturate). Quantization is one fused pass of [`kernels::gemm`] (per tensor
+//! `127·sx` saturate), or not at all ([`ActivationQuant::Float`]: weight-only, the
+//! dequantized weights times the float input). Quantization is one fused pass of [`kernels::gemm`] (per tensor
 //! adds a second pass when the batch has more than one row), split over rayon by rows for
 //! large inputs.
 //!
@@ -121,6 +122,14 @@ pub enum ActivationQuant {
         /// The activation scale: `x ≈ q · scale`.
         scale: f32,
     },
+    /// No activation quantization: a weight-only layer (W8A16 / W4A16, what
+    /// compressed-tensors checkpoints with `input_activations: null` describe). Each call
+    /// dequantizes the stored weights to f32 (`q · scale`) and multiplies them with the
+    /// float input in f32 (candle's matmul), then adds the bias: the result is the float
+    /// layer of the stored weights, with no activation rounding. Memory stays that of the
+    /// integer weights between calls; a call is slower than the integer kernels (one
+    /// dequantization of the weights plus an f32 matmul).
+    Float,
 }
 
 /// What to quantize and how: weights ([`WeightQuant`]) and activations
@@ -610,6 +619,9 @@ impl QuantLinear {
                 supported: "cpu".into(),
             });
         }
+        if self.config.activations == ActivationQuant::Float {
+            return self.forward_weight_only(x);
+        }
         // The op reads contiguous storage; a strided view is copied once (in its dtype).
         let x = if x.is_contiguous() {
             x.clone()
@@ -631,7 +643,8 @@ impl QuantLinear {
     /// and tests.
     ///
     /// # Errors
-    /// As [`QuantLinear::try_forward`].
+    /// As [`QuantLinear::try_forward`]; [`Error::Unsupported`] for a weight-only layer
+    /// ([`ActivationQuant::Float`]), whose activations are never quantized.
     pub fn quantize_activations(&self, x: &Tensor) -> Result<QuantizedActivations> {
         self.check_input(x.dims(), x.dtype())?;
         let cols = self.in_features;
@@ -647,6 +660,60 @@ impl QuantLinear {
                 cols,
             })
         })
+    }
+
+    /// The weights dequantized (`q · scale`) and transposed: row-major `[in, out]`.
+    fn dequantized_weights_t(&self) -> Vec<f32> {
+        let (out, inp) = (self.out_features, self.in_features);
+        let q = self.weights_i8();
+        let scales = self.weight_scales();
+        let per_row = self.config.scales_per_row(inp);
+        let group = match self.config.weights {
+            WeightQuant::Int4Grouped { group } => group,
+            WeightQuant::Int8PerChannel => inp,
+        };
+        let mut wt = vec![0f32; out * inp];
+        for (o, row) in q.chunks_exact(inp).enumerate() {
+            let s = &scales[o * per_row..(o + 1) * per_row];
+            for (k, &c) in row.iter().enumerate() {
+                wt[k * out + o] = f32::from(c) * s[k / group];
+            }
+        }
+        wt
+    }
+
+    /// [`ActivationQuant::Float`]: `x · (q · s)ᵀ + b` in f32, output in the input dtype.
+    fn forward_weight_only(&self, x: &Tensor) -> Result<Tensor> {
+        let (inp, out) = (self.in_features, self.out_features);
+        let rows = x.elem_count() / inp;
+        let mut out_dims = x.dims().to_vec();
+        if let Some(last) = out_dims.last_mut() {
+            *last = out;
+        }
+        let dev = x.device();
+        if rows == 0 {
+            return Ok(Tensor::zeros(out_dims, x.dtype(), dev)?);
+        }
+        let xf = x.to_dtype(DType::F32)?.reshape((rows, inp))?;
+        with_f32_slice(&xf, "QuantLinear::forward", |v| {
+            crate::input::check_finite(v, "QuantLinear::forward")
+        })?;
+        let xf = match self.inv_smooth.as_deref() {
+            Some(inv) => {
+                let xs = xf.broadcast_mul(&Tensor::from_slice(inv, inp, dev)?)?;
+                with_f32_slice(&xs, "QuantLinear::forward", |v| {
+                    crate::input::check_finite(v, "QuantLinear::forward")
+                })?;
+                xs
+            }
+            None => xf,
+        };
+        let w = Tensor::from_vec(self.dequantized_weights_t(), (inp, out), dev)?;
+        let mut y = xf.matmul(&w)?;
+        if let Some(b) = self.bias.as_deref() {
+            y = y.broadcast_add(&Tensor::from_slice(b, out, dev)?)?;
+        }
+        Ok(y.reshape(out_dims)?.to_dtype(x.dtype())?)
     }
 
     fn check_input(&self, dims: &[usize], dtype: DType) -> Result<()> {
@@ -666,6 +733,13 @@ impl QuantLinear {
         let cols = self.in_features;
         let smooth = self.inv_smooth.as_deref();
         let res = match self.config.activations {
+            ActivationQuant::Float => {
+                return Err(Error::Unsupported {
+                    what: "activation quantization",
+                    found: "a weight-only layer (ActivationQuant::Float)".into(),
+                    supported: "PerToken, PerTensor or Static layers".into(),
+                })
+            }
             ActivationQuant::PerToken => quantize_rows(x, cols, smooth, q, scales),
             ActivationQuant::Static { scale } => {
                 scales.fill(scale);
