@@ -41,8 +41,8 @@ impl Cur<'_> {
             2 | 3 => Some(u64::from(u16::from_le_bytes(
                 self.take(2).try_into().unwrap(),
             ))),
-            4 | 5 | 6 => Some(u64::from(self.u32())),
-            10 | 11 | 12 => Some(self.u64()),
+            4..=6 => Some(u64::from(self.u32())),
+            10..=12 => Some(self.u64()),
             8 => {
                 self.string();
                 None

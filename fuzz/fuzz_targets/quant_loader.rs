@@ -41,9 +41,11 @@ fuzz_target!(|data: &[u8]| {
         .filter_map(|n| reader.info(&n).map(|i| (n.clone(), i.shape.clone())))
         .collect();
     // Keep quantize-on-load within the harness's memory: skip huge float tensors.
-    let small = names
-        .iter()
-        .all(|(_, s)| s.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).is_some_and(|n| n <= 1 << 20));
+    let small = names.iter().all(|(_, s)| {
+        s.iter()
+            .try_fold(1usize, |a, &d| a.checked_mul(d))
+            .is_some_and(|n| n <= 1 << 20)
+    });
     if let Ok(file) = CompressedFile::from_bytes(data.to_vec()) {
         exercise(&QuantLoader::from_file(file), &names);
     }
@@ -52,7 +54,10 @@ fuzz_target!(|data: &[u8]| {
             exercise(&vb, &names);
         }
     }
-    for format in [CtFormat::IntQuantized, CtFormat::PackQuantized { group: 32 }] {
+    for format in [
+        CtFormat::IntQuantized,
+        CtFormat::PackQuantized { group: 32 },
+    ] {
         let Ok(reader) = SafetensorsReader::from_bytes(data.to_vec()) else {
             return;
         };

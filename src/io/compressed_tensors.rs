@@ -21,12 +21,24 @@
 //! format}}`, `ignore` (layers left in float), `kv_cache_scheme`, `sparsity_config`,
 //! `version`.
 //!
+//! Also read: llm-compressor's W4A8 preset, `int-quantized` with 4-bit codes in I8
+//! `p.weight` `[out, in]` and group scales `[out, in/group]`; `input_activations: null`
+//! (W4A16 / W8A16), run weight-only as [`ActivationQuant::Float`]; dynamic per-tensor and
+//! static per-tensor (`p.input_scale` `[1]`) int8 activations, which [`CtWriter`] also
+//! writes; `mixed-precision` checkpoints whose groups carry their own `format`; sharded
+//! checkpoints ([`CtCheckpoint::open_dir`], [`CtCheckpoint::open_sharded`], written by
+//! [`CtWriter::write_sharded`]).
+//!
 //! Reading notes: compressed-tensors' int8 range is `[-128, 127]`; [`QuantLinear`] takes
 //! `[-127, 127]`, so a stored `-128` (possible when the writer rounds `-127.5` to even) is
-//! loaded as `-127`, an error of one step on that element (counted in a `tracing` warning).
-//! Layers are matched to config groups by their stored tensors (8-bit `weight` vs 4-bit
-//! `weight_packed`); asymmetric (zero-point) and activation-ordered (`g_idx`) checkpoints
-//! are refused with [`Error::Unsupported`].
+//! loaded as `-127`, an error of one step on that element, counted in
+//! [`CtLayerReport::clamped_codes`] and [`CtCheckpoint::clamped_codes`] (and a `tracing`
+//! warning). A layer's config group is the one whose format, bit width, strategy and
+//! group size agree with its stored tensors; a layer no group describes is refused with
+//! [`Error::Unsupported`] naming the tensors found. Asymmetric (zero-point) and
+//! activation-ordered (`g_idx`) checkpoints are refused with [`Error::Unsupported`].
+//! [`CtWriter`] refuses int4 layers whose group does not divide `in_features`: the format
+//! has no layout for a shorter last group.
 //!
 //! [compressed-tensors]: https://github.com/neuralmagic/compressed-tensors
 //!
