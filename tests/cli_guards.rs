@@ -395,3 +395,55 @@ fn negative_values_are_values_and_directories_are_not_outputs() {
         "{err}"
     );
 }
+
+#[test]
+fn export_gguf_keeps_integer_tensors_and_refuses_a_type_it_would_not_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let ids = Tensor::arange(0i64, 64, &Device::Cpu)
+        .unwrap()
+        .reshape((1, 64))
+        .unwrap();
+    let input = checkpoint(dir.path(), &[("model.position_ids", ids)]);
+    let gguf = dir.path().join("m.gguf");
+    let (i, g) = (input.to_str().unwrap(), gguf.to_str().unwrap());
+    let j = json_of(&run(&[
+        "export-gguf",
+        i,
+        "-o",
+        g,
+        "--type",
+        "q4_0",
+        "--json",
+    ]));
+    let types: HashMap<String, String> = j["tensors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            (
+                t["name"].as_str().unwrap().into(),
+                t["type"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    assert_eq!(types["model.position_ids"], "I64");
+    assert_eq!(types["model.layers.0.mlp.up.weight"], "Q4_0");
+    assert_eq!(types["model.norm.weight"], "F32");
+
+    // An int4:32 file exported with --type q8_0 is refused, not silently written as Q4_0;
+    // without --type its tensors keep their own GGML type.
+    let q = dir.path().join("q.safetensors");
+    let qs = q.to_str().unwrap();
+    assert!(run(&["quantize", i, "-o", qs, "--scheme", "int4:32"])
+        .status
+        .success());
+    let o = run(&["export-gguf", qs, "-o", g, "--type", "q8_0", "--force"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("Q8_0"), "{}", stderr(&o));
+    let j = json_of(&run(&["export-gguf", qs, "-o", g, "--force", "--json"]));
+    assert!(j["tensors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|t| t["type"] == "Q4_0"));
+}

@@ -120,16 +120,19 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
-    /// Export to GGUF (Q8_0 or Q4_0 for tensors of rank >= 2, F32 otherwise).
+    /// Export to GGUF (Q8_0 or Q4_0 for tensors of rank >= 2 whose last dimension is a
+    /// multiple of 32, F32 for other float tensors, GGUF integer types for integer ones).
     ExportGguf {
         /// A float safetensors file, or a compressed file holding int8:32 / int4:32 tensors.
         input: PathBuf,
         /// Output .gguf file.
         #[arg(short, long)]
         output: PathBuf,
-        /// GGML type for quantized tensors of a float input.
-        #[arg(long = "type", value_enum, default_value = "q8_0")]
-        ty: GgufKind,
+        /// GGML type of the quantized tensors: float tensors are quantized to it with
+        /// llama.cpp's rules (default q8_0); compressed int8:32 / int4:32 tensors are
+        /// written as they are (Q8_0 / Q4_0) and must match it when it is given.
+        #[arg(long = "type", value_enum)]
+        ty: Option<GgufKind>,
         /// Replace an existing output file.
         #[arg(long)]
         force: bool,
@@ -818,25 +821,34 @@ fn finite_or_null(v: f64) -> Value {
 fn export_gguf(
     input: &Path,
     output: &Path,
-    ty: GgufKind,
+    ty: Option<GgufKind>,
     force: bool,
     json: bool,
 ) -> CliResult<Value> {
     check_output(output, force)?;
     let file = in_file(input, CompressedFile::open(input))?;
     let items = file.items();
-    let scheme: Scheme = match ty {
-        GgufKind::Q8_0 => "int8:32".parse()?,
-        GgufKind::Q4_0 => "int4:32".parse()?,
-    };
+    let wanted = ty.map(|t| match t {
+        GgufKind::Q8_0 => GgufType::Q8_0,
+        GgufKind::Q4_0 => GgufType::Q4_0,
+    });
     let bar = progress(items.len(), json, "export");
     let mut tensors = Vec::new();
     let mut rows = Vec::new();
     for item in items {
         bar.inc(1);
+        let name = item.name.as_str();
         let t = match &item.kind {
             ItemKind::Compressed(_) => {
-                GgufTensor::from_compressed(&item.name, &file.load_compressed(&item.name)?)?
+                let value = in_tensor(input, name, file.load_compressed(name))?;
+                in_tensor(
+                    input,
+                    name,
+                    match wanted {
+                        Some(ty) => GgufTensor::from_compressed_as(name, &value, ty),
+                        None => GgufTensor::from_compressed(name, &value),
+                    },
+                )?
             }
             ItemKind::QuantLinear(_) => {
                 return Err(Failure::from(Error::Unsupported {
@@ -847,21 +859,18 @@ fn export_gguf(
                 .within(input.display()))
             }
             ItemKind::Plain { dtype, shape } if is_float(*dtype) => {
-                let tensor = file.load_plain(&item.name, &Device::Cpu)?;
+                let tensor = in_tensor(input, name, file.load_plain(name, &Device::Cpu))?;
                 let quantizable = shape.len() >= 2 && shape[shape.len() - 1] % 32 == 0;
-                if quantizable {
-                    GgufTensor::from_compressed(&item.name, &scheme.compress(&tensor)?)?
+                let ty = if quantizable {
+                    wanted.unwrap_or(GgufType::Q8_0)
                 } else {
-                    GgufTensor::float(&item.name, &tensor, GgufType::F32)?
-                }
+                    GgufType::F32
+                };
+                in_tensor(input, name, GgufTensor::quantize(name, &tensor, ty))?
             }
-            ItemKind::Plain { dtype, .. } => {
-                return Err(Failure::from(Error::Unsupported {
-                    what: "GGUF export of a non-float tensor",
-                    found: format!("{} ({dtype:?})", item.name),
-                    supported: "F32, F16, BF16, F64".into(),
-                })
-                .within(input.display()))
+            ItemKind::Plain { .. } => {
+                let tensor = in_tensor(input, name, file.load_plain(name, &Device::Cpu))?;
+                in_tensor(input, name, GgufTensor::integer(name, &tensor))?
             }
         };
         rows.push(json!({
