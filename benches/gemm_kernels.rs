@@ -79,6 +79,12 @@ fn main() {
         f32_peak.map_or("-".into(), |g| format!("{g:.0} GFLOPS")),
         peaks.join(", ")
     );
+    if GemmKernels::amx_tiles().is_err() {
+        println!(
+            "amx / amx-tiles: SKIPPED, this CPU has no usable AMX (active ISA {}); no tdpbssd probe",
+            candle_compress::kernels::active_isa()
+        );
+    }
     let mut header =
         String::from("| in×out | b | candle f32 | ours (quant+matmul) | ratio | W4A8 g64 ratio |");
     for k in kernels.iter().filter(|k| k.name() != "scalar") {

@@ -32,6 +32,15 @@
 //! QuantLinear's time against the bare kernels', the 2-thread scaling at batch 128 and the
 //! batch-1 int8 weight bandwidth.
 //!
+//! # AMX
+//!
+//! On a CPU with AMX the default kernels are the AMX ones (tiles from
+//! `gemm::AMX_MIN_ROWS` rows, VNNI below). The bench then runs a second child per thread
+//! count with `CANDLE_COMPRESS_ISA=avx512-vnni` (group `quant_linear_t{n}_vnni`, only our
+//! implementations) and prints the AMX rows beside the forced-VNNI rows; every table row
+//! names the ISA that computed it. Without AMX only the VNNI side exists and the summary
+//! says so.
+//!
 //! Timings are short (0.5 s warm-up, 2 s measurement, 10 flat samples; override with
 //! criterion's `--warm-up-time` / `--measurement-time` / `--sample-size`).
 
@@ -54,7 +63,11 @@ const SHAPES: [(usize, usize); 5] = [
     (384, 1536),
     (1536, 384),
 ];
-const BATCHES: [usize; 3] = [1, 8, 128];
+const BATCHES: [usize; 4] = [1, 8, 32, 128];
+/// Our implementations, re-run in the forced-VNNI child on AMX machines.
+const OURS: [&str; 3] = ["ql_w8a8", "ql_w4a8", "kernels_w8a8"];
+/// The `CANDLE_COMPRESS_ISA` value of the forced-VNNI child, and its group suffix.
+const FORCED_ISA: &str = "avx512-vnni";
 /// W4A8 group used in the bench.
 const W4_GROUP: usize = 128;
 
@@ -68,7 +81,7 @@ fn target(inp: usize, out: usize, batch: usize) -> Option<f64> {
         (1536, 384) => [2.6, 12.3, 7.4],
         _ => return None,
     };
-    let i = BATCHES.iter().position(|&b| b == batch)?;
+    let i = [1, 8, 128].iter().position(|&b| b == batch)?;
     Some(row[i])
 }
 
@@ -80,11 +93,22 @@ fn group_name(threads: usize) -> String {
     format!("quant_linear_t{threads}")
 }
 
+/// The group of the forced-VNNI child.
+fn forced_group_name(threads: usize) -> String {
+    format!("quant_linear_t{threads}_vnni")
+}
+
+/// Whether this machine runs the AMX kernels by default (then the forced-VNNI child runs).
+fn amx_active() -> bool {
+    kernels::active_isa() == kernels::Isa::Amx
+}
+
 fn main() {
     let criterion_home = criterion_home();
     if let Ok(t) = std::env::var("QL_BENCH_CHILD") {
         let threads: usize = t.parse().expect("QL_BENCH_CHILD is a thread count");
-        run_child(threads);
+        let forced = std::env::var("QL_BENCH_FORCED").is_ok();
+        run_child(threads, forced);
         return;
     }
     let thread_counts: Vec<usize> = std::env::var("QL_BENCH_THREADS")
@@ -98,18 +122,26 @@ fn main() {
     if !summary_only {
         let exe = std::env::current_exe().expect("current exe");
         for &threads in &thread_counts {
-            let status = Command::new(&exe)
-                .args(std::env::args_os().skip(1))
-                .env("QL_BENCH_CHILD", threads.to_string())
-                .env("RAYON_NUM_THREADS", threads.to_string())
-                .env("CANDLE_NUM_THREADS", threads.to_string())
-                .env("CRITERION_HOME", &criterion_home)
-                .status()
-                .expect("spawn bench child");
-            assert!(
-                status.success(),
-                "bench child for {threads} thread(s) failed: {status}"
-            );
+            for forced in [false, true] {
+                if forced && !amx_active() {
+                    continue;
+                }
+                let mut cmd = Command::new(&exe);
+                cmd.args(std::env::args_os().skip(1))
+                    .env("QL_BENCH_CHILD", threads.to_string())
+                    .env("RAYON_NUM_THREADS", threads.to_string())
+                    .env("CANDLE_NUM_THREADS", threads.to_string())
+                    .env("CRITERION_HOME", &criterion_home);
+                if forced {
+                    cmd.env("QL_BENCH_FORCED", "1")
+                        .env(kernels::ISA_ENV, FORCED_ISA);
+                }
+                let status = cmd.status().expect("spawn bench child");
+                assert!(
+                    status.success(),
+                    "bench child for {threads} thread(s) (forced VNNI: {forced}) failed: {status}"
+                );
+            }
         }
     }
     // In summary-only mode every stored result counts; otherwise only this run's.
@@ -137,10 +169,11 @@ fn criterion_home() -> PathBuf {
     }
 }
 
-fn run_child(threads: usize) {
+fn run_child(threads: usize, forced: bool) {
     let kernels = GemmKernels::active();
     println!(
-        "quant_linear bench: {threads} thread(s); CPU ISA {}; gemm kernels {} ({}); candle get_num_threads() = {}",
+        "quant_linear bench: {threads} thread(s){}; CPU ISA {}; gemm kernels {} ({}); candle get_num_threads() = {}",
+        if forced { " [CANDLE_COMPRESS_ISA forced]" } else { "" },
         kernels::active_isa(),
         kernels.name(),
         kernels.isa(),
@@ -155,7 +188,7 @@ fn run_child(threads: usize) {
         .measurement_time(Duration::from_secs(2))
         .sample_size(10)
         .configure_from_args();
-    bench_all(&mut c, threads, &pool);
+    bench_all(&mut c, threads, &pool, forced);
     c.final_summary();
 }
 
@@ -245,8 +278,12 @@ struct RawBuffers {
     out: Vec<f32>,
 }
 
-fn bench_all(c: &mut Criterion, threads: usize, pool: &rayon::ThreadPool) {
-    let mut group = c.benchmark_group(group_name(threads));
+fn bench_all(c: &mut Criterion, threads: usize, pool: &rayon::ThreadPool, forced: bool) {
+    let mut group = c.benchmark_group(if forced {
+        forced_group_name(threads)
+    } else {
+        group_name(threads)
+    });
     group.sampling_mode(SamplingMode::Flat);
     for &(inp, out) in &SHAPES {
         // Built on first use: criterion only calls the routines of benchmarks that pass
@@ -256,6 +293,9 @@ fn bench_all(c: &mut Criterion, threads: usize, pool: &rayon::ThreadPool) {
             let x = Tensor::randn(0f32, 1., (batch, inp), &Device::Cpu).unwrap();
             let xv: Vec<f32> = x.flatten_all().unwrap().to_vec1().unwrap();
             for imp in IMPLS {
+                if forced && !OURS.contains(&imp) {
+                    continue;
+                }
                 group.bench_function(bench_id(inp, out, batch, imp), |bencher| {
                     let l = layers.get_or_init(|| Layers::new(inp, out));
                     // One `install` per sample (criterion is not `Send`), timed inside the
@@ -303,11 +343,8 @@ fn stat_is_min() -> bool {
 
 /// Time in ns of one iteration of a benchmark (see [`stat_is_min`]), if it was written at
 /// or after `since`.
-fn time_ns(home: &Path, threads: usize, id: &str, since: SystemTime) -> Option<f64> {
-    let dir = home
-        .join(group_name(threads))
-        .join(id.replace('/', "_"))
-        .join("new");
+fn time_ns(home: &Path, group: &str, id: &str, since: SystemTime) -> Option<f64> {
+    let dir = home.join(group).join(id.replace('/', "_")).join("new");
     let read = |file: &str| -> Option<serde_json::Value> {
         let path = dir.join(file);
         let modified = std::fs::metadata(&path).ok()?.modified().ok()?;
@@ -332,8 +369,22 @@ fn time_ns(home: &Path, threads: usize, id: &str, since: SystemTime) -> Option<f
 
 fn print_summary(home: &Path, thread_counts: &[usize], since: SystemTime) {
     let t = |threads: usize, inp, out, batch, imp| {
-        time_ns(home, threads, &bench_id(inp, out, batch, imp), since)
+        time_ns(
+            home,
+            &group_name(threads),
+            &bench_id(inp, out, batch, imp),
+            since,
+        )
     };
+    let tf = |threads: usize, inp, out, batch, imp| {
+        time_ns(
+            home,
+            &forced_group_name(threads),
+            &bench_id(inp, out, batch, imp),
+            since,
+        )
+    };
+    let active = GemmKernels::active();
     let fmt_ratio = |num: Option<f64>, den: Option<f64>| match (num, den) {
         (Some(n), Some(d)) if d > 0.0 => format!("{:.2}", n / d),
         _ => "-".into(),
@@ -363,12 +414,41 @@ fn print_summary(home: &Path, thread_counts: &[usize], since: SystemTime) {
         peaks.f32_gflops,
         peaks.ratio()
     );
+    // On AMX machines `peaks` is the tdpbssd probe; rows computed by VNNI use its peak.
+    let vnni_gops = if peaks.isa == kernels::Isa::Amx {
+        kernels::peak::int8_peak_gops(kernels::Isa::Avx512Vnni).unwrap_or(0.0)
+    } else {
+        peaks.int8_gops
+    };
+    let peak_of = |isa: kernels::Isa| {
+        if isa == peaks.isa {
+            peaks.int8_gops
+        } else {
+            vnni_gops
+        }
+    };
+    println!();
+    if amx_active() {
+        println!(
+            "AMX: each cell has an `amx` row (default kernels; {} below {} rows) and an \
+             `avx512-vnni (forced)` row ({}={FORCED_ISA}); VNNI int8 peak {vnni_gops:.0} GOPS.",
+            kernels::Isa::Avx512Vnni,
+            gemm::AMX_MIN_ROWS,
+            kernels::ISA_ENV,
+        );
+    } else {
+        println!(
+            "AMX: this CPU has no usable AMX (active ISA {}), so only the VNNI side is measured; \
+             on an AMX CPU every cell also gets an `{FORCED_ISA} (forced)` row beside the `amx` row.",
+            kernels::active_isa()
+        );
+    }
     for &threads in thread_counts {
         println!();
         println!("### {threads} thread(s): ratio = candle f32 Linear time / implementation time (higher is faster)");
         println!();
-        println!("| in×out | batch | Linear f32 ms | W8A8 ms | **W8A8** | target | ceiling | % peak | W4A8 g{W4_GROUP} | QMatMul Q8_0 | QMatMul Q4_0 | W8A8 vs Q8_0 | bare-kernel time / W8A8 time |");
-        println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+        println!("| in×out | batch | ISA | Linear f32 ms | W8A8 ms | **W8A8** | target | ceiling | % peak | W4A8 g{W4_GROUP} | QMatMul Q8_0 | QMatMul Q4_0 | W8A8 vs Q8_0 | bare-kernel time / W8A8 time |");
+        println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
         for &(inp, out) in &SHAPES {
             for &batch in &BATCHES {
                 let lin = t(threads, inp, out, batch, "linear_f32");
@@ -382,18 +462,23 @@ fn print_summary(home: &Path, thread_counts: &[usize], since: SystemTime) {
                 } else {
                     "".into()
                 };
-                // ns at the int8 peak of `threads` cores
-                let ideal = (2 * batch * inp * out) as f64 / (peaks.int8_gops * threads as f64);
-                let (ceiling, share) = if batch >= 8 && peaks.int8_gops > 0.0 {
-                    (
-                        fmt_ratio(lin, Some(ideal)),
-                        w8.map_or("-".into(), |w| format!("{:.0}%", 100.0 * ideal / w)),
-                    )
-                } else {
-                    ("-".into(), "-".into())
+                // ns at the int8 peak (of the row's ISA) of `threads` cores
+                let cells = |isa: kernels::Isa, w8: Option<f64>| {
+                    let gops = peak_of(isa);
+                    let ideal = (2 * batch * inp * out) as f64 / (gops * threads as f64);
+                    if batch >= 8 && gops > 0.0 {
+                        (
+                            fmt_ratio(lin, Some(ideal)),
+                            w8.map_or("-".into(), |w| format!("{:.0}%", 100.0 * ideal / w)),
+                        )
+                    } else {
+                        ("-".into(), "-".into())
+                    }
                 };
+                let isa = active.isa_for_rows(batch);
+                let (ceiling, share) = cells(isa, w8);
                 println!(
-                    "| {inp}×{out} | {batch} | {} | {} | **{}** | {tgt} | {ceiling} | {share} | {} | {} | {} | {} | {} |",
+                    "| {inp}×{out} | {batch} | {isa} | {} | {} | **{}** | {tgt} | {ceiling} | {share} | {} | {} | {} | {} | {} |",
                     ms(lin),
                     ms(w8),
                     fmt_ratio(lin, w8),
@@ -403,6 +488,19 @@ fn print_summary(home: &Path, thread_counts: &[usize], since: SystemTime) {
                     fmt_ratio(t(threads, inp, out, batch, "qmatmul_q8_0"), w8),
                     fmt_ratio(t(threads, inp, out, batch, "kernels_w8a8"), w8),
                 );
+                let fw8 = tf(threads, inp, out, batch, "ql_w8a8");
+                if fw8.is_some() {
+                    let (ceiling, share) = cells(kernels::Isa::Avx512Vnni, fw8);
+                    println!(
+                        "| {inp}×{out} | {batch} | {FORCED_ISA} (forced) | {} | {} | **{}** | | {ceiling} | {share} | {} | | | {} | {} |",
+                        ms(lin),
+                        ms(fw8),
+                        fmt_ratio(lin, fw8),
+                        fmt_ratio(lin, tf(threads, inp, out, batch, "ql_w4a8")),
+                        fmt_ratio(t(threads, inp, out, batch, "qmatmul_q8_0"), fw8),
+                        fmt_ratio(tf(threads, inp, out, batch, "kernels_w8a8"), fw8),
+                    );
+                }
             }
         }
     }

@@ -16,4 +16,4 @@ pub mod halfconv;
 pub(crate) mod hugepage;
 pub mod peak;
 
-pub use detect::{active_isa, features, CpuFeatures, Isa};
+pub use detect::{active_isa, features, CpuFeatures, Isa, UnknownIsa, ISA_ENV};

@@ -5,7 +5,8 @@
 //!
 //! Each probe runs independent chains of the instruction on registers only (no memory
 //! traffic) for a fixed count and times them: a few tens of milliseconds. Operations count
-//! as 2 per multiply-add (GOPS, GFLOPS), as for matmuls.
+//! as 2 per multiply-add (GOPS, GFLOPS), as for matmuls. On AMX CPUs the int8 probe of
+//! [`Isa::Amx`] runs `tdpbssd` on 6 independent 16 × 16 i32 accumulator tiles.
 
 use std::time::Instant;
 
@@ -59,6 +60,10 @@ pub fn int8_peak_gops(isa: Isa) -> Option<f64> {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: AVX2 was detected.
         Isa::Avx2 if f.avx2 => Some(best(&|| unsafe { x86::maddubs_sign(ITERS) })),
+        // `tdpbssd` has ~16× the work of one `vpdpbusd` round: fewer rounds.
+        Isa::Amx if f.amx => Some(best(&|| {
+            super::gemm::amx_peak_gops(ITERS / 8).unwrap_or(0.0)
+        })),
         _ => None,
     }
 }
@@ -84,7 +89,8 @@ pub fn f32_peak_gflops() -> Option<f64> {
     None
 }
 
-/// Measures both peaks for the best ISA of this CPU (~0.1 s).
+/// Measures both peaks for the best ISA of this CPU (~0.1 s; on AMX CPUs the int8 probe
+/// is the `tdpbssd` one: [`int8_peak_gops`] with [`Isa::Avx512Vnni`] gives the VNNI peak).
 pub fn measure() -> Peaks {
     let isa = features().best_isa();
     Peaks {
@@ -241,6 +247,7 @@ mod x86 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernels::detect::report_skipped;
 
     /// The probes run and report positive, finite rates for the ISAs this CPU has and
     /// `None` for the others (the values are the machine's, so nothing more about them
@@ -248,7 +255,14 @@ mod tests {
     #[test]
     fn probes_report_positive_rates() {
         let f = features();
+        if !f.amx {
+            report_skipped(
+                Isa::Amx,
+                "peak::probes_report_positive_rates (tdpbssd probe)",
+            );
+        }
         for (isa, has) in [
+            (Isa::Amx, f.amx),
             (Isa::Avx512Vnni, f.avx512_vnni),
             (Isa::AvxVnni, f.avx_vnni),
             (Isa::Avx2, f.avx2),

@@ -367,7 +367,7 @@ fn dequantize_affine_unchecked_on(
 /// of these kernels yet).
 pub fn kernel_isa() -> Isa {
     match active_isa() {
-        Isa::Avx512Vnni => Isa::Avx512Vnni,
+        Isa::Avx512Vnni | Isa::Amx => Isa::Avx512Vnni,
         Isa::Avx2 | Isa::AvxVnni => Isa::Avx2,
         Isa::Scalar | Isa::Neon => Isa::Scalar,
     }

@@ -154,7 +154,7 @@ fn w4_table(mr: usize, np: usize) -> W4TileFn {
 /// # Safety
 /// AVX-512 F must be available; `f` must satisfy the [`W8Finish`] contract.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-unsafe fn w8_finish(f: &W8Finish) {
+pub(crate) unsafe fn w8_finish(f: &W8Finish) {
     // SAFETY: (whole body) loads of `c` stay inside the tile (`j < cols ≤ LDC`); loads of
     // `colsums` / `ws` / `bias` and stores to `out` are masked to the `cols` valid
     // columns of the `mr` rows the caller vouches for.

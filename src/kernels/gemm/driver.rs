@@ -122,7 +122,7 @@ const PAR_MIN_MACS: usize = 1 << 22;
 
 /// The output pointer shared by tasks that write disjoint elements.
 #[derive(Clone, Copy)]
-struct OutPtr(*mut f32);
+pub(crate) struct OutPtr(pub(crate) *mut f32);
 // SAFETY: tasks write disjoint elements of `out` (distinct (row, channel) ranges) and the
 // slice outlives the parallel loop, so sharing the pointer is sound.
 unsafe impl Send for OutPtr {}
@@ -131,23 +131,23 @@ unsafe impl Sync for OutPtr {}
 
 impl OutPtr {
     /// The pointer (a method, so closures capture the whole `Sync` wrapper).
-    fn get(self) -> *mut f32 {
+    pub(crate) fn get(self) -> *mut f32 {
         self.0
     }
 }
 
 /// A task: panels `p0..p1` × rows `r0..r1`.
 #[derive(Clone, Copy, Debug)]
-struct Task {
-    p0: usize,
-    p1: usize,
-    r0: usize,
-    r1: usize,
+pub(crate) struct Task {
+    pub(crate) p0: usize,
+    pub(crate) p1: usize,
+    pub(crate) r0: usize,
+    pub(crate) r1: usize,
 }
 
 /// Splits the (panel, row) grid into tasks: whole panel groups, whole row blocks, about
 /// four tasks per thread; a single task when the work is small or there is one thread.
-fn plan(rows: usize, panels: usize, mr: usize, np: usize, macs: usize) -> Vec<Task> {
+pub(crate) fn plan(rows: usize, panels: usize, mr: usize, np: usize, macs: usize) -> Vec<Task> {
     let threads = rayon::current_num_threads();
     if threads <= 1 || macs < PAR_MIN_MACS {
         return vec![Task {
@@ -189,7 +189,7 @@ fn balanced_rows(rows: usize, mr: usize) -> usize {
 /// `dst[j] = finish_w8(acc[j], x_scale, ws[j], bias[j])`, written as straight loops over
 /// slices so the compiler vectorizes them (same IEEE operations, no contraction).
 #[inline(always)]
-fn epilogue_w8(
+pub(crate) fn epilogue_w8(
     dst: &mut [f32],
     acc: impl Iterator<Item = f32>,
     x_scale: f32,
@@ -215,7 +215,7 @@ fn epilogue_w8(
 /// # Safety
 /// The pointers must be valid for the lengths [`W8Finish`] documents, and no other
 /// reference to the output elements may exist during the call.
-unsafe fn finish_w8_generic(f: &W8Finish) {
+pub(crate) unsafe fn finish_w8_generic(f: &W8Finish) {
     // SAFETY: lengths as documented on `W8Finish`, vouched for by the caller.
     let (c, xs, ws, cs, bias) = unsafe {
         (
@@ -251,12 +251,12 @@ unsafe fn finish_w8_generic(f: &W8Finish) {
 /// # Safety
 /// `dst` must be valid for `vals.len()` float writes that nothing else accesses.
 #[inline(always)]
-unsafe fn store_row(dst: *mut f32, vals: &[f32]) {
+pub(crate) unsafe fn store_row(dst: *mut f32, vals: &[f32]) {
     // SAFETY: forwarded contract; `vals` is a distinct (stack) buffer.
     unsafe { std::ptr::copy_nonoverlapping(vals.as_ptr(), dst, vals.len()) };
 }
 
-fn run_tasks(tasks: &[Task], f: impl Fn(Task) + Sync + Send) {
+pub(crate) fn run_tasks(tasks: &[Task], f: impl Fn(Task) + Sync + Send) {
     if tasks.len() <= 1 {
         tasks.iter().for_each(|&t| f(t));
     } else {

@@ -91,12 +91,19 @@ macro_rules! tile_table {
 }
 
 #[cfg(target_arch = "x86_64")]
+mod amx;
+mod amx_driver;
+mod amx_emu;
+#[cfg(target_arch = "x86_64")]
 mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
 #[cfg(target_arch = "x86_64")]
 mod avxvnni;
-#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+#[cfg_attr(
+    not(any(target_arch = "x86_64", target_arch = "aarch64")),
+    allow(dead_code)
+)]
 mod driver;
 #[cfg(target_arch = "aarch64")]
 mod neon;
@@ -113,6 +120,12 @@ pub use pack::{PackedW4, PackedW8};
 /// magnitude, so it fits i32 even when a kernel's intermediate `Σ (qx + 128) · qw` wraps
 /// (wrapping arithmetic is exact modulo 2^32).
 pub const K_BLOCK: usize = 65536;
+
+/// Rows from which the AMX kernels ([`Isa::Amx`]) run W8A8/W4A8 on tiles; smaller batches
+/// (GEMV, decoding) run the AVX-512 VNNI kernels, which stream the weights as fast and do
+/// not pad rows to a 16-row tile. The outputs are bit-identical either way. (The issue's
+/// suggested value: a measured threshold needs an AMX machine.)
+pub const AMX_MIN_ROWS: usize = 16;
 
 /// The W8A8 float epilogue shared by every kernel:
 /// `acc * (x_scale * w_scale) + bias`, each operation rounded separately.
@@ -173,6 +186,17 @@ enum Path {
     /// aarch64 NEON `smlal`/`smlal2` by lane on widened i16 operands.
     #[cfg(target_arch = "aarch64")]
     Neon,
+    /// AMX tiles from [`AMX_MIN_ROWS`] rows, AVX-512 VNNI below.
+    #[cfg(target_arch = "x86_64")]
+    Amx,
+    /// AMX tiles for every row count (tests, benches).
+    #[cfg(target_arch = "x86_64")]
+    AmxTiles,
+    /// The AMX driver on the scalar tile emulation, portable helpers (tests).
+    AmxEmulated,
+    /// The AMX driver on the tile emulation with the AMX table's AVX-512 helpers (tests).
+    #[cfg(target_arch = "x86_64")]
+    AmxEmulatedAvx512,
 }
 
 /// A set of integer GEMM kernels for one ISA. Holding one proves the CPU supports it.
@@ -218,6 +242,8 @@ impl GemmKernels {
             Isa::Avx512Vnni => Avx512Vnni::detect().map(|_| Path::Avx512Vnni),
             #[cfg(target_arch = "aarch64")]
             Isa::Neon => super::detect::Neon::detect().map(|_| Path::Neon),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Amx => super::detect::Amx::detect().map(|_| Path::Amx),
             _ => None,
         };
         path.map(|path| GemmKernels { path })
@@ -239,7 +265,58 @@ impl GemmKernels {
         })
     }
 
-    /// Every kernel set this CPU can run (the scalar reference first).
+    /// The AMX tile kernels for every row count (no switch to VNNI below
+    /// [`AMX_MIN_ROWS`]): for tests and benches of the tile path itself. `Err` without a
+    /// usable AMX ([`Isa::Amx`]); [`GemmKernels::isa`] reports [`Isa::Amx`].
+    pub fn amx_tiles() -> Result<GemmKernels, IsaUnavailable> {
+        #[cfg(target_arch = "x86_64")]
+        if super::detect::Amx::detect().is_some() {
+            return Ok(GemmKernels {
+                path: Path::AmxTiles,
+            });
+        }
+        Err(IsaUnavailable { isa: Isa::Amx })
+    }
+
+    /// The AMX driver (tiling, K padding and tails, groups, epilogue) running on a scalar
+    /// emulation of the tile instructions instead of the `asm!` blocks, with portable
+    /// helpers: runs on any CPU, as slow as the scalar kernel. A test oracle that proves
+    /// the AMX path's logic bit for bit where there is no AMX; never selected by
+    /// [`GemmKernels::active`]. [`GemmKernels::isa`] reports [`Isa::Scalar`].
+    ///
+    /// ```
+    /// use candle_compress::kernels::gemm::{GemmKernels, PackedW8};
+    /// use candle_compress::kernels::Isa;
+    /// let w = PackedW8::pack(&[1, 2, 3, -1, -2, -3], &[0.5, 0.25], 2, 3);
+    /// let (mut a, mut b) = ([0f32; 2], [0f32; 2]);
+    /// GemmKernels::amx_emulated().matmul_w8a8(&[10, 20, 30], &[0.1], 1, &w, None, &mut a);
+    /// GemmKernels::for_isa(Isa::Scalar).unwrap().matmul_w8a8(&[10, 20, 30], &[0.1], 1, &w, None, &mut b);
+    /// assert_eq!(a, b);
+    /// ```
+    pub fn amx_emulated() -> GemmKernels {
+        GemmKernels {
+            path: Path::AmxEmulated,
+        }
+    }
+
+    /// The AMX driver on the emulated tiles with the real AMX table's AVX-512 helpers
+    /// (int4 unpacking, group combine, W8 epilogue): everything the hardware path runs
+    /// except its `asm!` blocks. `Err` without AVX-512 VNNI; [`GemmKernels::isa`] reports
+    /// [`Isa::Avx512Vnni`].
+    pub fn amx_emulated_avx512() -> Result<GemmKernels, IsaUnavailable> {
+        #[cfg(target_arch = "x86_64")]
+        if super::detect::Avx512Vnni::detect().is_some() {
+            return Ok(GemmKernels {
+                path: Path::AmxEmulatedAvx512,
+            });
+        }
+        Err(IsaUnavailable {
+            isa: Isa::Avx512Vnni,
+        })
+    }
+
+    /// Every kernel set this CPU can run (the scalar reference first), excluding the
+    /// emulated AMX sets (slow test oracles).
     pub fn available() -> Vec<GemmKernels> {
         let mut v: Vec<GemmKernels> = [
             Isa::Scalar,
@@ -247,12 +324,39 @@ impl GemmKernels {
             Isa::Avx2,
             Isa::AvxVnni,
             Isa::Avx512Vnni,
+            Isa::Amx,
         ]
         .into_iter()
         .filter_map(|isa| GemmKernels::for_isa(isa).ok())
         .collect();
         v.extend(GemmKernels::avx512_ymm());
+        v.extend(GemmKernels::amx_tiles());
         v
+    }
+
+    /// The ISA whose instructions compute a `rows`-row matrix product on these kernels:
+    /// [`GemmKernels::isa`], except that the AMX kernels run AVX-512 VNNI below
+    /// [`AMX_MIN_ROWS`] rows (benches print it per row).
+    pub fn isa_for_rows(&self, rows: usize) -> Isa {
+        match self.path {
+            #[cfg(target_arch = "x86_64")]
+            Path::Amx if rows < AMX_MIN_ROWS => Isa::Avx512Vnni,
+            _ => self.isa(),
+        }
+    }
+
+    /// The AMX tile table these kernels use for `rows` rows, if any.
+    fn amx_table(&self, rows: usize) -> Option<&'static amx_driver::AmxKernels> {
+        match self.path {
+            #[cfg(target_arch = "x86_64")]
+            Path::Amx if rows >= AMX_MIN_ROWS => Some(&amx::AMX),
+            #[cfg(target_arch = "x86_64")]
+            Path::AmxTiles => Some(&amx::AMX),
+            #[cfg(target_arch = "x86_64")]
+            Path::AmxEmulatedAvx512 => Some(&amx_emu::EMULATED_AVX512),
+            Path::AmxEmulated => Some(&amx_emu::EMULATED),
+            _ => None,
+        }
     }
 
     /// The ISA these kernels need.
@@ -267,6 +371,11 @@ impl GemmKernels {
             Path::Avx512Vnni | Path::Avx512VnniYmm => Isa::Avx512Vnni,
             #[cfg(target_arch = "aarch64")]
             Path::Neon => Isa::Neon,
+            #[cfg(target_arch = "x86_64")]
+            Path::Amx | Path::AmxTiles => Isa::Amx,
+            Path::AmxEmulated => Isa::Scalar,
+            #[cfg(target_arch = "x86_64")]
+            Path::AmxEmulatedAvx512 => Isa::Avx512Vnni,
         }
     }
 
@@ -284,6 +393,13 @@ impl GemmKernels {
             Path::Avx512VnniYmm => "avx512-vnni-ymm",
             #[cfg(target_arch = "aarch64")]
             Path::Neon => "neon",
+            #[cfg(target_arch = "x86_64")]
+            Path::Amx => "amx",
+            #[cfg(target_arch = "x86_64")]
+            Path::AmxTiles => "amx-tiles",
+            Path::AmxEmulated => "amx-emulated",
+            #[cfg(target_arch = "x86_64")]
+            Path::AmxEmulatedAvx512 => "amx-emulated-avx512",
         }
     }
 
@@ -302,11 +418,15 @@ impl GemmKernels {
             return Ok(());
         }
         match self.path {
-            Path::Scalar => scalar::quantize_rows_i8(x, cols, smooth, q, scales),
-            // SAFETY: a `Path::Avx512Vnni` value exists only after detection of AVX-512
-            // F/BW/VL/VNNI; lengths were checked above and `cols > 0`.
+            Path::Scalar | Path::AmxEmulated => {
+                scalar::quantize_rows_i8(x, cols, smooth, q, scales)
+            }
+            // SAFETY: these paths exist only after detection of AVX-512 F/BW/VL/VNNI
+            // (AMX implies it); lengths were checked above and `cols > 0`.
             #[cfg(target_arch = "x86_64")]
-            Path::Avx512Vnni => unsafe { avx512::quantize_rows_i8(x, cols, smooth, q, scales) },
+            Path::Avx512Vnni | Path::Amx | Path::AmxTiles | Path::AmxEmulatedAvx512 => unsafe {
+                avx512::quantize_rows_i8(x, cols, smooth, q, scales)
+            },
             // SAFETY: every other x86 path implies AVX2 (+FMA); lengths checked above.
             #[cfg(target_arch = "x86_64")]
             Path::Avx2 | Path::AvxVnni | Path::Avx512VnniYmm => unsafe {
@@ -337,10 +457,12 @@ impl GemmKernels {
             return Ok(());
         }
         match self.path {
-            Path::Scalar => scalar::quantize_rows_i8_with_scales(x, cols, smooth, scales, q),
-            // SAFETY: AVX-512 F/BW/VL detected for this path; lengths and scales checked.
+            Path::Scalar | Path::AmxEmulated => {
+                scalar::quantize_rows_i8_with_scales(x, cols, smooth, scales, q)
+            }
+            // SAFETY: AVX-512 F/BW/VL detected for these paths; lengths and scales checked.
             #[cfg(target_arch = "x86_64")]
-            Path::Avx512Vnni => unsafe {
+            Path::Avx512Vnni | Path::Amx | Path::AmxTiles | Path::AmxEmulatedAvx512 => unsafe {
                 avx512::quantize_rows_i8_with_scales(x, cols, smooth, scales, q)
             },
             // SAFETY: AVX2 (+FMA) detected for these paths; lengths and scales checked.
@@ -376,18 +498,25 @@ impl GemmKernels {
         if rows == 0 || w.out_features() == 0 {
             return;
         }
+        if let Some(t) = self.amx_table(rows) {
+            // SAFETY: a table is returned only for paths whose features (AMX with its OS
+            // permission, or AVX-512 for the emulation's helpers) were detected, or for
+            // the portable emulation; lengths were checked above.
+            unsafe { amx_driver::matmul_w8a8(t, qx, x_scales, rows, w, bias, out.as_mut_ptr()) };
+            return;
+        }
         #[cfg(target_arch = "x86_64")]
         let kern = match self.path {
-            Path::Scalar => None,
+            Path::Scalar | Path::AmxEmulated | Path::AmxEmulatedAvx512 | Path::AmxTiles => None,
             Path::Avx2 if w.has_min() => None,
             Path::Avx2 => Some(&avx2::W8),
             Path::AvxVnni => Some(&avxvnni::W8_VEX),
-            Path::Avx512Vnni => Some(&avx512::W8),
+            Path::Avx512Vnni | Path::Amx => Some(&avx512::W8),
             Path::Avx512VnniYmm => Some(&avxvnni::W8_EVEX),
         };
         #[cfg(target_arch = "aarch64")]
         let kern = match self.path {
-            Path::Scalar => None,
+            Path::Scalar | Path::AmxEmulated => None,
             Path::Neon => Some(&neon::W8),
         };
         #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
@@ -427,17 +556,22 @@ impl GemmKernels {
         if rows == 0 || w.out_features() == 0 {
             return;
         }
+        if let Some(t) = self.amx_table(rows) {
+            // SAFETY: as in `matmul_w8a8`.
+            unsafe { amx_driver::matmul_w4a8(t, qx, x_scales, rows, w, bias, out.as_mut_ptr()) };
+            return;
+        }
         #[cfg(target_arch = "x86_64")]
         let kern = match self.path {
-            Path::Scalar => None,
+            Path::Scalar | Path::AmxEmulated | Path::AmxEmulatedAvx512 | Path::AmxTiles => None,
             Path::Avx2 => Some(&avx2::W4),
             Path::AvxVnni => Some(&avxvnni::W4_VEX),
-            Path::Avx512Vnni => Some(&avx512::W4),
+            Path::Avx512Vnni | Path::Amx => Some(&avx512::W4),
             Path::Avx512VnniYmm => Some(&avxvnni::W4_EVEX),
         };
         #[cfg(target_arch = "aarch64")]
         let kern = match self.path {
-            Path::Scalar => None,
+            Path::Scalar | Path::AmxEmulated => None,
             Path::Neon => Some(&neon::W4),
         };
         #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
@@ -453,6 +587,18 @@ impl GemmKernels {
             Some(()) => unreachable!(),
         }
     }
+}
+
+/// The `tdpbssd` peak (GOPS) of the calling thread's core over `iters` rounds of 6
+/// independent tile products, or `None` without a usable AMX (`kernels::peak`'s probe).
+pub(crate) fn amx_peak_gops(iters: usize) -> Option<f64> {
+    #[cfg(target_arch = "x86_64")]
+    if super::detect::Amx::detect().is_some() {
+        // SAFETY: AMX (with the OS permission) was detected.
+        return Some(unsafe { amx::tdpbssd_peak_gops(iters) });
+    }
+    let _ = iters;
+    None
 }
 
 fn check_rows(x: usize, cols: usize, smooth: Option<&[f32]>, q: usize, rows: usize) {

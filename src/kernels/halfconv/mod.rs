@@ -61,7 +61,7 @@ pub fn f16_le_to_f32(bytes: &[u8], out: &mut [f32]) -> Result<(), usize> {
 /// otherwise [`Isa::Scalar`].
 pub fn kernel_isa() -> Isa {
     match active_isa() {
-        Isa::Avx2 | Isa::AvxVnni | Isa::Avx512Vnni => Isa::Avx2,
+        Isa::Avx2 | Isa::AvxVnni | Isa::Avx512Vnni | Isa::Amx => Isa::Avx2,
         Isa::Scalar | Isa::Neon => Isa::Scalar,
     }
 }

@@ -1,0 +1,414 @@
+//! Intel AMX microkernels: `asm!` blocks of `ldtilecfg`, `tilezero`, `tileloadd`,
+//! `tdpbssd`, `tilestored`, `tilerelease` (the `core::arch` AMX intrinsics are unstable;
+//! stable `asm!` assembles these mnemonics). Each microkernel's tile work is one `asm!`
+//! block and the tile registers are declared as clobbers, so no tile value lives across
+//! blocks; only the tile configuration does (loaded by the driver on each thread).
+//!
+//! The tile plan, the operands and the exactness argument are in `amx_driver.rs`; the
+//! emulated twins of these blocks, instruction for instruction, are in `amx_emu.rs` and
+//! carry the bit-exact tests on machines without AMX.
+//!
+//! Instruction forms (Intel SDM): `tileloadd tmm, [base + index·1]` loads `rows` rows of
+//! `colsb` bytes, row `r` from `base + r·index` (the SIB index register is the stride);
+//! `tilestored [base + index·1], tmm` is its inverse; `tdpbssd tmm1, tmm2, tmm3` is
+//! `tmm1 += tmm2 (s8) · tmm3 (s8)` (tmm2 = A rows, tmm3 = B rows of 4-byte groups).
+#![cfg(target_arch = "x86_64")]
+
+use std::arch::asm;
+
+use super::amx_driver::{
+    combine_w4_generic, unpack_w4_generic, AmxKernels, TileArgs, TileConfig, TileFn, C_STRIDE,
+    TILE_ROWS,
+};
+
+/// Bytes from C tile row 0 to the second row tile's C (16 rows of the C buffer).
+const C_ROW_TILE: usize = TILE_ROWS * C_STRIDE;
+
+/// Loads `cfg` into this thread's tile configuration (and zeroes every tile).
+///
+/// # Safety
+/// The CPU must have AMX-TILE and the process the tile data permission ([`Amx`] token).
+///
+/// [`Amx`]: crate::kernels::detect::Amx
+unsafe fn configure(cfg: &TileConfig) {
+    // SAFETY: `cfg` is 64 readable bytes of a valid palette-1 configuration (built by
+    // `TileConfig::new`); ldtilecfg only reads them, and it zeroes all tiles (clobbered).
+    unsafe {
+        asm!(
+            "ldtilecfg [{cfg}]",
+            cfg = in(reg) cfg.0.as_ptr(),
+            out("tmm0") _, out("tmm1") _, out("tmm2") _, out("tmm3") _,
+            out("tmm4") _, out("tmm5") _, out("tmm6") _, out("tmm7") _,
+            options(nostack, readonly),
+        );
+    }
+}
+
+/// Returns this thread's tile state to the init state.
+///
+/// # Safety
+/// As [`configure`].
+unsafe fn release() {
+    // SAFETY: tilerelease touches no memory; the tiles it zeroes are clobbered.
+    unsafe {
+        asm!(
+            "tilerelease",
+            out("tmm0") _, out("tmm1") _, out("tmm2") _, out("tmm3") _,
+            out("tmm4") _, out("tmm5") _, out("tmm6") _, out("tmm7") _,
+            options(nostack, nomem),
+        );
+    }
+}
+
+/// 2 row tiles × 2 panels: 32 rows × 32 channels.
+///
+/// ```text
+/// tmm0 C(0,0) += tmm4 A(rows 0..16)  · tmm6 B(panel 0)
+/// tmm1 C(0,1) += tmm4 A(rows 0..16)  · tmm7 B(panel 1)
+/// tmm2 C(1,0) += tmm5 A(rows 16..32) · tmm6 B(panel 0)
+/// tmm3 C(1,1) += tmm5 A(rows 16..32) · tmm7 B(panel 1)
+/// ```
+///
+/// # Safety
+/// AMX usable with this thread's configuration loaded (`TileConfig::new(kt)`); `t`
+/// satisfies the [`TileArgs`] contract for 2 row tiles and 2 panels.
+unsafe fn tile_2x2(t: &TileArgs) {
+    // SAFETY: every load reads the configured rows × colsb from the ranges the caller
+    // vouches for (A: 32 rows at stride lda; B: 2 panels of kt/4 lines at stride 64, or
+    // the 2 KiB tail); the stores write 32 rows × 128 bytes of the C buffer.
+    unsafe {
+        asm!(
+            "tilezero tmm0",
+            "tilezero tmm1",
+            "tilezero tmm2",
+            "tilezero tmm3",
+            "test {n}, {n}",
+            "jz 3f",
+            "2:",
+            "tileloadd tmm4, [{a0} + {lda}*1]",
+            "tileloadd tmm5, [{a1} + {lda}*1]",
+            "tileloadd tmm6, [{b0} + {s}*1]",
+            "tileloadd tmm7, [{b1} + {s}*1]",
+            "tdpbssd tmm0, tmm4, tmm6",
+            "tdpbssd tmm1, tmm4, tmm7",
+            "tdpbssd tmm2, tmm5, tmm6",
+            "tdpbssd tmm3, tmm5, tmm7",
+            "add {a0}, {astep}",
+            "add {a1}, {astep}",
+            "add {b0}, {bstep}",
+            "add {b1}, {bstep}",
+            "dec {n}",
+            "jnz 2b",
+            "3:",
+            "test {tail}, {tail}",
+            "jz 4f",
+            "tileloadd tmm4, [{a0} + {lda}*1]",
+            "tileloadd tmm5, [{a1} + {lda}*1]",
+            "tileloadd tmm6, [{tail} + {s}*1]",
+            "tileloadd tmm7, [{tail} + {s}*1 + 1024]",
+            "tdpbssd tmm0, tmm4, tmm6",
+            "tdpbssd tmm1, tmm4, tmm7",
+            "tdpbssd tmm2, tmm5, tmm6",
+            "tdpbssd tmm3, tmm5, tmm7",
+            "4:",
+            "mov {s}, {cs}",
+            "tilestored [{c} + {s}*1], tmm0",
+            "tilestored [{c} + {s}*1 + 64], tmm1",
+            "tilestored [{c} + {s}*1 + {crt}], tmm2",
+            "tilestored [{c} + {s}*1 + {crt} + 64], tmm3",
+            a0 = inout(reg) t.a => _,
+            a1 = inout(reg) t.a.wrapping_add(TILE_ROWS * t.lda) => _,
+            b0 = inout(reg) t.b => _,
+            b1 = inout(reg) t.b.wrapping_add(t.ldp) => _,
+            n = inout(reg) t.chunks => _,
+            s = inout(reg) 64usize => _,
+            lda = in(reg) t.lda,
+            astep = in(reg) t.a_step,
+            bstep = in(reg) t.b_step,
+            tail = in(reg) t.tail,
+            c = in(reg) t.c,
+            cs = const C_STRIDE,
+            crt = const C_ROW_TILE,
+            out("tmm0") _, out("tmm1") _, out("tmm2") _, out("tmm3") _,
+            out("tmm4") _, out("tmm5") _, out("tmm6") _, out("tmm7") _,
+            options(nostack),
+        );
+    }
+}
+
+/// 2 row tiles × 1 panel: 32 rows × 16 channels.
+///
+/// ```text
+/// tmm0 C(0,0) += tmm4 A(rows 0..16)  · tmm6 B(panel 0)
+/// tmm2 C(1,0) += tmm5 A(rows 16..32) · tmm6 B(panel 0)
+/// ```
+///
+/// # Safety
+/// As [`tile_2x2`], for 2 row tiles and 1 panel.
+unsafe fn tile_2x1(t: &TileArgs) {
+    // SAFETY: as in `tile_2x2`, one panel (B and tail reads of panel 0 only).
+    unsafe {
+        asm!(
+            "tilezero tmm0",
+            "tilezero tmm2",
+            "test {n}, {n}",
+            "jz 3f",
+            "2:",
+            "tileloadd tmm4, [{a0} + {lda}*1]",
+            "tileloadd tmm5, [{a1} + {lda}*1]",
+            "tileloadd tmm6, [{b0} + {s}*1]",
+            "tdpbssd tmm0, tmm4, tmm6",
+            "tdpbssd tmm2, tmm5, tmm6",
+            "add {a0}, {astep}",
+            "add {a1}, {astep}",
+            "add {b0}, {bstep}",
+            "dec {n}",
+            "jnz 2b",
+            "3:",
+            "test {tail}, {tail}",
+            "jz 4f",
+            "tileloadd tmm4, [{a0} + {lda}*1]",
+            "tileloadd tmm5, [{a1} + {lda}*1]",
+            "tileloadd tmm6, [{tail} + {s}*1]",
+            "tdpbssd tmm0, tmm4, tmm6",
+            "tdpbssd tmm2, tmm5, tmm6",
+            "4:",
+            "mov {s}, {cs}",
+            "tilestored [{c} + {s}*1], tmm0",
+            "tilestored [{c} + {s}*1 + {crt}], tmm2",
+            a0 = inout(reg) t.a => _,
+            a1 = inout(reg) t.a.wrapping_add(TILE_ROWS * t.lda) => _,
+            b0 = inout(reg) t.b => _,
+            n = inout(reg) t.chunks => _,
+            s = inout(reg) 64usize => _,
+            lda = in(reg) t.lda,
+            astep = in(reg) t.a_step,
+            bstep = in(reg) t.b_step,
+            tail = in(reg) t.tail,
+            c = in(reg) t.c,
+            cs = const C_STRIDE,
+            crt = const C_ROW_TILE,
+            out("tmm0") _, out("tmm1") _, out("tmm2") _, out("tmm3") _,
+            out("tmm4") _, out("tmm5") _, out("tmm6") _, out("tmm7") _,
+            options(nostack),
+        );
+    }
+}
+
+/// 1 row tile × 2 panels: 16 rows × 32 channels.
+///
+/// ```text
+/// tmm0 C(0,0) += tmm4 A(rows 0..16) · tmm6 B(panel 0)
+/// tmm1 C(0,1) += tmm4 A(rows 0..16) · tmm7 B(panel 1)
+/// ```
+///
+/// # Safety
+/// As [`tile_2x2`], for 1 row tile and 2 panels.
+unsafe fn tile_1x2(t: &TileArgs) {
+    // SAFETY: as in `tile_2x2`, one row tile (A reads of rows 0..16 only).
+    unsafe {
+        asm!(
+            "tilezero tmm0",
+            "tilezero tmm1",
+            "test {n}, {n}",
+            "jz 3f",
+            "2:",
+            "tileloadd tmm4, [{a0} + {lda}*1]",
+            "tileloadd tmm6, [{b0} + {s}*1]",
+            "tileloadd tmm7, [{b1} + {s}*1]",
+            "tdpbssd tmm0, tmm4, tmm6",
+            "tdpbssd tmm1, tmm4, tmm7",
+            "add {a0}, {astep}",
+            "add {b0}, {bstep}",
+            "add {b1}, {bstep}",
+            "dec {n}",
+            "jnz 2b",
+            "3:",
+            "test {tail}, {tail}",
+            "jz 4f",
+            "tileloadd tmm4, [{a0} + {lda}*1]",
+            "tileloadd tmm6, [{tail} + {s}*1]",
+            "tileloadd tmm7, [{tail} + {s}*1 + 1024]",
+            "tdpbssd tmm0, tmm4, tmm6",
+            "tdpbssd tmm1, tmm4, tmm7",
+            "4:",
+            "mov {s}, {cs}",
+            "tilestored [{c} + {s}*1], tmm0",
+            "tilestored [{c} + {s}*1 + 64], tmm1",
+            a0 = inout(reg) t.a => _,
+            b0 = inout(reg) t.b => _,
+            b1 = inout(reg) t.b.wrapping_add(t.ldp) => _,
+            n = inout(reg) t.chunks => _,
+            s = inout(reg) 64usize => _,
+            lda = in(reg) t.lda,
+            astep = in(reg) t.a_step,
+            bstep = in(reg) t.b_step,
+            tail = in(reg) t.tail,
+            c = in(reg) t.c,
+            cs = const C_STRIDE,
+            out("tmm0") _, out("tmm1") _, out("tmm2") _, out("tmm3") _,
+            out("tmm4") _, out("tmm5") _, out("tmm6") _, out("tmm7") _,
+            options(nostack),
+        );
+    }
+}
+
+/// 1 row tile × 1 panel: 16 rows × 16 channels.
+///
+/// ```text
+/// tmm0 C(0,0) += tmm4 A(rows 0..16) · tmm6 B(panel 0)
+/// ```
+///
+/// # Safety
+/// As [`tile_2x2`], for 1 row tile and 1 panel.
+unsafe fn tile_1x1(t: &TileArgs) {
+    // SAFETY: as in `tile_2x2`, one row tile and one panel.
+    unsafe {
+        asm!(
+            "tilezero tmm0",
+            "test {n}, {n}",
+            "jz 3f",
+            "2:",
+            "tileloadd tmm4, [{a0} + {lda}*1]",
+            "tileloadd tmm6, [{b0} + {s}*1]",
+            "tdpbssd tmm0, tmm4, tmm6",
+            "add {a0}, {astep}",
+            "add {b0}, {bstep}",
+            "dec {n}",
+            "jnz 2b",
+            "3:",
+            "test {tail}, {tail}",
+            "jz 4f",
+            "tileloadd tmm4, [{a0} + {lda}*1]",
+            "tileloadd tmm6, [{tail} + {s}*1]",
+            "tdpbssd tmm0, tmm4, tmm6",
+            "4:",
+            "mov {s}, {cs}",
+            "tilestored [{c} + {s}*1], tmm0",
+            a0 = inout(reg) t.a => _,
+            b0 = inout(reg) t.b => _,
+            n = inout(reg) t.chunks => _,
+            s = inout(reg) 64usize => _,
+            lda = in(reg) t.lda,
+            astep = in(reg) t.a_step,
+            bstep = in(reg) t.b_step,
+            tail = in(reg) t.tail,
+            c = in(reg) t.c,
+            cs = const C_STRIDE,
+            out("tmm0") _, out("tmm1") _, out("tmm2") _, out("tmm3") _,
+            out("tmm4") _, out("tmm5") _, out("tmm6") _, out("tmm7") _,
+            options(nostack),
+        );
+    }
+}
+
+fn tile_table(mt: usize, nt: usize) -> TileFn {
+    match (mt, nt) {
+        (1, 1) => tile_1x1,
+        (1, 2) => tile_1x2,
+        (2, 1) => tile_2x1,
+        (2, 2) => tile_2x2,
+        _ => unreachable!("AMX microkernel {mt}×{nt}"),
+    }
+}
+
+/// [`unpack_w4_generic`] compiled for AVX-512 (the loop vectorizes; same bytes).
+///
+/// # Safety
+/// AVX-512 F/BW must be available.
+#[target_feature(enable = "avx512f,avx512bw")]
+pub(crate) unsafe fn unpack_w4_avx512(src: &[u8], dst: &mut [u8]) {
+    unpack_w4_generic(src, dst);
+}
+
+/// [`combine_w4_generic`] compiled for AVX-512 (separate multiply and add: Rust never
+/// contracts them, so the results are the portable ones).
+///
+/// # Safety
+/// AVX-512 F must be available.
+#[target_feature(enable = "avx512f")]
+pub(crate) unsafe fn combine_w4_avx512(c: &[i32], s: &[f32], sums: &mut [f32], rows: usize) {
+    combine_w4_generic(c, s, sums, rows);
+}
+
+/// The AMX table: real tiles, AVX-512 helpers and epilogue. Reached only through
+/// `GemmKernels` paths that hold an [`Amx`](crate::kernels::detect::Amx) token.
+pub(crate) static AMX: AmxKernels = AmxKernels {
+    configure,
+    release,
+    tile: tile_table,
+    unpack_w4: unpack_w4_avx512,
+    combine_w4: combine_w4_avx512,
+    finish_w8: Some(super::avx512::w8_finish),
+};
+
+/// The `tdpbssd` peak of the calling thread's core: 6 independent accumulator tiles
+/// (tmm0..6) fed by the same A (tmm6) and B (tmm7) tiles, `iters` rounds; returns
+/// GOPS (2 operations per multiply-add, 16·16·64 multiply-adds per instruction).
+///
+/// # Safety
+/// AMX must be usable ([`Amx`](crate::kernels::detect::Amx) token).
+pub(crate) unsafe fn tdpbssd_peak_gops(iters: usize) -> f64 {
+    let cfg = TileConfig::new(64);
+    let start = std::time::Instant::now();
+    // SAFETY: the configuration is valid (all tiles 16 × 64 bytes, so every tdpbssd's
+    // shapes agree); the block touches no memory but the 64 configuration bytes, loads
+    // and releases its own configuration, and clobbers every tile.
+    unsafe {
+        asm!(
+            "ldtilecfg [{cfg}]",
+            "test {n}, {n}",
+            "jz 3f",
+            "2:",
+            "tdpbssd tmm0, tmm6, tmm7",
+            "tdpbssd tmm1, tmm6, tmm7",
+            "tdpbssd tmm2, tmm6, tmm7",
+            "tdpbssd tmm3, tmm6, tmm7",
+            "tdpbssd tmm4, tmm6, tmm7",
+            "tdpbssd tmm5, tmm6, tmm7",
+            "dec {n}",
+            "jnz 2b",
+            "3:",
+            "tilerelease",
+            cfg = in(reg) cfg.0.as_ptr(),
+            n = inout(reg) iters => _,
+            out("tmm0") _, out("tmm1") _, out("tmm2") _, out("tmm3") _,
+            out("tmm4") _, out("tmm5") _, out("tmm6") _, out("tmm7") _,
+            options(nostack, readonly),
+        );
+    }
+    (iters * 6 * 16 * 16 * 64 * 2) as f64 / start.elapsed().as_secs_f64() / 1e9
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::detect::{report_skipped, Avx512Vnni, Isa};
+
+    /// The AVX-512 helpers of the real table equal the portable ones (runnable on any
+    /// AVX-512 machine, AMX or not).
+    #[test]
+    fn avx512_helpers_equal_portable() {
+        if Avx512Vnni::detect().is_none() {
+            report_skipped(Isa::Avx512Vnni, "amx::avx512_helpers_equal_portable");
+            return;
+        }
+        let src: Vec<u8> = (0..32 * 37).map(|i| (i * 131 % 256) as u8).collect();
+        let (mut a, mut b) = (vec![0u8; 64 * 37], vec![1u8; 64 * 37]);
+        unpack_w4_generic(&src, &mut a);
+        // SAFETY: AVX-512 detected above.
+        unsafe { unpack_w4_avx512(&src, &mut b) };
+        assert_eq!(a, b);
+        let c: Vec<i32> = (0..32 * 64).map(|i| (i * 7919) - 5_000_000).collect();
+        let s: Vec<f32> = (0..16).map(|i| 0.001 * (i as f32 + 0.37)).collect();
+        let mut x: Vec<f32> = (0..32 * 32).map(|i| i as f32 * 0.25).collect();
+        let mut y = x.clone();
+        combine_w4_generic(&c, &s, &mut x, 32);
+        // SAFETY: AVX-512 detected above.
+        unsafe { combine_w4_avx512(&c, &s, &mut y, 32) };
+        assert_eq!(
+            x.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+            y.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+        );
+    }
+}

@@ -1,0 +1,519 @@
+//! The AMX GEMM driver: activation padding, the loop over 32 × 32 output blocks, the
+//! K blocking, the per-thread tile configuration and the epilogues. It runs on an
+//! [`AmxKernels`] table: the real `asm!` microkernels (`amx.rs`) or the scalar emulation
+//! of the same tile operations (`amx_emu.rs`), so every line here is tested bit for bit
+//! against the scalar kernel on any CPU.
+//!
+//! # Tile plan (the same for every microkernel)
+//!
+//! ```text
+//! tmm0 C(0,0)  tmm1 C(0,1)      C: 16 rows × 16 i32 (64 bytes), accumulators
+//! tmm2 C(1,0)  tmm3 C(1,1)
+//! tmm4 A rows 0..16             A: 16 rows × kt bytes of activations (s8)
+//! tmm5 A rows 16..32
+//! tmm6 B panel 0                B: kt/4 rows × 64 bytes = one panel's kt/4 k4 lines (s8)
+//! tmm7 B panel 1
+//! ```
+//!
+//! `tdpbssd C(i,j), A(i), B(j)` adds `Σ_k A[m][4k+q]·B[k][4n+q]` (s8 × s8 → i32): with
+//! the panel layout (16 channels × 4 inputs per 64-byte line) a run of `kt/4` lines of a
+//! panel *is* the B tile, so W8 weights are read in place. Microkernels cover 1–2 row tiles
+//! × 1–2 panels and store C into a `[32][LDC]` i32 buffer.
+//!
+//! # Exactness
+//!
+//! - **W8A8:** `kt = 64`. Rows are padded to a multiple of 16 and each row's inputs to a
+//!   multiple of 64 with zeros; the last, partial K chunk of each panel is copied to a
+//!   zero-padded 1 KiB tail tile (so no read passes the weights' end). Zero products add
+//!   nothing, so the sums are exactly `Σ qx·w` (no `+128` shift: `tdpbssd` is signed ×
+//!   signed). Sums are kept per [`K_BLOCK`] (≤ 2^30 in magnitude, exact in i32) and added
+//!   in i64 across blocks, as on every ISA; the float epilogue is the shared `finish_w8`.
+//! - **W4A8:** each panel pair is unpacked to s8 (`nibble - 8`) once per task into a
+//!   buffer of the W8 layout; `kt` is the largest multiple of 4 dividing the group and at
+//!   most 64, so chunks never straddle a group. Each group's i32 sums come out of their own
+//!   microkernel call and are combined in f32 in group order (`sum = sum + acc·scale`),
+//!   then `finish_w4`: the scalar reference's operations in its order.
+//!
+//! # Threads
+//!
+//! The tile configuration is per thread. Every rayon task loads it (`configure`) before
+//! its first tile instruction and releases the tile state (`release`, `tilerelease` on
+//! hardware) when its tile work ends, so a worker never relies on a configuration left by
+//! someone else and the OS need not save 8 KiB of tile data for idle threads.
+
+use super::driver::{
+    epilogue_w8, finish_w8_generic, plan, run_tasks, store_row, OutPtr, W8Finish, W8FinishFn, LDC,
+    MR_MAX,
+};
+use super::pack::{PackedW4, PackedW8, NR};
+use super::{finish_w4, K_BLOCK};
+
+/// Rows of an A / C tile.
+pub(crate) const TILE_ROWS: usize = 16;
+/// Row tiles × panels of the largest microkernel (2 × 2 = 32 rows × 32 channels).
+pub(crate) const MT: usize = 2;
+/// Panels of the largest microkernel.
+pub(crate) const NT: usize = 2;
+/// Rows of the largest microkernel.
+const BLOCK_ROWS: usize = MT * TILE_ROWS;
+/// k4 steps per full W8 chunk (64 inputs).
+const CHUNK_K4: usize = 16;
+/// Bytes of one full B tile (16 lines of 64 bytes); tail tiles are this size.
+pub(crate) const B_TILE_BYTES: usize = CHUNK_K4 * 64;
+/// Bytes between C rows in the C buffer (`LDC` i32).
+pub(crate) const C_STRIDE: usize = LDC * 4;
+/// The C buffer of one microkernel: `[BLOCK_ROWS][LDC]` i32, 64-byte aligned.
+#[repr(C, align(64))]
+pub(crate) struct CBuf(pub(crate) [i32; BLOCK_ROWS * LDC]);
+
+/// The 64-byte operand of `ldtilecfg` (palette 1).
+///
+/// ```text
+/// byte 0: palette (1)   byte 1: start_row (0)   bytes 2..16: 0
+/// bytes 16 + 2t: colsb of tile t (u16 LE)      byte 48 + t: rows of tile t   (t < 8)
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(C, align(64))]
+pub(crate) struct TileConfig(pub(crate) [u8; 64]);
+
+impl TileConfig {
+    /// The configuration of the tile plan for `kt` bytes of K per `tdpbssd`
+    /// (`4 ≤ kt ≤ 64`, a multiple of 4).
+    pub(crate) fn new(kt: usize) -> TileConfig {
+        assert!(
+            kt.is_multiple_of(4) && (4..=64).contains(&kt),
+            "tile K {kt} bytes"
+        );
+        let mut b = [0u8; 64];
+        b[0] = 1;
+        let mut set = |t: usize, rows: usize, colsb: usize| {
+            b[16 + 2 * t..18 + 2 * t].copy_from_slice(&(colsb as u16).to_le_bytes());
+            b[48 + t] = rows as u8;
+        };
+        for t in 0..4 {
+            set(t, TILE_ROWS, 64); // C: 16 rows × 16 i32
+        }
+        set(4, TILE_ROWS, kt); // A
+        set(5, TILE_ROWS, kt);
+        set(6, kt / 4, 64); // B
+        set(7, kt / 4, 64);
+        TileConfig(b)
+    }
+
+    /// Rows of tile `t < 16` (0 when unconfigured).
+    pub(crate) fn rows(&self, t: usize) -> usize {
+        usize::from(self.0[48 + t])
+    }
+
+    /// Bytes per row of tile `t < 16` (0 when unconfigured).
+    pub(crate) fn colsb(&self, t: usize) -> usize {
+        usize::from(u16::from_le_bytes([self.0[16 + 2 * t], self.0[17 + 2 * t]]))
+    }
+}
+
+/// Operands of one microkernel call: `mt` row tiles × `nt` panels over `chunks` K chunks
+/// (plus an optional tail chunk), results stored to `c`.
+#[derive(Clone, Copy, Debug)]
+#[repr(C)]
+pub(crate) struct TileArgs {
+    /// A row 0 at the first chunk; row tile 1 starts `16 · lda` bytes later.
+    pub a: *const u8,
+    /// Bytes between activation rows.
+    pub lda: usize,
+    /// Panel 0's B tile of the first chunk (lines of 64 bytes, consecutive).
+    pub b: *const u8,
+    /// Bytes from panel 0 to panel 1.
+    pub ldp: usize,
+    /// Chunks read from `a` and `b` (may be 0).
+    pub chunks: usize,
+    /// Bytes `a` advances per chunk (`kt`).
+    pub a_step: usize,
+    /// Bytes `b` advances per chunk (`kt / 4` lines = `16 · kt`).
+    pub b_step: usize,
+    /// Null, or one more chunk after the others: A continues, the B tiles are read from
+    /// here (panel 0) and `tail + 1024` (panel 1), 16 lines of 64 bytes each.
+    pub tail: *const u8,
+    /// C tile (i, j) is stored at `c + i·16·C_STRIDE + j·64` bytes, rows `C_STRIDE` apart.
+    pub c: *mut i32,
+}
+
+/// One microkernel: zero the C tiles, accumulate every chunk, store C.
+pub(crate) type TileFn = unsafe fn(&TileArgs);
+
+/// One ISA's (or the emulation's) AMX entry points: the shape a per-ISA dispatch table
+/// takes (one static of this type per backend).
+pub(crate) struct AmxKernels {
+    /// Loads a tile configuration on the calling thread (`ldtilecfg`).
+    pub configure: unsafe fn(&TileConfig),
+    /// Releases the calling thread's tile state (`tilerelease`).
+    pub release: unsafe fn(),
+    /// The microkernel for `mt` row tiles × `nt` panels (`1 ≤ mt, nt ≤ 2`).
+    pub tile: fn(usize, usize) -> TileFn,
+    /// Unpacks `src.len() / 32` int4 k4 steps (32 nibble bytes each) into as many s8 lines
+    /// of 64 bytes in `dst` (`nibble - 8`): see [`unpack_w4_generic`].
+    pub unpack_w4: unsafe fn(&[u8], &mut [u8]),
+    /// `sums[r·32 + j] = sums[r·32 + j] + (c[r·LDC + j] as f32) · scales[j]` for
+    /// `r < rows`, `j < 16` (one panel of one group): see [`combine_w4_generic`].
+    pub combine_w4: unsafe fn(&[i32], &[f32], &mut [f32], usize),
+    /// The W8 epilogue of single-block tiles (`None`: the portable one).
+    pub finish_w8: Option<W8FinishFn>,
+}
+
+/// Portable int4 unpacking, the definition the SIMD versions must equal.
+#[inline(always)]
+pub(crate) fn unpack_w4_generic(src: &[u8], dst: &mut [u8]) {
+    for (s, d) in src.chunks_exact(32).zip(dst.chunks_exact_mut(64)) {
+        let (lo, hi) = d.split_at_mut(32);
+        for ((&b, l), h) in s.iter().zip(lo).zip(hi) {
+            *l = ((b & 0x0F) as i8 - 8) as u8;
+            *h = ((b >> 4) as i8 - 8) as u8;
+        }
+    }
+}
+
+/// Portable group combine (separate f32 multiply and add, in this order: the scalar
+/// reference's `sum += acc as f32 * scale`).
+#[inline(always)]
+pub(crate) fn combine_w4_generic(c: &[i32], scales: &[f32], sums: &mut [f32], rows: usize) {
+    for r in 0..rows {
+        let cr = &c[r * LDC..r * LDC + NR];
+        let sr = &mut sums[r * BLOCK_ROWS..r * BLOCK_ROWS + NR];
+        for ((s, &a), &w) in sr.iter_mut().zip(cr).zip(scales) {
+            *s += a as f32 * w;
+        }
+    }
+}
+
+/// The largest multiple of 4 that divides `group` and is at most 64: the K bytes of one
+/// W4 `tdpbssd`, so that a chunk never straddles two groups.
+pub(crate) fn w4_tile_k(group: usize) -> usize {
+    (1..=16)
+        .rev()
+        .map(|q| q * 4)
+        .find(|kt| group.is_multiple_of(*kt))
+        .expect("4 divides every W4 group (a multiple of 8)")
+}
+
+/// Activations as s8 bytes in rows of `kp` bytes, rows padded to a multiple of 16, all
+/// padding zero.
+fn prep_a(qx: &[i8], rows: usize, k: usize, kp: usize) -> Vec<u8> {
+    let rows_p = rows.next_multiple_of(TILE_ROWS);
+    let mut a = vec![0u8; rows_p * kp];
+    if k > 0 {
+        for (dst, src) in a.chunks_exact_mut(kp).zip(qx.chunks_exact(k)) {
+            for (d, &s) in dst.iter_mut().zip(src) {
+                *d = s as u8;
+            }
+        }
+    }
+    a
+}
+
+/// Loads the tile configuration on the calling thread and releases the tile state when
+/// dropped (also on unwinding), so every task's tile work is bracketed.
+struct TileScope<'a>(&'a AmxKernels);
+
+impl<'a> TileScope<'a> {
+    /// # Safety
+    /// The CPU (or emulation) must support `kern`.
+    unsafe fn new(kern: &'a AmxKernels, cfg: &TileConfig) -> Self {
+        // SAFETY: forwarded contract; `cfg` is a valid palette-1 configuration.
+        unsafe { (kern.configure)(cfg) };
+        TileScope(kern)
+    }
+}
+
+impl Drop for TileScope<'_> {
+    fn drop(&mut self) {
+        // SAFETY: the scope was created with a supported table.
+        unsafe { (self.0.release)() };
+    }
+}
+
+/// The microkernel for the block at rows `r0..r1` (at most 32) × `nt` panels.
+fn block_kernel(kern: &AmxKernels, rows: usize, nt: usize) -> TileFn {
+    (kern.tile)(rows.div_ceil(TILE_ROWS), nt)
+}
+
+/// W8A8 on AMX tiles; same results as `scalar::matmul_w8a8`.
+///
+/// # Safety
+/// The CPU (or emulation) must support `kern`; `out` must be valid for
+/// `rows · out_features` float writes (it may be uninitialized: every element is written
+/// exactly once) and not accessed elsewhere meanwhile.
+pub(crate) unsafe fn matmul_w8a8(
+    kern: &AmxKernels,
+    qx: &[i8],
+    x_scales: &[f32],
+    rows: usize,
+    w: &PackedW8,
+    bias: Option<&[f32]>,
+    out: *mut f32,
+) {
+    let (n, k, k4, panels) = (w.out_features(), w.in_features(), w.k4(), w.panels());
+    let kp = k4.next_multiple_of(CHUNK_K4) * 4;
+    let a = prep_a(qx, rows, k, kp);
+    let bytes = w.bytes();
+    let panel_bytes = k4 * 64;
+    // The last, partial chunk of every panel, zero padded to a whole B tile.
+    let full_k4 = k4 / CHUNK_K4 * CHUNK_K4;
+    let tails: Vec<u8> = if k4 > full_k4 {
+        let mut t = vec![0u8; panels.next_multiple_of(NT) * B_TILE_BYTES];
+        for p in 0..panels {
+            let src = &bytes[p * panel_bytes + full_k4 * 64..(p + 1) * panel_bytes];
+            t[p * B_TILE_BYTES..p * B_TILE_BYTES + src.len()].copy_from_slice(src);
+        }
+        t
+    } else {
+        Vec::new()
+    };
+    let kblocks = super::pack::kblocks(k);
+    let block_k4 = K_BLOCK / 4;
+    let cfg = TileConfig::new(64);
+    let out_ptr = OutPtr(out);
+    let tasks = plan(rows, panels, BLOCK_ROWS, NT, rows * n * k);
+    run_tasks(&tasks, |task| {
+        let mut c = CBuf([0; BLOCK_ROWS * LDC]);
+        let mut c64 = vec![0i64; if kblocks > 1 { BLOCK_ROWS * LDC } else { 0 }];
+        // SAFETY: the caller guarantees `kern` runs on this CPU.
+        let _scope = unsafe { TileScope::new(kern, &cfg) };
+        for p0 in (task.p0..task.p1).step_by(NT) {
+            let nt = NT.min(task.p1 - p0);
+            let o0 = p0 * NR;
+            let cols = (n - o0).min(nt * NR);
+            for r0 in (task.r0..task.r1).step_by(BLOCK_ROWS) {
+                let mr = BLOCK_ROWS.min(task.r1 - r0);
+                let f = block_kernel(kern, mr, nt);
+                for kb in 0..kblocks {
+                    let s0 = kb * block_k4;
+                    let steps = (k4 - s0).min(block_k4);
+                    let has_tail = !steps.is_multiple_of(CHUNK_K4);
+                    let args = TileArgs {
+                        a: a[r0 * kp + s0 * 4..].as_ptr(),
+                        lda: kp,
+                        b: bytes[p0 * panel_bytes + s0 * 64..].as_ptr(),
+                        ldp: panel_bytes,
+                        chunks: steps / CHUNK_K4,
+                        a_step: 64,
+                        b_step: B_TILE_BYTES,
+                        tail: if has_tail {
+                            tails[p0 * B_TILE_BYTES..].as_ptr()
+                        } else {
+                            std::ptr::null()
+                        },
+                        c: c.0.as_mut_ptr(),
+                    };
+                    // SAFETY: A: `mt·16` rows from `r0` (inside the row padding of `a`),
+                    // `(chunks + tail)·64 ≤ kp` bytes each from `s0·4`; B: `nt` panels of
+                    // `chunks·16` lines from step `s0` (inside the panel: full chunks end
+                    // at or before `k4`), tails of `nt` KiB inside `tails`; C: the whole
+                    // `c` buffer. The caller guarantees the CPU support; the tile
+                    // configuration was loaded on this thread by `_scope`.
+                    unsafe { f(&args) };
+                    if kblocks == 1 {
+                        break;
+                    }
+                    for r in 0..mr {
+                        for j in 0..cols {
+                            let v = i64::from(c.0[r * LDC + j]);
+                            let d = &mut c64[r * LDC + j];
+                            *d = if kb == 0 { v } else { *d + v };
+                        }
+                    }
+                }
+                if kblocks == 1 {
+                    for rc in (0..mr).step_by(MR_MAX) {
+                        let m = MR_MAX.min(mr - rc);
+                        let t0 = r0 + rc;
+                        let fin = W8Finish {
+                            c: c.0[rc * LDC..].as_ptr(),
+                            mr: m,
+                            cols,
+                            colsums: None,
+                            xs: x_scales[t0..t0 + m].as_ptr(),
+                            ws: w.scales()[o0..o0 + cols].as_ptr(),
+                            bias: bias.map(|b| b[o0..o0 + cols].as_ptr()),
+                            // SAFETY: `t0 < rows`, `o0 < n`: an element of `out`.
+                            out: unsafe { out_ptr.get().add(t0 * n + o0) },
+                            ldo: n,
+                        };
+                        // SAFETY: `c` holds `(rc + MR_MAX)·LDC ≤ 32·LDC` values from
+                        // `rc·LDC`; the other pointers cover `m` rows × `cols` columns;
+                        // output rows `t0..t0+m`, columns `o0..o0+cols` belong to this task
+                        // only; the epilogue's CPU features come with the table.
+                        unsafe { kern.finish_w8.unwrap_or(finish_w8_generic)(&fin) };
+                    }
+                } else {
+                    let ws = &w.scales()[o0..o0 + cols];
+                    let bs = bias.map(|b| &b[o0..o0 + cols]);
+                    let mut tmp = [0f32; LDC];
+                    for r in 0..mr {
+                        let t = r0 + r;
+                        let acc = c64[r * LDC..r * LDC + cols].iter().map(|&v| v as f32);
+                        epilogue_w8(&mut tmp[..cols], acc, x_scales[t], ws, bs);
+                        // SAFETY: an in-bounds range of `out` that only this task writes.
+                        unsafe { store_row(out_ptr.get().add(t * n + o0), &tmp[..cols]) };
+                    }
+                }
+            }
+        }
+    });
+}
+
+/// W4A8 on AMX tiles; same results as `scalar::matmul_w4a8`.
+///
+/// # Safety
+/// As [`matmul_w8a8`].
+pub(crate) unsafe fn matmul_w4a8(
+    kern: &AmxKernels,
+    qx: &[i8],
+    x_scales: &[f32],
+    rows: usize,
+    w: &PackedW4,
+    bias: Option<&[f32]>,
+    out: *mut f32,
+) {
+    let (n, k, k4, groups, group, panels) = (
+        w.out_features(),
+        w.in_features(),
+        w.k4(),
+        w.groups(),
+        w.group(),
+        w.panels(),
+    );
+    // k4 = groups·group/4: already whole groups, so whole chunks of `kt`.
+    let kp = k4 * 4;
+    let a = prep_a(qx, rows, k, kp);
+    let bytes = w.bytes();
+    let pscales = w.panel_scales();
+    let kt = w4_tile_k(group);
+    let cfg = TileConfig::new(kt);
+    let out_ptr = OutPtr(out);
+    let tasks = plan(rows, panels, BLOCK_ROWS, NT, rows * n * k);
+    run_tasks(&tasks, |task| {
+        let mut c = CBuf([0; BLOCK_ROWS * LDC]);
+        let mut unpacked = vec![0u8; NT * k4 * 64];
+        let mut sums = [0f32; BLOCK_ROWS * BLOCK_ROWS];
+        // SAFETY: the caller guarantees `kern` runs on this CPU.
+        let _scope = unsafe { TileScope::new(kern, &cfg) };
+        for p0 in (task.p0..task.p1).step_by(NT) {
+            let nt = NT.min(task.p1 - p0);
+            let o0 = p0 * NR;
+            let cols = (n - o0).min(nt * NR);
+            // SAFETY: `nt` panels of `k4·32` nibble bytes into `nt·k4` lines; the table's
+            // CPU features are guaranteed by the caller.
+            unsafe {
+                (kern.unpack_w4)(
+                    &bytes[p0 * k4 * 32..(p0 + nt) * k4 * 32],
+                    &mut unpacked[..nt * k4 * 64],
+                )
+            };
+            for r0 in (task.r0..task.r1).step_by(BLOCK_ROWS) {
+                let mr = BLOCK_ROWS.min(task.r1 - r0);
+                let f = block_kernel(kern, mr, nt);
+                sums.fill(0.0);
+                for g in 0..groups {
+                    let args = TileArgs {
+                        a: a[r0 * kp + g * group..].as_ptr(),
+                        lda: kp,
+                        b: unpacked[g * group * 16..].as_ptr(),
+                        ldp: k4 * 64,
+                        chunks: group / kt,
+                        a_step: kt,
+                        b_step: kt * 16,
+                        tail: std::ptr::null(),
+                        c: c.0.as_mut_ptr(),
+                    };
+                    // SAFETY: A: `mt·16` padded rows, bytes `g·group..(g+1)·group ≤ kp`;
+                    // B: `nt` unpacked panels, lines `g·group/4..(g+1)·group/4 ≤ k4`; C:
+                    // the whole buffer; configuration loaded on this thread by `_scope`.
+                    unsafe { f(&args) };
+                    for q in 0..nt {
+                        let s = &pscales[((p0 + q) * groups + g) * NR..][..NR];
+                        // SAFETY: slices in bounds (`mr ≤ 32` rows of C and of `sums`);
+                        // the table's CPU features are guaranteed by the caller.
+                        unsafe { (kern.combine_w4)(&c.0[q * NR..], s, &mut sums[q * NR..], mr) };
+                    }
+                }
+                let bs = bias.map(|b| &b[o0..o0 + cols]);
+                let mut tmp = [0f32; BLOCK_ROWS];
+                for r in 0..mr {
+                    let t = r0 + r;
+                    let xs = x_scales[t];
+                    let srow = &sums[r * BLOCK_ROWS..r * BLOCK_ROWS + cols];
+                    let dst = &mut tmp[..cols];
+                    match bs {
+                        Some(bs) => {
+                            for ((d, &s), &b) in dst.iter_mut().zip(srow).zip(bs) {
+                                *d = finish_w4(s, xs, Some(b));
+                            }
+                        }
+                        None => {
+                            for (d, &s) in dst.iter_mut().zip(srow) {
+                                *d = finish_w4(s, xs, None);
+                            }
+                        }
+                    }
+                    // SAFETY: an in-bounds range of `out` that only this task writes.
+                    unsafe { store_row(out_ptr.get().add(t * n + o0), dst) };
+                }
+            }
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tile_config_layout() {
+        let c = TileConfig::new(64);
+        assert_eq!((c.0[0], c.0[1]), (1, 0));
+        assert!(c.0[2..16].iter().all(|&b| b == 0));
+        for t in 0..8 {
+            assert_eq!((c.rows(t), c.colsb(t)), (16, 64), "tile {t}");
+        }
+        assert!(c.0[32..48].iter().all(|&b| b == 0) && c.0[56..].iter().all(|&b| b == 0));
+        let c = TileConfig::new(32);
+        assert_eq!((c.rows(4), c.colsb(4)), (16, 32));
+        assert_eq!((c.rows(6), c.colsb(6)), (8, 64));
+        assert_eq!((c.rows(0), c.colsb(0)), (16, 64));
+        assert_eq!(c.0[16..18], [64, 0]);
+    }
+
+    #[test]
+    fn w4_tile_k_divides_the_group() {
+        for (g, kt) in [
+            (8, 8),
+            (16, 16),
+            (32, 32),
+            (40, 40),
+            (64, 64),
+            (96, 48),
+            (128, 64),
+        ] {
+            assert_eq!(w4_tile_k(g), kt, "group {g}");
+        }
+        for g in (8..=1024).step_by(8) {
+            let kt = w4_tile_k(g);
+            assert!(g.is_multiple_of(kt) && kt.is_multiple_of(4) && kt <= 64);
+        }
+    }
+
+    #[test]
+    fn unpack_matches_packed_weights() {
+        let (n, k) = (20, 70);
+        let w: Vec<i8> = (0..n * k).map(|i| ((i * 7) % 16) as i8 - 8).collect();
+        let p = PackedW4::pack(&w, &vec![1.0; n * 3], n, k, 32);
+        let mut dst = vec![0u8; p.panels() * p.k4() * 64];
+        unpack_w4_generic(p.bytes(), &mut dst);
+        for o in 0..n {
+            for kk in 0..p.k4() * 4 {
+                let got = dst[(o / NR) * p.k4() * 64 + (kk / 4) * 64 + (o % NR) * 4 + kk % 4] as i8;
+                let want = if kk < k { w[o * k + kk] } else { 0 };
+                assert_eq!(got, want, "o={o} k={kk}");
+            }
+        }
+    }
+}
