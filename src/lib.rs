@@ -59,9 +59,10 @@
 //! - `cli` (off by default): the `candle-compress` binary; adds `clap`, `indicatif` and
 //!   `signal-hook` (to remove an unfinished output on Ctrl-C).
 //!
-//! SIMD needs no feature and no `-C target-cpu=native`: AVX-512 VNNI, AVX-VNNI or AVX2
-//! kernels are chosen when the process starts (detected once, cached, logged with
-//! `tracing` at debug level).
+//! SIMD needs no feature and no `-C target-cpu=native`: AMX tiles (large batches, where
+//! the CPU and Linux grant them), AVX-512 VNNI, AVX-VNNI, AVX2 or NEON kernels are chosen
+//! when the process starts (detected once, cached, logged with `tracing` at debug level);
+//! `CANDLE_COMPRESS_ISA=avx512-vnni` (or `avx2`, `scalar`, …) forces a lower path.
 //!
 //! [candle]: https://github.com/huggingface/candle
 #![deny(missing_docs)]

@@ -25,7 +25,8 @@
 
 use std::sync::OnceLock;
 
-/// The instruction set the integer kernels run on, best first.
+/// The instruction set the integer kernels run on, declared worst first: `Ord` follows
+/// the declaration, so `a > b` means `a` is the faster path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Isa {
     /// Portable Rust: the reference implementation.
