@@ -447,3 +447,34 @@ fn export_gguf_keeps_integer_tensors_and_refuses_a_type_it_would_not_write() {
         .iter()
         .any(|t| t["type"] == "Q4_0"));
 }
+
+#[test]
+fn inspect_uses_the_recorded_source_dtype_of_layers() {
+    let dir = tempfile::tempdir().unwrap();
+    let dev = Device::Cpu;
+    let w = Tensor::from_vec(values(64 * 128, 7), (64, 128), &dev).unwrap();
+    let tensors = HashMap::from([
+        ("fc.weight".to_string(), w.to_dtype(DType::F16).unwrap()),
+        (
+            "fc.bias".to_string(),
+            Tensor::zeros(64, DType::F16, &dev).unwrap(),
+        ),
+    ]);
+    let input = dir.path().join("f16.safetensors");
+    candle_core::safetensors::save(&tensors, &input).unwrap();
+    let out = dir.path().join("q.safetensors");
+    let (i, o) = (input.to_str().unwrap(), out.to_str().unwrap());
+    let q = json_of(&run(&[
+        "quantize", i, "-o", o, "--scheme", "w8a8", "--json",
+    ]));
+    let quantize_ratio = q["ratio"].as_f64().unwrap();
+    let inspected = json_of(&run(&["inspect", o, "--json"]));
+    let layer = &inspected["tensors"][0];
+    assert_eq!(layer["dtype"], "F16");
+    assert_eq!(layer["original_bytes"], (64 * 128 + 64) * 2);
+    let ratio = layer["ratio"].as_f64().unwrap();
+    assert!(
+        (ratio - quantize_ratio).abs() < 1e-9,
+        "inspect {ratio} vs quantize {quantize_ratio}"
+    );
+}

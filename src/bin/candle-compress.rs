@@ -248,6 +248,10 @@ fn read_tensor(reader: &SafetensorsReader, name: &str, dtype: Dtype) -> Result<T
     )?)
 }
 
+/// File metadata key under which `quantize` records, per quantized layer, the dtype and
+/// bytes (weight + bias) of the float tensors it was made from.
+const LAYER_SOURCES_KEY: &str = "source_layers";
+
 /// What `quantize` does with one input tensor.
 enum Action {
     Compress(Scheme),
@@ -355,14 +359,31 @@ fn quantize(
     let source = input
         .file_name()
         .map_or(String::new(), |n| n.to_string_lossy().into_owned());
-    let mut writer = in_file(
-        output,
-        StreamingWriter::create(
-            output,
-            items,
-            HashMap::from([("source".to_string(), source)]),
-        ),
-    )?;
+    // A QuantLinear does not know the dtype it was made from; record it (and the bytes of
+    // weight + bias) so `inspect` reports the true ratio.
+    let mut layer_sources = serde_json::Map::new();
+    for (name, action) in &actions {
+        let Action::Layer { prefix, bias } = action else {
+            continue;
+        };
+        let Some(info) = reader.info(name) else {
+            continue;
+        };
+        let span = |i: &safetensors::tensor::TensorInfo| i.data_offsets.1 - i.data_offsets.0;
+        let bytes = span(info) + bias.as_ref().and_then(|b| reader.info(b)).map_or(0, span);
+        layer_sources.insert(
+            prefix.clone(),
+            json!({"dtype": format!("{:?}", info.dtype), "bytes": bytes}),
+        );
+    }
+    let mut metadata = HashMap::from([("source".to_string(), source)]);
+    if !layer_sources.is_empty() {
+        metadata.insert(
+            LAYER_SOURCES_KEY.to_string(),
+            Value::Object(layer_sources).to_string(),
+        );
+    }
+    let mut writer = in_file(output, StreamingWriter::create(output, items, metadata))?;
 
     // Pass 2: one tensor at a time: read, compress, write, drop.
     let mut rows = Vec::new();
@@ -674,6 +695,12 @@ fn inspect(path: &Path) -> CliResult<Value> {
         .and_then(|m| m.get("format"))
         .map(String::as_str)
         == Some("candle-compress");
+    let layer_sources: serde_json::Map<String, Value> = file
+        .reader()
+        .metadata()
+        .and_then(|m| m.get(LAYER_SOURCES_KEY))
+        .and_then(|text| serde_json::from_str(text).ok())
+        .unwrap_or_default();
     let mut rows = Vec::new();
     let (mut total_orig, mut total_stored) = (0usize, 0usize);
     for item in file.items() {
@@ -695,12 +722,21 @@ fn inspect(path: &Path) -> CliResult<Value> {
                 };
                 let params =
                     l.out_features * l.in_features + if l.bias { l.out_features } else { 0 };
+                // The recorded source, else (a layer saved by a program) an F32 original.
+                let recorded = layer_sources.get(&item.name);
+                let dtype = recorded
+                    .and_then(|r| r["dtype"].as_str())
+                    .map_or("F32 (assumed)".to_string(), str::to_string);
+                let bytes = recorded
+                    .and_then(|r| r["bytes"].as_u64())
+                    .and_then(|b| usize::try_from(b).ok())
+                    .unwrap_or(params * 4);
                 (
                     "quant_linear",
                     json!(scheme),
                     vec![l.out_features, l.in_features],
-                    "F32".to_string(),
-                    params * 4,
+                    dtype,
+                    bytes,
                 )
             }
             ItemKind::Plain { dtype, shape } => (
