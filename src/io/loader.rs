@@ -61,6 +61,7 @@ enum Backend {
         config: QuantConfig,
     },
     Ct(CtCheckpoint),
+    Gguf(super::gguf_loader::GgufBackend),
 }
 
 /// A scoped view of a quantized (or to-be-quantized) checkpoint. Cloning and
@@ -78,6 +79,7 @@ impl fmt::Debug for QuantLoader {
             Backend::Ours(_) => "candle-compress",
             Backend::Float { .. } => "float (quantize on load)",
             Backend::Ct(_) => "compressed-tensors",
+            Backend::Gguf(_) => "GGUF",
         };
         f.debug_struct("QuantLoader")
             .field("kind", &kind)
@@ -87,6 +89,11 @@ impl fmt::Debug for QuantLoader {
 }
 
 impl QuantLoader {
+    /// A loader over a GGUF backend (see [`super::gguf_loader`]).
+    pub(crate) fn from_gguf_backend(backend: super::gguf_loader::GgufBackend) -> Self {
+        Self::new(Backend::Gguf(backend))
+    }
+
     fn new(backend: Backend) -> Self {
         Self {
             backend: Arc::new(backend),
@@ -335,6 +342,7 @@ impl QuantLoader {
             Backend::Ct(c) => {
                 c.info(&full).is_some() || c.info(&format!("{full}.weight_scale")).is_some()
             }
+            Backend::Gguf(g) => g.contains(&full),
         }
     }
 
@@ -361,6 +369,7 @@ impl QuantLoader {
             Backend::Ours(f) => f.load_tensor(&full, &self.device)?,
             Backend::Float { reader, .. } => read_float_tensor(reader, &full, &self.device)?,
             Backend::Ct(c) => c.load_float(&full, &self.device)?,
+            Backend::Gguf(g) => g.load_float(&full, &self.device)?,
         };
         if t.dims() != dims {
             return Err(Error::shape(full, dims, t.dims()));
@@ -392,6 +401,7 @@ impl QuantLoader {
         let layer = match &*self.backend {
             Backend::Ours(f) => f.load_quant_linear(&full)?,
             Backend::Ct(c) => c.load_quant_linear(&full)?,
+            Backend::Gguf(g) => g.load_quant_linear(&full)?,
             Backend::Float { reader, config } => {
                 let weight = read_float_tensor(reader, &format!("{full}.weight"), &Device::Cpu)?;
                 let bias_name = format!("{full}.bias");

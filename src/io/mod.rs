@@ -10,6 +10,9 @@
 //! - [`compressed_tensors`]: the `int-quantized` (W8A8) and `pack-quantized` (W4 groups)
 //!   layouts of compressed-tensors, with their `config.json` `quantization_config`.
 //! - [`gguf`]: export of Q8_0 / Q4_0 tensors to GGUF files that candle and llama.cpp read.
+//! - [`gguf_reader`]: a validating GGUF reader (metadata, tensor directory, one tensor at
+//!   a time); [`gguf_loader`]: [`QuantLoader::from_gguf`](loader::QuantLoader::from_gguf),
+//!   GGUF weights into `QuantLinear`s on load.
 //!
 //! Writers never leave a half-written file under the target name: they write a temporary
 //! file in the same directory and rename it into place; [`remove_temp_files`] removes
@@ -17,6 +20,8 @@
 
 pub mod compressed_tensors;
 pub mod gguf;
+pub mod gguf_loader;
+pub mod gguf_reader;
 pub mod loader;
 pub mod reader;
 pub mod safetensors;

@@ -1,0 +1,136 @@
+//! [`QuantLoader::from_gguf`]: GGUF weights (llama.cpp's files) into [`QuantLinear`]s on
+//! load, one tensor at a time.
+//!
+//! For each layer `<name>` the loader reads `<name>.weight` (`[out, in]`, GGML blocks
+//! along `in`) and an optional `<name>.bias`, and builds a layer in the caller's
+//! [`QuantConfig`]:
+//!
+//! - **Q4_0 into W4 groups of 32: exact.** A Q4_0 block is 32 signed 4-bit codes
+//!   (`q ∈ [-8, 7]`) and one f16 scale `d`, value `q · d` — exactly our int4 group of 32
+//!   (codes in `[-8, 7]`, f32 scale). The codes are kept and the scales widened, so the
+//!   layer holds the same numbers as the file, bit for bit.
+//! - **Everything else: dequantize, then quantize into the config** (Q8_0, Q4_1, K-quants,
+//!   F16, F32, … into W8 per channel or W4 groups). Q8_0 is int8 already, but with one
+//!   scale per 32 values, where our int8 weights carry one scale per output channel, so
+//!   its codes cannot be kept unchanged; requantizing Q8_0 values per channel costs at
+//!   most the rounding of one int8 step.
+//!
+//! Float tensors ([`QuantLoader::get`]: norms, embeddings) are dequantized to f32.
+//!
+//! ```
+//! use candle_compress::io::gguf::{save_gguf, GgufTensor, GgufType};
+//! use candle_compress::io::loader::{LoadQuantLinear, QuantLoader};
+//! use candle_compress::nn::{QuantConfig, QuantLinear};
+//! use candle_core::{Device, Tensor};
+//!
+//! let dir = tempfile::tempdir()?;
+//! let path = dir.path().join("tiny.gguf");
+//! let w = Tensor::randn(0f32, 1., (8, 64), &Device::Cpu)?;
+//! let norm = Tensor::ones(64, candle_core::DType::F32, &Device::Cpu)?;
+//! save_gguf(&path, &[], &[
+//!     GgufTensor::float("blk.0.attn_q.weight", &w, GgufType::F16)?,
+//!     GgufTensor::float("blk.0.attn_norm.weight", &norm, GgufType::F32)?,
+//! ])?;
+//!
+//! let vb = QuantLoader::from_gguf(&path, QuantConfig::w8a8())?;
+//! let blk = vb.pp("blk.0");
+//! let q = QuantLinear::load(&blk.pp("attn_q"), 64, 8)?;
+//! assert_eq!(q.out_features(), 8);
+//! assert_eq!(blk.get(&[64], "attn_norm.weight")?.dims(), &[64]);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+use std::path::Path;
+
+use candle_core::quantized::GgmlDType;
+use candle_core::{Device, Tensor};
+
+use super::gguf_reader::GgufFile;
+use super::loader::QuantLoader;
+use crate::error::{Error, Result};
+use crate::nn::{QuantConfig, QuantLinear, QuantLinearParts, WeightQuant};
+
+/// The GGUF side of a [`QuantLoader`]: the opened file and the target config.
+pub(crate) struct GgufBackend {
+    file: GgufFile,
+    config: QuantConfig,
+}
+
+impl QuantLoader {
+    /// A loader over the GGUF file at `path` that builds every [`QuantLinear`] in
+    /// `config` (see the [module docs](self) for which conversions are exact).
+    ///
+    /// # Errors
+    /// As [`GgufFile::open`]; [`Error::InvalidArgument`] for an invalid config.
+    ///
+    /// ```
+    /// use candle_compress::io::loader::QuantLoader;
+    /// use candle_compress::nn::QuantConfig;
+    /// assert!(QuantLoader::from_gguf("/nonexistent.gguf", QuantConfig::w8a8()).is_err());
+    /// ```
+    pub fn from_gguf(path: impl AsRef<Path>, config: QuantConfig) -> Result<Self> {
+        Self::from_gguf_file(GgufFile::open(path)?, config)
+    }
+
+    /// A loader over an already opened [`GgufFile`] (e.g. one parsed from memory).
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] for an invalid config.
+    pub fn from_gguf_file(file: GgufFile, config: QuantConfig) -> Result<Self> {
+        config.validate()?;
+        Ok(Self::from_gguf_backend(GgufBackend { file, config }))
+    }
+}
+
+impl GgufBackend {
+    pub(crate) fn contains(&self, full: &str) -> bool {
+        self.file.tensor_info(full).is_some()
+            || self.file.tensor_info(&format!("{full}.weight")).is_some()
+    }
+
+    pub(crate) fn load_float(&self, full: &str, device: &Device) -> Result<Tensor> {
+        Ok(self.file.tensor_f32(full)?.to_device(device)?)
+    }
+
+    pub(crate) fn load_quant_linear(&self, full: &str) -> Result<QuantLinear> {
+        let weight_name = format!("{full}.weight");
+        let info = self
+            .file
+            .tensor_info(&weight_name)
+            .ok_or_else(|| Error::Missing {
+                what: "GGUF tensor",
+                name: weight_name.clone(),
+            })?;
+        let &[out_features, in_features] = info.shape.as_slice() else {
+            return Err(Error::Corrupt {
+                what: format!("GGUF tensor {weight_name}"),
+                reason: format!("a linear weight must be 2-D, found {:?}", info.shape),
+            });
+        };
+        let bias_name = format!("{full}.bias");
+        let bias = match self.file.tensor_info(&bias_name) {
+            Some(_) => Some(self.file.tensor_f32(&bias_name)?),
+            None => None,
+        };
+        let exact_w4 = info.dtype == GgmlDType::Q4_0
+            && self.config.weights() == WeightQuant::Int4Grouped { group: 32 };
+        if exact_w4 {
+            let (codes, scales) = self.file.q4_0_blocks(&weight_name)?;
+            let bias = match bias {
+                Some(b) => Some(b.flatten_all()?.to_vec1::<f32>()?),
+                None => None,
+            };
+            return QuantLinear::from_parts(QuantLinearParts {
+                out_features,
+                in_features,
+                weights: codes,
+                scales: scales.iter().map(|s| s.to_f32()).collect(),
+                bias,
+                smooth: None,
+                config: self.config,
+            });
+        }
+        let weight = self.file.tensor_f32(&weight_name)?;
+        QuantLinear::new(&weight, bias.as_ref(), &self.config)
+    }
+}

