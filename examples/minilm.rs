@@ -41,17 +41,17 @@
 //! machine is doing at the time.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Instant;
 
 use candle_compress::io::loader::{LoadQuantLinear, QuantLoader};
-use candle_compress::nn::smooth::{
-    search_alpha, smooth, NormUse, Preceding, SmoothFactors, SmoothedLinear, DEFAULT_ALPHA_GRID,
-};
 use candle_compress::nn::awq::DEFAULT_AWQ_GRID;
 use candle_compress::nn::gptq::GptqConfig;
 use candle_compress::nn::sequential::{quantize_sequential, LayerQuantizer, SequentialModel};
+use candle_compress::nn::smooth::{
+    search_alpha, smooth, NormUse, Preceding, SmoothFactors, SmoothedLinear, DEFAULT_ALPHA_GRID,
+};
 use candle_compress::nn::{ActivationQuant, ObservedLinear, QuantConfig, QuantLinear};
 use candle_compress::quant::metrics::cosine_similarity;
 use candle_core::{DType, Device, Module, Tensor, D};
@@ -548,9 +548,9 @@ fn sequential<'w>(
         );
     })?;
     let secs = start.elapsed().as_secs_f64();
-    let (e, r): (f64, f64) = reports
-        .iter()
-        .fold((0.0, 0.0), |(e, r), x| (e + x.error.sqrt() / x.rtn_error.sqrt().max(1e-30), r + 1.0));
+    let (e, r): (f64, f64) = reports.iter().fold((0.0, 0.0), |(e, r), x| {
+        (e + x.error.sqrt() / x.rtn_error.sqrt().max(1e-30), r + 1.0)
+    });
     println!(
         "{label}: calibrated {} linears on {} rows in {secs:.1} s ({} rayon threads); \
          mean per-layer ‖XWᵀ−XŴᵀ‖ / RTN's = {:.3}",
@@ -1120,7 +1120,13 @@ fn run(dir: &Path) -> AnyResult<()> {
     let batches = [&calib_batch, &holdout_batch];
     let g32 = QuantConfig::w4a8(32)?;
     let gptq_cfg = GptqConfig::default().with_act_order(true);
-    let enc = sequential(&weights, &batches, &LayerQuantizer::Gptq(gptq_cfg), &g32, "GPTQ")?;
+    let enc = sequential(
+        &weights,
+        &batches,
+        &LayerQuantizer::Gptq(gptq_cfg),
+        &g32,
+        "GPTQ",
+    )?;
     add("W4A8 group 32, GPTQ (sequential, act-order)".into(), &enc)?;
     let awq = LayerQuantizer::Awq {
         grid: DEFAULT_AWQ_GRID.to_vec(),
@@ -1138,7 +1144,9 @@ fn run(dir: &Path) -> AnyResult<()> {
     )?;
     add(
         "SmoothQuant α=0.5 (qkv, ffn-up) + W8A8/token".into(),
-        &Encoder::build(&weights, |i, k, _| sq[i][k.index()].quantize(&QuantConfig::w8a8()))?,
+        &Encoder::build(&weights, |i, k, _| {
+            sq[i][k.index()].quantize(&QuantConfig::w8a8())
+        })?,
     )?;
     print_table(&rows, f32_bytes, n);
     println!(
