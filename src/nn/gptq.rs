@@ -604,7 +604,7 @@ pub fn permute_columns<T: Copy + Send + Sync>(
     cols: usize,
     perm: &[usize],
 ) -> Result<Vec<T>> {
-    if cols == 0 || m.len() % cols != 0 || perm.len() != cols {
+    if cols == 0 || !m.len().is_multiple_of(cols) || perm.len() != cols {
         return Err(Error::shape(
             "permute_columns",
             format!("[rows, {cols}] values and {cols} indices"),
@@ -654,7 +654,7 @@ fn cholesky_lower(a: &[f64], n: usize) -> Result<Vec<f64>> {
         for j in 0..=i {
             let s = a[i * n + j] - dot(&l[i * n..i * n + j], &l[j * n..j * n + j]);
             if i == j {
-                if !(s > PIVOT_RTOL * mean_diag) || !s.is_finite() {
+                if s.is_nan() || s <= PIVOT_RTOL * mean_diag || !s.is_finite() {
                     return Err(Error::NotPositiveDefinite {
                         what: "GPTQ Hessian H + λI".into(),
                         reason: format!(

@@ -185,7 +185,7 @@ impl InputGram {
     /// accumulated then).
     pub fn observe_rows(&mut self, v: &[f32], keep: Option<&[bool]>) -> Result<()> {
         let n = self.channels;
-        if v.len() % n != 0 {
+        if !v.len().is_multiple_of(n) {
             return Err(Error::shape(
                 "InputGram rows",
                 format!("a multiple of {n} values"),
