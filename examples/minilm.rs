@@ -42,9 +42,13 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Instant;
 
 use candle_compress::io::loader::{LoadQuantLinear, QuantLoader};
+use candle_compress::nn::awq::DEFAULT_AWQ_GRID;
+use candle_compress::nn::gptq::GptqConfig;
+use candle_compress::nn::sequential::{quantize_sequential, LayerQuantizer, SequentialModel};
 use candle_compress::nn::smooth::{
     search_alpha, smooth, NormUse, Preceding, SmoothFactors, SmoothedLinear, DEFAULT_ALPHA_GRID,
 };
@@ -385,7 +389,7 @@ impl<'w> Encoder<'w> {
     /// Sentence embeddings `[n, 384]`, L2-normalized.
     fn embed(&self, batch: &Batch) -> AnyResult<Tensor> {
         let w = self.weights;
-        let (n, t) = batch.ids.dims2()?;
+        let t = batch.ids.dim(1)?;
         let positions = w.position.narrow(0, 0, t)?.unsqueeze(0)?;
         let x = w
             .word
@@ -393,26 +397,10 @@ impl<'w> Encoder<'w> {
             .broadcast_add(&positions)?
             .add(&w.token_type.forward(&batch.type_ids)?)?;
         let mut x = w.ln_embed.forward(&x)?;
-        // Additive attention mask: 0 for tokens, -1e4 for padding (HF BERT's classic value;
-        // exp(-1e4) is exactly 0 in f32).
-        let att_bias = ((&batch.mask - 1.0)? * 1e4)?.reshape((n, 1, 1, t))?;
-        let scale = 1.0 / (HEAD_DIM as f64).sqrt();
-        let heads = |y: Tensor| -> candle_core::Result<Tensor> {
-            y.reshape((n, t, HEADS, HEAD_DIM))?
-                .transpose(1, 2)?
-                .contiguous()
-        };
+        let att_bias = attention_bias(batch)?;
         for (lin, lw) in self.linears.iter().zip(&w.layers) {
-            let f = |k: Kind, x: &Tensor| lin[k.index()].forward(x);
-            let q = heads(f(Kind::Query, &x)?)?;
-            let k = heads(f(Kind::Key, &x)?)?;
-            let v = heads(f(Kind::Value, &x)?)?;
-            let scores = (q.matmul(&k.t()?.contiguous()?)? * scale)?.broadcast_add(&att_bias)?;
-            let probs = candle_nn::ops::softmax_last_dim(&scores)?;
-            let ctx = probs.matmul(&v)?.transpose(1, 2)?.reshape((n, t, HIDDEN))?;
-            x = lw.ln_attn.forward(&(&x + f(Kind::AttnOut, &ctx)?)?)?;
-            let h = f(Kind::FfnUp, &x)?.gelu_erf()?;
-            x = lw.ln_out.forward(&(&x + f(Kind::FfnDown, &h)?)?)?;
+            let refs: Vec<&dyn Module> = lin.iter().map(|m| m.as_ref()).collect();
+            x = encoder_layer(lw, &refs, &x, &att_bias)?;
         }
         // Mean over real tokens, then L2 normalization (sentence-transformers' Pooling +
         // Normalize modules).
@@ -431,6 +419,151 @@ impl<'w> Encoder<'w> {
     fn embed_vecs(&self, batch: &Batch) -> AnyResult<Vec<Vec<f32>>> {
         Ok(self.embed(batch)?.to_vec2::<f32>()?)
     }
+}
+
+/// Additive attention mask `[n, 1, 1, t]`: 0 for tokens, -1e4 for padding (HF BERT's
+/// classic value; exp(-1e4) is exactly 0 in f32).
+fn attention_bias(batch: &Batch) -> candle_core::Result<Tensor> {
+    let (n, t) = batch.mask.dims2()?;
+    ((&batch.mask - 1.0)? * 1e4)?.reshape((n, 1, 1, t))
+}
+
+/// One post-LN BERT layer on `x` (`[n, t, 384]`) with the six linears `lin` (in
+/// [`Kind::ALL`] order).
+fn encoder_layer(
+    lw: &LayerWeights,
+    lin: &[&dyn Module],
+    x: &Tensor,
+    att_bias: &Tensor,
+) -> candle_core::Result<Tensor> {
+    let (n, t, _) = x.dims3()?;
+    let scale = 1.0 / (HEAD_DIM as f64).sqrt();
+    let heads = |y: Tensor| -> candle_core::Result<Tensor> {
+        y.reshape((n, t, HEADS, HEAD_DIM))?
+            .transpose(1, 2)?
+            .contiguous()
+    };
+    let f = |k: Kind, x: &Tensor| lin[k.index()].forward(x);
+    let q = heads(f(Kind::Query, x)?)?;
+    let k = heads(f(Kind::Key, x)?)?;
+    let v = heads(f(Kind::Value, x)?)?;
+    let scores = (q.matmul(&k.t()?.contiguous()?)? * scale)?.broadcast_add(att_bias)?;
+    let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+    let ctx = probs.matmul(&v)?.transpose(1, 2)?.reshape((n, t, HIDDEN))?;
+    let x = lw.ln_attn.forward(&(x + f(Kind::AttnOut, &ctx)?)?)?;
+    let h = f(Kind::FfnUp, &x)?.gelu_erf()?;
+    lw.ln_out.forward(&(&x + f(Kind::FfnDown, &h)?)?)
+}
+
+/// One calibration batch between encoder layers, for [`quantize_sequential`].
+struct CalibState {
+    x: Tensor,
+    att_bias: Tensor,
+    keep: Arc<[bool]>,
+}
+
+impl CalibState {
+    /// The embeddings (after their LayerNorm) of `batch`: the first layer's input.
+    fn embeddings(w: &Weights, batch: &Batch) -> AnyResult<Self> {
+        let t = batch.ids.dim(1)?;
+        let positions = w.position.narrow(0, 0, t)?.unsqueeze(0)?;
+        let x = w
+            .word
+            .forward(&batch.ids)?
+            .broadcast_add(&positions)?
+            .add(&w.token_type.forward(&batch.type_ids)?)?;
+        let keep: Vec<bool> = batch
+            .mask
+            .flatten_all()?
+            .to_vec1::<f32>()?
+            .iter()
+            .map(|&m| m > 0.5)
+            .collect();
+        Ok(Self {
+            x: w.ln_embed.forward(&x)?,
+            att_bias: attention_bias(batch)?,
+            keep: keep.into(),
+        })
+    }
+}
+
+impl SequentialModel for Weights {
+    type State = CalibState;
+
+    fn blocks(&self) -> usize {
+        LAYERS
+    }
+
+    fn linears(&self, block: usize) -> Vec<Linear> {
+        self.layers[block].linears.to_vec()
+    }
+
+    fn groups(&self, _block: usize) -> Vec<Vec<usize>> {
+        GROUPS
+            .iter()
+            .map(|(_, kinds)| kinds.iter().map(|k| k.index()).collect())
+            .collect()
+    }
+
+    fn forward(
+        &self,
+        block: usize,
+        linears: &[&dyn Module],
+        s: &CalibState,
+    ) -> candle_core::Result<CalibState> {
+        Ok(CalibState {
+            x: encoder_layer(&self.layers[block], linears, &s.x, &s.att_bias)?,
+            att_bias: s.att_bias.clone(),
+            keep: s.keep.clone(),
+        })
+    }
+
+    fn row_mask(&self, s: &CalibState) -> Option<Arc<[bool]>> {
+        Some(s.keep.clone())
+    }
+}
+
+/// Sequential layer-by-layer calibration of all 36 linears with `quantizer`; prints the
+/// progress on stderr and the time; returns the encoder.
+fn sequential<'w>(
+    w: &'w Weights,
+    batches: &[&Batch],
+    quantizer: &LayerQuantizer,
+    cfg: &QuantConfig,
+    label: &str,
+) -> AnyResult<Encoder<'w>> {
+    let start = Instant::now();
+    let inputs = batches
+        .iter()
+        .map(|b| CalibState::embeddings(w, b))
+        .collect::<AnyResult<Vec<_>>>()?;
+    let (layers, reports) = quantize_sequential(w, inputs, quantizer, cfg, |p| {
+        eprintln!(
+            "  {label}: layer {}/{} group {}/{} done, {:.1} s",
+            p.block + 1,
+            p.blocks,
+            p.group + 1,
+            p.groups,
+            p.elapsed_s
+        );
+    })?;
+    let secs = start.elapsed().as_secs_f64();
+    let (e, r): (f64, f64) = reports.iter().fold((0.0, 0.0), |(e, r), x| {
+        (e + x.error.sqrt() / x.rtn_error.sqrt().max(1e-30), r + 1.0)
+    });
+    println!(
+        "{label}: calibrated {} linears on {} rows in {secs:.1} s ({} rayon threads); \
+         mean per-layer ‖XWᵀ−XŴᵀ‖ / RTN's = {:.3}",
+        reports.len(),
+        reports.first().map_or(0, |r| r.rows),
+        rayon::current_num_threads(),
+        e / r
+    );
+    Encoder::build(w, |i, k, _| {
+        let q = layers[i][k.index()].clone();
+        let bytes = q.size_bytes();
+        Ok((Box::new(q) as Box<dyn Module>, bytes))
+    })
 }
 
 fn dot(a: &[f32], b: &[f32]) -> f32 {
@@ -982,6 +1115,39 @@ fn run(dir: &Path) -> AnyResult<()> {
             &Encoder::quantized(&weights, &QuantConfig::w4a8(group)?, |_, _| true)?,
         )?;
     }
+    // 8, 9. W4A8 g32 with GPTQ and with AWQ + GPTQ, sequential calibration.
+    let holdout_batch = tokenize(&tok, &HOLDOUT_SENTENCES, &dev)?;
+    let batches = [&calib_batch, &holdout_batch];
+    let g32 = QuantConfig::w4a8(32)?;
+    let gptq_cfg = GptqConfig::default().with_act_order(true);
+    let enc = sequential(
+        &weights,
+        &batches,
+        &LayerQuantizer::Gptq(gptq_cfg),
+        &g32,
+        "GPTQ",
+    )?;
+    add("W4A8 group 32, GPTQ (sequential, act-order)".into(), &enc)?;
+    let awq = LayerQuantizer::Awq {
+        grid: DEFAULT_AWQ_GRID.to_vec(),
+        gptq: Some(gptq_cfg),
+    };
+    let enc = sequential(&weights, &batches, &awq, &g32, "AWQ+GPTQ")?;
+    add("W4A8 group 32, AWQ + GPTQ (sequential)".into(), &enc)?;
+    // 10. SmoothQuant on the LayerNorm-fed inputs + W8A8 per token.
+    let (sq, _) = smoothquant(
+        &weights,
+        &calib,
+        AlphaChoice::Fixed(0.5),
+        &norm_fed,
+        &QuantConfig::w8a8(),
+    )?;
+    add(
+        "SmoothQuant α=0.5 (qkv, ffn-up) + W8A8/token".into(),
+        &Encoder::build(&weights, |i, k, _| {
+            sq[i][k.index()].quantize(&QuantConfig::w8a8())
+        })?,
+    )?;
     print_table(&rows, f32_bytes, n);
     println!(
         "(sizes count only the 36 linears: the 11.7 M-parameter word embedding stays f32; \

@@ -123,6 +123,16 @@ pub enum Error {
     /// A JSON (de)serialization error.
     #[error(transparent)]
     Json(#[from] serde_json::Error),
+
+    /// A matrix that must be symmetric positive definite is not (numerically), e.g. a
+    /// calibration Gram matrix `H` whose Cholesky factorization fails after dampening.
+    #[error("{what} is not positive definite: {reason}")]
+    NotPositiveDefinite {
+        /// The matrix, e.g. `"GPTQ Hessian (H + λI)"`.
+        what: String,
+        /// Where the factorization failed, with the pivot found.
+        reason: String,
+    },
 }
 
 impl Error {

@@ -9,3 +9,8 @@ pub use observer::ObservedLinear;
 pub use quant_linear::{
     ActivationQuant, QuantConfig, QuantLinear, QuantLinearParts, QuantizedActivations, WeightQuant,
 };
+
+pub mod awq;
+pub mod gptq;
+pub mod gram;
+pub mod sequential;
