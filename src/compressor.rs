@@ -53,9 +53,16 @@ pub trait Compressed {
     /// dimension) and the dtype tag (1 byte).
     fn size_bytes(&self) -> usize;
 
-    /// The size of the original tensor: element count × original dtype size.
+    /// The size of the original tensor: element count × original dtype size (saturating
+    /// at `usize::MAX`; a value that exists in memory never comes near it).
     fn original_size_bytes(&self) -> usize {
-        self.shape().elem_count() * self.original_dtype().size_in_bytes()
+        self.shape()
+            .dims()
+            .iter()
+            .try_fold(self.original_dtype().size_in_bytes(), |a, &d| {
+                a.checked_mul(d)
+            })
+            .unwrap_or(usize::MAX)
     }
 
     /// `original_size_bytes / size_bytes`; above 1 means smaller than the original.

@@ -133,6 +133,31 @@ pub enum Error {
         /// Where the factorization failed, with the pivot found.
         reason: String,
     },
+
+    /// A finite value that the target dtype cannot hold (an F64 `1e39` read as f32, an
+    /// `1e5` stored as F16): refused rather than turned into ±Inf.
+    #[error("{op}: value {} at flat index {index} is out of {target} range (max ±{})", Num(*.value), Num(*.max))]
+    OutOfRange {
+        /// The operation that found the value.
+        op: &'static str,
+        /// Flat row-major index of the first such element.
+        index: usize,
+        /// The offending value.
+        value: f64,
+        /// The dtype it does not fit, e.g. `"f32"` or `"F16"`.
+        target: &'static str,
+        /// The largest finite magnitude of `target`.
+        max: f64,
+    },
+
+    /// A size computed from a shape (element count, bytes, a counter) does not fit.
+    #[error("{what}: size of {shape} overflows usize")]
+    SizeOverflow {
+        /// What was being sized, e.g. `"Scheme::compressed_size_bytes"`.
+        what: String,
+        /// The shape (or count) it was computed from, formatted.
+        shape: String,
+    },
 }
 
 impl Error {
@@ -172,13 +197,39 @@ impl Error {
 }
 
 impl From<Error> for candle_core::Error {
+    /// Wraps without capturing a backtrace (`candle_core::Error::wrap` adds one when
+    /// `RUST_BACKTRACE` is set, which changes the message): an error returned through a
+    /// `Module` reads the same either way.
     fn from(e: Error) -> Self {
         match e {
             Error::Candle(inner) => inner,
-            other => candle_core::Error::wrap(other),
+            other => candle_core::Error::Wrapped(Box::new(other)),
         }
     }
 }
+
+/// Formats a number for a message: plain for ordinary magnitudes (`0.25`, `65504`), with an
+/// exponent for large and tiny ones (`1e30`, `-2.5e-12`) so they stay readable.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Num<T>(pub T);
+
+macro_rules! num_display {
+    ($t:ty) => {
+        impl std::fmt::Display for Num<$t> {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                let v = self.0;
+                let a = v.abs();
+                if v == 0.0 || !v.is_finite() || (1e-4..1e9).contains(&a) {
+                    write!(f, "{v}")
+                } else {
+                    write!(f, "{v:e}")
+                }
+            }
+        }
+    };
+}
+num_display!(f32);
+num_display!(f64);
 
 #[cfg(test)]
 mod tests {
@@ -197,6 +248,17 @@ mod tests {
             value: f32::NAN,
         };
         assert!(e.to_string().contains("flat index 17"));
+    }
+
+    #[test]
+    fn numbers_print_with_an_exponent_when_large_or_tiny() {
+        assert_eq!(Num(-1e30f32).to_string(), "-1e30");
+        assert_eq!(Num(1e-30f32).to_string(), "1e-30");
+        assert_eq!(Num(3.4028235e38f32).to_string(), "3.4028235e38");
+        assert_eq!(Num(65504f32).to_string(), "65504");
+        assert_eq!(Num(0.25f64).to_string(), "0.25");
+        assert_eq!(Num(f32::INFINITY).to_string(), "inf");
+        assert_eq!(Num(0f64).to_string(), "0");
     }
 
     #[test]

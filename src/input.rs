@@ -27,14 +27,18 @@ impl FloatData {
     /// Reads `tensor` (any rank, any layout) into f32 values.
     ///
     /// # Errors
-    /// [`Error::UnsupportedDType`] for integer dtypes (U8, U32, I64, …); candle errors from
-    /// the device copy.
+    /// [`Error::UnsupportedDType`] for integer dtypes (U8, U32, I64, …);
+    /// [`Error::OutOfRange`] for a finite F64 value beyond f32's range (it would become
+    /// ±Inf); candle errors from the device copy. NaN/±Inf pass through (see
+    /// [`FloatData::from_tensor_finite`]).
     pub fn from_tensor(tensor: &Tensor, op: &'static str) -> Result<Self> {
         ensure_float(tensor.dtype(), op)?;
-        let values = tensor
-            .flatten_all()?
-            .to_dtype(DType::F32)?
-            .to_vec1::<f32>()?;
+        let flat = tensor.flatten_all()?;
+        let values = if tensor.dtype() == DType::F64 {
+            f64_to_f32(&flat.to_vec1::<f64>()?, op)?
+        } else {
+            flat.to_dtype(DType::F32)?.to_vec1::<f32>()?
+        };
         Ok(Self {
             values,
             shape: tensor.shape().clone(),
@@ -72,6 +76,98 @@ pub fn with_f32_slice<R>(
     f(&data.values)
 }
 
+/// Rounds F64 values to f32, refusing finite values that would round to ±Inf.
+fn f64_to_f32(values: &[f64], op: &'static str) -> Result<Vec<f32>> {
+    let out: Vec<f32> = values.iter().map(|&v| v as f32).collect();
+    if let Some(index) = out
+        .iter()
+        .zip(values)
+        .position(|(f, v)| f.is_infinite() && v.is_finite())
+    {
+        return Err(Error::OutOfRange {
+            op,
+            index,
+            value: values[index],
+            target: "f32",
+            max: f64::from(f32::MAX),
+        });
+    }
+    Ok(out)
+}
+
+/// The largest finite value of a float dtype as f32 (`f32::MAX` for F32 and F64, whose
+/// values pass through f32 here), `None` for integer dtypes.
+#[must_use]
+pub fn float_max(dtype: DType) -> Option<f32> {
+    match dtype {
+        DType::F16 => Some(half::f16::MAX.to_f32()),
+        DType::BF16 => Some(half::bf16::MAX.to_f32()),
+        DType::F32 | DType::F64 => Some(f32::MAX),
+        _ => None,
+    }
+}
+
+/// Refuses values that `dtype` cannot hold: integer dtypes ([`Error::UnsupportedDType`]),
+/// NaN/±Inf ([`Error::NonFinite`]) and finite values beyond the dtype's range
+/// ([`Error::OutOfRange`], e.g. `1e5` for F16). For constructors that store f32 values
+/// in a tensor's own dtype.
+pub fn check_representable(values: &[f32], dtype: DType, op: &'static str) -> Result<()> {
+    ensure_float(dtype, op)?;
+    check_finite(values, op)?;
+    let max = float_max(dtype).unwrap_or(f32::MAX);
+    // Values that round to `max` are representable: the bound is max + half an ulp.
+    let limit = match dtype {
+        DType::F16 => 65520.0,
+        DType::BF16 => f32::from_bits(half::bf16::MAX.to_f32().to_bits() + (1 << 15)),
+        _ => f32::INFINITY,
+    };
+    if let Some(index) = values.iter().position(|v| v.abs() >= limit) {
+        return Err(Error::OutOfRange {
+            op,
+            index,
+            value: f64::from(values[index]),
+            target: dtype_name(dtype),
+            max: f64::from(max),
+        });
+    }
+    Ok(())
+}
+
+fn dtype_name(dtype: DType) -> &'static str {
+    match dtype {
+        DType::F16 => "F16",
+        DType::BF16 => "BF16",
+        DType::F64 => "F64",
+        _ => "F32",
+    }
+}
+
+/// Element count of `shape`, or [`Error::SizeOverflow`] naming `what` when it does not fit
+/// in `usize` (candle's `Shape::elem_count` would panic in debug builds and wrap in
+/// release).
+pub fn checked_elem_count(shape: &Shape, what: &str) -> Result<usize> {
+    shape
+        .dims()
+        .iter()
+        .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+        .ok_or_else(|| size_overflow(what, shape))
+}
+
+/// `checked_elem_count(shape) × dtype size`, checked.
+pub fn checked_size_in_bytes(shape: &Shape, dtype: DType, what: &str) -> Result<usize> {
+    checked_elem_count(shape, what)?
+        .checked_mul(dtype.size_in_bytes())
+        .ok_or_else(|| size_overflow(what, shape))
+}
+
+/// [`Error::SizeOverflow`] for `what` computed from `shape`.
+pub(crate) fn size_overflow(what: &str, shape: impl std::fmt::Debug) -> Error {
+    Error::SizeOverflow {
+        what: what.to_string(),
+        shape: format!("shape {shape:?}"),
+    }
+}
+
 /// Returns an error unless `dtype` is one of [`FLOAT_DTYPES`].
 pub fn ensure_float(dtype: DType, op: &'static str) -> Result<()> {
     match dtype {
@@ -99,10 +195,16 @@ pub fn check_finite(values: &[f32], op: &'static str) -> Result<()> {
 
 /// Builds a tensor of `shape` and `dtype` on `device` from row-major f32 values.
 ///
+/// Values are clamped to the finite range of `dtype` first: a decoded block whose scale
+/// was rounded up may land a few ulps past the source dtype's largest value (65504 for
+/// F16), which would otherwise become ±Inf. NaN stays NaN.
+///
 /// # Errors
-/// [`Error::ShapeMismatch`] when `values.len()` is not the element count of `shape`.
+/// [`Error::ShapeMismatch`] when `values.len()` is not the element count of `shape`;
+/// [`Error::UnsupportedDType`] for integer dtypes (f32 values cannot be stored there
+/// without silent rounding).
 pub fn tensor_from_f32(
-    values: Vec<f32>,
+    mut values: Vec<f32>,
     shape: &Shape,
     dtype: DType,
     device: &Device,
@@ -113,6 +215,14 @@ pub fn tensor_from_f32(
             shape.elem_count(),
             values.len(),
         ));
+    }
+    let max = float_max(dtype).ok_or(Error::UnsupportedDType {
+        op: "tensor_from_f32",
+        expected: FLOAT_DTYPES,
+        found: dtype,
+    })?;
+    for v in &mut values {
+        *v = v.clamp(-max, max);
     }
     let t = Tensor::from_vec(values, shape.clone(), device)?;
     Ok(if dtype == DType::F32 {
@@ -169,6 +279,41 @@ mod tests {
         let v = with_f32_slice(&t.to_dtype(DType::F64)?, "test", |s| Ok(s.len()))?;
         assert_eq!(v, 6);
         Ok(())
+    }
+
+    #[test]
+    fn f64_beyond_f32_is_out_of_range_not_inf() -> Result<()> {
+        let t = Tensor::new(&[1.0f64, 3.5e38, f64::INFINITY], &Device::Cpu)?;
+        let e = FloatData::from_tensor(&t, "test").unwrap_err();
+        assert!(e.to_string().contains("out of f32 range"), "{e}");
+        assert!(e.to_string().contains("3.5e38"), "{e}");
+        // Rounds to f32::MAX: representable.
+        let t = Tensor::new(
+            &[f64::from(f32::MAX) * (1.0 + 2f64.powi(-25))],
+            &Device::Cpu,
+        )?;
+        assert_eq!(FloatData::from_tensor(&t, "test")?.values, vec![f32::MAX]);
+        // Inf passes through to the finiteness check, which names it.
+        let t = Tensor::new(&[f64::NEG_INFINITY], &Device::Cpu)?;
+        assert!(matches!(
+            FloatData::from_tensor_finite(&t, "test"),
+            Err(Error::NonFinite { .. })
+        ));
+        Ok(())
+    }
+
+    #[test]
+    fn representable_checks_range_per_dtype() {
+        assert!(check_representable(&[65504.0, 65519.0], DType::F16, "t").is_ok());
+        assert!(matches!(
+            check_representable(&[1.0, 65520.0], DType::F16, "t"),
+            Err(Error::OutOfRange { index: 1, .. })
+        ));
+        assert!(check_representable(&[3.0e38], DType::BF16, "t").is_ok());
+        assert!(check_representable(&[3.4e38], DType::BF16, "t").is_err());
+        assert!(check_representable(&[f32::MAX], DType::F32, "t").is_ok());
+        assert!(check_representable(&[1.0], DType::U8, "t").is_err());
+        assert!(checked_elem_count(&Shape::from(vec![1usize << 33, 1 << 33]), "t").is_err());
     }
 
     #[test]

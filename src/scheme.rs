@@ -133,24 +133,39 @@ impl Scheme {
     /// zero point for `affine`), [`header_bytes`](crate::compressor::header_bytes) and
     /// [`SCHEME_BYTES`](crate::quant::SCHEME_BYTES). The tests check it against real
     /// compression for every scheme.
+    ///
+    /// Saturates at `usize::MAX` for a shape whose size does not fit (see
+    /// [`Scheme::try_compressed_size_bytes`] for an error instead).
     #[must_use]
     pub fn compressed_size_bytes(&self, shape: &Shape) -> usize {
-        let n = shape.elem_count();
+        self.try_compressed_size_bytes(shape).unwrap_or(usize::MAX)
+    }
+
+    /// [`Scheme::compressed_size_bytes`] with checked arithmetic.
+    ///
+    /// # Errors
+    /// [`Error::SizeOverflow`] when the element count or the byte size of `shape` overflows
+    /// `usize` (a shape read from an untrusted header, say).
+    pub fn try_compressed_size_bytes(&self, shape: &Shape) -> Result<usize> {
+        const WHAT: &str = "Scheme::compressed_size_bytes";
+        let n = crate::input::checked_elem_count(shape, WHAT)?;
         let blocks = n.div_ceil(self.block_size().max(1));
         let codes = if self.code_bits() == 8 {
             n
         } else {
             n.div_ceil(2)
         };
-        let scale_bytes_per_block = match self {
+        let scale_bytes_per_block: usize = match self {
             Scheme::Int8 { .. } | Scheme::Int4 { .. } => 2,
             Scheme::Nf4 { .. } => 4,
             Scheme::Affine8 { .. } | Scheme::Affine4 { .. } => 8,
         };
-        codes
-            + scale_bytes_per_block * blocks
-            + crate::compressor::header_bytes(shape)
-            + crate::quant::SCHEME_BYTES
+        scale_bytes_per_block
+            .checked_mul(blocks)
+            .and_then(|s| s.checked_add(codes))
+            .and_then(|s| s.checked_add(crate::compressor::header_bytes(shape)))
+            .and_then(|s| s.checked_add(crate::quant::SCHEME_BYTES))
+            .ok_or_else(|| crate::input::size_overflow(WHAT, shape))
     }
 
     /// Builds the scheme from a kind name and a size.

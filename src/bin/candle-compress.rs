@@ -1103,6 +1103,8 @@ impl From<Error> for Failure {
             Error::Corrupt { .. } => "corrupt",
             Error::Unsupported { .. } => "unsupported",
             Error::Missing { .. } => "missing",
+            Error::OutOfRange { .. } => "out_of_range",
+            Error::SizeOverflow { .. } => "size_overflow",
             Error::Io(_) => "io",
             Error::Json(_) => "json",
             Error::Safetensors(_) => "safetensors",

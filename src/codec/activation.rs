@@ -232,24 +232,29 @@ impl ActivationCodec {
         let keep = self.check_keep()?;
         check_encodable_shape(shape.dims())?;
         let (rows, cols) = rows_cols(shape.dims());
-        let n = shape.elem_count();
+        let n = crate::input::checked_elem_count(shape, "ActivationCodec::encoded_len")?;
         let header = FIXED_HEADER_LEN + 8 * shape.rank() + if keep.is_some() { 4 } else { 0 };
-        // The tensor exists, so `n * dtype size` fits in memory; `rows * min(keep, cols) <= n`
-        // when `cols > 0` (and `k == 0` otherwise): nothing here overflows.
+        // `rows` and `n` fit (checked above); the byte counts are checked here.
         let payload = match self {
-            ActivationCodec::None => n * dtype.size_in_bytes(),
-            ActivationCodec::F16 | ActivationCodec::BF16 => 2 * n,
-            ActivationCodec::Int8PerRow => 4 * rows + n,
+            ActivationCodec::None => n.checked_mul(dtype.size_in_bytes()),
+            ActivationCodec::F16 | ActivationCodec::BF16 => n.checked_mul(2),
+            ActivationCodec::Int8PerRow => rows.checked_mul(4).and_then(|r| r.checked_add(n)),
             ActivationCodec::SparseColumns { keep } => {
                 let k = (*keep).min(cols);
-                4 * k + 4 * rows * k
+                rows.checked_add(1)
+                    .and_then(|r| r.checked_mul(k))
+                    .and_then(|v| v.checked_mul(4))
             }
             ActivationCodec::SparseColumnsF16 { keep } => {
                 let k = (*keep).min(cols);
-                4 * k + 2 * rows * k
+                rows.checked_mul(k)
+                    .and_then(|v| v.checked_mul(2))
+                    .and_then(|v| v.checked_add(4 * k))
             }
         };
-        Ok(header + payload)
+        payload
+            .and_then(|p| p.checked_add(header))
+            .ok_or_else(|| crate::input::size_overflow("ActivationCodec::encoded_len", shape))
     }
 
     /// Encodes `tensor` into a self-describing byte buffer (header + payload, see the
@@ -445,6 +450,12 @@ fn check_encodable_shape(dims: &[usize]) -> Result<()> {
             ),
         ));
     }
+    // As in the decoder: the product of the non-zero dims must fit, so `rows` (a product
+    // of leading dims) and the element count cannot overflow.
+    dims.iter()
+        .filter(|&&d| d != 0)
+        .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+        .ok_or_else(|| crate::input::size_overflow("activation codec", dims))?;
     Ok(())
 }
 

@@ -74,7 +74,7 @@ use std::sync::Arc;
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{LayerNorm, Linear, RmsNorm};
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Num, Result};
 use crate::input::{check_finite, with_f32_slice, FloatData};
 use crate::nn::{ActivationQuant, QuantConfig, QuantLinear};
 use crate::quant::calib::ChannelAbsMax;
@@ -93,7 +93,7 @@ fn check_alpha(alpha: f32) -> Result<()> {
     } else {
         Err(Error::invalid(
             "alpha",
-            format!("must be in [0, 1], found {alpha}"),
+            format!("must be in [0, 1], found {}", Num(alpha)),
         ))
     }
 }
@@ -214,7 +214,7 @@ impl SmoothFactors {
             if let Some(i) = v.iter().position(|&m| m < 0.0) {
                 return Err(Error::invalid(
                     name,
-                    format!("channel {i} holds a negative maximum {}", v[i]),
+                    format!("channel {i} holds a negative maximum {}", Num(v[i])),
                 ));
             }
         }
@@ -249,7 +249,7 @@ impl SmoothFactors {
         if let Some(i) = factors.iter().position(|&s| s <= 0.0) {
             return Err(Error::invalid(
                 "factors",
-                format!("entry {i} is {}, must be > 0", factors[i]),
+                format!("entry {i} is {}, must be > 0", Num(factors[i])),
             ));
         }
         Ok(Self {
@@ -479,11 +479,21 @@ fn norm_param(t: &Tensor, len: usize, what: &'static str) -> Result<Tensor> {
     Ok(Tensor::from_vec(data.values, len, t.device())?)
 }
 
-/// `param ÷ s` in f32, returned in `param`'s dtype.
+/// `param ÷ s` in f32, returned in `param`'s dtype; refuses a quotient that overflows
+/// that dtype (a factor as small as 1e-5 multiplies the parameter by 1e5, beyond F16).
 fn divide_param(t: &Tensor, f: &SmoothFactors, what: &'static str) -> Result<Tensor> {
     let v = norm_param(t, f.len(), what)?;
     let s = f.tensor(DType::F32, t.device())?;
-    Ok(v.div(&s)?.to_dtype(t.dtype())?)
+    let q = v.div(&s)?;
+    let orig = v.to_vec1::<f32>()?;
+    check_fold(&q, t.dtype(), what, |i| {
+        format!(
+            "channel {i} ({} ÷ factor {})",
+            Num(orig[i]),
+            Num(f.as_slice()[i])
+        )
+    })?;
+    Ok(q.to_dtype(t.dtype())?)
 }
 
 fn fold_layer_norm(ln: &LayerNorm, f: &SmoothFactors) -> Result<LayerNorm> {
@@ -508,12 +518,61 @@ fn fold_layer_norm(ln: &LayerNorm, f: &SmoothFactors) -> Result<LayerNorm> {
 }
 
 /// `W · diag(s)` (columns × s) in f32, returned in W's dtype; bias unchanged.
+///
+/// # Errors
+/// [`Error::InvalidArgument`] when a product overflows W's dtype (a fold must never turn a
+/// finite weight into ±Inf).
 fn scale_columns(l: &Linear, f: &SmoothFactors) -> Result<Linear> {
     let w = l.weight();
     let wf = w.to_dtype(DType::F32)?;
     let s = f.tensor(DType::F32, w.device())?.unsqueeze(0)?;
-    let scaled = wf.broadcast_mul(&s)?.to_dtype(w.dtype())?;
-    Ok(Linear::new(scaled, l.bias().cloned()))
+    let scaled = wf.broadcast_mul(&s)?;
+    let cols = f.len();
+    check_fold(&scaled, w.dtype(), "linear weight", |i| {
+        let col = i % cols;
+        format!(
+            "row {} column {col} (weight {} × factor {})",
+            i / cols,
+            Num(wf
+                .flatten_all()
+                .and_then(|t| t.get(i))
+                .and_then(|t| t.to_scalar::<f32>())
+                .unwrap_or(f32::NAN)),
+            Num(f.as_slice()[col])
+        )
+    })?;
+    Ok(Linear::new(scaled.to_dtype(w.dtype())?, l.bias().cloned()))
+}
+
+/// Refuses a folded parameter (f32 values, to be stored in `dtype`) holding a value that
+/// is not finite in `dtype`; `at(i)` describes flat element `i` for the message.
+fn check_fold(
+    folded: &Tensor,
+    dtype: DType,
+    what: &str,
+    at: impl Fn(usize) -> String,
+) -> Result<()> {
+    let max = crate::input::float_max(dtype).unwrap_or(f32::MAX);
+    // Values below max + half an ulp round to max; at or above it they become ±Inf.
+    let limit = match dtype {
+        DType::F16 => 65520.0,
+        DType::BF16 => f32::from_bits(max.to_bits() + (1 << 15)),
+        _ => f32::INFINITY,
+    };
+    let v = folded.flatten_all()?.to_vec1::<f32>()?;
+    if let Some(i) = v.iter().position(|x| !(x.abs() < limit)) {
+        return Err(Error::invalid(
+            "factors",
+            format!(
+                "folding the smoothing factors into the {what} overflows {dtype:?} at {}: \
+                 {} is beyond ±{}; use a smaller alpha or keep the weights in F32",
+                at(i),
+                Num(v[i]),
+                Num(max)
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Rewrites a group of linears that share one input, and the norm before them, with the

@@ -16,7 +16,7 @@
 
 use candle_core::Tensor;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Num, Result};
 use crate::input::{tensor_from_f32, FloatData};
 
 /// The result of pruning one tensor.
@@ -46,7 +46,7 @@ fn check_sparsity(sparsity: f64) -> Result<()> {
     if !(0.0..=1.0).contains(&sparsity) {
         return Err(Error::invalid(
             "sparsity",
-            format!("must be in [0, 1], found {sparsity}"),
+            format!("must be in [0, 1], found {}", Num(sparsity)),
         ));
     }
     Ok(())
@@ -371,7 +371,7 @@ pub(crate) fn check_percentile(p: f64) -> Result<()> {
     if !(p > 0.0 && p <= 100.0) {
         return Err(Error::invalid(
             "percentile",
-            format!("must be in (0, 100], found {p}"),
+            format!("must be in (0, 100], found {}", Num(p)),
         ));
     }
     Ok(())

@@ -23,7 +23,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::compressor::{header_bytes, Compressed, Compressor};
 use crate::error::{Error, Result};
-use crate::input::tensor_from_f32;
+use crate::input::{
+    check_representable, checked_elem_count, checked_size_in_bytes, ensure_float, size_overflow,
+    tensor_from_f32,
+};
 use crate::prune::prune::satisfies_nm;
 use crate::scheme::{CompressedTensor, Scheme};
 
@@ -104,11 +107,19 @@ impl SparseValues {
     }
 }
 
-fn values_size(nnz: usize, dtype: DType, quantize: Option<Scheme>) -> usize {
+fn values_size(nnz: usize, dtype: DType, quantize: Option<Scheme>) -> Result<usize> {
     match quantize {
-        Some(s) => s.compressed_size_bytes(&Shape::from(nnz)),
-        None => nnz * dtype.size_in_bytes(),
+        Some(s) => s.try_compressed_size_bytes(&Shape::from(nnz)),
+        None => checked_size_in_bytes(&Shape::from(nnz), dtype, "sparse values"),
     }
+}
+
+/// `a + b + c + …` of sizes, checked.
+fn sum_sizes(parts: &[usize], what: &str, shape: &Shape) -> Result<usize> {
+    parts
+        .iter()
+        .try_fold(0usize, |acc, &p| acc.checked_add(p))
+        .ok_or_else(|| size_overflow(what, shape))
 }
 
 /// Bitmask + values: bit `i` of the mask (LSB first within each byte) is set when element
@@ -143,6 +154,8 @@ impl BitmaskSparse {
     ///
     /// # Errors
     /// [`Error::ShapeMismatch`] when `values.len()` is not `shape`'s element count;
+    /// [`Error::UnsupportedDType`] for an integer `dtype`; [`Error::NonFinite`] for
+    /// NaN/±Inf; [`Error::OutOfRange`] for a value `dtype` cannot hold (`1e5` for F16);
     /// quantizer errors.
     pub fn from_values(
         values: &[f32],
@@ -151,6 +164,7 @@ impl BitmaskSparse {
         quantize: Option<Scheme>,
     ) -> Result<Self> {
         check_len(values, shape)?;
+        check_representable(values, dtype, "BitmaskSparse::from_values")?;
         let mut mask = vec![0u8; values.len().div_ceil(8)];
         let mut kept = Vec::new();
         for (i, &v) in values.iter().enumerate() {
@@ -169,7 +183,8 @@ impl BitmaskSparse {
     }
 
     /// The size [`BitmaskSparse::from_values`] would produce for `nnz` non-zeros, without
-    /// building it.
+    /// building it; saturates at `usize::MAX` when it does not fit (see
+    /// [`BitmaskSparse::try_predicted_size`]).
     #[must_use]
     pub fn predicted_size(
         shape: &Shape,
@@ -177,10 +192,31 @@ impl BitmaskSparse {
         nnz: usize,
         quantize: Option<Scheme>,
     ) -> usize {
-        shape.elem_count().div_ceil(8)
-            + values_size(nnz, dtype, quantize)
-            + header_bytes(shape)
-            + SPARSE_TAG_BYTES
+        Self::try_predicted_size(shape, dtype, nnz, quantize).unwrap_or(usize::MAX)
+    }
+
+    /// [`BitmaskSparse::predicted_size`] with checked arithmetic.
+    ///
+    /// # Errors
+    /// [`Error::SizeOverflow`] when a size overflows `usize`.
+    pub fn try_predicted_size(
+        shape: &Shape,
+        dtype: DType,
+        nnz: usize,
+        quantize: Option<Scheme>,
+    ) -> Result<usize> {
+        const WHAT: &str = "BitmaskSparse::predicted_size";
+        let n = checked_elem_count(shape, WHAT)?;
+        sum_sizes(
+            &[
+                n.div_ceil(8),
+                values_size(nnz, dtype, quantize)?,
+                header_bytes(shape),
+                SPARSE_TAG_BYTES,
+            ],
+            WHAT,
+            shape,
+        )
     }
 
     /// Number of stored (non-zero) values.
@@ -261,7 +297,9 @@ impl NmSparse {
     ///
     /// # Errors
     /// [`Error::InvalidArgument`] for bad `n:m` or values that break the pattern;
-    /// [`Error::ShapeMismatch`] for a length or last dimension that does not fit.
+    /// [`Error::ShapeMismatch`] for a length or last dimension that does not fit;
+    /// [`Error::UnsupportedDType`], [`Error::NonFinite`], [`Error::OutOfRange`] as
+    /// [`BitmaskSparse::from_values`].
     pub fn from_values(
         values: &[f32],
         shape: &Shape,
@@ -272,6 +310,7 @@ impl NmSparse {
     ) -> Result<Self> {
         crate::prune::prune::check_nm(n, m)?;
         check_len(values, shape)?;
+        check_representable(values, dtype, "NmSparse::from_values")?;
         crate::prune::prune::nm_cols(shape.dims(), m)?;
         if !satisfies_nm(values, n, m) {
             return Err(Error::invalid(
@@ -312,7 +351,8 @@ impl NmSparse {
         })
     }
 
-    /// The size [`NmSparse::from_values`] would produce, without building it.
+    /// The size [`NmSparse::from_values`] would produce, without building it; saturates at
+    /// `usize::MAX` when it does not fit (see [`NmSparse::try_predicted_size`]).
     #[must_use]
     pub fn predicted_size(
         shape: &Shape,
@@ -321,11 +361,39 @@ impl NmSparse {
         m: usize,
         quantize: Option<Scheme>,
     ) -> usize {
-        let groups = shape.elem_count() / m.max(1);
-        (groups * n * index_bits(m)).div_ceil(8)
-            + values_size(groups * n, dtype, quantize)
-            + header_bytes(shape)
-            + 3 * SPARSE_TAG_BYTES
+        Self::try_predicted_size(shape, dtype, n, m, quantize).unwrap_or(usize::MAX)
+    }
+
+    /// [`NmSparse::predicted_size`] with checked arithmetic.
+    ///
+    /// # Errors
+    /// [`Error::SizeOverflow`] when a size overflows `usize`.
+    pub fn try_predicted_size(
+        shape: &Shape,
+        dtype: DType,
+        n: usize,
+        m: usize,
+        quantize: Option<Scheme>,
+    ) -> Result<usize> {
+        const WHAT: &str = "NmSparse::predicted_size";
+        let groups = checked_elem_count(shape, WHAT)? / m.max(1);
+        let kept = groups
+            .checked_mul(n)
+            .ok_or_else(|| size_overflow(WHAT, shape))?;
+        let index_bytes = kept
+            .checked_mul(index_bits(m))
+            .ok_or_else(|| size_overflow(WHAT, shape))?
+            .div_ceil(8);
+        sum_sizes(
+            &[
+                index_bytes,
+                values_size(kept, dtype, quantize)?,
+                header_bytes(shape),
+                3 * SPARSE_TAG_BYTES,
+            ],
+            WHAT,
+            shape,
+        )
     }
 
     /// The pattern `(n, m)`.
@@ -381,12 +449,9 @@ impl Compressed for NmSparse {
 }
 
 fn check_len(values: &[f32], shape: &Shape) -> Result<()> {
-    if values.len() != shape.elem_count() {
-        return Err(Error::shape(
-            "sparse storage values",
-            shape.elem_count(),
-            values.len(),
-        ));
+    let n = checked_elem_count(shape, "sparse storage values")?;
+    if values.len() != n {
+        return Err(Error::shape("sparse storage values", n, values.len()));
     }
     Ok(())
 }
@@ -432,10 +497,21 @@ pub enum StoredTensor {
 
 impl StoredTensor {
     /// Bytes of a dense tensor as this module counts them: elements × dtype size +
-    /// [`header_bytes`].
+    /// [`header_bytes`]; saturates at `usize::MAX` when that does not fit (see
+    /// [`StoredTensor::try_dense_size`]).
     #[must_use]
     pub fn dense_size(shape: &Shape, dtype: DType) -> usize {
-        shape.elem_count() * dtype.size_in_bytes() + header_bytes(shape)
+        Self::try_dense_size(shape, dtype).unwrap_or(usize::MAX)
+    }
+
+    /// [`StoredTensor::dense_size`] with checked arithmetic.
+    ///
+    /// # Errors
+    /// [`Error::SizeOverflow`] when the size overflows `usize`.
+    pub fn try_dense_size(shape: &Shape, dtype: DType) -> Result<usize> {
+        const WHAT: &str = "StoredTensor::dense_size";
+        let bytes = checked_size_in_bytes(shape, dtype, WHAT)?;
+        sum_sizes(&[bytes, header_bytes(shape)], WHAT, shape)
     }
 
     /// The representation.
@@ -487,7 +563,8 @@ impl StoredTensor {
     /// The sizes of every candidate layout for values with `nnz` non-zeros (and, when
     /// `nm` is given, values known to satisfy that pattern), smallest first; ties keep the
     /// order dense/quantized, bitmask, N:M. Used by the pipeline to choose and by
-    /// `estimate` to predict.
+    /// `estimate` to predict. A size that does not fit saturates at `usize::MAX` (see
+    /// [`StoredTensor::try_candidates`] for an error instead).
     #[must_use]
     pub fn candidates(
         shape: &Shape,
@@ -517,10 +594,40 @@ impl StoredTensor {
         c
     }
 
+    /// [`StoredTensor::candidates`] with checked arithmetic.
+    ///
+    /// # Errors
+    /// [`Error::SizeOverflow`] when any candidate's size overflows `usize`.
+    pub fn try_candidates(
+        shape: &Shape,
+        dtype: DType,
+        nnz: usize,
+        quantize: Option<Scheme>,
+        nm: Option<(usize, usize)>,
+    ) -> Result<Vec<(StorageKind, usize)>> {
+        let c = Self::candidates(shape, dtype, nnz, quantize, nm);
+        // Re-derive each size checked: an error names the layout that did not fit.
+        for &(kind, _) in &c {
+            match kind {
+                StorageKind::Dense => Self::try_dense_size(shape, dtype).map(drop)?,
+                StorageKind::Quantized(s) => s.try_compressed_size_bytes(shape).map(drop)?,
+                StorageKind::Bitmask(q) => {
+                    BitmaskSparse::try_predicted_size(shape, dtype, nnz, q).map(drop)?
+                }
+                StorageKind::Nm(n, m, q) => {
+                    NmSparse::try_predicted_size(shape, dtype, n, m, q).map(drop)?
+                }
+            }
+        }
+        Ok(c)
+    }
+
     /// Builds the layout `kind` from row-major `values`.
     ///
     /// # Errors
-    /// Quantizer errors; [`Error::InvalidArgument`] when values break an N:M pattern.
+    /// Quantizer errors; [`Error::InvalidArgument`] when values break an N:M pattern;
+    /// [`Error::UnsupportedDType`] for an integer `dtype` (f32 values would be rounded
+    /// silently); the checks of [`BitmaskSparse::from_values`] for the sparse layouts.
     pub fn build(
         kind: StorageKind,
         values: Vec<f32>,
@@ -528,6 +635,7 @@ impl StoredTensor {
         dtype: DType,
         device: &Device,
     ) -> Result<Self> {
+        ensure_float(dtype, "StoredTensor::build")?;
         Ok(match kind {
             StorageKind::Dense => {
                 StoredTensor::Dense(tensor_from_f32(values, shape, dtype, device)?)

@@ -37,7 +37,7 @@ use candle_core::{DType, Device, Shape, Tensor};
 use super::int4::{check_packed, pack_nibbles};
 use super::{check_block, check_header, check_part_len, check_same_block};
 use crate::compressor::{header_bytes, Compressed, Compressor};
-use crate::error::{Error, Result};
+use crate::error::{Error, Num, Result};
 use crate::input::{check_finite, tensor_from_f32, with_f32_slice};
 use crate::kernels::blockwise::dequantize_affine_to_vec;
 
@@ -225,13 +225,13 @@ impl AffineTensor {
         if let Some(i) = scales.iter().position(|s| !s.is_finite() || *s < 0.0) {
             return Err(Error::Corrupt {
                 what: WHAT.into(),
-                reason: format!("scale {i} is {}, expected finite and >= 0", scales[i]),
+                reason: format!("scale {i} is {}, expected finite and >= 0", Num(scales[i])),
             });
         }
         if let Some(i) = zero_points.iter().position(|z| !z.is_finite()) {
             return Err(Error::Corrupt {
                 what: WHAT.into(),
-                reason: format!("zero point {i} is {}, expected finite", zero_points[i]),
+                reason: format!("zero point {i} is {}, expected finite", Num(zero_points[i])),
             });
         }
         Ok(Self {

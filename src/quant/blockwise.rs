@@ -45,7 +45,7 @@ use half::f16;
 
 use super::{check_block, check_header, check_part_len, check_same_block};
 use crate::compressor::{header_bytes, Compressed, Compressor};
-use crate::error::{Error, Result};
+use crate::error::{Error, Num, Result};
 use crate::input::{tensor_from_f32, with_f32_slice};
 use crate::kernels::blockwise::{dequantize_i8_blocks_to_vec, quantize_i8_blocks};
 
@@ -116,11 +116,12 @@ fn quantize(x: &[f32], block: usize) -> Result<(Vec<i8>, Vec<f16>)> {
         return Err(Error::invalid(
             "values",
             format!(
-                "block {b} (flat indices {}..{}) has max |x| = {amax}; its scale {} \
+                "block {b} (flat indices {}..{}) has max |x| = {}; its scale {} \
                  overflows f16 (max 65504); int8 blocks need max |x| < 8321040",
                 b * block,
                 b * block + chunk.len(),
-                amax / 127.0
+                Num(amax),
+                Num(amax / 127.0)
             ),
         ));
     }

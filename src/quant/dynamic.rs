@@ -406,7 +406,12 @@ impl DynamicTensor {
         codes
             .chunks_exact(row_len.max(1))
             .zip(&self.scales)
-            .flat_map(|(row, &s)| row.iter().map(move |&q| f32::from(q) * s))
+            // `scale = amax / qmax` rounds, so `qmax · scale` may land one ulp past
+            // `f32::MAX` for rows reaching it: clamp to keep a finite input finite.
+            .flat_map(|(row, &s)| {
+                row.iter()
+                    .map(move |&q| (f32::from(q) * s).clamp(-f32::MAX, f32::MAX))
+            })
             .collect()
     }
 

@@ -30,7 +30,7 @@ use half::f16;
 
 use super::{check_block, check_header, check_part_len, check_same_block, f16_round_up};
 use crate::compressor::{header_bytes, Compressed, Compressor};
-use crate::error::{Error, Result};
+use crate::error::{Error, Num, Result};
 use crate::input::{check_finite, tensor_from_f32, with_f32_slice};
 use crate::kernels::blockwise::dequantize_u4_lut_to_vec;
 
@@ -148,11 +148,12 @@ fn quantize(x: &[f32], group: usize) -> Result<(Vec<u8>, Vec<f16>)> {
             return Err(Error::invalid(
                 "values",
                 format!(
-                    "group {g} (flat indices {}..{}) has max |x| = {amax}; its scale {} \
-                     exceeds f16::MAX (65504); int4 needs max |x| <= 458528",
+                    "group {g} (flat indices {}..{}) has max |x| = {}; its scale {} \
+                     overflows f16 (max 65504); int4 needs max |x| <= 458528",
                     g * group,
                     g * group + chunk.len(),
-                    amax / 7.0
+                    Num(amax),
+                    Num(amax / 7.0)
                 ),
             ));
         }

@@ -34,7 +34,7 @@ use candle_core::{DType, Device, Shape, Tensor};
 use super::int4::{check_packed, pack_nibbles, unpack_nibbles};
 use super::{check_block, check_header, check_part_len, check_same_block};
 use crate::compressor::{header_bytes, Compressed, Compressor};
-use crate::error::{Error, Result};
+use crate::error::{Error, Num, Result};
 use crate::input::{check_finite, tensor_from_f32, with_f32_slice};
 use crate::kernels::blockwise::dequantize_u4_lut_to_vec;
 
@@ -212,7 +212,7 @@ impl Nf4Tensor {
         if let Some(i) = absmax.iter().position(|a| !a.is_finite() || *a < 0.0) {
             return Err(Error::Corrupt {
                 what: WHAT.into(),
-                reason: format!("absmax {i} is {}, expected finite and >= 0", absmax[i]),
+                reason: format!("absmax {i} is {}, expected finite and >= 0", Num(absmax[i])),
             });
         }
         Ok(Self {

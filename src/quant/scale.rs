@@ -27,7 +27,7 @@
 //! # Ok::<(), candle_compress::Error>(())
 //! ```
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Num, Result};
 use crate::input::check_finite;
 
 /// How the clip value (and so the scale) of a symmetric quantizer is chosen.
@@ -167,7 +167,7 @@ pub(crate) fn check_percentile(p: f32) -> Result<()> {
     } else {
         Err(Error::invalid(
             "percentile",
-            format!("must be in (0, 100], found {p}"),
+            format!("must be in (0, 100], found {}", Num(p)),
         ))
     }
 }

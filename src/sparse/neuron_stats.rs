@@ -33,7 +33,7 @@ use std::cmp::Ordering;
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Num, Result};
 use crate::input::{check_finite, with_f32_slice};
 use crate::sparse::permute::NeuronPermutation;
 
@@ -64,11 +64,11 @@ impl HotRule {
         match *self {
             HotRule::MinFrequency(min) if !(0.0..=1.0).contains(&min) => Err(Error::invalid(
                 "min_frequency",
-                format!("must be in [0, 1], found {min}"),
+                format!("must be in [0, 1], found {}", Num(min)),
             )),
             HotRule::TopFraction(f) if !(f > 0.0 && f <= 1.0) => Err(Error::invalid(
                 "fraction",
-                format!("must be in (0, 1], found {f}"),
+                format!("must be in (0, 1], found {}", Num(f)),
             )),
             _ => Ok(()),
         }
@@ -145,24 +145,21 @@ impl HotSet {
     /// index appears twice.
     pub fn from_indices(n_neurons: usize, hot: Vec<usize>) -> Result<Self> {
         check_n_neurons(n_neurons)?;
-        let mut seen = vec![false; n_neurons];
+        // Memory in the number of listed neurons, not in `n_neurons`: a saved hot set may
+        // claim any layer size (a 60-byte JSON can say 10^12), and must not allocate it.
+        let mut seen = std::collections::HashSet::with_capacity(hot.len());
         for (pos, &i) in hot.iter().enumerate() {
-            match seen.get_mut(i) {
-                None => {
-                    return Err(Error::invalid(
-                        "hot",
-                        format!(
-                            "index {i} at position {pos} is out of range for {n_neurons} neurons"
-                        ),
-                    ))
-                }
-                Some(true) => {
-                    return Err(Error::invalid(
-                        "hot",
-                        format!("neuron {i} listed twice (again at position {pos})"),
-                    ))
-                }
-                Some(s) => *s = true,
+            if i >= n_neurons {
+                return Err(Error::invalid(
+                    "hot",
+                    format!("index {i} at position {pos} is out of range for {n_neurons} neurons"),
+                ));
+            }
+            if !seen.insert(i) {
+                return Err(Error::invalid(
+                    "hot",
+                    format!("neuron {i} listed twice (again at position {pos})"),
+                ));
             }
         }
         Ok(Self { n_neurons, hot })
@@ -249,7 +246,8 @@ struct NeuronStatsRepr {
 impl TryFrom<NeuronStatsRepr> for NeuronStats {
     type Error = Error;
     fn try_from(r: NeuronStatsRepr) -> Result<Self> {
-        let mut s = NeuronStats::new(r.n_neurons, r.activation_threshold)?;
+        // Check the size against the counts actually present before `new` allocates
+        // `n_neurons` of them.
         if r.counts.len() != r.n_neurons {
             return Err(Error::metadata(
                 "NeuronStats counts length",
@@ -257,6 +255,7 @@ impl TryFrom<NeuronStatsRepr> for NeuronStats {
                 r.counts.len(),
             ));
         }
+        let mut s = NeuronStats::new(r.n_neurons, r.activation_threshold)?;
         if let Some(i) = r.counts.iter().position(|&c| c > r.rows) {
             return Err(Error::Corrupt {
                 what: "NeuronStats".into(),
@@ -295,7 +294,10 @@ impl NeuronStats {
         if !(activation_threshold.is_finite() && activation_threshold >= 0.0) {
             return Err(Error::invalid(
                 "activation_threshold",
-                format!("must be finite and >= 0, found {activation_threshold}"),
+                format!(
+                    "must be finite and >= 0, found {}",
+                    Num(activation_threshold)
+                ),
             ));
         }
         Ok(Self {
@@ -355,6 +357,7 @@ impl NeuronStats {
     /// naming the flat row-major index of the first NaN/±Inf. Nothing is recorded on error.
     pub fn record_activations(&mut self, activations: &Tensor) -> Result<()> {
         check_activation_shape(activations, self.n_neurons)?;
+        self.check_room(activations.elem_count() / self.n_neurons)?;
         with_f32_slice(activations, OP_ACT, |values| {
             check_finite(values, OP_ACT)?;
             for row in values.chunks_exact(self.n_neurons) {
@@ -372,6 +375,7 @@ impl NeuronStats {
     /// row lists a neuron twice (the message names the row). Nothing is recorded on error.
     pub fn record_indices<R: AsRef<[usize]>>(&mut self, rows: &[R]) -> Result<()> {
         check_index_rows(rows, self.n_neurons)?;
+        self.check_room(rows.len())?;
         for row in rows {
             self.add_index_row(row.as_ref());
         }
@@ -444,6 +448,26 @@ impl NeuronStats {
     /// As [`NeuronStats::hot`].
     pub fn hot_top_fraction(&self, fraction: f64) -> Result<HotSet> {
         self.hot(HotRule::TopFraction(fraction))
+    }
+
+    /// Refuses to record `new_rows` more rows when the row count would pass `u64::MAX`
+    /// (possible only for statistics restored from a file). Every count is `<= rows`, so
+    /// the counts cannot overflow either.
+    fn check_room(&self, new_rows: usize) -> Result<()> {
+        let fits = u64::try_from(new_rows)
+            .ok()
+            .and_then(|n| self.rows.checked_add(n))
+            .is_some();
+        if !fits {
+            return Err(Error::invalid(
+                "rows",
+                format!(
+                    "recording {new_rows} more rows would overflow the u64 row count ({} so far)",
+                    self.rows
+                ),
+            ));
+        }
+        Ok(())
     }
 
     /// Counts one validated row of activations.
@@ -594,7 +618,7 @@ impl TryFrom<HotSetTrackerRepr> for HotSetTracker {
         if !(r.history_rows.is_finite() && r.history_rows >= 0.0) {
             return Err(corrupt(format!(
                 "history_rows must be finite and >= 0, found {}",
-                r.history_rows
+                Num(r.history_rows)
             )));
         }
         if let Some(i) = r
@@ -604,7 +628,8 @@ impl TryFrom<HotSetTrackerRepr> for HotSetTracker {
         {
             return Err(corrupt(format!(
                 "history[{i}] = {} is not in [0, history_rows = {}]",
-                r.history[i], r.history_rows
+                Num(r.history[i]),
+                Num(r.history_rows)
             )));
         }
         // The hot set must be what the rule gives on the history (or empty before the
@@ -613,7 +638,7 @@ impl TryFrom<HotSetTrackerRepr> for HotSetTracker {
             if r.history_rows != 0.0 {
                 return Err(corrupt(format!(
                     "history_rows is {} before any reclassification",
-                    r.history_rows
+                    Num(r.history_rows)
                 )));
             }
             HotSet {
@@ -624,7 +649,8 @@ impl TryFrom<HotSetTrackerRepr> for HotSetTracker {
             if r.history_rows < 1.0 {
                 return Err(corrupt(format!(
                     "history_rows is {} after {} reclassifications (at least 1)",
-                    r.history_rows, r.reclassifications
+                    Num(r.history_rows),
+                    r.reclassifications
                 )));
             }
             r.rule.select(&r.history, r.history_rows)
@@ -688,7 +714,7 @@ impl HotSetTracker {
         if !(0.0..=1.0).contains(&decay) {
             return Err(Error::invalid(
                 "decay",
-                format!("must be in [0, 1], found {decay}"),
+                format!("must be in [0, 1], found {}", Num(decay)),
             ));
         }
         self.decay = decay;
@@ -764,6 +790,7 @@ impl HotSetTracker {
     pub fn record_activations(&mut self, activations: &Tensor) -> Result<usize> {
         let n = self.window.n_neurons;
         check_activation_shape(activations, n)?;
+        self.check_room(activations.elem_count() / n)?;
         with_f32_slice(activations, OP_TRACK, |values| {
             check_finite(values, OP_TRACK)?;
             let mut done = 0;
@@ -782,6 +809,7 @@ impl HotSetTracker {
     /// As [`NeuronStats::record_indices`]; nothing is recorded on error.
     pub fn record_indices<R: AsRef<[usize]>>(&mut self, rows: &[R]) -> Result<usize> {
         check_index_rows(rows, self.window.n_neurons)?;
+        self.check_room(rows.len())?;
         let mut done = 0;
         for row in rows {
             self.window.add_index_row(row.as_ref());
@@ -805,6 +833,25 @@ impl HotSetTracker {
         }
         self.reclassify();
         Ok(&self.hot)
+    }
+
+    /// Refuses `new_rows` more rows when the reclassification counter would pass
+    /// `u64::MAX` (possible only for a tracker restored from a file); the window's row
+    /// count stays below `every_rows`, so it cannot overflow.
+    fn check_room(&self, new_rows: usize) -> Result<()> {
+        let boundaries =
+            (u128::from(self.window.rows) + new_rows as u128) / u128::from(self.every_rows);
+        if u128::from(self.reclassifications) + boundaries > u128::from(u64::MAX) {
+            return Err(Error::invalid(
+                "rows",
+                format!(
+                    "recording {new_rows} more rows would overflow the u64 reclassification \
+                     count ({} so far)",
+                    self.reclassifications
+                ),
+            ));
+        }
+        Ok(())
     }
 
     fn after_row(&mut self) -> usize {
