@@ -670,7 +670,7 @@ mod tests {
         assert!(f.q8_0_blocks("w").is_err());
         assert_eq!(
             f.tensor_info("w").map(|i| i.dtype),
-            Some(GgufType::Q4_0.ggml_dtype())
+            GgufType::Q4_0.ggml_dtype()
         );
         Ok(())
     }

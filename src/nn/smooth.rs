@@ -560,7 +560,7 @@ fn check_fold(
         _ => f32::INFINITY,
     };
     let v = folded.flatten_all()?.to_vec1::<f32>()?;
-    if let Some(i) = v.iter().position(|x| !(x.abs() < limit)) {
+    if let Some(i) = v.iter().position(|x| x.is_nan() || x.abs() >= limit) {
         return Err(Error::invalid(
             "factors",
             format!(
