@@ -589,13 +589,9 @@ fn prune(
                 StoredTensor::Quantized(c) => writer.write_compressed(name, &c),
                 StoredTensor::Dense(t) => {
                     let dtype = dtypes.get(name).copied().unwrap_or(t.dtype());
-                    let (d, bytes) = tensor_bytes(&t.to_dtype(dtype)?)?;
-                    writer.write_raw(name, d, t.dims(), &bytes)
+                    writer.write_plain(name, &t.to_dtype(dtype)?)
                 }
-                other => {
-                    let (d, bytes) = tensor_bytes(&other.to_dense(&Device::Cpu)?)?;
-                    writer.write_raw(name, d, other.shape().dims(), &bytes)
-                }
+                other => writer.write_plain(name, &other.to_dense(&Device::Cpu)?),
             }
         },
     );
@@ -645,46 +641,6 @@ fn safetensors_dtype(d: DType) -> Dtype {
         DType::I64 => Dtype::I64,
         _ => Dtype::F32,
     }
-}
-
-/// A tensor's values as little-endian bytes, with their safetensors dtype.
-fn tensor_bytes(t: &Tensor) -> Result<(Dtype, Vec<u8>)> {
-    let t = t.flatten_all()?;
-    let bytes = match t.dtype() {
-        DType::F16 => t
-            .to_vec1::<half::f16>()?
-            .iter()
-            .flat_map(|v| v.to_le_bytes())
-            .collect(),
-        DType::BF16 => t
-            .to_vec1::<half::bf16>()?
-            .iter()
-            .flat_map(|v| v.to_le_bytes())
-            .collect(),
-        DType::F64 => t
-            .to_vec1::<f64>()?
-            .iter()
-            .flat_map(|v| v.to_le_bytes())
-            .collect(),
-        DType::U8 => t.to_vec1::<u8>()?,
-        DType::U32 => t
-            .to_vec1::<u32>()?
-            .iter()
-            .flat_map(|v| v.to_le_bytes())
-            .collect(),
-        DType::I64 => t
-            .to_vec1::<i64>()?
-            .iter()
-            .flat_map(|v| v.to_le_bytes())
-            .collect(),
-        _ => t
-            .to_dtype(DType::F32)?
-            .to_vec1::<f32>()?
-            .iter()
-            .flat_map(|v| v.to_le_bytes())
-            .collect(),
-    };
-    Ok((safetensors_dtype(t.dtype()), bytes))
 }
 
 fn inspect(path: &Path) -> CliResult<Value> {

@@ -973,6 +973,28 @@ impl StreamingWriter {
         self.write_item(name, &Value::Null, &[("", dtype, shape, data)])
     }
 
+    /// Writes the next declared item, an uncompressed candle tensor (declared as
+    /// [`PlannedItem::Raw`] with its safetensors dtype and shape).
+    ///
+    /// # Errors
+    /// [`Error::UnsupportedDType`] for dtypes the format has no plain layout for; as
+    /// [`StreamingWriter::write_raw`].
+    ///
+    /// ```
+    /// # use candle_compress::io::safetensors::{PlannedItem, StreamingWriter};
+    /// use safetensors::tensor::Dtype;
+    /// let dir = tempfile::tempdir()?;
+    /// let plan = vec![("b".to_string(), PlannedItem::Raw { dtype: Dtype::F32, shape: vec![2] })];
+    /// let mut w = StreamingWriter::create(dir.path().join("p.safetensors"), plan, Default::default())?;
+    /// w.write_plain("b", &candle_core::Tensor::new(&[1f32, 2.], &candle_core::Device::Cpu)?)?;
+    /// w.finish()?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn write_plain(&mut self, name: &str, tensor: &Tensor) -> Result<()> {
+        let dtype = st_dtype(tensor.dtype())?;
+        self.write_raw(name, dtype, tensor.dims(), &tensor_bytes(tensor)?)
+    }
+
     /// Bytes of tensor data written so far.
     ///
     /// ```

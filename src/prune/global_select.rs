@@ -7,7 +7,9 @@
 //! high 16 bits of the sign-cleared values finds the bin of the `k`-th smallest magnitude,
 //! a second histogram of the low 16 bits inside that bin finds the value, so the cut is
 //! bit for bit the one [`magnitude_prune_global`](super::magnitude_prune_global) computes
-//! over the same values in the same order.
+//! over the same values in the same order (it runs on this selector too; its tests check
+//! it against a sorted oracle, `tests/pipeline_streaming.rs` the streamed pipeline against
+//! the in-memory one).
 
 use super::prune::GlobalCut;
 
@@ -84,45 +86,6 @@ impl GlobalSelect {
         GlobalCut {
             threshold: f32::from_bits((bin << 16) | low as u32),
             at_threshold: k - below_high - below_low,
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::prune::prune::global_cut;
-
-    #[test]
-    fn streaming_selection_equals_the_in_memory_one() {
-        let mut s = 0x9e37_79b9_7f4a_7c15u64;
-        let mut next = move || {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            s
-        };
-        for trial in 0..40 {
-            let parts: Vec<Vec<f32>> = (0..3)
-                .map(|p| {
-                    (0..(17 + 31 * p + trial))
-                        .map(|_| match next() % 3 {
-                            0 => ((next() % 9) as f32 - 4.0) * 0.25, // many ties
-                            _ => f32::from_bits((next() as u32) & 0x3fff_ffff),
-                        })
-                        .collect()
-                })
-                .collect();
-            let slices: Vec<&[f32]> = parts.iter().map(Vec::as_slice).collect();
-            let total: usize = parts.iter().map(Vec::len).sum();
-            for k in [1, total / 3, total / 2 + 1, total] {
-                let mut sel = GlobalSelect::new();
-                parts.iter().for_each(|p| sel.count_high(p));
-                assert_eq!(sel.total(), total);
-                sel.finish_high(k);
-                parts.iter().for_each(|p| sel.count_low(p));
-                assert_eq!(sel.cut(k), global_cut(&slices, k), "trial {trial} k {k}");
-            }
         }
     }
 }

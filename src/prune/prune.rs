@@ -145,42 +145,11 @@ pub(crate) struct GlobalCut {
 /// Radix select of the `k`-th smallest magnitude over several slices (k >= 1, k <= total).
 pub(crate) fn global_cut(slices: &[&[f32]], k: usize) -> GlobalCut {
     debug_assert!(k >= 1);
-    // Pass 1: histogram of the high 16 bits of the sign-cleared pattern (15 used bits).
-    let mut hist = vec![0usize; 1 << 16];
-    for s in slices {
-        for &v in *s {
-            hist[(mag_bits(v) >> 16) as usize] += 1;
-        }
-    }
-    let (hi, below_hi) = find_bin(&hist, k);
-    // Pass 2: low 16 bits inside that bin.
-    hist.iter_mut().for_each(|c| *c = 0);
-    for s in slices {
-        for &v in *s {
-            let b = mag_bits(v);
-            if (b >> 16) as usize == hi {
-                hist[(b & 0xffff) as usize] += 1;
-            }
-        }
-    }
-    let (lo, below_lo) = find_bin(&hist, k - below_hi);
-    GlobalCut {
-        threshold: f32::from_bits(((hi as u32) << 16) | lo as u32),
-        at_threshold: k - below_hi - below_lo,
-    }
-}
-
-/// The bin holding the `k`-th smallest element (1-based) and the count below that bin.
-fn find_bin(hist: &[usize], k: usize) -> (usize, usize) {
-    let mut below = 0;
-    for (b, &c) in hist.iter().enumerate() {
-        if below + c >= k {
-            return (b, below);
-        }
-        below += c;
-    }
-    // Unreachable when k <= total; return the last bin defensively.
-    (hist.len() - 1, below)
+    let mut select = super::global_select::GlobalSelect::new();
+    slices.iter().for_each(|s| select.count_high(s));
+    select.finish_high(k);
+    slices.iter().for_each(|s| select.count_low(s));
+    select.cut(k)
 }
 
 /// Applies a [`GlobalCut`] to the slices in order; returns the zeroed non-zeros per slice.
