@@ -94,3 +94,58 @@ fn stored_part_whose_shape_disagrees_with_the_manifest_is_refused() -> Result<()
     }
     Ok(())
 }
+
+#[test]
+fn a_config_field_of_the_wrong_type_says_wrong_type_not_missing() {
+    use candle_compress::io::compressed_tensors::CtCheckpoint;
+    use candle_compress::io::reader::SafetensorsReader;
+    let none: [(&str, safetensors::tensor::TensorView); 0] = [];
+    let bytes = safetensors::serialize(none, None).unwrap();
+    let config = |weights: &str| {
+        format!(
+            r#"{{"quantization_config": {{"quant_method": "compressed-tensors",
+                "format": "int-quantized", "config_groups": {{"g": {{"targets": ["Linear"],
+                "weights": {weights}}}}}}}}}"#
+        )
+    };
+    for (weights, field) in [
+        (
+            r#"{"num_bits": "8", "type": "int", "strategy": "channel"}"#,
+            "num_bits",
+        ),
+        (
+            r#"{"num_bits": 8, "type": 1, "strategy": "channel"}"#,
+            "type",
+        ),
+        (
+            r#"{"num_bits": 8, "symmetric": "yes", "strategy": "channel"}"#,
+            "symmetric",
+        ),
+        (r#"{"num_bits": 8, "strategy": ["channel"]}"#, "strategy"),
+    ] {
+        let reader = SafetensorsReader::from_bytes(bytes.clone()).unwrap();
+        let err = CtCheckpoint::from_config_bytes(reader, config(weights).as_bytes())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("wrong type") && err.contains(field),
+            "{field}: {err}"
+        );
+    }
+    let reader = SafetensorsReader::from_bytes(bytes.clone()).unwrap();
+    let err = CtCheckpoint::from_config_bytes(
+        reader,
+        config(r#"{"type": "int", "strategy": "channel"}"#).as_bytes(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("missing") && !err.contains("wrong type"),
+        "{err}"
+    );
+    let reader = SafetensorsReader::from_bytes(bytes).unwrap();
+    let bad_format =
+        r#"{"quantization_config": {"quant_method": "compressed-tensors", "format": 3}}"#;
+    let err = CtCheckpoint::from_config_bytes(reader, bad_format.as_bytes()).unwrap_err();
+    assert!(err.to_string().contains("wrong type"), "{err}");
+}

@@ -716,6 +716,26 @@ fn corrupt(reason: impl Into<String>) -> Error {
 }
 
 /// Parses one group's `input_activations`.
+/// Config entry `key` of `obj`: `Ok(None)` when it is absent or null, the value when
+/// `get` accepts it, and an error saying "wrong type" (not "missing") when it is there
+/// with another JSON type. `at` prefixes the key in the message (e.g. `"group g: weights."`).
+fn entry<'a, T>(
+    obj: &'a Value,
+    at: &str,
+    key: &str,
+    expected: &str,
+    get: impl Fn(&'a Value) -> Option<T>,
+) -> Result<Option<T>> {
+    match obj.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => get(v).map(Some).ok_or_else(|| {
+            corrupt(format!(
+                "{at}{key} has the wrong type ({v}), expected {expected}"
+            ))
+        }),
+    }
+}
+
 fn parse_activations(gname: &str, a: Option<&Value>) -> Result<ActArgs> {
     let a = match a {
         None | Some(Value::Null) => return Ok(ActArgs::None),
@@ -726,11 +746,12 @@ fn parse_activations(gname: &str, a: Option<&Value>) -> Result<ActArgs> {
             )))
         }
     };
-    let bits = a.get("num_bits").and_then(Value::as_u64);
-    let ty = a.get("type").and_then(Value::as_str).unwrap_or("int");
-    let symmetric = a.get("symmetric").and_then(Value::as_bool).unwrap_or(true);
-    let dynamic = a.get("dynamic").and_then(Value::as_bool).unwrap_or(false);
-    let strategy = a.get("strategy").and_then(Value::as_str).unwrap_or("");
+    let at = format!("group {gname}: input_activations.");
+    let bits = entry(a, &at, "num_bits", "an integer", Value::as_u64)?;
+    let ty = entry(a, &at, "type", "a string", Value::as_str)?.unwrap_or("int");
+    let symmetric = entry(a, &at, "symmetric", "a boolean", Value::as_bool)?.unwrap_or(true);
+    let dynamic = entry(a, &at, "dynamic", "a boolean", Value::as_bool)?.unwrap_or(false);
+    let strategy = entry(a, &at, "strategy", "a string", Value::as_str)?.unwrap_or("");
     Ok(match (bits, ty, symmetric, dynamic, strategy) {
         (Some(8), "int", true, true, "token") => ActArgs::DynamicToken,
         (Some(8), "int", true, true, "tensor") => ActArgs::DynamicTensor,
@@ -936,9 +957,7 @@ impl CtCheckpoint {
                 supported: "compressed-tensors".into(),
             });
         }
-        let format = q
-            .get("format")
-            .and_then(Value::as_str)
+        let format = entry(q, "", "format", "a string", Value::as_str)?
             .ok_or_else(|| corrupt("missing \"format\" (a string)"))?;
         const FORMATS: [&str; 3] = ["int-quantized", "pack-quantized", "mixed-precision"];
         if !FORMATS.contains(&format) {
@@ -948,25 +967,23 @@ impl CtCheckpoint {
                 supported: "int-quantized, pack-quantized, mixed-precision".into(),
             });
         }
-        let groups_obj = q
-            .get("config_groups")
-            .and_then(Value::as_object)
+        let groups_obj = entry(q, "", "config_groups", "an object", Value::as_object)?
             .ok_or_else(|| corrupt("missing \"config_groups\" object"))?;
         let mut groups = Vec::new();
         for (gname, g) in groups_obj {
             let w = g
                 .get("weights")
                 .ok_or_else(|| corrupt(format!("group {gname} has no \"weights\"")))?;
-            let num_bits = w
-                .get("num_bits")
-                .and_then(Value::as_u64)
-                .ok_or_else(|| corrupt(format!("group {gname}: weights.num_bits")))?;
-            let ty = w.get("type").and_then(Value::as_str).unwrap_or("int");
-            let symmetric = w.get("symmetric").and_then(Value::as_bool).unwrap_or(true);
+            let at = format!("group {gname}: weights.");
+            let num_bits = entry(w, &at, "num_bits", "an integer", Value::as_u64)?
+                .ok_or_else(|| corrupt(format!("group {gname}: weights.num_bits is missing")))?;
+            let ty = entry(w, &at, "type", "a string", Value::as_str)?.unwrap_or("int");
+            let symmetric =
+                entry(w, &at, "symmetric", "a boolean", Value::as_bool)?.unwrap_or(true);
             let actorder = w
                 .get("actorder")
                 .is_some_and(|a| !a.is_null() && a != false);
-            let strategy = w.get("strategy").and_then(Value::as_str).unwrap_or("");
+            let strategy = entry(w, &at, "strategy", "a string", Value::as_str)?.unwrap_or("");
             let supported = ty == "int"
                 && symmetric
                 && !actorder
