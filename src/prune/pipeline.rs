@@ -358,6 +358,24 @@ struct Work {
     stored: StoredTensor,
 }
 
+impl Work {
+    /// A tensor about to go through the stages: its values as f32 (refused when
+    /// non-finite, the error naming `op`), stored dense until a stage changes it.
+    fn new(name: &str, t: Tensor, op: &'static str) -> Result<Self> {
+        let d = FloatData::from_tensor_finite(&t, op)?;
+        Ok(Work {
+            name: name.to_string(),
+            values: d.values,
+            shape: d.shape,
+            dtype: d.dtype,
+            device: t.device().clone(),
+            nm: None,
+            quantize: None,
+            stored: StoredTensor::Dense(t),
+        })
+    }
+}
+
 fn nnz(v: &[f32]) -> usize {
     v.iter().filter(|x| **x != 0.0).count()
 }
@@ -519,19 +537,10 @@ impl Pipeline {
                 out.insert(name.clone(), StoredTensor::Dense(t.clone()));
                 continue;
             }
-            let d = FloatData::from_tensor_finite(t, "Pipeline::run").inspect_err(|e| {
+            let w = Work::new(name, t.clone(), "Pipeline::run").inspect_err(|e| {
                 tracing::warn!(tensor = %name, error = %e, "pipeline: refused input");
             })?;
-            work.push(Work {
-                name: name.clone(),
-                values: d.values,
-                shape: d.shape,
-                dtype: d.dtype,
-                device: t.device().clone(),
-                nm: None,
-                quantize: None,
-                stored: StoredTensor::Dense(t.clone()),
-            });
+            work.push(w);
         }
         let skipped_by_rules = lines.len();
 
@@ -744,17 +753,7 @@ impl Pipeline {
         if self.skip.reason(name, t.rank(), t.dtype()).is_some() {
             return Ok(());
         }
-        let d = FloatData::from_tensor_finite(&t, "Pipeline::run_streaming")?;
-        let mut work = vec![Work {
-            name: name.to_string(),
-            values: d.values,
-            shape: d.shape,
-            dtype: d.dtype,
-            device: t.device().clone(),
-            nm: None,
-            quantize: None,
-            stored: StoredTensor::Dense(t),
-        }];
+        let mut work = vec![Work::new(name, t, "Pipeline::run_streaming")?];
         for (si, stage) in self.stages.iter().enumerate() {
             let applies = stage_applies(stage, &work);
             let cut = matches!(stage, Stage::PruneGlobal { .. }).then(|| &mut cuts[si]);
@@ -881,17 +880,7 @@ impl Pipeline {
             if self.skip.reason(name, t.rank(), t.dtype()).is_some() {
                 continue;
             }
-            let d = FloatData::from_tensor_finite(t, "Pipeline::estimate_tensors")?;
-            work.push(Work {
-                name: name.clone(),
-                values: d.values,
-                shape: d.shape,
-                dtype: d.dtype,
-                device: t.device().clone(),
-                nm: None,
-                quantize: None,
-                stored: StoredTensor::Dense(t.clone()),
-            });
+            work.push(Work::new(name, t.clone(), "Pipeline::estimate_tensors")?);
         }
         // Same order as `run`, so global ties resolve identically.
         work.sort_by(|a, b| a.name.cmp(&b.name));
