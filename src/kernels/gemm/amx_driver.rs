@@ -17,8 +17,12 @@
 //!
 //! `tdpbssd C(i,j), A(i), B(j)` adds `Σ_k A[m][4k+q]·B[k][4n+q]` (s8 × s8 → i32): with
 //! the panel layout (16 channels × 4 inputs per 64-byte line) a run of `kt/4` lines of a
-//! panel *is* the B tile, so W8 weights are read in place. Microkernels cover 1–2 row tiles
-//! × 1–2 panels and store C into a `[32][LDC]` i32 buffer.
+//! panel *is* the B tile, so W8 weights are read in place. Activations are copied once
+//! per call into whole A tiles (16 rows × `kt` bytes, contiguous, 64-byte aligned: see
+//! `prep_a`), so every tile load reads one contiguous kilobyte. Microkernels cover 1–2 row
+//! tiles × 1–2 panels, start from zero or from the C tiles a previous call stored (the
+//! W8 tail chunk), and store C into a `[32][LDC]` i32 buffer. They are software pipelined
+//! (`amx.rs`).
 //!
 //! # Exactness
 //!
@@ -45,7 +49,7 @@ use super::driver::{
     epilogue_w8, finish_w8_generic, plan, run_tasks, store_row, OutPtr, W8Finish, W8FinishFn, LDC,
     MR_MAX,
 };
-use super::pack::{PackedW4, PackedW8, NR};
+use super::pack::{AlignedBytes, PackedW4, PackedW8, NR};
 use super::{finish_w4, K_BLOCK};
 
 /// Rows of an A / C tile.
@@ -111,33 +115,34 @@ impl TileConfig {
     }
 }
 
-/// Operands of one microkernel call: `mt` row tiles × `nt` panels over `chunks` K chunks
-/// (plus an optional tail chunk), results stored to `c`.
+/// Operands of one microkernel call: `mt` row tiles × `nt` panels over `chunks ≥ 1` K
+/// chunks, results stored to `c`.
 #[derive(Clone, Copy, Debug)]
 #[repr(C)]
 pub(crate) struct TileArgs {
-    /// A row 0 at the first chunk; row tile 1 starts `16 · lda` bytes later.
+    /// Row tile 0's A tile of the first chunk.
     pub a: *const u8,
-    /// Bytes between activation rows.
+    /// Bytes between the rows of an A tile.
     pub lda: usize,
+    /// Bytes from row tile 0's A tile to row tile 1's (same chunk).
+    pub a_tile: usize,
     /// Panel 0's B tile of the first chunk (lines of 64 bytes, consecutive).
     pub b: *const u8,
-    /// Bytes from panel 0 to panel 1.
+    /// Bytes from panel 0's B tile to panel 1's (same chunk).
     pub ldp: usize,
-    /// Chunks read from `a` and `b` (may be 0).
+    /// Chunks read from `a` and `b` (at least 1).
     pub chunks: usize,
-    /// Bytes `a` advances per chunk (`kt`).
+    /// Bytes `a` advances per chunk.
     pub a_step: usize,
     /// Bytes `b` advances per chunk (`kt / 4` lines = `16 · kt`).
     pub b_step: usize,
-    /// Null, or one more chunk after the others: A continues, the B tiles are read from
-    /// here (panel 0) and `tail + 1024` (panel 1), 16 lines of 64 bytes each.
-    pub tail: *const u8,
+    /// Start from the C tiles stored at `c` (a previous call's sums) instead of zero.
+    pub acc: bool,
     /// C tile (i, j) is stored at `c + i·16·C_STRIDE + j·64` bytes, rows `C_STRIDE` apart.
     pub c: *mut i32,
 }
 
-/// One microkernel: zero the C tiles, accumulate every chunk, store C.
+/// One microkernel: zero (or load) the C tiles, accumulate every chunk, store C.
 pub(crate) type TileFn = unsafe fn(&TileArgs);
 
 /// One ISA's (or the emulation's) AMX entry points: the shape a per-ISA dispatch table
@@ -194,15 +199,28 @@ pub(crate) fn w4_tile_k(group: usize) -> usize {
         .expect("4 divides every W4 group (a multiple of 8)")
 }
 
-/// Activations as s8 bytes in rows of `kp` bytes, rows padded to a multiple of 16, all
-/// padding zero.
-fn prep_a(qx: &[i8], rows: usize, k: usize, kp: usize) -> Vec<u8> {
-    let rows_p = rows.next_multiple_of(TILE_ROWS);
-    let mut a = vec![0u8; rows_p * kp];
+/// Activations packed as whole A tiles: row tile `rt` (rows `16·rt..16·rt + 16`, padded
+/// with zero rows), K chunk `c` (inputs `kt·c..kt·c + kt`, padded with zero inputs up to
+/// `kp`, a multiple of `kt`) is the `16 × kt`-byte block at `(rt·(kp/kt) + c)·16·kt`,
+/// rows `kt` bytes apart.
+///
+/// Each tile load then reads one contiguous run (a K step of the microkernel advances by
+/// one tile): the hardware prefetchers see one stream per row tile instead of 16 strided
+/// ones, and no two rows of a tile compete for the same L1 set.
+fn prep_a(qx: &[i8], rows: usize, k: usize, kp: usize, kt: usize) -> AlignedBytes {
+    debug_assert!(kp >= k && kp.is_multiple_of(kt));
+    let chunks = kp / kt;
+    let tile = TILE_ROWS * kt;
+    let mut a = AlignedBytes::zeroed(rows.next_multiple_of(TILE_ROWS) * kp);
+    let dst = a.bytes_mut();
     if k > 0 {
-        for (dst, src) in a.chunks_exact_mut(kp).zip(qx.chunks_exact(k)) {
-            for (d, &s) in dst.iter_mut().zip(src) {
-                *d = s as u8;
+        for (r, src) in qx.chunks_exact(k).take(rows).enumerate() {
+            let base = (r / TILE_ROWS) * chunks * tile + (r % TILE_ROWS) * kt;
+            for (c, part) in src.chunks(kt).enumerate() {
+                let d = &mut dst[base + c * tile..][..part.len()];
+                for (d, &s) in d.iter_mut().zip(part) {
+                    *d = s as u8;
+                }
             }
         }
     }
@@ -252,21 +270,25 @@ pub(crate) unsafe fn matmul_w8a8(
 ) {
     let (n, k, k4, panels) = (w.out_features(), w.in_features(), w.k4(), w.panels());
     let kp = k4.next_multiple_of(CHUNK_K4) * 4;
-    let a = prep_a(qx, rows, k, kp);
+    let a = prep_a(qx, rows, k, kp, 64);
+    let a = a.bytes();
+    let a_tile = kp * TILE_ROWS;
     let bytes = w.bytes();
     let panel_bytes = k4 * 64;
     // The last, partial chunk of every panel, zero padded to a whole B tile.
     let full_k4 = k4 / CHUNK_K4 * CHUNK_K4;
-    let tails: Vec<u8> = if k4 > full_k4 {
-        let mut t = vec![0u8; panels.next_multiple_of(NT) * B_TILE_BYTES];
+    let tails = if k4 > full_k4 {
+        let mut t = AlignedBytes::zeroed(panels.next_multiple_of(NT) * B_TILE_BYTES);
+        let tb = t.bytes_mut();
         for p in 0..panels {
             let src = &bytes[p * panel_bytes + full_k4 * 64..(p + 1) * panel_bytes];
-            t[p * B_TILE_BYTES..p * B_TILE_BYTES + src.len()].copy_from_slice(src);
+            tb[p * B_TILE_BYTES..p * B_TILE_BYTES + src.len()].copy_from_slice(src);
         }
         t
     } else {
-        Vec::new()
+        AlignedBytes::zeroed(0)
     };
+    let tails = tails.bytes();
     let kblocks = super::pack::kblocks(k);
     let block_k4 = K_BLOCK / 4;
     let cfg = TileConfig::new(64);
@@ -287,37 +309,49 @@ pub(crate) unsafe fn matmul_w8a8(
                 for kb in 0..kblocks {
                     let s0 = kb * block_k4;
                     let steps = (k4 - s0).min(block_k4);
-                    let has_tail = !steps.is_multiple_of(CHUNK_K4);
+                    let (full, has_tail) = (steps / CHUNK_K4, !steps.is_multiple_of(CHUNK_K4));
                     let args = TileArgs {
-                        a: a[r0 * kp + s0 * 4..].as_ptr(),
-                        lda: kp,
+                        a: a[r0 * kp + s0 / CHUNK_K4 * B_TILE_BYTES..].as_ptr(),
+                        lda: 64,
+                        a_tile,
                         b: bytes[p0 * panel_bytes + s0 * 64..].as_ptr(),
                         ldp: panel_bytes,
-                        chunks: steps / CHUNK_K4,
-                        a_step: 64,
+                        chunks: full,
+                        a_step: B_TILE_BYTES,
                         b_step: B_TILE_BYTES,
-                        tail: if has_tail {
-                            tails[p0 * B_TILE_BYTES..].as_ptr()
-                        } else {
-                            std::ptr::null()
-                        },
+                        acc: false,
                         c: c.0.as_mut_ptr(),
                     };
-                    // SAFETY: A: `mt·16` rows from `r0` (inside the row padding of `a`),
-                    // `(chunks + tail)·64 ≤ kp` bytes each from `s0·4`; B: `nt` panels of
-                    // `chunks·16` lines from step `s0` (inside the panel: full chunks end
-                    // at or before `k4`), tails of `nt` KiB inside `tails`; C: the whole
-                    // `c` buffer. The caller guarantees the CPU support; the tile
-                    // configuration was loaded on this thread by `_scope`.
-                    unsafe { f(&args) };
-                    if kblocks == 1 {
-                        break;
+                    if full > 0 {
+                        // SAFETY: A: the block's row tiles (inside the packed, padded
+                        // activations), `full` tiles from chunk `s0/16`; B: `nt` panels of
+                        // `full·16` lines from step `s0` (full chunks end at or before
+                        // `k4`); C: the whole `c` buffer. The caller guarantees the CPU
+                        // support; `_scope` loaded the configuration on this thread.
+                        unsafe { f(&args) };
                     }
-                    for r in 0..mr {
-                        for j in 0..cols {
-                            let v = i64::from(c.0[r * LDC + j]);
-                            let d = &mut c64[r * LDC + j];
-                            *d = if kb == 0 { v } else { *d + v };
+                    if has_tail {
+                        let tail = TileArgs {
+                            a: args.a.wrapping_add(full * B_TILE_BYTES),
+                            b: tails[p0 * B_TILE_BYTES..].as_ptr(),
+                            ldp: B_TILE_BYTES,
+                            chunks: 1,
+                            acc: full > 0,
+                            ..args
+                        };
+                        // SAFETY: as above, for the A tile after the full chunks (the
+                        // activations are padded to whole chunks) and the `nt` zero-padded
+                        // tail tiles inside `tails`; with `acc`, C holds the sums the call
+                        // above stored.
+                        unsafe { f(&tail) };
+                    }
+                    if kblocks > 1 {
+                        for r in 0..mr {
+                            for j in 0..cols {
+                                let v = i64::from(c.0[r * LDC + j]);
+                                let d = &mut c64[r * LDC + j];
+                                *d = if kb == 0 { v } else { *d + v };
+                            }
                         }
                     }
                 }
@@ -383,16 +417,18 @@ pub(crate) unsafe fn matmul_w4a8(
     );
     // k4 = groups·group/4: already whole groups, so whole chunks of `kt`.
     let kp = k4 * 4;
-    let a = prep_a(qx, rows, k, kp);
+    let kt = w4_tile_k(group);
+    let a = prep_a(qx, rows, k, kp, kt);
+    let a = a.bytes();
     let bytes = w.bytes();
     let pscales = w.panel_scales();
-    let kt = w4_tile_k(group);
     let cfg = TileConfig::new(kt);
     let out_ptr = OutPtr(out);
     let tasks = plan(rows, panels, BLOCK_ROWS, NT, rows * n * k);
     run_tasks(&tasks, |task| {
         let mut c = CBuf([0; BLOCK_ROWS * LDC]);
-        let mut unpacked = vec![0u8; NT * k4 * 64];
+        let mut unpacked = AlignedBytes::zeroed(NT * k4 * 64);
+        let unpacked = unpacked.bytes_mut();
         let mut sums = [0f32; BLOCK_ROWS * BLOCK_ROWS];
         // SAFETY: the caller guarantees `kern` runs on this CPU.
         let _scope = unsafe { TileScope::new(kern, &cfg) };
@@ -414,14 +450,15 @@ pub(crate) unsafe fn matmul_w4a8(
                 sums.fill(0.0);
                 for g in 0..groups {
                     let args = TileArgs {
-                        a: a[r0 * kp + g * group..].as_ptr(),
-                        lda: kp,
+                        a: a[r0 * kp + g * group * TILE_ROWS..].as_ptr(),
+                        lda: kt,
+                        a_tile: kp * TILE_ROWS,
                         b: unpacked[g * group * 16..].as_ptr(),
                         ldp: k4 * 64,
                         chunks: group / kt,
-                        a_step: kt,
+                        a_step: kt * TILE_ROWS,
                         b_step: kt * 16,
-                        tail: std::ptr::null(),
+                        acc: false,
                         c: c.0.as_mut_ptr(),
                     };
                     // SAFETY: A: `mt·16` padded rows, bytes `g·group..(g+1)·group ≤ kp`;

@@ -25,8 +25,8 @@
 use std::cell::RefCell;
 
 use super::amx_driver::{
-    combine_w4_generic, unpack_w4_generic, AmxKernels, TileArgs, TileConfig, TileFn, B_TILE_BYTES,
-    C_STRIDE, TILE_ROWS,
+    combine_w4_generic, unpack_w4_generic, AmxKernels, TileArgs, TileConfig, TileFn, C_STRIDE,
+    TILE_ROWS,
 };
 
 /// Bytes per tile register row.
@@ -193,41 +193,40 @@ pub(crate) fn tdpbssd(c: usize, a: usize, b: usize) {
 /// `t` must satisfy the [`TileArgs`] contract for `MT` row tiles and `NT` panels, with a
 /// configuration loaded on this thread.
 unsafe fn tile<const MT: usize, const NT: usize>(t: &TileArgs) {
+    assert!(t.chunks > 0, "AMX microkernel called with no K chunk");
+    let c_at = |i: usize, j: usize| t.c.cast::<u8>().wrapping_add(i * TILE_ROWS * C_STRIDE + j * 64);
     for i in 0..MT {
         for j in 0..NT {
-            tilezero(2 * i + j);
+            if t.acc {
+                // SAFETY: C tile (i, j) inside the caller's C buffer (the `acc` contract).
+                unsafe { tileloadd(2 * i + j, c_at(i, j).cast_const(), C_STRIDE) };
+            } else {
+                tilezero(2 * i + j);
+            }
         }
     }
-    // One K chunk: A tiles from `a`, B tiles from `b0` / `b1`, then the products.
-    let step = |a: *const u8, b0: *const u8, b1: *const u8| {
+    let (mut a, mut b) = (t.a, t.b);
+    for _ in 0..t.chunks {
         for i in 0..MT {
-            // SAFETY: row tile `i` of the chunk, inside the padded activations.
-            unsafe { tileloadd(4 + i, a.wrapping_add(i * TILE_ROWS * t.lda), t.lda) };
+            // SAFETY: row tile `i` of the chunk, inside the packed activations.
+            unsafe { tileloadd(4 + i, a.wrapping_add(i * t.a_tile), t.lda) };
         }
-        for (j, b) in [b0, b1].into_iter().enumerate().take(NT) {
-            // SAFETY: the chunk's lines of panel `j`.
-            unsafe { tileloadd(6 + j, b, 64) };
+        for j in 0..NT {
+            // SAFETY: the chunk's B tile of panel `j`.
+            unsafe { tileloadd(6 + j, b.wrapping_add(j * t.ldp), 64) };
         }
         for i in 0..MT {
             for j in 0..NT {
                 tdpbssd(2 * i + j, 4 + i, 6 + j);
             }
         }
-    };
-    let (mut a, mut b) = (t.a, t.b);
-    for _ in 0..t.chunks {
-        step(a, b, b.wrapping_add(t.ldp));
         a = a.wrapping_add(t.a_step);
         b = b.wrapping_add(t.b_step);
     }
-    if !t.tail.is_null() {
-        step(a, t.tail, t.tail.wrapping_add(B_TILE_BYTES));
-    }
     for i in 0..MT {
         for j in 0..NT {
-            let at = i * TILE_ROWS * C_STRIDE + j * 64;
             // SAFETY: C tile (i, j) inside the caller's C buffer.
-            unsafe { tilestored(2 * i + j, t.c.cast::<u8>().wrapping_add(at), C_STRIDE) };
+            unsafe { tilestored(2 * i + j, c_at(i, j), C_STRIDE) };
         }
     }
 }

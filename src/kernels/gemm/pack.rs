@@ -45,6 +45,32 @@ fn lines_as_bytes_mut(lines: &mut [Line]) -> &mut [u8] {
     unsafe { std::slice::from_raw_parts_mut(lines.as_mut_ptr().cast::<u8>(), lines.len() * 64) }
 }
 
+/// Zeroed scratch bytes that start on a 64-byte boundary (whole [`Line`]s): the tile
+/// and vector loads of the AMX driver read its activation and tail buffers row by row, and
+/// a row that starts off a cache line costs two line reads instead of one.
+pub(crate) struct AlignedBytes {
+    lines: Vec<Line>,
+    len: usize,
+}
+
+impl AlignedBytes {
+    /// `len` zero bytes (rounded up to whole lines inside; only `len` are exposed).
+    pub(crate) fn zeroed(len: usize) -> AlignedBytes {
+        AlignedBytes {
+            lines: vec![Line([0; 64]); len.div_ceil(64)],
+            len,
+        }
+    }
+
+    pub(crate) fn bytes(&self) -> &[u8] {
+        &lines_as_bytes(&self.lines)[..self.len]
+    }
+
+    pub(crate) fn bytes_mut(&mut self) -> &mut [u8] {
+        &mut lines_as_bytes_mut(&mut self.lines)[..self.len]
+    }
+}
+
 /// Int8 weights `[out, in]` with one f32 scale per output channel, packed once into the
 /// panel layout every kernel reads (see the module docs of [`crate::kernels::gemm`]).
 ///
