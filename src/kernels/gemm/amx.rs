@@ -16,10 +16,13 @@
 
 use std::arch::asm;
 
+use std::arch::x86_64::*;
+
 use super::amx_driver::{
-    combine_w4_generic, unpack_w4_generic, AmxKernels, TileArgs, TileConfig, TileFn, C_STRIDE,
+    AmxKernels, GroupArgs, GroupFn, TileArgs, TileConfig, TileFn, C_STRIDE, GROUP_C, GROUP_C_BYTES,
     TILE_ROWS,
 };
+use super::pack::NR;
 
 /// Bytes from C tile row 0 to the second row tile's C (16 rows of the C buffer).
 const C_ROW_TILE: usize = TILE_ROWS * C_STRIDE;
@@ -318,6 +321,282 @@ unsafe fn tile_1x1(t: &TileArgs) {
     }
 }
 
+/// Group-wise 2 row tile(s) × 2 panel(s) (the W4A8 microkernel): `groups` runs of
+/// `group_chunks` chunks, each summed from zero and stored to its own C tiles (see
+/// [`GroupArgs`]). One block for every group, pipelined as [`tile_2x2`] across group
+/// ends too: the next chunk's operand loads are in flight while a group's C is stored.
+///
+/// # Safety
+/// AMX usable with this thread's configuration loaded (`TileConfig::new(lda)`); `t`
+/// satisfies the [`GroupArgs`] contract for 2 row tile(s) and 2 panel(s).
+unsafe fn group_2x2(t: &GroupArgs) {
+    // SAFETY: the loads read `groups·group_chunks` consecutive A tiles per row tile and B
+    // tiles per panel, the ranges the caller vouches for; the stores write the `groups`
+    // C areas of `GROUP_C_BYTES` at `c`.
+    unsafe {
+        asm!(
+            "tilezero tmm0",
+            "tilezero tmm1",
+            "tilezero tmm2",
+            "tilezero tmm3",
+            "tileloadd tmm4, [{a0} + {lda}*1]",
+            "tileloadd tmm6, [{b0} + {s}*1]",
+            "tileloadd tmm7, [{b1} + {s}*1]",
+            "tileloadd tmm5, [{a1} + {lda}*1]",
+            "mov {k}, {gc}",
+            "dec {n}",
+            "jz 5f",
+            "4:",
+            "add {a0}, {step}",
+            "add {a1}, {step}",
+            "add {b0}, {step}",
+            "add {b1}, {step}",
+            "tdpbssd tmm0, tmm4, tmm6",
+            "tdpbssd tmm1, tmm4, tmm7",
+            "tileloadd tmm4, [{a0} + {lda}*1]",
+            "tdpbssd tmm2, tmm5, tmm6",
+            "tileloadd tmm6, [{b0} + {s}*1]",
+            "tdpbssd tmm3, tmm5, tmm7",
+            "tileloadd tmm5, [{a1} + {lda}*1]",
+            "tileloadd tmm7, [{b1} + {s}*1]",
+            "dec {k}",
+            "jnz 6f",
+            "tilestored [{c} + {s}*1 + 0], tmm0",
+            "tilestored [{c} + {s}*1 + 1024], tmm1",
+            "tilestored [{c} + {s}*1 + 2048], tmm2",
+            "tilestored [{c} + {s}*1 + 3072], tmm3",
+            "add {c}, {gbytes}",
+            "tilezero tmm0",
+            "tilezero tmm1",
+            "tilezero tmm2",
+            "tilezero tmm3",
+            "mov {k}, {gc}",
+            "6:",
+            "dec {n}",
+            "jnz 4b",
+            "5:",
+            "tdpbssd tmm0, tmm4, tmm6",
+            "tdpbssd tmm1, tmm4, tmm7",
+            "tdpbssd tmm2, tmm5, tmm6",
+            "tdpbssd tmm3, tmm5, tmm7",
+            "tilestored [{c} + {s}*1 + 0], tmm0",
+            "tilestored [{c} + {s}*1 + 1024], tmm1",
+            "tilestored [{c} + {s}*1 + 2048], tmm2",
+            "tilestored [{c} + {s}*1 + 3072], tmm3",
+            a0 = inout(reg) t.a => _,
+            a1 = inout(reg) t.a.wrapping_add(t.a_tile) => _,
+            b0 = inout(reg) t.b => _,
+            b1 = inout(reg) t.b.wrapping_add(t.ldp) => _,
+            n = inout(reg) t.groups * t.group_chunks => _,
+            k = out(reg) _,
+            gc = in(reg) t.group_chunks,
+            s = in(reg) 64usize,
+            lda = in(reg) t.lda,
+            step = in(reg) t.step,
+            c = inout(reg) t.c => _,
+            gbytes = const GROUP_C_BYTES,
+            out("tmm0") _, out("tmm1") _, out("tmm2") _, out("tmm3") _,
+            out("tmm4") _, out("tmm5") _, out("tmm6") _, out("tmm7") _,
+            options(nostack),
+        );
+    }
+}
+
+/// Group-wise 2 row tile(s) × 1 panel(s) (the W4A8 microkernel): `groups` runs of
+/// `group_chunks` chunks, each summed from zero and stored to its own C tiles (see
+/// [`GroupArgs`]). One block for every group, pipelined as [`tile_2x2`] across group
+/// ends too: the next chunk's operand loads are in flight while a group's C is stored.
+///
+/// # Safety
+/// AMX usable with this thread's configuration loaded (`TileConfig::new(lda)`); `t`
+/// satisfies the [`GroupArgs`] contract for 2 row tile(s) and 1 panel(s).
+unsafe fn group_2x1(t: &GroupArgs) {
+    // SAFETY: the loads read `groups·group_chunks` consecutive A tiles per row tile and B
+    // tiles per panel, the ranges the caller vouches for; the stores write the `groups`
+    // C areas of `GROUP_C_BYTES` at `c`.
+    unsafe {
+        asm!(
+            "tilezero tmm0",
+            "tilezero tmm2",
+            "tileloadd tmm4, [{a0} + {lda}*1]",
+            "tileloadd tmm6, [{b0} + {s}*1]",
+            "tileloadd tmm5, [{a1} + {lda}*1]",
+            "mov {k}, {gc}",
+            "dec {n}",
+            "jz 5f",
+            "4:",
+            "add {a0}, {step}",
+            "add {a1}, {step}",
+            "add {b0}, {step}",
+            "tdpbssd tmm0, tmm4, tmm6",
+            "tileloadd tmm4, [{a0} + {lda}*1]",
+            "tdpbssd tmm2, tmm5, tmm6",
+            "tileloadd tmm5, [{a1} + {lda}*1]",
+            "tileloadd tmm6, [{b0} + {s}*1]",
+            "dec {k}",
+            "jnz 6f",
+            "tilestored [{c} + {s}*1 + 0], tmm0",
+            "tilestored [{c} + {s}*1 + 2048], tmm2",
+            "add {c}, {gbytes}",
+            "tilezero tmm0",
+            "tilezero tmm2",
+            "mov {k}, {gc}",
+            "6:",
+            "dec {n}",
+            "jnz 4b",
+            "5:",
+            "tdpbssd tmm0, tmm4, tmm6",
+            "tdpbssd tmm2, tmm5, tmm6",
+            "tilestored [{c} + {s}*1 + 0], tmm0",
+            "tilestored [{c} + {s}*1 + 2048], tmm2",
+            a0 = inout(reg) t.a => _,
+            a1 = inout(reg) t.a.wrapping_add(t.a_tile) => _,
+            b0 = inout(reg) t.b => _,
+            n = inout(reg) t.groups * t.group_chunks => _,
+            k = out(reg) _,
+            gc = in(reg) t.group_chunks,
+            s = in(reg) 64usize,
+            lda = in(reg) t.lda,
+            step = in(reg) t.step,
+            c = inout(reg) t.c => _,
+            gbytes = const GROUP_C_BYTES,
+            out("tmm0") _, out("tmm1") _, out("tmm2") _, out("tmm3") _,
+            out("tmm4") _, out("tmm5") _, out("tmm6") _, out("tmm7") _,
+            options(nostack),
+        );
+    }
+}
+
+/// Group-wise 1 row tile(s) × 2 panel(s) (the W4A8 microkernel): `groups` runs of
+/// `group_chunks` chunks, each summed from zero and stored to its own C tiles (see
+/// [`GroupArgs`]). One block for every group, pipelined as [`tile_2x2`] across group
+/// ends too: the next chunk's operand loads are in flight while a group's C is stored.
+///
+/// # Safety
+/// AMX usable with this thread's configuration loaded (`TileConfig::new(lda)`); `t`
+/// satisfies the [`GroupArgs`] contract for 1 row tile(s) and 2 panel(s).
+unsafe fn group_1x2(t: &GroupArgs) {
+    // SAFETY: the loads read `groups·group_chunks` consecutive A tiles per row tile and B
+    // tiles per panel, the ranges the caller vouches for; the stores write the `groups`
+    // C areas of `GROUP_C_BYTES` at `c`.
+    unsafe {
+        asm!(
+            "tilezero tmm0",
+            "tilezero tmm1",
+            "tileloadd tmm4, [{a0} + {lda}*1]",
+            "tileloadd tmm6, [{b0} + {s}*1]",
+            "tileloadd tmm7, [{b1} + {s}*1]",
+            "mov {k}, {gc}",
+            "dec {n}",
+            "jz 5f",
+            "4:",
+            "add {a0}, {step}",
+            "add {b0}, {step}",
+            "add {b1}, {step}",
+            "tdpbssd tmm0, tmm4, tmm6",
+            "tileloadd tmm6, [{b0} + {s}*1]",
+            "tdpbssd tmm1, tmm4, tmm7",
+            "tileloadd tmm4, [{a0} + {lda}*1]",
+            "tileloadd tmm7, [{b1} + {s}*1]",
+            "dec {k}",
+            "jnz 6f",
+            "tilestored [{c} + {s}*1 + 0], tmm0",
+            "tilestored [{c} + {s}*1 + 1024], tmm1",
+            "add {c}, {gbytes}",
+            "tilezero tmm0",
+            "tilezero tmm1",
+            "mov {k}, {gc}",
+            "6:",
+            "dec {n}",
+            "jnz 4b",
+            "5:",
+            "tdpbssd tmm0, tmm4, tmm6",
+            "tdpbssd tmm1, tmm4, tmm7",
+            "tilestored [{c} + {s}*1 + 0], tmm0",
+            "tilestored [{c} + {s}*1 + 1024], tmm1",
+            a0 = inout(reg) t.a => _,
+            b0 = inout(reg) t.b => _,
+            b1 = inout(reg) t.b.wrapping_add(t.ldp) => _,
+            n = inout(reg) t.groups * t.group_chunks => _,
+            k = out(reg) _,
+            gc = in(reg) t.group_chunks,
+            s = in(reg) 64usize,
+            lda = in(reg) t.lda,
+            step = in(reg) t.step,
+            c = inout(reg) t.c => _,
+            gbytes = const GROUP_C_BYTES,
+            out("tmm0") _, out("tmm1") _, out("tmm2") _, out("tmm3") _,
+            out("tmm4") _, out("tmm5") _, out("tmm6") _, out("tmm7") _,
+            options(nostack),
+        );
+    }
+}
+
+/// Group-wise 1 row tile(s) × 1 panel(s) (the W4A8 microkernel): `groups` runs of
+/// `group_chunks` chunks, each summed from zero and stored to its own C tiles (see
+/// [`GroupArgs`]). One block for every group, pipelined as [`tile_2x2`] across group
+/// ends too: the next chunk's operand loads are in flight while a group's C is stored.
+///
+/// # Safety
+/// AMX usable with this thread's configuration loaded (`TileConfig::new(lda)`); `t`
+/// satisfies the [`GroupArgs`] contract for 1 row tile(s) and 1 panel(s).
+unsafe fn group_1x1(t: &GroupArgs) {
+    // SAFETY: the loads read `groups·group_chunks` consecutive A tiles per row tile and B
+    // tiles per panel, the ranges the caller vouches for; the stores write the `groups`
+    // C areas of `GROUP_C_BYTES` at `c`.
+    unsafe {
+        asm!(
+            "tilezero tmm0",
+            "tileloadd tmm4, [{a0} + {lda}*1]",
+            "tileloadd tmm6, [{b0} + {s}*1]",
+            "mov {k}, {gc}",
+            "dec {n}",
+            "jz 5f",
+            "4:",
+            "add {a0}, {step}",
+            "add {b0}, {step}",
+            "tdpbssd tmm0, tmm4, tmm6",
+            "tileloadd tmm4, [{a0} + {lda}*1]",
+            "tileloadd tmm6, [{b0} + {s}*1]",
+            "dec {k}",
+            "jnz 6f",
+            "tilestored [{c} + {s}*1 + 0], tmm0",
+            "add {c}, {gbytes}",
+            "tilezero tmm0",
+            "mov {k}, {gc}",
+            "6:",
+            "dec {n}",
+            "jnz 4b",
+            "5:",
+            "tdpbssd tmm0, tmm4, tmm6",
+            "tilestored [{c} + {s}*1 + 0], tmm0",
+            a0 = inout(reg) t.a => _,
+            b0 = inout(reg) t.b => _,
+            n = inout(reg) t.groups * t.group_chunks => _,
+            k = out(reg) _,
+            gc = in(reg) t.group_chunks,
+            s = in(reg) 64usize,
+            lda = in(reg) t.lda,
+            step = in(reg) t.step,
+            c = inout(reg) t.c => _,
+            gbytes = const GROUP_C_BYTES,
+            out("tmm0") _, out("tmm1") _, out("tmm2") _, out("tmm3") _,
+            out("tmm4") _, out("tmm5") _, out("tmm6") _, out("tmm7") _,
+            options(nostack),
+        );
+    }
+}
+
+fn group_table(mt: usize, nt: usize) -> GroupFn {
+    match (mt, nt) {
+        (1, 1) => group_1x1,
+        (1, 2) => group_1x2,
+        (2, 1) => group_2x1,
+        (2, 2) => group_2x2,
+        _ => unreachable!("AMX group microkernel {mt}×{nt}"),
+    }
+}
+
 fn tile_table(mt: usize, nt: usize) -> TileFn {
     match (mt, nt) {
         (1, 1) => tile_1x1,
@@ -328,23 +607,108 @@ fn tile_table(mt: usize, nt: usize) -> TileFn {
     }
 }
 
-/// [`unpack_w4_generic`] compiled for AVX-512 (the loop vectorizes; same bytes).
+/// [`unpack_w4_generic`] with 256-bit integer ops: each 32-byte step of nibbles becomes
+/// its low nibbles (line bytes 0..32) and high nibbles (32..64), minus 8; same bytes.
 ///
 /// # Safety
-/// AVX-512 F/BW must be available.
-#[target_feature(enable = "avx512f,avx512bw")]
+/// AVX-512 F/BW must be available (the table that holds it is chosen only then).
+#[target_feature(enable = "avx512f,avx512bw,avx2")]
 pub(crate) unsafe fn unpack_w4_avx512(src: &[u8], dst: &mut [u8]) {
-    unpack_w4_generic(src, dst);
+    let steps = (src.len() / 32).min(dst.len() / 64);
+    let (mask, eight) = (_mm256_set1_epi8(0x0F), _mm256_set1_epi8(8));
+    for i in 0..steps {
+        // SAFETY: step `i < steps` reads src[32i..32i+32] and writes dst[64i..64i+64],
+        // both in bounds by the choice of `steps`.
+        unsafe {
+            let v = _mm256_loadu_si256(src.as_ptr().add(32 * i).cast());
+            let lo = _mm256_sub_epi8(_mm256_and_si256(v, mask), eight);
+            let hi = _mm256_sub_epi8(_mm256_and_si256(_mm256_srli_epi16(v, 4), mask), eight);
+            let d = dst.as_mut_ptr().add(64 * i);
+            _mm256_storeu_si256(d.cast(), lo);
+            _mm256_storeu_si256(d.add(32).cast(), hi);
+        }
+    }
 }
 
-/// [`combine_w4_generic`] compiled for AVX-512 (separate multiply and add: Rust never
-/// contracts them, so the results are the portable ones).
+/// `U` consecutive rows of one C tile through every group: the sums are loaded into `U`
+/// zmm registers (one per row), stay there while the groups stream past, and are stored.
 ///
 /// # Safety
-/// AVX-512 F must be available.
+/// AVX-512 F; `c` points at row 0 of the rows in group 0's tile, rows 16 i32 apart and
+/// groups [`GROUP_C`] apart, all readable; `scales` at group 0's 16 scales, groups 16
+/// apart; `sums` at row 0's 16 sums, rows 32 apart, readable and writable.
 #[target_feature(enable = "avx512f")]
-pub(crate) unsafe fn combine_w4_avx512(c: &[i32], s: &[f32], sums: &mut [f32], rows: usize) {
-    combine_w4_generic(c, s, sums, rows);
+unsafe fn combine_rows<const U: usize>(
+    c: *const i32,
+    scales: *const f32,
+    groups: usize,
+    sums: *mut f32,
+) {
+    let mut acc = [_mm512_setzero_ps(); U];
+    for (u, a) in acc.iter_mut().enumerate() {
+        // SAFETY: row `u < U` of `sums`, by the contract.
+        *a = unsafe { _mm512_loadu_ps(sums.add(u * 2 * NR)) };
+    }
+    for g in 0..groups {
+        // SAFETY: in bounds by the contract (group `g`, rows `< U`).
+        unsafe {
+            let sc = _mm512_loadu_ps(scales.add(g * NR));
+            for (u, a) in acc.iter_mut().enumerate() {
+                let v = _mm512_loadu_si512(c.add(g * GROUP_C + u * NR).cast());
+                *a = _mm512_add_ps(*a, _mm512_mul_ps(_mm512_cvtepi32_ps(v), sc));
+            }
+        }
+    }
+    for (u, a) in acc.iter().enumerate() {
+        // SAFETY: row `u < U` of `sums`, by the contract.
+        unsafe { _mm512_storeu_ps(sums.add(u * 2 * NR), *a) };
+    }
+}
+
+/// [`combine_groups_generic`](super::amx_driver::combine_groups_generic) on AVX-512:
+/// the same multiplies and adds in the same order (Rust never contracts them), 8 rows'
+/// sums held in registers at a time.
+///
+/// # Safety
+/// AVX-512 F must be available; the slices as `combine_groups_generic` reads them.
+#[target_feature(enable = "avx512f")]
+pub(crate) unsafe fn combine_groups_avx512(
+    c: &[i32],
+    scales: &[f32],
+    stride: usize,
+    groups: usize,
+    rows: usize,
+    nt: usize,
+    sums: &mut [f32],
+) {
+    assert!(
+        c.len() >= groups * GROUP_C
+            && scales.len() >= nt.saturating_sub(1) * stride + groups * NR
+            && stride >= groups * NR
+            && sums.len() >= rows * 2 * NR
+            && rows <= 2 * TILE_ROWS
+            && nt <= 2
+    );
+    for q in 0..nt {
+        for r0 in (0..rows).step_by(8) {
+            let (i, rr) = (r0 / TILE_ROWS, r0 % TILE_ROWS);
+            let u = 8.min(rows - r0).min(TILE_ROWS - rr);
+            let cp = c[(2 * i + q) * 256 + rr * NR..].as_ptr();
+            let sp = scales[q * stride..].as_ptr();
+            let dp = sums[r0 * 2 * NR + q * NR..].as_mut_ptr();
+            // SAFETY: rows `r0..r0+u` lie in row tile `i` (u stops at its end); every
+            // group's area, the pair's scales and `sums` rows were bounds-checked above.
+            unsafe {
+                if u == 8 {
+                    combine_rows::<8>(cp, sp, groups, dp);
+                } else {
+                    for v in 0..u {
+                        combine_rows::<1>(cp.add(v * NR), sp, groups, dp.add(v * 2 * NR));
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// The AMX table: real tiles, AVX-512 helpers and epilogue. Reached only through
@@ -353,8 +717,9 @@ pub(crate) static AMX: AmxKernels = AmxKernels {
     configure,
     release,
     tile: tile_table,
+    group: group_table,
     unpack_w4: unpack_w4_avx512,
-    combine_w4: combine_w4_avx512,
+    combine_groups: combine_groups_avx512,
     finish_w8: Some(super::avx512::w8_finish),
 };
 
@@ -398,6 +763,7 @@ pub(crate) unsafe fn tdpbssd_peak_gops(iters: usize) -> f64 {
 
 #[cfg(test)]
 mod tests {
+    use super::super::amx_driver::unpack_w4_generic;
     use super::*;
     use crate::kernels::detect::{report_skipped, Avx512Vnni, Isa};
 
@@ -415,16 +781,30 @@ mod tests {
         // SAFETY: AVX-512 detected above.
         unsafe { unpack_w4_avx512(&src, &mut b) };
         assert_eq!(a, b);
-        let c: Vec<i32> = (0..32 * 64).map(|i| (i * 7919) - 5_000_000).collect();
-        let s: Vec<f32> = (0..16).map(|i| 0.001 * (i as f32 + 0.37)).collect();
-        let mut x: Vec<f32> = (0..32 * 32).map(|i| i as f32 * 0.25).collect();
-        let mut y = x.clone();
-        combine_w4_generic(&c, &s, &mut x, 32);
-        // SAFETY: AVX-512 detected above.
-        unsafe { combine_w4_avx512(&c, &s, &mut y, 32) };
-        assert_eq!(
-            x.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
-            y.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
-        );
+        for groups in [1, 3, 5] {
+            let c: Vec<i32> = (0..groups * GROUP_C)
+                .map(|i| ((i * 7919) % 10_000_019) as i32 - 5_000_000)
+                .collect();
+            let s: Vec<f32> = (0..2 * groups * NR)
+                .map(|i| 0.001 * (i as f32 + 0.37))
+                .collect();
+            for rows in [1, 7, 8, 9, 15, 16, 17, 31, 32] {
+                for nt in [1, 2] {
+                    let mut x: Vec<f32> = (0..32 * 32).map(|i| i as f32 * 0.25 - 9.0).collect();
+                    let mut y = x.clone();
+                    let st = groups * NR;
+                    super::super::amx_driver::combine_groups_generic(
+                        &c, &s, st, groups, rows, nt, &mut x,
+                    );
+                    // SAFETY: AVX-512 detected above.
+                    unsafe { combine_groups_avx512(&c, &s, st, groups, rows, nt, &mut y) };
+                    assert_eq!(
+                        x.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                        y.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                        "groups {groups} rows {rows} nt {nt}"
+                    );
+                }
+            }
+        }
     }
 }

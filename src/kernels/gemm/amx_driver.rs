@@ -34,9 +34,11 @@
 //!   in i64 across blocks, as on every ISA; the float epilogue is the shared `finish_w8`.
 //! - **W4A8:** each panel pair is unpacked to s8 (`nibble - 8`) once per task into a
 //!   buffer of the W8 layout; `kt` is the largest multiple of 4 dividing the group and at
-//!   most 64, so chunks never straddle a group. Each group's i32 sums come out of their own
-//!   microkernel call and are combined in f32 in group order (`sum = sum + acc·scale`),
-//!   then `finish_w4`: the scalar reference's operations in its order.
+//!   most 64, so chunks never straddle a group. The group-wise microkernels run up to
+//!   [`GROUP_BATCH`] groups per call, each group's i32 sums starting from zero and stored
+//!   to its own C area (one `asm!` block, pipelined across group ends); the sums are then
+//!   combined in f32 in group order (`sum = sum + acc·scale`, held in registers over the
+//!   groups), then `finish_w4`: the scalar reference's operations in its order.
 //!
 //! # Threads
 //!
@@ -157,9 +159,12 @@ pub(crate) struct AmxKernels {
     /// Unpacks `src.len() / 32` int4 k4 steps (32 nibble bytes each) into as many s8 lines
     /// of 64 bytes in `dst` (`nibble - 8`): see [`unpack_w4_generic`].
     pub unpack_w4: unsafe fn(&[u8], &mut [u8]),
-    /// `sums[r·32 + j] = sums[r·32 + j] + (c[r·LDC + j] as f32) · scales[j]` for
-    /// `r < rows`, `j < 16` (one panel of one group): see [`combine_w4_generic`].
-    pub combine_w4: unsafe fn(&[i32], &[f32], &mut [f32], usize),
+    /// The W4A8 group-wise microkernel for `mt` row tiles × `nt` panels (see
+    /// [`GroupArgs`]).
+    pub group: fn(usize, usize) -> GroupFn,
+    /// Every group's sums of one block combined in f32 in group order: see
+    /// [`combine_groups_generic`] (same arguments, same results).
+    pub combine_groups: CombineFn,
     /// The W8 epilogue of single-block tiles (`None`: the portable one).
     pub finish_w8: Option<W8FinishFn>,
 }
@@ -176,18 +181,79 @@ pub(crate) fn unpack_w4_generic(src: &[u8], dst: &mut [u8]) {
     }
 }
 
-/// Portable group combine (separate f32 multiply and add, in this order: the scalar
-/// reference's `sum += acc as f32 * scale`).
+/// Bytes of one group's C tiles in a [`GroupArgs`] buffer: 4 tiles of 16 rows × 64 bytes.
+pub(crate) const GROUP_C_BYTES: usize = 4 * B_TILE_BYTES;
+/// i32 values of one group's C tiles.
+pub(crate) const GROUP_C: usize = GROUP_C_BYTES / 4;
+
+/// Operands of one group-wise (W4A8) microkernel call: `mt` row tiles × `nt` panels over
+/// `groups · group_chunks` consecutive K chunks; the sums of each run of `group_chunks`
+/// chunks start from zero and are stored apart.
+#[derive(Clone, Copy, Debug)]
+#[repr(C)]
+pub(crate) struct GroupArgs {
+    /// Row tile 0's A tile of the first chunk.
+    pub a: *const u8,
+    /// Bytes between the rows of an A tile (`kt`).
+    pub lda: usize,
+    /// Bytes from row tile 0's A tile to row tile 1's (same chunk).
+    pub a_tile: usize,
+    /// Panel 0's B tile of the first chunk.
+    pub b: *const u8,
+    /// Bytes from panel 0's B tile to panel 1's (same chunk).
+    pub ldp: usize,
+    /// Bytes both `a` and `b` advance per chunk (`16 · kt`: an A tile, and `kt / 4` lines).
+    pub step: usize,
+    /// Chunks per group (at least 1).
+    pub group_chunks: usize,
+    /// Groups (at least 1: with no input the driver makes no call).
+    pub groups: usize,
+    /// Group `g`'s C tile (i, j) is stored at `c + g·GROUP_C_BYTES + (2i + j)·1024`
+    /// bytes, 16 rows of 64 bytes (tiles of absent row tiles or panels are not written).
+    pub c: *mut i32,
+}
+
+/// One group-wise microkernel.
+pub(crate) type GroupFn = unsafe fn(&GroupArgs);
+
+/// A group combine: `(c, scales, stride, groups, rows, nt, sums)` as
+/// [`combine_groups_generic`] takes them.
+pub(crate) type CombineFn = unsafe fn(&[i32], &[f32], usize, usize, usize, usize, &mut [f32]);
+
+/// Portable group combine: for `r < rows`, `j < 16·nt`, adds to `sums[r·32 + j]`, group
+/// by group in order, `c_g[r][j] as f32 · scales[(j/16)·groups + g][j % 16]` (a separate
+/// f32 multiply and add: the scalar reference's `sum += acc as f32 * scale`, so starting
+/// from zero and calling it on consecutive runs of groups gives the reference's sums).
+/// `c` holds `groups` areas of [`GROUP_C`] values laid out as [`GroupArgs`] stores them;
+/// `scales` the `nt` panels' scales of these groups, panel `q`'s at `q·stride`.
 #[inline(always)]
-pub(crate) fn combine_w4_generic(c: &[i32], scales: &[f32], sums: &mut [f32], rows: usize) {
+pub(crate) fn combine_groups_generic(
+    c: &[i32],
+    scales: &[f32],
+    stride: usize,
+    groups: usize,
+    rows: usize,
+    nt: usize,
+    sums: &mut [f32],
+) {
     for r in 0..rows {
-        let cr = &c[r * LDC..r * LDC + NR];
-        let sr = &mut sums[r * BLOCK_ROWS..r * BLOCK_ROWS + NR];
-        for ((s, &a), &w) in sr.iter_mut().zip(cr).zip(scales) {
-            *s += a as f32 * w;
+        for q in 0..nt {
+            let at = (2 * (r / TILE_ROWS) + q) * 256 + (r % TILE_ROWS) * NR;
+            let dst = &mut sums[r * BLOCK_ROWS + q * NR..][..NR];
+            for g in 0..groups {
+                let cg = &c[g * GROUP_C + at..][..NR];
+                let sg = &scales[q * stride + g * NR..][..NR];
+                for ((d, &a), &w) in dst.iter_mut().zip(cg).zip(sg) {
+                    *d += a as f32 * w;
+                }
+            }
         }
     }
 }
+
+/// Groups per group-wise microkernel call: their C tiles (`8 · 4 KiB`) stay in L1 until
+/// they are combined.
+const GROUP_BATCH: usize = 8;
 
 /// The largest multiple of 4 that divides `group` and is at most 64: the K bytes of one
 /// W4 `tdpbssd`, so that a chunk never straddles two groups.
@@ -426,7 +492,7 @@ pub(crate) unsafe fn matmul_w4a8(
     let out_ptr = OutPtr(out);
     let tasks = plan(rows, panels, BLOCK_ROWS, NT, rows * n * k);
     run_tasks(&tasks, |task| {
-        let mut c = CBuf([0; BLOCK_ROWS * LDC]);
+        let mut cg = AlignedBytes::zeroed(groups.min(GROUP_BATCH) * GROUP_C_BYTES);
         let mut unpacked = AlignedBytes::zeroed(NT * k4 * 64);
         let unpacked = unpacked.bytes_mut();
         let mut sums = [0f32; BLOCK_ROWS * BLOCK_ROWS];
@@ -444,33 +510,43 @@ pub(crate) unsafe fn matmul_w4a8(
                     &mut unpacked[..nt * k4 * 64],
                 )
             };
+            let s = &pscales[p0 * groups * NR..(p0 + nt) * groups * NR];
             for r0 in (task.r0..task.r1).step_by(BLOCK_ROWS) {
                 let mr = BLOCK_ROWS.min(task.r1 - r0);
-                let f = block_kernel(kern, mr, nt);
+                let (mt, gpc) = (mr.div_ceil(TILE_ROWS), group / kt);
                 sums.fill(0.0);
-                for g in 0..groups {
-                    let args = TileArgs {
-                        a: a[r0 * kp + g * group * TILE_ROWS..].as_ptr(),
+                for g0 in (0..groups).step_by(GROUP_BATCH) {
+                    let gn = GROUP_BATCH.min(groups - g0);
+                    let args = GroupArgs {
+                        a: a[r0 * kp + g0 * group * TILE_ROWS..].as_ptr(),
                         lda: kt,
                         a_tile: kp * TILE_ROWS,
-                        b: unpacked[g * group * 16..].as_ptr(),
+                        b: unpacked[g0 * group * 16..].as_ptr(),
                         ldp: k4 * 64,
-                        chunks: group / kt,
-                        a_step: kt * TILE_ROWS,
-                        b_step: kt * 16,
-                        acc: false,
-                        c: c.0.as_mut_ptr(),
+                        step: kt * TILE_ROWS,
+                        group_chunks: gpc,
+                        groups: gn,
+                        c: cg.bytes_mut().as_mut_ptr().cast(),
                     };
-                    // SAFETY: A: `mt·16` padded rows, bytes `g·group..(g+1)·group ≤ kp`;
-                    // B: `nt` unpacked panels, lines `g·group/4..(g+1)·group/4 ≤ k4`; C:
-                    // the whole buffer; configuration loaded on this thread by `_scope`.
-                    unsafe { f(&args) };
-                    for q in 0..nt {
-                        let s = &pscales[((p0 + q) * groups + g) * NR..][..NR];
-                        // SAFETY: slices in bounds (`mr ≤ 32` rows of C and of `sums`);
-                        // the table's CPU features are guaranteed by the caller.
-                        unsafe { (kern.combine_w4)(&c.0[q * NR..], s, &mut sums[q * NR..], mr) };
-                    }
+                    // SAFETY: A: `mt` padded row tiles, the `gn·gpc` tiles from group `g0`
+                    // (inside the packed row); B: `nt` unpacked panels, the lines of groups
+                    // `g0..g0+gn`; C: `gn` areas of `cg`, 64-byte aligned. The
+                    // configuration was loaded on this thread by `_scope`.
+                    unsafe { (kern.group)(mt, nt)(&args) };
+                    // SAFETY: `cg` holds the `gn` groups' C; the scales of panel `q` and
+                    // group `g0 + g` are at `q·groups·16 + g·16` of the slice; `sums` is
+                    // 32 × 32; the table's CPU features are guaranteed by the caller.
+                    unsafe {
+                        (kern.combine_groups)(
+                            cg.as_i32(),
+                            &s[g0 * NR..],
+                            groups * NR,
+                            gn,
+                            mr,
+                            nt,
+                            &mut sums,
+                        )
+                    };
                 }
                 let bs = bias.map(|b| &b[o0..o0 + cols]);
                 let mut tmp = [0f32; BLOCK_ROWS];

@@ -25,8 +25,8 @@
 use std::cell::RefCell;
 
 use super::amx_driver::{
-    combine_w4_generic, unpack_w4_generic, AmxKernels, TileArgs, TileConfig, TileFn, C_STRIDE,
-    TILE_ROWS,
+    combine_groups_generic, unpack_w4_generic, AmxKernels, GroupArgs, GroupFn, TileArgs,
+    TileConfig, TileFn, C_STRIDE, GROUP_C_BYTES, TILE_ROWS,
 };
 
 /// Bytes per tile register row.
@@ -194,7 +194,10 @@ pub(crate) fn tdpbssd(c: usize, a: usize, b: usize) {
 /// configuration loaded on this thread.
 unsafe fn tile<const MT: usize, const NT: usize>(t: &TileArgs) {
     assert!(t.chunks > 0, "AMX microkernel called with no K chunk");
-    let c_at = |i: usize, j: usize| t.c.cast::<u8>().wrapping_add(i * TILE_ROWS * C_STRIDE + j * 64);
+    let c_at = |i: usize, j: usize| {
+        t.c.cast::<u8>()
+            .wrapping_add(i * TILE_ROWS * C_STRIDE + j * 64)
+    };
     for i in 0..MT {
         for j in 0..NT {
             if t.acc {
@@ -241,6 +244,62 @@ fn tile_table(mt: usize, nt: usize) -> TileFn {
     }
 }
 
+/// The emulated twin of `amx.rs`'s group-wise `MT × NT` microkernels: per group, zero
+/// the C tiles, run its chunks, store its C tiles to the group's area.
+///
+/// # Safety
+/// `t` must satisfy the [`GroupArgs`] contract for `MT` row tiles and `NT` panels, with a
+/// configuration loaded on this thread.
+unsafe fn group<const MT: usize, const NT: usize>(t: &GroupArgs) {
+    assert!(
+        t.groups > 0 && t.group_chunks > 0,
+        "AMX group microkernel called with no chunk"
+    );
+    let (mut a, mut b, mut c) = (t.a, t.b, t.c.cast::<u8>());
+    for _ in 0..t.groups {
+        for i in 0..MT {
+            for j in 0..NT {
+                tilezero(2 * i + j);
+            }
+        }
+        for _ in 0..t.group_chunks {
+            for i in 0..MT {
+                // SAFETY: row tile `i`'s A tile of this chunk, by the contract.
+                unsafe { tileloadd(4 + i, a.wrapping_add(i * t.a_tile), t.lda) };
+            }
+            for j in 0..NT {
+                // SAFETY: panel `j`'s B tile of this chunk, by the contract.
+                unsafe { tileloadd(6 + j, b.wrapping_add(j * t.ldp), 64) };
+            }
+            for i in 0..MT {
+                for j in 0..NT {
+                    tdpbssd(2 * i + j, 4 + i, 6 + j);
+                }
+            }
+            a = a.wrapping_add(t.step);
+            b = b.wrapping_add(t.step);
+        }
+        for i in 0..MT {
+            for j in 0..NT {
+                let at = c.wrapping_add((2 * i + j) * 1024);
+                // SAFETY: the group's C area, by the contract.
+                unsafe { tilestored(2 * i + j, at, 64) };
+            }
+        }
+        c = c.wrapping_add(GROUP_C_BYTES);
+    }
+}
+
+fn group_table(mt: usize, nt: usize) -> GroupFn {
+    match (mt, nt) {
+        (1, 1) => group::<1, 1>,
+        (1, 2) => group::<1, 2>,
+        (2, 1) => group::<2, 1>,
+        (2, 2) => group::<2, 2>,
+        _ => unreachable!("AMX group microkernel {mt}×{nt}"),
+    }
+}
+
 /// # Safety
 /// None beyond the types (the signature matches the table's).
 unsafe fn configure(cfg: &TileConfig) {
@@ -261,8 +320,16 @@ unsafe fn unpack_portable(src: &[u8], dst: &mut [u8]) {
 
 /// # Safety
 /// None (the signature matches the table's).
-unsafe fn combine_portable(c: &[i32], s: &[f32], sums: &mut [f32], rows: usize) {
-    combine_w4_generic(c, s, sums, rows);
+unsafe fn combine_portable(
+    c: &[i32],
+    s: &[f32],
+    stride: usize,
+    groups: usize,
+    rows: usize,
+    nt: usize,
+    sums: &mut [f32],
+) {
+    combine_groups_generic(c, s, stride, groups, rows, nt, sums);
 }
 
 /// The emulated tiles with portable helpers: runs anywhere.
@@ -270,8 +337,9 @@ pub(crate) static EMULATED: AmxKernels = AmxKernels {
     configure,
     release,
     tile: tile_table,
+    group: group_table,
     unpack_w4: unpack_portable,
-    combine_w4: combine_portable,
+    combine_groups: combine_portable,
     finish_w8: None,
 };
 
@@ -282,8 +350,9 @@ pub(crate) static EMULATED_AVX512: AmxKernels = AmxKernels {
     configure,
     release,
     tile: tile_table,
+    group: group_table,
     unpack_w4: super::amx::unpack_w4_avx512,
-    combine_w4: super::amx::combine_w4_avx512,
+    combine_groups: super::amx::combine_groups_avx512,
     finish_w8: Some(super::avx512::w8_finish),
 };
 

@@ -69,6 +69,15 @@ impl AlignedBytes {
     pub(crate) fn bytes_mut(&mut self) -> &mut [u8] {
         &mut lines_as_bytes_mut(&mut self.lines)[..self.len]
     }
+
+    /// The whole lines as i32 values (the AMX driver's C tiles are stored here).
+    pub(crate) fn as_i32(&self) -> &[i32] {
+        // SAFETY: the lines are 64-byte aligned (so 4-byte aligned), initialised, and
+        // every 4-byte pattern is a valid i32; the length is whole lines / 4.
+        unsafe {
+            std::slice::from_raw_parts(self.lines.as_ptr().cast::<i32>(), self.lines.len() * 16)
+        }
+    }
 }
 
 /// Int8 weights `[out, in]` with one f32 scale per output channel, packed once into the
