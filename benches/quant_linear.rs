@@ -430,10 +430,12 @@ fn print_summary(home: &Path, thread_counts: &[usize], since: SystemTime) {
     println!();
     if amx_active() {
         println!(
-            "AMX: each cell has an `amx` row (default kernels; {} below {} rows) and an \
-             `avx512-vnni (forced)` row ({}={FORCED_ISA}); VNNI int8 peak {vnni_gops:.0} GOPS.",
+            "AMX: each cell has an `amx` row (default kernels; {} below {} rows, W4A8 below \
+             {}; the ISA column names the W8A8 one) and an `avx512-vnni (forced)` row \
+             ({}={FORCED_ISA}); VNNI int8 peak {vnni_gops:.0} GOPS.",
             kernels::Isa::Avx512Vnni,
             gemm::AMX_MIN_ROWS,
+            gemm::AMX_MIN_ROWS_W4,
             kernels::ISA_ENV,
         );
     } else {

@@ -9,7 +9,9 @@
 //! these print `SKIPPED`).
 
 use candle_compress::kernels::detect::report_skipped;
-use candle_compress::kernels::gemm::{GemmKernels, PackedW4, PackedW8, AMX_MIN_ROWS, K_BLOCK};
+use candle_compress::kernels::gemm::{
+    GemmKernels, PackedW4, PackedW8, AMX_MIN_ROWS, AMX_MIN_ROWS_W4, K_BLOCK,
+};
 use candle_compress::kernels::Isa;
 
 struct Rng(u64);
@@ -216,6 +218,8 @@ fn amx_dispatch_by_rows_names_the_isa() {
         Ok(k) => {
             assert_eq!(k.isa_for_rows(AMX_MIN_ROWS - 1), Isa::Avx512Vnni);
             assert_eq!(k.isa_for_rows(AMX_MIN_ROWS), Isa::Amx);
+            assert_eq!(k.isa_for_rows_w4(AMX_MIN_ROWS_W4 - 1), Isa::Avx512Vnni);
+            assert_eq!(k.isa_for_rows_w4(AMX_MIN_ROWS_W4), Isa::Amx);
             assert_eq!(k.name(), "amx");
         }
         Err(e) => {

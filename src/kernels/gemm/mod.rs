@@ -121,11 +121,19 @@ pub use pack::{PackedW4, PackedW8};
 /// (wrapping arithmetic is exact modulo 2^32).
 pub const K_BLOCK: usize = 65536;
 
-/// Rows from which the AMX kernels ([`Isa::Amx`]) run W8A8/W4A8 on tiles; smaller batches
+/// Rows from which the AMX kernels ([`Isa::Amx`]) run W8A8 on tiles; smaller batches
 /// (GEMV, decoding) run the AVX-512 VNNI kernels, which stream the weights as fast and do
-/// not pad rows to a 16-row tile. The outputs are bit-identical either way. (The issue's
-/// suggested value: a measured threshold needs an AMX machine.)
+/// not pad rows to a 16-row tile. The outputs are bit-identical either way. Measured on a
+/// Xeon (1 thread, 4096×4096 and 384×1536): tiles and VNNI tie at 16 rows, tiles win from
+/// 24 (4096×4096: 1.20 against 1.45 ms), VNNI wins at 12.
 pub const AMX_MIN_ROWS: usize = 16;
+
+/// Rows from which the AMX kernels run W4A8 on tiles. Each panel pair is unpacked to s8
+/// and every group's sums pass through memory, costs that only enough row blocks amortize:
+/// measured on a Xeon (1 thread), VNNI W4A8 ties or wins up to 48 rows (4096×4096 at 48
+/// rows: 2.18 ms against 3.16 ms), the two tie at 64 and tiles win at 128 (4096×11008:
+/// 15.8 against 22.9 ms).
+pub const AMX_MIN_ROWS_W4: usize = 64;
 
 /// The W8A8 float epilogue shared by every kernel:
 /// `acc * (x_scale * w_scale) + bias`, each operation rounded separately.
@@ -186,7 +194,7 @@ enum Path {
     /// aarch64 NEON `smlal`/`smlal2` by lane on widened i16 operands.
     #[cfg(target_arch = "aarch64")]
     Neon,
-    /// AMX tiles from [`AMX_MIN_ROWS`] rows, AVX-512 VNNI below.
+    /// AMX tiles from [`AMX_MIN_ROWS`] rows (W4A8: [`AMX_MIN_ROWS_W4`]), AVX-512 VNNI below.
     #[cfg(target_arch = "x86_64")]
     Amx,
     /// AMX tiles for every row count (tests, benches).
@@ -338,18 +346,29 @@ impl GemmKernels {
     /// [`GemmKernels::isa`], except that the AMX kernels run AVX-512 VNNI below
     /// [`AMX_MIN_ROWS`] rows (benches print it per row).
     pub fn isa_for_rows(&self, rows: usize) -> Isa {
+        self.isa_from(rows, AMX_MIN_ROWS)
+    }
+
+    /// [`GemmKernels::isa_for_rows`] for W4A8, whose AMX threshold is
+    /// [`AMX_MIN_ROWS_W4`].
+    pub fn isa_for_rows_w4(&self, rows: usize) -> Isa {
+        self.isa_from(rows, AMX_MIN_ROWS_W4)
+    }
+
+    fn isa_from(&self, rows: usize, min_rows: usize) -> Isa {
         match self.path {
             #[cfg(target_arch = "x86_64")]
-            Path::Amx if rows < AMX_MIN_ROWS => Isa::Avx512Vnni,
+            Path::Amx if rows < min_rows => Isa::Avx512Vnni,
             _ => self.isa(),
         }
     }
 
-    /// The AMX tile table these kernels use for `rows` rows, if any.
-    fn amx_table(&self, rows: usize) -> Option<&'static amx_driver::AmxKernels> {
+    /// The AMX tile table these kernels use for `rows` rows, if any (the default AMX path
+    /// from `min_rows` rows).
+    fn amx_table(&self, rows: usize, min_rows: usize) -> Option<&'static amx_driver::AmxKernels> {
         match self.path {
             #[cfg(target_arch = "x86_64")]
-            Path::Amx if rows >= AMX_MIN_ROWS => Some(&amx::AMX),
+            Path::Amx if rows >= min_rows => Some(&amx::AMX),
             #[cfg(target_arch = "x86_64")]
             Path::AmxTiles => Some(&amx::AMX),
             #[cfg(target_arch = "x86_64")]
@@ -498,7 +517,7 @@ impl GemmKernels {
         if rows == 0 || w.out_features() == 0 {
             return;
         }
-        if let Some(t) = self.amx_table(rows) {
+        if let Some(t) = self.amx_table(rows, AMX_MIN_ROWS) {
             // SAFETY: a table is returned only for paths whose features (AMX with its OS
             // permission, or AVX-512 for the emulation's helpers) were detected, or for
             // the portable emulation; lengths were checked above.
@@ -556,7 +575,7 @@ impl GemmKernels {
         if rows == 0 || w.out_features() == 0 {
             return;
         }
-        if let Some(t) = self.amx_table(rows) {
+        if let Some(t) = self.amx_table(rows, AMX_MIN_ROWS_W4) {
             // SAFETY: as in `matmul_w8a8`.
             unsafe { amx_driver::matmul_w4a8(t, qx, x_scales, rows, w, bias, out.as_mut_ptr()) };
             return;
