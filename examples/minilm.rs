@@ -14,6 +14,13 @@
 //!    calibration sentences; a group stays unsmoothed when smoothing does not help it)
 //!    + W8A8 per tensor;
 //! 7. W4A8, int4 weights in groups of 64 (8: groups of 32), activations per token.
+//! 8. W4A8 group 32 with GPTQ, and with AWQ + GPTQ, calibrated layer by layer
+//!    ([`quantize_sequential`]) on the 263 calibration sentences of
+//!    `data/calib_sentences.txt`; each beside its weight-only twin (the same int4 codes
+//!    with float activations, W4A16) to split the loss into weights and activations, and
+//!    with a per-linear check of output error against round-to-nearest on the 65 held-out
+//!    sentences of that file. `MINILM_GPTQ_ABLATION=1` instead compares GPTQ settings
+//!    (act-order, scale search, dampening, half the calibration text) and exits.
 //!
 //! BERT is post-LN: a LayerNorm's output feeds both the next linears and the residual, so
 //! `1/s` cannot be folded into it ([`NormUse::AlsoResidual`]); the quantized layers apply
@@ -137,7 +144,7 @@ const HOLDOUT_SENTENCES: [&str; 8] = [
 
 /// GPTQ / AWQ calibration text: 328 plain English sentences on everyday, technical, news
 /// and scientific topics, written for this project (public domain, CC0; see
-/// `data/calib_sentences.txt`), one per line. None is a test sentence (checked at start).
+/// `data/calib_sentences.README.md`), one per line. None is a test sentence (checked at start).
 const CALIB_FILE: &str = include_str!("../data/calib_sentences.txt");
 const CALIB_FILE_NAME: &str = "data/calib_sentences.txt";
 /// Every `HOLDOUT_EVERY`-th line of [`CALIB_FILE`] is held out of calibration and used
