@@ -14,6 +14,13 @@
 //!    calibration sentences; a group stays unsmoothed when smoothing does not help it)
 //!    + W8A8 per tensor;
 //! 7. W4A8, int4 weights in groups of 64 (8: groups of 32), activations per token.
+//! 8. W4A8 group 32 with GPTQ, and with AWQ + GPTQ, calibrated layer by layer
+//!    ([`quantize_sequential`]) on the 263 calibration sentences of
+//!    `data/calib_sentences.txt`; each beside its weight-only twin (the same int4 codes
+//!    with float activations, W4A16) to split the loss into weights and activations, and
+//!    with a per-linear check of output error against round-to-nearest on the 65 held-out
+//!    sentences of that file. `MINILM_GPTQ_ABLATION=1` instead compares GPTQ settings
+//!    (act-order, scale search, dampening, half the calibration text) and exits.
 //!
 //! BERT is post-LN: a LayerNorm's output feeds both the next linears and the residual, so
 //! `1/s` cannot be folded into it ([`NormUse::AlsoResidual`]); the quantized layers apply
@@ -42,12 +49,12 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use candle_compress::io::loader::{LoadQuantLinear, QuantLoader};
 use candle_compress::nn::awq::DEFAULT_AWQ_GRID;
-use candle_compress::nn::gptq::GptqConfig;
+use candle_compress::nn::gptq::{GptqConfig, GroupScales};
 use candle_compress::nn::sequential::{quantize_sequential, LayerQuantizer, SequentialModel};
 use candle_compress::nn::smooth::{
     search_alpha, smooth, NormUse, Preceding, SmoothFactors, SmoothedLinear, DEFAULT_ALPHA_GRID,
@@ -134,6 +141,62 @@ const HOLDOUT_SENTENCES: [&str; 8] = [
     "The orchestra rehearsed the symphony all afternoon.",
     "A new vaccine was approved by regulators.",
 ];
+
+/// GPTQ / AWQ calibration text: 328 plain English sentences on everyday, technical, news
+/// and scientific topics, written for this project (public domain, CC0; see
+/// `data/calib_sentences.README.md`), one per line. None is a test sentence (checked at start).
+const CALIB_FILE: &str = include_str!("../data/calib_sentences.txt");
+const CALIB_FILE_NAME: &str = "data/calib_sentences.txt";
+/// Every `HOLDOUT_EVERY`-th line of [`CALIB_FILE`] is held out of calibration and used
+/// only for the per-layer check ([`print_heldout_errors`]).
+const HOLDOUT_EVERY: usize = 5;
+/// Sentences per calibration batch (batches are formed after sorting by length, so
+/// padding stays small).
+const CALIB_BATCH: usize = 32;
+
+/// The GPTQ / AWQ calibration sentences and the held-out ones.
+struct GptqSentences {
+    calib: Vec<&'static str>,
+    holdout: Vec<&'static str>,
+}
+
+impl GptqSentences {
+    fn load() -> AnyResult<Self> {
+        let lines: Vec<&'static str> = CALIB_FILE
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect();
+        if let Some(t) = TEST_SENTENCES.iter().find(|t| lines.contains(t)) {
+            return Err(format!("{CALIB_FILE_NAME} contains the test sentence {t:?}").into());
+        }
+        let (holdout, calib): (Vec<_>, Vec<_>) = lines
+            .iter()
+            .enumerate()
+            .partition(|(i, _)| i % HOLDOUT_EVERY == HOLDOUT_EVERY - 1);
+        Ok(Self {
+            calib: calib.into_iter().map(|(_, l)| *l).collect(),
+            holdout: holdout.into_iter().map(|(_, l)| *l).collect(),
+        })
+    }
+}
+
+/// Tokenizes `sentences` in batches of [`CALIB_BATCH`] after sorting them by token count.
+fn length_sorted_batches(
+    tok: &Tokenizer,
+    sentences: &[&str],
+    dev: &Device,
+) -> AnyResult<Vec<Batch>> {
+    let mut by_len = Vec::with_capacity(sentences.len());
+    for s in sentences {
+        by_len.push((tok.encode(*s, true)?.get_ids().len(), *s));
+    }
+    by_len.sort();
+    by_len
+        .chunks(CALIB_BATCH)
+        .map(|c| tokenize(tok, &c.iter().map(|(_, s)| *s).collect::<Vec<_>>(), dev))
+        .collect()
+}
 
 /// The sentence-transformers quick start (docs/index.rst of UKPLab/sentence-transformers)
 /// prints this similarity matrix for all-MiniLM-L6-v2, to 4 decimals.
@@ -527,12 +590,13 @@ impl SequentialModel for Weights {
 /// progress on stderr and the time; returns the encoder.
 fn sequential<'w>(
     w: &'w Weights,
-    batches: &[&Batch],
+    batches: &[Batch],
     quantizer: &LayerQuantizer,
     cfg: &QuantConfig,
     label: &str,
-) -> AnyResult<Encoder<'w>> {
+) -> AnyResult<(Encoder<'w>, Vec<Vec<QuantLinear>>)> {
     let start = Instant::now();
+    let cpu_start = process_cpu_seconds();
     let inputs = batches
         .iter()
         .map(|b| CalibState::embeddings(w, b))
@@ -548,22 +612,187 @@ fn sequential<'w>(
         );
     })?;
     let secs = start.elapsed().as_secs_f64();
+    let cpu = match (cpu_start, process_cpu_seconds()) {
+        (Some(a), Some(b)) => format!(", {:.1} s of CPU time", b - a),
+        _ => String::new(),
+    };
     let (e, r): (f64, f64) = reports.iter().fold((0.0, 0.0), |(e, r), x| {
         (e + x.error.sqrt() / x.rtn_error.sqrt().max(1e-30), r + 1.0)
     });
     println!(
-        "{label}: calibrated {} linears on {} rows in {secs:.1} s ({} rayon threads); \
+        "{label}: calibrated {} linears on {} rows in {secs:.1} s wall{cpu} ({} rayon threads); \
          mean per-layer ‖XWᵀ−XŴᵀ‖ / RTN's = {:.3}",
         reports.len(),
         reports.first().map_or(0, |r| r.rows),
         rayon::current_num_threads(),
         e / r
     );
-    Encoder::build(w, |i, k, _| {
+    let enc = Encoder::build(w, |i, k, _| {
         let q = layers[i][k.index()].clone();
         let bytes = q.size_bytes();
         Ok((Box::new(q) as Box<dyn Module>, bytes))
-    })
+    })?;
+    Ok((enc, layers))
+}
+
+/// A linear of a quantized encoder that also runs the f32 layer and the round-to-nearest
+/// layer on the same input and accumulates, over real tokens, the squared output errors
+/// `‖y_q − y‖²`, `‖y_rtn − y‖²` and `‖y‖²`.
+struct Probe {
+    quantized: QuantLinear,
+    rtn: QuantLinear,
+    reference: Linear,
+    keep: Arc<Mutex<Vec<f32>>>,
+    sums: Arc<Mutex<[f64; 3]>>,
+}
+
+impl Module for Probe {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let y = self.quantized.forward(x)?;
+        let y_f = self.reference.forward(x)?;
+        let y_r = self.rtn.forward(x)?;
+        let out = y.dim(D::Minus1)?;
+        let row_sq = |t: &Tensor| -> candle_core::Result<Vec<f32>> {
+            t.reshape(((), out))?.sqr()?.sum(1)?.to_vec1::<f32>()
+        };
+        let (e_q, e_r, norm) = (
+            row_sq(&(&y - &y_f)?)?,
+            row_sq(&(&y_r - &y_f)?)?,
+            row_sq(&y_f)?,
+        );
+        let keep = self
+            .keep
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("poisoned".into()))?;
+        let mut sums = self
+            .sums
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("poisoned".into()))?;
+        for (r, &m) in keep.iter().enumerate() {
+            sums[0] += f64::from(m * e_q[r]);
+            sums[1] += f64::from(m * e_r[r]);
+            sums[2] += f64::from(m * norm[r]);
+        }
+        Ok(y)
+    }
+}
+
+/// Runs the held-out sentences through the encoder of `layers` and prints, per linear,
+/// the relative output error `‖y_q − y‖ / ‖y‖` of its layer and of the round-to-nearest
+/// layer on the same (held-out, upstream-quantized) inputs: GPTQ must beat RTN on data it
+/// was not calibrated on.
+fn print_heldout_errors(
+    w: &Weights,
+    layers: &[Vec<QuantLinear>],
+    cfg: &QuantConfig,
+    holdout: &[Batch],
+    label: &str,
+) -> AnyResult<()> {
+    let keep = Arc::new(Mutex::new(Vec::new()));
+    let mut sums = Vec::new();
+    let enc = Encoder::build(w, |i, k, l| {
+        let s = Arc::new(Mutex::new([0f64; 3]));
+        sums.push(s.clone());
+        let probe = Probe {
+            quantized: layers[i][k.index()].clone(),
+            rtn: QuantLinear::from_linear(l, cfg)?,
+            reference: l.clone(),
+            keep: keep.clone(),
+            sums: s,
+        };
+        Ok((Box::new(probe) as Box<dyn Module>, 0))
+    })?;
+    for b in holdout {
+        *keep.lock().map_err(|_| "poisoned")? = b.mask.flatten_all()?.to_vec1::<f32>()?;
+        enc.embed(b)?;
+    }
+    println!(
+        "{label} vs RTN per linear on {} held-out sentences: relative output error \
+         ‖y_q − y‖ / ‖y‖ ({label} / RTN)",
+        holdout
+            .iter()
+            .map(|b| b.ids.dim(0))
+            .sum::<candle_core::Result<usize>>()?
+    );
+    let mut wins = 0;
+    for i in 0..LAYERS {
+        let cells: Vec<String> = Kind::ALL
+            .iter()
+            .map(|k| {
+                let s = sums[i * Kind::ALL.len() + k.index()]
+                    .lock()
+                    .map(|s| *s)
+                    .unwrap_or([f64::NAN; 3]);
+                if s[0] < s[1] {
+                    wins += 1;
+                }
+                format!(
+                    "{} {:.4}/{:.4}",
+                    k.name(),
+                    (s[0] / s[2]).sqrt(),
+                    (s[1] / s[2]).sqrt()
+                )
+            })
+            .collect();
+        println!("  layer {i}: {}", cells.join("  "));
+    }
+    println!(
+        "  {label} error below RTN's on {wins} of {} linears",
+        LAYERS * Kind::ALL.len()
+    );
+    Ok(())
+}
+
+/// `MINILM_GPTQ_ABLATION=1`: W4A8 g32 GPTQ with one setting changed at a time (act-order,
+/// scale search, dampening, half the calibration sentences), embedding quality on the
+/// test sentences; then exits.
+fn gptq_ablation(w: &Weights, tok: &Tokenizer, f32_enc: &Encoder, dev: &Device) -> AnyResult<()> {
+    let test = tokenize(tok, &TEST_SENTENCES, dev)?;
+    let reference = f32_enc.embed_vecs(&test)?;
+    let set = GptqSentences::load()?;
+    let all = length_sorted_batches(tok, &set.calib, dev)?;
+    let half_sentences: Vec<&str> = set.calib.iter().step_by(2).copied().collect();
+    let half = length_sorted_batches(tok, &half_sentences, dev)?;
+    let g32 = QuantConfig::w4a8(32)?;
+    let base = GptqConfig::default().with_act_order(true);
+    let search = GroupScales::Search {
+        steps: 16,
+        min_shrink: 0.7,
+    };
+    let runs: Vec<(&str, GptqConfig, &[Batch])> = vec![
+        ("act-order, RTN scales, damp 0.01", base, &all),
+        ("no act-order", base.with_act_order(false), &all),
+        ("act-order + scale search", base.with_scales(search), &all),
+        (
+            "no act-order + scale search",
+            base.with_act_order(false).with_scales(search),
+            &all,
+        ),
+        ("damp 0.1", base.with_damp(0.1), &all),
+        ("damp 0.001", base.with_damp(0.001), &all),
+        ("half the calibration sentences", base, &half),
+    ];
+    println!("\nW4A8 group 32 GPTQ ablation (mean / min cosine to f32, top-1 NN agreement):");
+    for (name, cfg, batches) in runs {
+        let (enc, _) = sequential(w, batches, &LayerQuantizer::Gptq(cfg), &g32, name)?;
+        let q = quality(&reference, &enc.embed_vecs(&test)?)?;
+        println!(
+            "  {name:<36} {:.5} / {:.5}  {}/{}",
+            q.mean_cos,
+            q.min_cos,
+            q.top1_agree,
+            reference.len()
+        );
+    }
+    Ok(())
+}
+
+/// CPU time of this process so far (Linux: `/proc/self/schedstat`; `None` elsewhere). With
+/// `RAYON_NUM_THREADS=1` it is the one-core time even when other jobs share the machine.
+fn process_cpu_seconds() -> Option<f64> {
+    let s = std::fs::read_to_string("/proc/self/schedstat").ok()?;
+    let ns: f64 = s.split_whitespace().next()?.parse().ok()?;
+    Some(ns * 1e-9)
 }
 
 fn dot(a: &[f32], b: &[f32]) -> f32 {
@@ -984,6 +1213,9 @@ fn run(dir: &Path) -> AnyResult<()> {
     let f32_enc = Encoder::f32(&weights)?;
     println!("== checking the f32 model ==");
     verify_f32(&tok, &f32_enc, &dev)?;
+    if std::env::var_os("MINILM_GPTQ_ABLATION").is_some() {
+        return gptq_ablation(&weights, &tok, &f32_enc, &dev);
+    }
 
     let test = tokenize(&tok, &TEST_SENTENCES, &dev)?;
     let calib_batch = tokenize(&tok, &CALIB_SENTENCES, &dev)?;
@@ -1115,25 +1347,59 @@ fn run(dir: &Path) -> AnyResult<()> {
             &Encoder::quantized(&weights, &QuantConfig::w4a8(group)?, |_, _| true)?,
         )?;
     }
-    // 8, 9. W4A8 g32 with GPTQ and with AWQ + GPTQ, sequential calibration.
-    let holdout_batch = tokenize(&tok, &HOLDOUT_SENTENCES, &dev)?;
-    let batches = [&calib_batch, &holdout_batch];
+    // The weight-only twin of RTN g32 (W4A16: same int4 codes, float activations) splits
+    // the W4A8 loss into its weight and its activation part.
     let g32 = QuantConfig::w4a8(32)?;
-    let gptq_cfg = GptqConfig::default().with_act_order(true);
-    let enc = sequential(
-        &weights,
-        &batches,
-        &LayerQuantizer::Gptq(gptq_cfg),
-        &g32,
-        "GPTQ",
+    let w4a16 = g32.with_activations(ActivationQuant::Float)?;
+    add(
+        "W4A16 group 32 (weight-only diagnostic)".into(),
+        &Encoder::quantized(&weights, &w4a16, |_, _| true)?,
     )?;
-    add("W4A8 group 32, GPTQ (sequential, act-order)".into(), &enc)?;
-    let awq = LayerQuantizer::Awq {
-        grid: DEFAULT_AWQ_GRID.to_vec(),
-        gptq: Some(gptq_cfg),
-    };
-    let enc = sequential(&weights, &batches, &awq, &g32, "AWQ+GPTQ")?;
-    add("W4A8 group 32, AWQ + GPTQ (sequential)".into(), &enc)?;
+    // 8, 9. W4A8 g32 with GPTQ and with AWQ + GPTQ, sequential calibration on the
+    // calibration file; per-layer errors on its held-out part.
+    let gptq_set = GptqSentences::load()?;
+    println!(
+        "GPTQ/AWQ calibration: {} sentences of {} (every {HOLDOUT_EVERY}th of the other {} \
+         held out for the per-layer check), none of them a test sentence",
+        gptq_set.calib.len(),
+        CALIB_FILE_NAME,
+        gptq_set.holdout.len(),
+    );
+    let gptq_batches = length_sorted_batches(&tok, &gptq_set.calib, &dev)?;
+    let holdout_batches = length_sorted_batches(&tok, &gptq_set.holdout, &dev)?;
+    // Act-order and searched group scales: the best of the settings the ablation
+    // (`MINILM_GPTQ_ABLATION=1`) compares.
+    let gptq_cfg = GptqConfig::default()
+        .with_act_order(true)
+        .with_scales(GroupScales::Search {
+            steps: 16,
+            min_shrink: 0.7,
+        });
+    let variants = [
+        ("GPTQ", "GPTQ (sequential)", LayerQuantizer::Gptq(gptq_cfg)),
+        (
+            "AWQ+GPTQ",
+            "AWQ + GPTQ (sequential)",
+            LayerQuantizer::Awq {
+                grid: DEFAULT_AWQ_GRID.to_vec(),
+                gptq: Some(gptq_cfg),
+            },
+        ),
+    ];
+    for (label, name, quantizer) in &variants {
+        let (enc, layers) = sequential(&weights, &gptq_batches, quantizer, &g32, label)?;
+        add(format!("W4A8 group 32, {name}"), &enc)?;
+        let float_act = Encoder::build(&weights, |i, k, _| {
+            let q = layers[i][k.index()].with_activations(ActivationQuant::Float)?;
+            let bytes = q.size_bytes();
+            Ok((Box::new(q) as Box<dyn Module>, bytes))
+        })?;
+        add(
+            format!("W4A16 group 32, {label} (weight-only diagnostic)"),
+            &float_act,
+        )?;
+        print_heldout_errors(&weights, &layers, &g32, &holdout_batches, label)?;
+    }
     // 10. SmoothQuant on the LayerNorm-fed inputs + W8A8 per token.
     let (sq, _) = smoothquant(
         &weights,

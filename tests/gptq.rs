@@ -125,6 +125,50 @@ fn gptq_beats_rtn_by_30_percent_on_correlated_inputs() -> AnyResult<()> {
     Ok(())
 }
 
+/// GPTQ's gain must hold on rows it was not calibrated on, once the calibration rows span
+/// the inputs' subspace; with fewer rows than that (a rank-deficient `H`, as 24 sentences
+/// for a 1536-input FFN-down) it fits the calibration set and generalizes worse.
+#[test]
+fn gptq_gain_holds_on_held_out_rows_given_enough_calibration() -> AnyResult<()> {
+    let mut rng = Rng(0x2545_f491_4f6c_dd1d);
+    let (inp, out, rank) = (256, 64, 64);
+    let lin = linear(&mut rng, out, inp, false);
+    // One distribution: the same latent mixing for calibration and held-out rows.
+    let mix = rng.tensor(rank, inp, 1.0);
+    let mut rows = |n: usize| -> AnyResult<Tensor> {
+        Ok((rng.tensor(n, rank, 1.0).matmul(&mix)? + rng.tensor(n, inp, 0.05))?)
+    };
+    let (many, few, held_out) = (rows(1024)?, rows(48)?, rows(1024)?);
+    let cfg = QuantConfig::w4a8(32)?;
+    let gcfg = GptqConfig::default()
+        .with_act_order(true)
+        .with_scales(GroupScales::Search {
+            steps: 16,
+            min_shrink: 0.7,
+        })
+        .with_min_rows(1);
+    let rtn = weight_output_error(&held_out, &lin, &QuantLinear::from_linear(&lin, &cfg)?)?;
+    let e_many = weight_output_error(
+        &held_out,
+        &lin,
+        &gptq(&lin, &gram_of(&many)?, &cfg, &gcfg)?.layer,
+    )?;
+    let e_few = weight_output_error(
+        &held_out,
+        &lin,
+        &gptq(&lin, &gram_of(&few)?, &cfg, &gcfg)?.layer,
+    )?;
+    println!(
+        "held-out ‖XWᵀ−XŴᵀ‖: RTN {rtn:.3}, GPTQ on 1024 rows {e_many:.3}, on 48 rows {e_few:.3}"
+    );
+    assert!(e_many <= 0.7 * rtn, "held-out: GPTQ {e_many} vs RTN {rtn}");
+    assert!(
+        e_many < e_few,
+        "1024 rows {e_many} should beat 48 rows {e_few}"
+    );
+    Ok(())
+}
+
 #[test]
 fn gptq_layer_runs_integer_kernels_closer_to_f32() -> AnyResult<()> {
     // The stored layer, run by the integer kernels (activations int8 too), on held-out rows.
