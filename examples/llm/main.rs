@@ -16,8 +16,8 @@
 //!   instruct model expects).
 //! - `--eval TEXT_FILE [--window N] [--sensitivity]`: instead of generating, the accuracy
 //!   table of every quantized mode against f32 on the text (perplexity, top-1 agreement,
-//!   mean KL, bytes), windows of N tokens (default 512); `--sensitivity` adds rows that
-//!   quantize one kind of linear at a time (W8A8), the rest f32.
+//!   mean KL, bytes), windows of N tokens (default 512); `--sensitivity` instead gives
+//!   rows that quantize one kind of linear at a time (W8A8), the rest f32.
 //! - `--bench [--peer] [--reps N]`: instead of generating, prefill tokens/s for 16, 128
 //!   and 512 synthetic tokens and decode tokens/s (128 tokens after a 128-token prompt),
 //!   medians of N runs (default 3); `--peer` also measures candle-transformers'
@@ -246,7 +246,12 @@ fn run_eval(args: &Args, text_file: &str, tok: &GgufTokenizer, first: Llama) -> 
     };
     let w8a8 = Mode::Quant(QuantConfig::w8a8());
     let mut rows: Vec<(String, Box<dyn Fn() -> candle_core::Result<Llama>>)> = Vec::new();
-    for name in ["w8a8", "w4a8-g32", "w4a8-g128"] {
+    let main_rows: &[&str] = if args.sensitivity {
+        &[]
+    } else {
+        &["w8a8", "w4a8-g32", "w4a8-g128"]
+    };
+    for &name in main_rows {
         let mode = parse_mode(name)?;
         let path = args.model.clone();
         rows.push((name.to_string(), Box::new(move || Llama::load(&path, mode))));
@@ -294,6 +299,14 @@ fn run_eval(args: &Args, text_file: &str, tok: &GgufTokenizer, first: Llama) -> 
             ));
             eprintln!("{} positions scored", s.positions());
         }
+        eprintln!(
+            "ROW | {name} | {:.3} ({:+.2}%) | {:.2}% | {:.4} | (f32 {:.3})",
+            s.perplexity(),
+            100. * (s.perplexity() / s.perplexity_ref() - 1.),
+            100. * s.agreement(),
+            s.mean_kl(),
+            s.perplexity_ref()
+        );
         table.push(format!(
             "| {name} | {:.3} ({:+.2}%) | {:.2}% | {:.4} | {:.1} MB |",
             s.perplexity(),
