@@ -41,6 +41,9 @@ use tokenizer::GgufTokenizer;
 
 type AnyResult<T> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
+/// Builds one model variant of an evaluation table on demand (one in memory at a time).
+type ModelBuilder = Box<dyn Fn() -> candle_core::Result<Llama>>;
+
 struct Args {
     model: String,
     prompt: String,
@@ -245,7 +248,7 @@ fn run_eval(args: &Args, text_file: &str, tok: &GgufTokenizer, first: Llama) -> 
         Llama::load(&args.model, Mode::F32)?
     };
     let w8a8 = Mode::Quant(QuantConfig::w8a8());
-    let mut rows: Vec<(String, Box<dyn Fn() -> candle_core::Result<Llama>>)> = Vec::new();
+    let mut rows: Vec<(String, ModelBuilder)> = Vec::new();
     let main_rows: &[&str] = if args.sensitivity {
         &[]
     } else {

@@ -94,6 +94,6 @@ impl GgufTokenizer {
 
     /// Text of `ids` (special tokens kept).
     pub fn decode(&self, ids: &[u32]) -> AnyResult<String> {
-        Ok(self.tokenizer.decode(ids, false)?)
+        self.tokenizer.decode(ids, false)
     }
 }

@@ -12,12 +12,18 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     for name in file.tensor_names().to_vec() {
-        let info = file.tensor_info(&name).expect("listed tensor has an entry").clone();
+        let info = file
+            .tensor_info(&name)
+            .expect("listed tensor has an entry")
+            .clone();
         let raw = file.tensor_bytes(&name).expect("validated bounds read");
         assert_eq!(raw.len(), info.size);
         if let Ok(t) = file.tensor_f32(&name) {
             assert_eq!(t.dims(), &info.shape[..]);
-            let v = t.flatten_all().and_then(|t| t.to_vec1::<f32>()).expect("f32");
+            let v = t
+                .flatten_all()
+                .and_then(|t| t.to_vec1::<f32>())
+                .expect("f32");
             assert!(v.iter().all(|x| x.is_finite()));
         }
         for (codes, scales) in [file.q8_0_blocks(&name), file.q4_0_blocks(&name)]

@@ -22,7 +22,9 @@ fuzz_target!(|data: &[u8]| {
                 // A value that loads matches its manifest entry and decodes to its shape.
                 assert_eq!(value.shape().dims(), &entry.shape[..]);
                 assert_eq!(value.scheme(), entry.scheme);
-                let t = value.decompress(&cpu).expect("a validated value decompresses");
+                let t = value
+                    .decompress(&cpu)
+                    .expect("a validated value decompresses");
                 assert_eq!(t.dims(), &entry.shape[..]);
                 // Re-saving and reloading gives the same value.
                 let mut w = CompressedWriter::new();
