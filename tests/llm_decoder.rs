@@ -12,6 +12,12 @@
 #[path = "../examples/llm/model.rs"]
 mod model;
 #[allow(dead_code)]
+#[path = "../examples/llm/rotate.rs"]
+mod rotate;
+#[allow(dead_code)]
+#[path = "../examples/llm/smoothquant.rs"]
+mod smoothquant;
+#[allow(dead_code)]
 #[path = "../examples/llm/tokenizer.rs"]
 mod tokenizer;
 
@@ -33,6 +39,8 @@ const HEADS: usize = 4;
 const KV_HEADS: usize = 2;
 const HD: usize = D / HEADS;
 const VOCAB: usize = 50;
+/// Long enough for prompts that take several attention chunks (128 queries each).
+const CONTEXT: usize = 320;
 const BASE: f32 = 10_000.;
 const EPS: f32 = 1e-5;
 
@@ -108,7 +116,7 @@ fn write_tiny(path: &Path, w: &Weights, ty: GgufType) -> AnyResult<()> {
         u("attention.head_count", HEADS),
         u("attention.head_count_kv", KV_HEADS),
         u("rope.dimension_count", HD),
-        u("context_length", 64),
+        u("context_length", CONTEXT),
         ("llama.rope.freq_base".to_string(), Value::F32(BASE)),
         (
             "llama.attention.layer_norm_rms_epsilon".to_string(),
@@ -302,6 +310,34 @@ fn f32_path_matches_the_loop_reference() -> AnyResult<()> {
     Ok(())
 }
 
+/// A prompt longer than one attention chunk (300 tokens: chunks of 128, 128, 44) against
+/// the loop reference, and after a cached prefix (the chunks then start past it).
+#[test]
+fn long_prompts_match_the_loop_reference() -> AnyResult<()> {
+    let dir = tempfile::tempdir()?;
+    let (path, w) = tiny_file(dir.path(), GgufType::F32)?;
+    let tokens: Vec<u32> = (0..300).map(|i| (i * 13 + 5) % VOCAB as u32).collect();
+    let want = reference_logits(&w, &tokens);
+    let mut m = Llama::load(&path, Mode::F32)?;
+    let got = m.forward_all(&tokens)?.to_vec2::<f32>()?;
+    m.clear_cache();
+    m.forward_all(&tokens[..20])?;
+    let tail = m.forward_all(&tokens[20..])?.to_vec2::<f32>()?;
+    for (p, r) in want.iter().enumerate() {
+        let mag = max_abs(r).max(1.);
+        let diff = max_diff(&got[p], r);
+        assert!(diff <= 1e-5 * mag, "position {p}: max diff {diff}");
+        if p >= 20 {
+            let diff = max_diff(&tail[p - 20], r);
+            assert!(
+                diff <= 1e-5 * mag,
+                "position {p} after a cached prefix: {diff}"
+            );
+        }
+    }
+    Ok(())
+}
+
 #[test]
 fn kv_cache_decode_equals_one_batch() -> AnyResult<()> {
     let dir = tempfile::tempdir()?;
@@ -394,6 +430,112 @@ fn quantized_paths_stay_close_to_f32() -> AnyResult<()> {
 /// A Q4_0 file written with llama.cpp's rule (negative block scales included, so the
 /// loader requantizes rather than keeping the codes) loads in W4A8 group 32 and stays
 /// near the f32 run of the same dequantized file.
+/// The rotated f32 decoder computes the same logits; its integer form is a real change.
+#[test]
+fn rotation_keeps_the_f32_function() -> AnyResult<()> {
+    let dir = tempfile::tempdir()?;
+    let (path, _) = tiny_file(dir.path(), GgufType::F32)?;
+    let reference = Llama::load(&path, Mode::F32)?;
+    let want = reference.clone().forward_all(&TOKENS)?.to_vec2::<f32>()?;
+    let rotated = rotate::rotate(&reference, rotate::SEED)?;
+    let got = rotated.clone().forward_all(&TOKENS)?.to_vec2::<f32>()?;
+    for (p, (g, r)) in got.iter().zip(&want).enumerate() {
+        let (diff, mag) = (max_diff(g, r), max_abs(r));
+        assert!(
+            diff <= 1e-4 * mag.max(1.),
+            "position {p}: max diff {diff} (magnitude {mag})"
+        );
+    }
+    let w8a8 = QuantConfig::w8a8();
+    let q = rotated.quantized(&w8a8, &w8a8)?.forward_all(&TOKENS)?;
+    let err = rel_l2(&q.flatten_all()?.to_vec1::<f32>()?, &want.concat());
+    assert!(
+        err > 0. && err < 0.03,
+        "rotated w8a8: relative L2 error {err}"
+    );
+    Ok(())
+}
+
+/// `random_orthogonal` is orthogonal to f32 rounding and the same for the same seed.
+#[test]
+fn random_rotation_is_orthogonal_and_seeded() {
+    let n = 24;
+    let q = rotate::random_orthogonal(n, 7);
+    assert_eq!(q, rotate::random_orthogonal(n, 7));
+    assert_ne!(q, rotate::random_orthogonal(n, 8));
+    for i in 0..n {
+        for j in 0..n {
+            let dot: f32 = (0..n).map(|k| q[i * n + k] * q[j * n + k]).sum();
+            let want = if i == j { 1. } else { 0. };
+            assert!((dot - want).abs() < 1e-5, "row {i} · row {j} = {dot}");
+        }
+    }
+}
+
+/// `Llama::quantized` from the f32 model equals the loader's own W8A8 model bit for bit
+/// (same weights, same rounding), so the rewrites start from the same place.
+#[test]
+fn quantizing_the_f32_model_equals_loading_w8a8() -> AnyResult<()> {
+    let dir = tempfile::tempdir()?;
+    let (path, _) = tiny_file(dir.path(), GgufType::F32)?;
+    let w8a8 = QuantConfig::w8a8();
+    let a = Llama::load(&path, Mode::F32)?
+        .quantized(&w8a8, &w8a8)?
+        .forward_all(&TOKENS)?;
+    let b = Llama::load(&path, Mode::Quant(w8a8))?.forward_all(&TOKENS)?;
+    assert_eq!(a.to_vec2::<f32>()?, b.to_vec2::<f32>()?);
+    Ok(())
+}
+
+/// SmoothQuant on the tiny model: calibration needs five windows; with a fixed α every
+/// group is smoothed, the model stays close to f32 and differs from plain W8A8.
+#[test]
+fn smoothquant_calibrates_and_stays_close_to_f32() -> AnyResult<()> {
+    use smoothquant::{smoothquant, Alpha, Calibration, Weights};
+    let dir = tempfile::tempdir()?;
+    let (path, _) = tiny_file(dir.path(), GgufType::F32)?;
+    let mut reference = Llama::load(&path, Mode::F32)?;
+    let text: Vec<u32> = (0..60).map(|i| (i * 7 + 3) % VOCAB as u32).collect();
+    let short = Calibration::run(&mut reference, &text[..32], 8, false);
+    assert!(short.is_err_and(|e| e.to_string().contains("too short")));
+    let calib = Calibration::run(&mut reference, &text, 8, true)?;
+    assert_eq!(calib.tokens(), 60);
+    let want = reference
+        .clone()
+        .forward_all(&TOKENS)?
+        .flatten_all()?
+        .to_vec1::<f32>()?;
+    let w8a8 = QuantConfig::w8a8();
+    let plain = Llama::load(&path, Mode::Quant(w8a8))?
+        .forward_all(&TOKENS)?
+        .flatten_all()?
+        .to_vec1::<f32>()?;
+    let gptq = Weights::Gptq(candle_compress::nn::gptq::GptqConfig::default().with_min_rows(8));
+    for (alpha, weights) in [
+        (Alpha::Fixed(0.5), Weights::Rtn),
+        (Alpha::Search, Weights::Rtn),
+        (Alpha::Fixed(0.5), gptq),
+        (Alpha::Off, gptq),
+    ] {
+        let (mut m, choices) = smoothquant(&reference, &calib, alpha, weights, &w8a8, &w8a8)?;
+        assert_eq!(choices.len(), 4 * LAYERS + 1);
+        if alpha == Alpha::Fixed(0.5) {
+            assert!(choices.iter().all(|c| c.alpha == Some(0.5)));
+        }
+        let got = m.forward_all(&TOKENS)?.flatten_all()?.to_vec1::<f32>()?;
+        let err = rel_l2(&got, &want);
+        eprintln!("SmoothQuant {alpha:?} {weights:?}: relative L2 error vs f32 {err:.4}");
+        assert!(err < 0.03, "{alpha:?} {weights:?}: {err}");
+        if alpha == Alpha::Off {
+            assert!(choices.iter().all(|c| c.alpha.is_none()));
+        }
+        if alpha == Alpha::Fixed(0.5) {
+            assert_ne!(got, plain, "smoothing changed nothing");
+        }
+    }
+    Ok(())
+}
+
 #[test]
 fn q4_0_file_in_w4a8_g32_is_near_its_own_f32_run() -> AnyResult<()> {
     let dir = tempfile::tempdir()?;
@@ -418,7 +560,7 @@ fn bad_inputs_are_errors() -> AnyResult<()> {
     assert!(m.forward_last(&[]).is_err());
     assert!(m.forward_last(&[VOCAB as u32]).is_err());
     assert!(
-        m.forward_last(&vec![1; 65]).is_err(),
+        m.forward_last(&vec![1; CONTEXT + 1]).is_err(),
         "beyond context_length"
     );
     assert!(Llama::load(dir.path().join("absent.gguf"), Mode::F32).is_err());

@@ -16,12 +16,27 @@
 //!   instruct model expects).
 //! - `--eval TEXT_FILE [--window N] [--sensitivity]`: instead of generating, the accuracy
 //!   table of every quantized mode against f32 on the text (perplexity, top-1 agreement,
-//!   mean KL, bytes), windows of N tokens (default 512); `--sensitivity` instead gives
-//!   rows that quantize one kind of linear at a time (W8A8), the rest f32.
-//! - `--bench [--peer] [--reps N]`: instead of generating, prefill tokens/s for 16, 128
-//!   and 512 synthetic tokens and decode tokens/s (128 tokens after a 128-token prompt),
-//!   medians of N runs (default 3); `--peer` also measures candle-transformers'
-//!   `quantized_llama` on the same file (its QMatMul on the file's own types).
+//!   mean KL, bytes), windows of N tokens (default 512); `--rows` picks rows by id
+//!   `[rot-][sq-][gptq-]MODE` (rotated, SmoothQuant, GPTQ weights; MODE `w8a8`,
+//!   `w8a8-pt` per-tensor, `w8a16` weights only, `w4a8-g32`, `w4a8-g128`), default a
+//!   table of twelve; `--sensitivity` instead gives rows that quantize one kind of linear
+//!   at a time (W8A8), the rest f32.
+//! - `--bench [--modes M,M,..] [--peer] [--reps N]`: instead of generating, prefill
+//!   tokens/s for 16, 128 and 512 synthetic tokens and decode tokens/s (128 tokens after a
+//!   128-token prompt), medians of N runs (default 3), for `--mode` and then each of
+//!   `--modes`; `--peer` also measures candle-transformers' `quantized_llama` on the same
+//!   file (its QMatMul on the file's own types).
+//! - `--rotate`: rotate the decoder before quantizing (generation and `--bench`; see
+//!   `rotate.rs`): an orthogonal change of basis of the residual stream and of the
+//!   values folded into the weights, and a fast Hadamard rotation of the down
+//!   projection's input at run time. The f32 function is unchanged; the int8 activations
+//!   lose their outlier channels.
+//! - `--smooth [--calib TEXT_FILE] [--alpha A|search]`: SmoothQuant the quantized `--mode`
+//!   (generation and `--bench`, after `--rotate` if given): calibrate the f32 decoder on the text (default
+//!   `data/calib_sentences.txt`), fold the factors into the norms (q/k/v, gate/up, LM head)
+//!   or into the layers' activation quantization (attn_output, down), with α fixed or
+//!   searched per group on held-out rows (default `search`). `--eval` always adds
+//!   SmoothQuant rows.
 //!
 //! Prints the generated text on stdout; progress, the kernel ISA, the model's weight bytes
 //! and the prefill / decode speed (tokens/s) on stderr.
@@ -29,14 +44,18 @@
 mod bench;
 mod eval;
 mod model;
+mod rotate;
+mod smoothquant;
 mod tokenizer;
 
 use std::io::Write;
 use std::time::Instant;
 
 use candle_compress::io::gguf_reader::GgufFile;
-use candle_compress::nn::QuantConfig;
+use candle_compress::nn::gptq::GptqConfig;
+use candle_compress::nn::{ActivationQuant, QuantConfig};
 use model::{Kind, Llama, Mode};
+use smoothquant::{Alpha, Calibration, Weights};
 use tokenizer::GgufTokenizer;
 
 type AnyResult<T> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>>;
@@ -58,11 +77,20 @@ struct Args {
     bench: bool,
     peer: bool,
     reps: usize,
+    smooth: bool,
+    rotate: bool,
+    modes: Vec<String>,
+    rows: Vec<String>,
+    calib: String,
+    alpha: Alpha,
 }
 
+/// The calibration text shipped in the repository (plain English sentences, CC0).
+const DEFAULT_CALIB: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/data/calib_sentences.txt");
+
 const USAGE: &str = "usage: llm MODEL.gguf [--prompt TEXT] [--mode f32|w8a8|w4a8-g32|w4a8-g128] \
-[--tokens N] [--threads N] [--raw] [--eval TEXT_FILE [--window N] [--sensitivity]] \
-[--bench [--peer] [--reps N]]";
+[--tokens N] [--threads N] [--raw] [--eval TEXT_FILE [--window N] [--rows R,R,..] [--sensitivity]] \
+[--bench [--modes M,M,..] [--peer] [--reps N]] [--rotate] [--smooth] [--calib TEXT_FILE] [--alpha A|search]";
 
 /// The mode named on the command line.
 fn parse_mode(s: &str) -> AnyResult<Mode> {
@@ -92,6 +120,12 @@ fn parse_args() -> AnyResult<Args> {
         bench: false,
         peer: false,
         reps: 3,
+        smooth: false,
+        rotate: false,
+        modes: Vec::new(),
+        rows: Vec::new(),
+        calib: DEFAULT_CALIB.into(),
+        alpha: Alpha::Search,
     };
     while let Some(a) = it.next() {
         let mut value = |name: &str| {
@@ -113,6 +147,31 @@ fn parse_args() -> AnyResult<Args> {
             "--bench" => args.bench = true,
             "--peer" => args.peer = true,
             "--reps" => args.reps = value("--reps")?.parse()?,
+            "--smooth" => args.smooth = true,
+            "--rotate" => args.rotate = true,
+            "--rows" => args.rows = value("--rows")?.split(',').map(str::to_string).collect(),
+            "--modes" => {
+                args.modes = value("--modes")?.split(',').map(str::to_string).collect();
+                for m in &args.modes {
+                    parse_mode(m)?;
+                }
+            }
+            "--calib" => args.calib = value("--calib")?,
+            "--alpha" => {
+                args.alpha = match value("--alpha")?.as_str() {
+                    "search" => Alpha::Search,
+                    a => {
+                        let a: f32 = a.parse()?;
+                        if !(0.0..=1.0).contains(&a) {
+                            return Err(format!(
+                                "--alpha must be in [0, 1] or \"search\", found {a}"
+                            )
+                            .into());
+                        }
+                        Alpha::Fixed(a)
+                    }
+                }
+            }
             "-h" | "--help" => {
                 println!("{USAGE}");
                 std::process::exit(0);
@@ -143,7 +202,14 @@ fn main() -> AnyResult<()> {
     let file = GgufFile::open(&args.model)?;
     let tok = GgufTokenizer::from_gguf(&file)?;
     drop(file);
-    let mut model = Llama::load(&args.model, args.mode)?;
+    if args.mode == Mode::F32 && (args.smooth || args.rotate) {
+        return Err("--smooth and --rotate need a quantized --mode".into());
+    }
+    let mut model = if args.eval.is_some() {
+        Llama::load(&args.model, args.mode)?
+    } else {
+        build(&args, &tok, args.mode)?
+    };
     let cfg = model.config().clone();
     eprintln!(
         "loaded in {:.1} s: {} blocks, d {}, ffn {}, {} heads / {} KV heads, vocab {}; \
@@ -164,7 +230,7 @@ fn main() -> AnyResult<()> {
         return run_eval(&args, text_file, &tok, model);
     }
     if args.bench {
-        return run_bench(&args, model);
+        return run_bench(&args, &tok, model);
     }
 
     let text = if args.raw {
@@ -229,6 +295,234 @@ fn main() -> AnyResult<()> {
     Ok(())
 }
 
+/// The model of `mode` with `--rotate` / `--smooth` applied (they start from the f32
+/// decoder; the f32 mode is loaded as is).
+fn build(args: &Args, tok: &GgufTokenizer, mode: Mode) -> AnyResult<Llama> {
+    let Mode::Quant(config) = mode else {
+        return Ok(Llama::load(&args.model, mode)?);
+    };
+    if !args.smooth && !args.rotate {
+        return Ok(Llama::load(&args.model, mode)?);
+    }
+    let mut base = Llama::load(&args.model, Mode::F32)?;
+    if args.rotate {
+        eprintln!("rotating ...");
+        base = rotate::rotate(&base, rotate::SEED)?;
+    }
+    if args.smooth {
+        let calib = calibrate(args, tok, &mut base)?;
+        smoothed(args, &base, &calib, &config)
+    } else {
+        let head = QuantConfig::w8a8().with_activations(config.activations())?;
+        Ok(base.quantized(&config, &head)?)
+    }
+}
+
+/// Runs the f32 `reference` over the `--calib` text (windows of `--window` tokens).
+fn calibrate(args: &Args, tok: &GgufTokenizer, reference: &mut Llama) -> AnyResult<Calibration> {
+    let text = std::fs::read_to_string(&args.calib)
+        .map_err(|e| format!("reading the calibration text {}: {e}", args.calib))?;
+    let tokens = tok.encode(&text)?;
+    eprintln!(
+        "calibrating SmoothQuant on {} ({} tokens) ...",
+        args.calib,
+        tokens.len()
+    );
+    Ok(Calibration::run(reference, &tokens, args.window, false)?)
+}
+
+/// The SmoothQuant rewrite of `reference` in `config` (LM head: W8A8 with the same
+/// activation quantization); prints the α chosen per group kind on stderr.
+fn smoothed(
+    args: &Args,
+    reference: &Llama,
+    calib: &Calibration,
+    config: &QuantConfig,
+) -> AnyResult<Llama> {
+    let head = QuantConfig::w8a8().with_activations(config.activations())?;
+    let (model, choices) =
+        smoothquant::smoothquant(reference, calib, args.alpha, Weights::Rtn, config, &head)?;
+    eprintln!(
+        "SmoothQuant on {} calibration tokens, α per group:",
+        calib.tokens()
+    );
+    for kind in [Kind::Qkv, Kind::Out, Kind::GateUp, Kind::Down] {
+        let alphas: Vec<String> = choices
+            .iter()
+            .filter(|c| matches!(c.site, model::Site::Block(_, k) if k == kind))
+            .map(|c| c.alpha.map_or("-".into(), |a| format!("{a:.1}")))
+            .collect();
+        eprintln!("  {kind:?}: {}", alphas.join(" "));
+    }
+    if let Some(c) = choices.iter().find(|c| c.site == model::Site::Head) {
+        eprintln!(
+            "  head: {}",
+            c.alpha.map_or("-".into(), |a| format!("{a:.1}"))
+        );
+    }
+    Ok(model)
+}
+
+/// The main evaluation table's rows by default (`--rows` picks others): ids of the form
+/// `[rot-][sq-][gptq-]MODE`, see [`parse_row`].
+const EVAL_ROWS: [&str; 12] = [
+    "w8a8",
+    "w8a8-pt",
+    "w8a16",
+    "sq-w8a8",
+    "sq-w8a8-pt",
+    "rot-w8a8",
+    "rot-sq-w8a8",
+    "rot-gptq-w8a8",
+    "w4a8-g32",
+    "w4a8-g128",
+    "rot-w4a8-g32",
+    "rot-gptq-w4a8-g32",
+];
+
+/// One row of the evaluation table.
+#[derive(Debug, Clone, Copy)]
+struct RowSpec {
+    /// Rotate the decoder first.
+    rotate: bool,
+    /// SmoothQuant (α as `--alpha`).
+    smooth: bool,
+    /// GPTQ weights (else round to nearest).
+    gptq: bool,
+    /// Block linears; the LM head is W8 with the same activation mode.
+    config: QuantConfig,
+}
+
+/// Parses a row id `[rot-][sq-][gptq-]MODE`, MODE one of `w8a8`, `w8a8-pt` (per-tensor
+/// activations), `w8a16` (weights only), `w4a8-g32`, `w4a8-g128`; returns the spec and
+/// the row's label.
+fn parse_row(id: &str) -> AnyResult<(RowSpec, String)> {
+    let mut rest = id;
+    let mut flag = |prefix: &str| {
+        let found = rest.starts_with(prefix);
+        if found {
+            rest = &rest[prefix.len()..];
+        }
+        found
+    };
+    let (rotate, smooth, gptq) = (flag("rot-"), flag("sq-"), flag("gptq-"));
+    let (config, mode) = match rest {
+        "w8a8" => (QuantConfig::w8a8(), "w8a8"),
+        "w8a8-pt" => (
+            QuantConfig::w8a8().with_activations(ActivationQuant::PerTensor)?,
+            "w8a8 per-tensor",
+        ),
+        "w8a16" => (
+            QuantConfig::w8a8().with_activations(ActivationQuant::Float)?,
+            "w8a16 (int8 weights only)",
+        ),
+        "w4a8-g32" => (QuantConfig::w4a8(32)?, "w4a8-g32"),
+        "w4a8-g128" => (QuantConfig::w4a8(128)?, "w4a8-g128"),
+        _ => {
+            return Err(format!(
+                "unknown --rows entry {id:?}: [rot-][sq-][gptq-]MODE with MODE one of w8a8, \
+                 w8a8-pt, w8a16, w4a8-g32, w4a8-g128"
+            )
+            .into())
+        }
+    };
+    let mut label = Vec::new();
+    if rotate {
+        label.push("rotated");
+    }
+    if smooth {
+        label.push("SmoothQuant");
+    }
+    if gptq {
+        label.push("GPTQ");
+    }
+    label.push(mode);
+    Ok((
+        RowSpec {
+            rotate,
+            smooth,
+            gptq,
+            config,
+        },
+        label.join(" + "),
+    ))
+}
+
+/// The rows of the main table (`--rows`, default [`EVAL_ROWS`]), each a label and a
+/// builder. Rows that calibrate (SmoothQuant, GPTQ) share one calibration per base model
+/// (plain or rotated), run when the first of them is built; GPTQ rows add the Gram
+/// matrices to it.
+fn main_rows(
+    args: &Args,
+    tok: &GgufTokenizer,
+    reference: &Llama,
+) -> AnyResult<Vec<(String, ModelBuilder)>> {
+    let ids: Vec<&str> = if args.rows.is_empty() {
+        EVAL_ROWS.to_vec()
+    } else {
+        args.rows.iter().map(String::as_str).collect()
+    };
+    let specs = ids
+        .iter()
+        .map(|id| parse_row(id))
+        .collect::<AnyResult<Vec<_>>>()?;
+    let grams = specs.iter().any(|(s, _)| s.gptq);
+    let calib_tokens = if specs.iter().any(|(s, _)| s.smooth || s.gptq) {
+        let text = std::fs::read_to_string(&args.calib)
+            .map_err(|e| format!("reading the calibration text {}: {e}", args.calib))?;
+        Some(std::rc::Rc::new(tok.encode(&text)?))
+    } else {
+        None
+    };
+    // One calibration for the plain model, one for the rotated one.
+    let calib: [std::rc::Rc<std::cell::OnceCell<Calibration>>; 2] = Default::default();
+    let mut rows: Vec<(String, ModelBuilder)> = Vec::new();
+    for (spec, label) in specs {
+        if !(spec.rotate || spec.smooth || spec.gptq) {
+            let (path, mode) = (args.model.clone(), Mode::Quant(spec.config));
+            rows.push((label, Box::new(move || Llama::load(&path, mode))));
+            continue;
+        }
+        let (reference, calib) = (reference.clone(), calib[spec.rotate as usize].clone());
+        let tokens = calib_tokens.clone();
+        let (window, file, alpha) = (args.window, args.calib.clone(), args.alpha);
+        let build: ModelBuilder = Box::new(move || {
+            let base = if spec.rotate {
+                rotate::rotate(&reference, rotate::SEED)?
+            } else {
+                reference.clone()
+            };
+            let head = QuantConfig::w8a8().with_activations(spec.config.activations())?;
+            let Some(tokens) = tokens.as_ref().filter(|_| spec.smooth || spec.gptq) else {
+                return base.quantized(&spec.config, &head);
+            };
+            if calib.get().is_none() {
+                eprintln!(
+                    "calibrating on {file} ({} tokens{}) ...",
+                    tokens.len(),
+                    if grams { ", with Gram matrices" } else { "" }
+                );
+                let c = Calibration::run(&mut base.clone(), tokens, window, grams)?;
+                let _ = calib.set(c);
+            }
+            let calib = calib
+                .get()
+                .ok_or_else(|| candle_core::Error::Msg("calibration did not run".into()))?;
+            let alpha = if spec.smooth { alpha } else { Alpha::Off };
+            let weights = if spec.gptq {
+                Weights::Gptq(GptqConfig::default())
+            } else {
+                Weights::Rtn
+            };
+            let (m, _) =
+                smoothquant::smoothquant(&base, calib, alpha, weights, &spec.config, &head)?;
+            Ok(m)
+        });
+        rows.push((label, build));
+    }
+    Ok(rows)
+}
+
 /// `--eval`: the accuracy table (markdown) on stdout.
 fn run_eval(args: &Args, text_file: &str, tok: &GgufTokenizer, first: Llama) -> AnyResult<()> {
     if args.window < 2 {
@@ -249,15 +543,8 @@ fn run_eval(args: &Args, text_file: &str, tok: &GgufTokenizer, first: Llama) -> 
     };
     let w8a8 = Mode::Quant(QuantConfig::w8a8());
     let mut rows: Vec<(String, ModelBuilder)> = Vec::new();
-    let main_rows: &[&str] = if args.sensitivity {
-        &[]
-    } else {
-        &["w8a8", "w4a8-g32", "w4a8-g128"]
-    };
-    for &name in main_rows {
-        let mode = parse_mode(name)?;
-        let path = args.model.clone();
-        rows.push((name.to_string(), Box::new(move || Llama::load(&path, mode))));
+    if !args.sensitivity {
+        rows = main_rows(args, tok, &reference)?;
     }
     if args.sensitivity {
         for (kind, label) in [
@@ -327,7 +614,7 @@ fn run_eval(args: &Args, text_file: &str, tok: &GgufTokenizer, first: Llama) -> 
 }
 
 /// `--bench`: speed lines on stdout.
-fn run_bench(args: &Args, mut model: Llama) -> AnyResult<()> {
+fn run_bench(args: &Args, tok: &GgufTokenizer, mut model: Llama) -> AnyResult<()> {
     let vocab = model.config().vocab;
     let threads = rayon::current_num_threads();
     let isa = candle_compress::kernels::active_isa();
@@ -344,11 +631,20 @@ fn run_bench(args: &Args, mut model: Llama) -> AnyResult<()> {
     };
     println!("| model | threads | prefill 16 / 128 / 512 tokens (tokens/s) | decode (tokens/s) |");
     println!("|---|---|---|---|");
+    let label = |mode: &str| match parse_mode(mode) {
+        Ok(Mode::F32) => format!("ours {mode} (candle f32 matmul)"),
+        _ => format!("ours {mode} (ISA {isa:?})"),
+    };
     line(
-        &format!("ours {} (ISA {isa:?})", args.mode_name),
+        &label(&args.mode_name),
         &mut bench::Runner::Ours(&mut model),
     )?;
     drop(model);
+    for name in args.modes.iter().filter(|m| **m != args.mode_name) {
+        eprintln!("loading {name} ...");
+        let mut m = build(args, tok, parse_mode(name)?)?;
+        line(&label(name), &mut bench::Runner::Ours(&mut m))?;
+    }
     if args.peer {
         let mut f = std::fs::File::open(&args.model)?;
         let content = candle_core::quantized::gguf_file::Content::read(&mut f)?;

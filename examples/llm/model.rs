@@ -144,7 +144,7 @@ impl Module for Lin {
 }
 
 /// Which linear of a block (for per-kind choices such as the sensitivity study).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Kind {
     /// `attn_q`, `attn_k`, `attn_v`.
     Qkv,
@@ -156,27 +156,110 @@ pub enum Kind {
     Down,
 }
 
-struct Block {
-    attn_norm: Tensor,
-    q: Lin,
-    k: Lin,
-    v: Lin,
-    o: Lin,
-    ffn_norm: Tensor,
-    gate: Lin,
-    up: Lin,
-    down: Lin,
+/// One decoder block. Its fields are open to the example's other modules (the SmoothQuant
+/// rewrite replaces norms and linears).
+#[derive(Clone)]
+pub(crate) struct Block {
+    pub(crate) attn_norm: Tensor,
+    pub(crate) q: Lin,
+    pub(crate) k: Lin,
+    pub(crate) v: Lin,
+    pub(crate) o: Lin,
+    pub(crate) ffn_norm: Tensor,
+    pub(crate) gate: Lin,
+    pub(crate) up: Lin,
+    pub(crate) down: Lin,
+    /// A rotation of the down projection's input, applied at run time (`None`: none);
+    /// set by the rotation rewrite, which folds its inverse into `down`.
+    pub(crate) down_rotation: Option<Hadamard>,
     /// Keys after RoPE and values, `[n_kv_head, cached tokens, head_dim]` each.
     cache: Option<(Tensor, Tensor)>,
 }
 
-/// The decoder with its KV cache.
+/// Multiplication of each row by a block-diagonal Hadamard matrix: `blocks` copies of
+/// the normalised Sylvester matrix `H_m` (`m` a power of two, `m · blocks` = the row
+/// length), computed as `H_m = H_p ⊗ H_q` (`m = p · q`): a row block reshaped to
+/// `[p, q]` becomes `H_p · V · H_q`, `p + q` multiply-adds per element instead of `m`.
+/// `H_m` is symmetric and orthogonal, so the same matrix undoes it.
+#[derive(Debug, Clone)]
+pub(crate) struct Hadamard {
+    hp: Tensor,
+    hq: Tensor,
+    blocks: usize,
+}
+
+impl Hadamard {
+    /// For rows of `n`: the largest power-of-two block `m` dividing `n` (at most 4096);
+    /// `None` when `n` is odd.
+    pub(crate) fn for_width(n: usize) -> Result<Option<Self>> {
+        let m = (1usize << n.trailing_zeros()).min(4096);
+        if m < 2 {
+            return Ok(None);
+        }
+        let p = 1usize << (m.trailing_zeros() / 2);
+        Ok(Some(Self {
+            hp: sylvester(p)?,
+            hq: sylvester(m / p)?,
+            blocks: n / m,
+        }))
+    }
+
+    /// The dense `[n, n]` matrix (for folding into weights).
+    pub(crate) fn matrix(&self) -> Result<Tensor> {
+        let n = self.hp.dim(0)? * self.hq.dim(0)? * self.blocks;
+        self.apply(&Tensor::eye(n, DType::F32, &Device::Cpu)?)
+    }
+
+    /// `x · blockdiag(H_m, …)` for `x` `[t, n]`.
+    pub(crate) fn apply(&self, x: &Tensor) -> Result<Tensor> {
+        let (t, n) = x.dims2()?;
+        let (p, q) = (self.hp.dim(0)?, self.hq.dim(0)?);
+        let v = x
+            .reshape((t * self.blocks, p, q))?
+            .broadcast_matmul(&self.hq)?;
+        self.hp.broadcast_matmul(&v)?.reshape((t, n))
+    }
+}
+
+/// The normalised Sylvester Hadamard matrix of order `n` (a power of two):
+/// `H[i][j] = (−1)^popcount(i & j) / √n`.
+pub(crate) fn sylvester(n: usize) -> Result<Tensor> {
+    let scale = 1.0 / (n as f32).sqrt();
+    let v: Vec<f32> = (0..n * n)
+        .map(|ij| {
+            if ((ij / n) & (ij % n)).count_ones().is_multiple_of(2) {
+                scale
+            } else {
+                -scale
+            }
+        })
+        .collect();
+    Tensor::from_vec(v, (n, n), &Device::Cpu)
+}
+
+/// The input of one group of linears that read the same activations: a block's q/k/v,
+/// attention output, gate/up or down projection, or the LM head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Site {
+    /// Block `i`'s linears of this kind.
+    Block(usize, Kind),
+    /// The LM head (its input is the output of `output_norm`).
+    Head,
+}
+
+/// Called with every linear group's input `[tokens, in]` during a forward pass
+/// ([`Llama::forward_observed`]).
+pub type Observer<'a> = dyn FnMut(Site, &Tensor) -> Result<()> + 'a;
+
+/// The decoder with its KV cache. Cloning shares the weights (candle tensors are
+/// reference-counted) and copies the cache.
+#[derive(Clone)]
 pub struct Llama {
-    cfg: LlamaConfig,
-    embed: Tensor,
-    blocks: Vec<Block>,
-    norm: Tensor,
-    head: Lin,
+    pub(crate) cfg: LlamaConfig,
+    pub(crate) embed: Tensor,
+    pub(crate) blocks: Vec<Block>,
+    pub(crate) norm: Tensor,
+    pub(crate) head: Lin,
     cos: Tensor,
     sin: Tensor,
     /// Tokens already in the KV cache.
@@ -267,6 +350,7 @@ impl Llama {
                 gate: gu.linear(&format!("{p}.ffn_gate"), d, cfg.n_ff)?,
                 up: gu.linear(&format!("{p}.ffn_up"), d, cfg.n_ff)?,
                 down: down.linear(&format!("{p}.ffn_down"), cfg.n_ff, d)?,
+                down_rotation: None,
                 cache: None,
             });
         }
@@ -288,6 +372,34 @@ impl Llama {
             sin,
             pos: 0,
         })
+    }
+
+    /// A copy whose f32 linears are our `QuantLinear`s: block linears in `config`, the LM
+    /// head in `head` (integer linears stay as they are).
+    pub fn quantized(&self, config: &QuantConfig, head: &QuantConfig) -> Result<Self> {
+        let q = |l: &Lin, c: &QuantConfig| -> Result<Lin> {
+            Ok(match l {
+                Lin::F32(f) => Lin::Quant(QuantLinear::from_linear(f, c)?),
+                Lin::Quant(_) => l.clone(),
+            })
+        };
+        let mut m = self.clone();
+        m.clear_cache();
+        for b in &mut m.blocks {
+            for l in [
+                &mut b.q,
+                &mut b.k,
+                &mut b.v,
+                &mut b.o,
+                &mut b.gate,
+                &mut b.up,
+                &mut b.down,
+            ] {
+                *l = q(l, config)?;
+            }
+        }
+        m.head = q(&m.head, head)?;
+        Ok(m)
     }
 
     /// The model's hyper-parameters.
@@ -328,7 +440,7 @@ impl Llama {
     /// Runs `tokens` (appended after the cached ones) and returns the logits of the last
     /// one, `[vocab]`.
     pub fn forward_last(&mut self, tokens: &[u32]) -> Result<Tensor> {
-        let h = self.hidden(tokens)?;
+        let h = self.hidden(tokens, None)?;
         let last = h.i(h.dim(0)? - 1..)?;
         self.head.forward(&last)?.squeeze(0)
     }
@@ -336,12 +448,20 @@ impl Llama {
     /// Runs `tokens` (appended after the cached ones) and returns the logits of every one,
     /// `[tokens, vocab]` (for perplexity).
     pub fn forward_all(&mut self, tokens: &[u32]) -> Result<Tensor> {
-        let h = self.hidden(tokens)?;
+        let h = self.hidden(tokens, None)?;
         self.head.forward(&h)
     }
 
-    /// The final normed hidden states `[tokens, d]`.
-    fn hidden(&mut self, tokens: &[u32]) -> Result<Tensor> {
+    /// Runs `tokens` like [`Llama::forward_all`] without the LM head, handing every linear
+    /// group's input to `observe` (calibration); the head's input is handed over too.
+    pub fn forward_observed(&mut self, tokens: &[u32], observe: &mut Observer<'_>) -> Result<()> {
+        let h = self.hidden(tokens, Some(observe))?;
+        observe(Site::Head, &h)
+    }
+
+    /// The final normed hidden states `[tokens, d]`; `observe` sees each block's linear
+    /// inputs.
+    fn hidden(&mut self, tokens: &[u32], mut observe: Option<&mut Observer<'_>>) -> Result<Tensor> {
         let t = tokens.len();
         if t == 0 {
             candle_core::bail!("no tokens to run");
@@ -364,14 +484,24 @@ impl Llama {
         let cos = self.cos.narrow(0, self.pos, t)?;
         let sin = self.sin.narrow(0, self.pos, t)?;
         let mask = causal_mask(t, self.pos)?;
-        for b in &mut self.blocks {
+        for (i, b) in self.blocks.iter_mut().enumerate() {
+            let mut seen = |kind: Kind, t: &Tensor| match observe.as_mut() {
+                Some(f) => f(Site::Block(i, kind), t),
+                None => Ok(()),
+            };
             let n = candle_nn::ops::rms_norm(&x, &b.attn_norm, self.cfg.eps as f32)?;
-            let a = b.attention(&n, &cos, &sin, mask.as_ref(), &self.cfg)?;
+            seen(Kind::Qkv, &n)?;
+            let a = b.attention(&n, &cos, &sin, mask.as_ref(), &self.cfg, &mut seen)?;
             x = (x + a)?;
             let n = candle_nn::ops::rms_norm(&x, &b.ffn_norm, self.cfg.eps as f32)?;
+            seen(Kind::GateUp, &n)?;
             let g = candle_nn::ops::silu(&b.gate.forward(&n)?)?;
-            let m = b.down.forward(&(g * b.up.forward(&n)?)?)?;
-            x = (x + m)?;
+            let mut h = (g * b.up.forward(&n)?)?;
+            if let Some(r) = &b.down_rotation {
+                h = r.apply(&h)?;
+            }
+            seen(Kind::Down, &h)?;
+            x = (x + b.down.forward(&h)?)?;
         }
         self.pos += t;
         candle_nn::ops::rms_norm(&x, &self.norm, self.cfg.eps as f32)
@@ -379,7 +509,8 @@ impl Llama {
 }
 
 impl Block {
-    /// Self-attention of `n` (`[t, d]`, the normed input) over the cache plus itself.
+    /// Self-attention of `n` (`[t, d]`, the normed input) over the cache plus itself;
+    /// `seen` gets the output projection's input.
     fn attention(
         &mut self,
         n: &Tensor,
@@ -387,6 +518,7 @@ impl Block {
         sin: &Tensor,
         mask: Option<&Tensor>,
         cfg: &LlamaConfig,
+        seen: &mut impl FnMut(Kind, &Tensor) -> Result<()>,
     ) -> Result<Tensor> {
         let t = n.dim(0)?;
         let hd = cfg.head_dim();
@@ -407,29 +539,55 @@ impl Block {
             Some((ck, cv)) => (Tensor::cat(&[&ck, &k], 1)?, Tensor::cat(&[&cv, &v], 1)?),
         };
         self.cache = Some((k.clone(), v.clone()));
-        let kv_len = k.dim(1)?;
+        let past = k.dim(1)? - t;
         // The n_rep query heads of one key/value head are consecutive: fold them into the
         // row dimension, [n_kv, n_rep·t, hd], so one batched matmul per KV head does GQA
-        // without copying the keys and values n_rep times.
+        // without copying the keys and values n_rep times. Long prompts go QUERY_CHUNK
+        // queries at a time: a chunk reads only the keys up to its last position (the
+        // rest are masked anyway), which saves up to half the work and keeps the score
+        // matrix small.
         let rep = cfg.n_head / cfg.n_kv_head;
-        let q = q.reshape((cfg.n_kv_head, rep * t, hd))?;
-        let att = (q.matmul(&k.t()?)? / (hd as f64).sqrt())?;
-        let att = match mask {
-            None => att,
-            Some(m) => att
-                .reshape((cfg.n_kv_head, rep, t, kv_len))?
-                .broadcast_add(m)?
-                .reshape((cfg.n_kv_head, rep * t, kv_len))?,
+        let q = q.reshape((cfg.n_kv_head, rep, t, hd))?;
+        let mut chunks = Vec::with_capacity(t.div_ceil(QUERY_CHUNK));
+        for c0 in (0..t).step_by(QUERY_CHUNK) {
+            let c = QUERY_CHUNK.min(t - c0);
+            let kv_len = past + c0 + c;
+            let qc = if c == t {
+                q.reshape((cfg.n_kv_head, rep * t, hd))?
+            } else {
+                q.narrow(2, c0, c)?
+                    .contiguous()?
+                    .reshape((cfg.n_kv_head, rep * c, hd))?
+            };
+            let (kc, vc) = (k.narrow(1, 0, kv_len)?, v.narrow(1, 0, kv_len)?);
+            let att = (qc.matmul(&kc.t()?)? / (hd as f64).sqrt())?;
+            let att = match mask {
+                None => att,
+                Some(m) => att
+                    .reshape((cfg.n_kv_head, rep, c, kv_len))?
+                    .broadcast_add(&m.narrow(0, c0, c)?.narrow(1, 0, kv_len)?)?
+                    .reshape((cfg.n_kv_head, rep * c, kv_len))?,
+            };
+            let att = candle_nn::ops::softmax_last_dim(&att)?;
+            // [n_kv, rep·c, hd] -> [n_kv, rep, c, hd]
+            chunks.push(att.matmul(&vc)?.reshape((cfg.n_kv_head, rep, c, hd))?);
+        }
+        let y = if chunks.len() == 1 {
+            chunks.swap_remove(0)
+        } else {
+            Tensor::cat(&chunks, 2)?
         };
-        let att = candle_nn::ops::softmax_last_dim(&att)?;
-        let y = att.matmul(&v)?; // [n_kv, rep·t, hd]
         let y = y
             .reshape((cfg.n_head, t, hd))?
             .transpose(0, 1)?
             .reshape((t, cfg.n_embd))?;
+        seen(Kind::Out, &y)?;
         self.o.forward(&y)
     }
 }
+
+/// Queries per step of the attention of a long prompt (see `Block::attention`).
+const QUERY_CHUNK: usize = 128;
 
 /// `cos`, `sin` of `pos · base^(-2i/hd)`, `[max_seq, hd/2]` each (candle's layout for
 /// `rope_i`), computed as candle-transformers computes them (f32 powers, an f32 matmul).
