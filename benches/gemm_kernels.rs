@@ -125,8 +125,8 @@ fn main() {
                 }
             }
         }
-        let p8 = PackedW8::pack(&w8, &s8, out, inp);
-        let p4 = PackedW4::pack(&w4, &s4, out, inp, 64);
+        let p8 = PackedW8::pack(&w8, &s8, out, inp).unwrap();
+        let p4 = PackedW4::pack(&w4, &s4, out, inp, 64).unwrap();
         for b in [1usize, 8, 128] {
             let label = format!("{inp}x{out}");
             if !filter.is_empty() && !filter.iter().any(|f| label.contains(f.as_str())) {
@@ -144,14 +144,14 @@ fn main() {
                 active
                     .quantize_rows_i8(black_box(&xf), inp, None, &mut q, &mut xs)
                     .unwrap();
-                active.matmul_w8a8(&q, &xs, b, &p8, None, &mut y);
+                active.matmul_w8a8(&q, &xs, b, &p8, None, &mut y).unwrap();
                 black_box(&y);
             });
             let t_w4 = p10_time(|| {
                 active
                     .quantize_rows_i8(black_box(&xf), inp, None, &mut q, &mut xs)
                     .unwrap();
-                active.matmul_w4a8(&q, &xs, b, &p4, None, &mut y);
+                active.matmul_w4a8(&q, &xs, b, &p4, None, &mut y).unwrap();
                 black_box(&y);
             });
             let mut line = format!(
@@ -163,7 +163,8 @@ fn main() {
             );
             for k in kernels.iter().filter(|k| k.name() != "scalar") {
                 let t = p10_time(|| {
-                    k.matmul_w8a8(black_box(&q), &xs, b, &p8, None, &mut y);
+                    k.matmul_w8a8(black_box(&q), &xs, b, &p8, None, &mut y)
+                        .unwrap();
                     black_box(&y);
                 })
                 .as_secs_f64();

@@ -215,7 +215,7 @@ impl Layers {
         let w4 = QuantLinear::from_linear(&lin, &QuantConfig::w4a8(W4_GROUP).unwrap()).unwrap();
         let q8 = QMatMul::from_qtensor(QTensor::quantize(&w, GgmlDType::Q8_0).unwrap()).unwrap();
         let q4 = QMatMul::from_qtensor(QTensor::quantize(&w, GgmlDType::Q4_0).unwrap()).unwrap();
-        let raw_w8 = PackedW8::pack(&w8.weights_i8(), w8.weight_scales(), out, inp);
+        let raw_w8 = PackedW8::pack(&w8.weights_i8(), w8.weight_scales(), out, inp).unwrap();
         let raw_bias = bias.to_vec1().unwrap();
         Layers {
             lin,
@@ -235,7 +235,7 @@ impl Layers {
         let inp = self.raw_w8.in_features();
         gemm::quantize_rows_i8(x, inp, None, &mut buf.qx, &mut buf.scales).unwrap();
         let bias = Some(&self.raw_bias[..]);
-        gemm::matmul_w8a8(&buf.qx, &buf.scales, rows, &self.raw_w8, bias, &mut buf.out);
+        gemm::matmul_w8a8(&buf.qx, &buf.scales, rows, &self.raw_w8, bias, &mut buf.out).unwrap();
     }
 
     /// One forward pass of implementation `imp`: every one computes `x·Wᵀ + b` (QMatMul

@@ -71,7 +71,7 @@ fn weights(n: usize) -> Vec<f32> {
 fn simd_isas() -> Vec<(Isa, &'static str)> {
     let probe = |isa| {
         dequantize_i8_blocks_on(isa, &[0], &[f16::ONE], 1, &mut [0.0])
-            .map(|()| isa)
+            .expect("valid lengths")
             .is_some()
     };
     [(Isa::Avx512Vnni, "avx512"), (Isa::Avx2, "avx2")]
@@ -100,8 +100,8 @@ fn bench_quantize(c: &mut Criterion, x: &[f32], t: &Tensor) {
             group.bench_function(format!("kernel_{name}_b{block}"), |b| {
                 b.iter(|| {
                     quantize_i8_blocks_on(isa, black_box(x), block, &mut q, &mut scales)
-                        .expect("kernel available")
                         .expect("finite input")
+                        .expect("kernel available")
                 })
             });
         }
@@ -134,12 +134,13 @@ fn bench_dequantize(c: &mut Criterion, x: &[f32], t: &Tensor) {
         let mut q = vec![0i8; N];
         let mut scales = vec![f16::ZERO; N.div_ceil(block)];
         quantize_i8_blocks_on(Isa::Scalar, x, block, &mut q, &mut scales)
-            .expect("scalar kernel")
-            .expect("finite input");
+            .expect("finite input")
+            .expect("scalar kernel");
         for &(isa, name) in &kernels {
             group.bench_function(format!("kernel_{name}_b{block}"), |b| {
                 b.iter(|| {
                     dequantize_i8_blocks_on(isa, black_box(&q), &scales, block, &mut out)
+                        .expect("valid lengths")
                         .expect("kernel available")
                 })
             });
@@ -151,11 +152,12 @@ fn bench_dequantize(c: &mut Criterion, x: &[f32], t: &Tensor) {
         let mut q = vec![0i8; N];
         let mut scales = vec![f16::ZERO; N.div_ceil(block)];
         quantize_i8_blocks_on(Isa::Scalar, x, block, &mut q, &mut scales)
-            .expect("scalar kernel")
-            .expect("finite input");
+            .expect("finite input")
+            .expect("scalar kernel");
         group.bench_function(format!("to_tensor_b{block}"), |b| {
             b.iter(|| {
-                let v = dequantize_i8_blocks_to_vec(black_box(&q), &scales, block);
+                let v =
+                    dequantize_i8_blocks_to_vec(black_box(&q), &scales, block).expect("lengths");
                 Tensor::from_vec(v, t.shape(), &Device::Cpu).expect("tensor")
             })
         });
@@ -167,7 +169,8 @@ fn bench_dequantize(c: &mut Criterion, x: &[f32], t: &Tensor) {
         .compress(t)
         .expect("nf4 compress");
     let nf4_decode = || {
-        let v = dequantize_u4_lut_to_vec(nf4.packed(), &NF4_CODE_BOOK, nf4.absmax(), 64, N);
+        let v = dequantize_u4_lut_to_vec(nf4.packed(), &NF4_CODE_BOOK, nf4.absmax(), 64, N)
+            .expect("lengths");
         Tensor::from_vec(v, t.shape(), &Device::Cpu).expect("tensor")
     };
     assert_same_values(&nf4_decode(), &nf4.decompress(&Device::Cpu).expect("nf4"));
@@ -180,7 +183,8 @@ fn bench_dequantize(c: &mut Criterion, x: &[f32], t: &Tensor) {
     let int4_lut: [f32; 16] = std::array::from_fn(|k| k as f32 - 8.0);
     let int4_decode = || {
         let scales: Vec<f32> = int4.scales().iter().map(|s| s.to_f32()).collect();
-        let v = dequantize_u4_lut_to_vec(int4.packed(), &int4_lut, &scales, 64, N);
+        let v =
+            dequantize_u4_lut_to_vec(int4.packed(), &int4_lut, &scales, 64, N).expect("lengths");
         Tensor::from_vec(v, t.shape(), &Device::Cpu).expect("tensor")
     };
     assert_same_values(
@@ -196,7 +200,7 @@ fn bench_dequantize(c: &mut Criterion, x: &[f32], t: &Tensor) {
             .expect("affine compress");
         let decode = || {
             let (codes, zp, sc) = (aff.codes(), aff.zero_points(), aff.scales());
-            let v = dequantize_affine_to_vec(codes, bits, zp, sc, 64, N);
+            let v = dequantize_affine_to_vec(codes, bits, zp, sc, 64, N).expect("lengths");
             Tensor::from_vec(v, t.shape(), &Device::Cpu).expect("tensor")
         };
         assert_same_values(&decode(), &aff.decompress(&Device::Cpu).expect("affine"));

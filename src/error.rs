@@ -150,6 +150,12 @@ pub enum Error {
         max: f64,
     },
 
+    /// A kernel entry point ([`crate::kernels`]) refused its arguments or data: a slice
+    /// length that does not match the sizes given, a size that overflows, a parameter out
+    /// of range, a non-finite value. The message names the function and both lengths.
+    #[error(transparent)]
+    Kernel(#[from] crate::kernels::KernelError),
+
     /// A size computed from a shape (element count, bytes, a counter) does not fit.
     #[error("{what}: size of {shape} overflows usize")]
     SizeOverflow {

@@ -87,13 +87,16 @@ fn check_w8(
     let ws: Vec<f32> = (0..n).map(|_| rng.f32().abs() * 0.01 + 1e-4).collect();
     let xs: Vec<f32> = (0..rows).map(|_| rng.f32().abs() * 0.1).collect();
     let b: Vec<f32> = (0..n).map(|_| rng.f32()).collect();
-    let p = PackedW8::pack(&w, &ws, n, k);
+    let p = PackedW8::pack(&w, &ws, n, k).unwrap();
     for bias in [None, Some(&b[..])] {
         let mut want = vec![0f32; rows * n];
-        scalar().matmul_w8a8(&qx, &xs, rows, &p, bias, &mut want);
+        scalar()
+            .matmul_w8a8(&qx, &xs, rows, &p, bias, &mut want)
+            .unwrap();
         for kern in kernels {
             let mut got = vec![f32::NAN; rows * n];
-            kern.matmul_w8a8(&qx, &xs, rows, &p, bias, &mut got);
+            kern.matmul_w8a8(&qx, &xs, rows, &p, bias, &mut got)
+                .unwrap();
             assert_eq!(
                 bits(&got),
                 bits(&want),
@@ -113,13 +116,16 @@ fn check_w4(kernels: &[GemmKernels], rng: &mut Rng, group: usize, k: usize, n: u
     let ws: Vec<f32> = (0..n * groups).map(|_| rng.f32() * 0.02).collect();
     let xs: Vec<f32> = (0..rows).map(|_| rng.f32().abs() * 0.1).collect();
     let b: Vec<f32> = (0..n).map(|_| rng.f32()).collect();
-    let p = PackedW4::pack(&w, &ws, n, k, group);
+    let p = PackedW4::pack(&w, &ws, n, k, group).unwrap();
     for bias in [None, Some(&b[..])] {
         let mut want = vec![0f32; rows * n];
-        scalar().matmul_w4a8(&qx, &xs, rows, &p, bias, &mut want);
+        scalar()
+            .matmul_w4a8(&qx, &xs, rows, &p, bias, &mut want)
+            .unwrap();
         for kern in kernels {
             let mut got = vec![f32::NAN; rows * n];
-            kern.matmul_w4a8(&qx, &xs, rows, &p, bias, &mut got);
+            kern.matmul_w4a8(&qx, &xs, rows, &p, bias, &mut got)
+                .unwrap();
             assert_eq!(
                 bits(&got),
                 bits(&want),
@@ -243,13 +249,17 @@ fn amx_results_do_not_depend_on_thread_count() {
     let (qx, w) = data(&mut rng, false, rows, n, k);
     let ws: Vec<f32> = (0..n).map(|_| rng.f32().abs() * 0.01).collect();
     let xs: Vec<f32> = (0..rows).map(|_| rng.f32().abs()).collect();
-    let p = PackedW8::pack(&w, &ws, n, k);
+    let p = PackedW8::pack(&w, &ws, n, k).unwrap();
     let w4: Vec<i8> = (0..n * k).map(|_| rng.i4()).collect();
-    let p4 = PackedW4::pack(&w4, &vec![0.01; n * k.div_ceil(32)], n, k, 32);
+    let p4 = PackedW4::pack(&w4, &vec![0.01; n * k.div_ceil(32)], n, k, 32).unwrap();
     let mut want = vec![0f32; rows * n];
     let mut want4 = vec![0f32; rows * n];
-    scalar().matmul_w8a8(&qx, &xs, rows, &p, None, &mut want);
-    scalar().matmul_w4a8(&qx, &xs, rows, &p4, None, &mut want4);
+    scalar()
+        .matmul_w8a8(&qx, &xs, rows, &p, None, &mut want)
+        .unwrap();
+    scalar()
+        .matmul_w4a8(&qx, &xs, rows, &p4, None, &mut want4)
+        .unwrap();
     for threads in [1, 3, 8] {
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
@@ -257,9 +267,15 @@ fn amx_results_do_not_depend_on_thread_count() {
             .unwrap();
         for kern in &kernels {
             let mut got = vec![0f32; rows * n];
-            pool.install(|| kern.matmul_w8a8(&qx, &xs, rows, &p, None, &mut got));
+            pool.install(|| {
+                kern.matmul_w8a8(&qx, &xs, rows, &p, None, &mut got)
+                    .unwrap()
+            });
             assert_eq!(bits(&got), bits(&want), "{} threads={threads}", kern.name());
-            pool.install(|| kern.matmul_w4a8(&qx, &xs, rows, &p4, None, &mut got));
+            pool.install(|| {
+                kern.matmul_w4a8(&qx, &xs, rows, &p4, None, &mut got)
+                    .unwrap()
+            });
             assert_eq!(
                 bits(&got),
                 bits(&want4),

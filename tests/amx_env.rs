@@ -29,8 +29,8 @@ fn products() -> String {
         .map(|i| 0.01 * (i % 7) as f32 + 0.002)
         .collect();
     let bias: Vec<f32> = (0..n).map(|i| i as f32 * 0.1 - 1.0).collect();
-    let p = PackedW8::pack(&w, &ws, n, k);
-    let p4 = PackedW4::pack(&w4, &ws4, n, k, 64);
+    let p = PackedW8::pack(&w, &ws, n, k).unwrap();
+    let p4 = PackedW4::pack(&w4, &ws4, n, k, 64).unwrap();
     let mut line = String::new();
     for rows in [1, 8, 16, 33, 64] {
         let x: Vec<f32> = (0..rows * k)
@@ -39,9 +39,9 @@ fn products() -> String {
         let (mut q, mut s) = (vec![0i8; rows * k], vec![0f32; rows]);
         gemm::quantize_rows_i8(&x, k, None, &mut q, &mut s).unwrap();
         let mut out = vec![0f32; rows * n];
-        gemm::matmul_w8a8(&q, &s, rows, &p, Some(&bias), &mut out);
+        gemm::matmul_w8a8(&q, &s, rows, &p, Some(&bias), &mut out).unwrap();
         let mut out4 = vec![0f32; rows * n];
-        gemm::matmul_w4a8(&q, &s, rows, &p4, None, &mut out4);
+        gemm::matmul_w4a8(&q, &s, rows, &p4, None, &mut out4).unwrap();
         line += &format!("{:016x}{:016x}", digest(&out), digest(&out4));
     }
     line

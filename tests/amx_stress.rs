@@ -45,19 +45,25 @@ fn hammer(kern: GemmKernels, seed: u64, deadline: Instant) -> usize {
         if done % 2 == 0 {
             let w: Vec<i8> = (0..n * k).map(|_| rng.next() as i8).collect();
             let ws: Vec<f32> = (0..n).map(|o| 0.002 * (o % 5) as f32 + 1e-4).collect();
-            let p = PackedW8::pack(&w, &ws, n, k);
-            kern.matmul_w8a8(&qx, &xs, rows, &p, None, &mut got);
-            scalar.matmul_w8a8(&qx, &xs, rows, &p, None, &mut want);
+            let p = PackedW8::pack(&w, &ws, n, k).unwrap();
+            kern.matmul_w8a8(&qx, &xs, rows, &p, None, &mut got)
+                .unwrap();
+            scalar
+                .matmul_w8a8(&qx, &xs, rows, &p, None, &mut want)
+                .unwrap();
         } else {
             let group = [32, 64, 128][rng.below(3)];
             let w: Vec<i8> = (0..n * k).map(|_| (rng.next() % 16) as i8 - 8).collect();
             let ws: Vec<f32> = (0..n * k.div_ceil(group))
                 .map(|i| 0.01 * (i % 9) as f32)
                 .collect();
-            let p = PackedW4::pack(&w, &ws, n, k, group);
+            let p = PackedW4::pack(&w, &ws, n, k, group).unwrap();
             let bias: Vec<f32> = (0..n).map(|o| o as f32 * 0.5).collect();
-            kern.matmul_w4a8(&qx, &xs, rows, &p, Some(&bias), &mut got);
-            scalar.matmul_w4a8(&qx, &xs, rows, &p, Some(&bias), &mut want);
+            kern.matmul_w4a8(&qx, &xs, rows, &p, Some(&bias), &mut got)
+                .unwrap();
+            scalar
+                .matmul_w4a8(&qx, &xs, rows, &p, Some(&bias), &mut want)
+                .unwrap();
         }
         assert_eq!(
             bits(&got),

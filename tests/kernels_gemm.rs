@@ -3,7 +3,7 @@
 
 use candle_compress::kernels::detect::report_skipped;
 use candle_compress::kernels::gemm::{GemmKernels, PackedW4, PackedW8, K_BLOCK};
-use candle_compress::kernels::Isa;
+use candle_compress::kernels::{Isa, KernelError};
 
 /// xorshift64*: deterministic test data without extra dependencies.
 struct Rng(u64);
@@ -106,6 +106,11 @@ fn naive_w4(
     out
 }
 
+/// A row quantization result with the error reduced to its non-finite index.
+fn nf(r: Result<(), KernelError>) -> Result<(), Option<usize>> {
+    r.map_err(|e| e.non_finite_index())
+}
+
 fn bits(v: &[f32]) -> Vec<u32> {
     v.iter().map(|f| f.to_bits()).collect()
 }
@@ -156,10 +161,12 @@ fn w8a8_simd_equals_scalar_all_shapes() {
                     let ws: Vec<f32> = (0..n).map(|_| rng.f32().abs() * 0.01 + 1e-4).collect();
                     let xs: Vec<f32> = (0..rows).map(|_| rng.f32().abs() * 0.1).collect();
                     let b: Vec<f32> = (0..n).map(|_| rng.f32()).collect();
-                    let p = PackedW8::pack(&w, &ws, n, k);
+                    let p = PackedW8::pack(&w, &ws, n, k).unwrap();
                     let bias = if rows == 3 { None } else { Some(&b[..]) };
                     let mut want = vec![0f32; rows * n];
-                    scalar().matmul_w8a8(&qx, &xs, rows, &p, bias, &mut want);
+                    scalar()
+                        .matmul_w8a8(&qx, &xs, rows, &p, bias, &mut want)
+                        .unwrap();
                     assert_eq!(
                         bits(&want),
                         bits(&naive_w8(&qx, &xs, rows, &w, &ws, n, k, bias)),
@@ -167,7 +174,8 @@ fn w8a8_simd_equals_scalar_all_shapes() {
                     );
                     for kern in &kernels {
                         let mut got = vec![f32::NAN; rows * n];
-                        kern.matmul_w8a8(&qx, &xs, rows, &p, bias, &mut got);
+                        kern.matmul_w8a8(&qx, &xs, rows, &p, bias, &mut got)
+                            .unwrap();
                         assert_eq!(
                             bits(&got),
                             bits(&want),
@@ -194,11 +202,12 @@ fn w8a8_weights_of_minus_128_stay_exact() {
             .collect();
         let ws = vec![0.5f32; n];
         let xs = vec![0.25f32; rows];
-        let p = PackedW8::pack(&w, &ws, n, k);
+        let p = PackedW8::pack(&w, &ws, n, k).unwrap();
         let want = naive_w8(&qx, &xs, rows, &w, &ws, n, k, None);
         for kern in std::iter::once(scalar()).chain(kernels.iter().copied()) {
             let mut got = vec![0f32; rows * n];
-            kern.matmul_w8a8(&qx, &xs, rows, &p, None, &mut got);
+            kern.matmul_w8a8(&qx, &xs, rows, &p, None, &mut got)
+                .unwrap();
             assert_eq!(bits(&got), bits(&want), "{}", kern.name());
         }
     }
@@ -226,13 +235,14 @@ fn w8a8_huge_in_features_is_exact() {
         assert!(acc00 > i64::from(i32::MAX), "the test must overflow i32");
         let ws = vec![1.0f32; n];
         let xs = vec![1.0f32; rows];
-        let p = PackedW8::pack(&w, &ws, n, k);
+        let p = PackedW8::pack(&w, &ws, n, k).unwrap();
         let want = naive_w8(&qx, &xs, rows, &w, &ws, n, k, None);
         assert_eq!(want[0], acc00 as f32);
         assert_eq!(want[n + 1], (-128i64 * 127 * k as i64) as f32);
         for kern in std::iter::once(scalar()).chain(kernels.iter().copied()) {
             let mut got = vec![0f32; rows * n];
-            kern.matmul_w8a8(&qx, &xs, rows, &p, None, &mut got);
+            kern.matmul_w8a8(&qx, &xs, rows, &p, None, &mut got)
+                .unwrap();
             assert_eq!(bits(&got), bits(&want), "{} k={k}", kern.name());
         }
     }
@@ -270,9 +280,11 @@ fn w4a8_simd_equals_scalar_all_shapes() {
                         let xs: Vec<f32> = (0..rows).map(|_| rng.f32().abs()).collect();
                         let b: Vec<f32> = (0..n).map(|_| rng.f32()).collect();
                         let bias = if rows == 3 { None } else { Some(&b[..]) };
-                        let p = PackedW4::pack(&w, &ws, n, k, group);
+                        let p = PackedW4::pack(&w, &ws, n, k, group).unwrap();
                         let mut want = vec![0f32; rows * n];
-                        scalar().matmul_w4a8(&qx, &xs, rows, &p, bias, &mut want);
+                        scalar()
+                            .matmul_w4a8(&qx, &xs, rows, &p, bias, &mut want)
+                            .unwrap();
                         assert_eq!(
                             bits(&want),
                             bits(&naive_w4(&qx, &xs, rows, &w, &ws, n, k, group, bias)),
@@ -280,7 +292,8 @@ fn w4a8_simd_equals_scalar_all_shapes() {
                         );
                         for kern in &kernels {
                             let mut got = vec![f32::NAN; rows * n];
-                            kern.matmul_w4a8(&qx, &xs, rows, &p, bias, &mut got);
+                            kern.matmul_w4a8(&qx, &xs, rows, &p, bias, &mut got)
+                                .unwrap();
                             assert_eq!(
                                 bits(&got),
                                 bits(&want),
@@ -305,8 +318,8 @@ fn results_do_not_depend_on_thread_count() {
     let w4: Vec<i8> = (0..n * k).map(|_| rng.range(-8, 7)).collect();
     let ws: Vec<f32> = (0..n * k.div_ceil(64)).map(|_| rng.f32()).collect();
     let xs: Vec<f32> = (0..rows).map(|_| rng.f32()).collect();
-    let p8 = PackedW8::pack(&w8, &ws[..n], n, k);
-    let p4 = PackedW4::pack(&w4, &ws, n, k, 64);
+    let p8 = PackedW8::pack(&w8, &ws[..n], n, k).unwrap();
+    let p4 = PackedW4::pack(&w4, &ws, n, k, 64).unwrap();
     let run = |threads: usize, kern: GemmKernels| {
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
@@ -314,8 +327,8 @@ fn results_do_not_depend_on_thread_count() {
             .unwrap();
         pool.install(|| {
             let (mut a, mut b) = (vec![0f32; rows * n], vec![0f32; rows * n]);
-            kern.matmul_w8a8(&qx, &xs, rows, &p8, None, &mut a);
-            kern.matmul_w4a8(&qx, &xs, rows, &p4, None, &mut b);
+            kern.matmul_w8a8(&qx, &xs, rows, &p8, None, &mut a).unwrap();
+            kern.matmul_w4a8(&qx, &xs, rows, &p4, None, &mut b).unwrap();
             (bits(&a), bits(&b))
         })
     };
@@ -423,14 +436,14 @@ fn row_quantization_reports_first_non_finite_index() {
                 for kern in std::iter::once(scalar()).chain(kernels.iter().copied()) {
                     let (mut q, mut s) = (vec![0i8; rows * cols], vec![0f32; rows]);
                     assert_eq!(
-                        kern.quantize_rows_i8(&x, cols, None, &mut q, &mut s),
-                        Err(bad_at),
+                        nf(kern.quantize_rows_i8(&x, cols, None, &mut q, &mut s)),
+                        Err(Some(bad_at)),
                         "{}",
                         kern.name()
                     );
                     assert_eq!(
-                        kern.quantize_rows_i8_with_scales(&x, cols, None, &[1.0; 3], &mut q),
-                        Err(bad_at),
+                        nf(kern.quantize_rows_i8_with_scales(&x, cols, None, &[1.0; 3], &mut q)),
+                        Err(Some(bad_at)),
                         "{}",
                         kern.name()
                     );
@@ -444,8 +457,8 @@ fn row_quantization_reports_first_non_finite_index() {
         for kern in std::iter::once(scalar()).chain(kernels.iter().copied()) {
             let (mut q, mut s) = (vec![0i8; rows * cols], vec![0f32; rows]);
             assert_eq!(
-                kern.quantize_rows_i8(&x, cols, Some(&smooth), &mut q, &mut s),
-                Err(cols + cols / 2),
+                nf(kern.quantize_rows_i8(&x, cols, Some(&smooth), &mut q, &mut s)),
+                Err(Some(cols + cols / 2)),
                 "{}",
                 kern.name()
             );
@@ -460,10 +473,12 @@ fn avx_vnni_ymm_kernels_run_or_report_skipped() {
         Ok(k) => {
             let w: Vec<i8> = (0..33 * 65).map(|i| (i % 255) as u8 as i8).collect();
             let qx: Vec<i8> = (0..3 * 65).map(|i| (i * 7 % 256) as u8 as i8).collect();
-            let p = PackedW8::pack(&w, &[1.0; 33], 33, 65);
+            let p = PackedW8::pack(&w, &[1.0; 33], 33, 65).unwrap();
             let (mut a, mut b) = (vec![0f32; 99], vec![0f32; 99]);
-            k.matmul_w8a8(&qx, &[1.0; 3], 3, &p, None, &mut a);
-            scalar().matmul_w8a8(&qx, &[1.0; 3], 3, &p, None, &mut b);
+            k.matmul_w8a8(&qx, &[1.0; 3], 3, &p, None, &mut a).unwrap();
+            scalar()
+                .matmul_w8a8(&qx, &[1.0; 3], 3, &p, None, &mut b)
+                .unwrap();
             assert_eq!(bits(&a), bits(&b));
         }
     }
@@ -492,16 +507,22 @@ fn neon_kernels_are_active_on_aarch64_or_report_skipped() {
             let qx: Vec<i8> = (0..rows * k_in)
                 .map(|i| (i * 11 % 256) as u8 as i8)
                 .collect();
-            let p = PackedW8::pack(&w, &vec![0.5; n], n, k_in);
+            let p = PackedW8::pack(&w, &vec![0.5; n], n, k_in).unwrap();
             let (mut a, mut b) = (vec![0f32; rows * n], vec![0f32; rows * n]);
-            k.matmul_w8a8(&qx, &[1.0; 5], rows, &p, None, &mut a);
-            scalar().matmul_w8a8(&qx, &[1.0; 5], rows, &p, None, &mut b);
+            k.matmul_w8a8(&qx, &[1.0; 5], rows, &p, None, &mut a)
+                .unwrap();
+            scalar()
+                .matmul_w8a8(&qx, &[1.0; 5], rows, &p, None, &mut b)
+                .unwrap();
             assert_eq!(bits(&a), bits(&b));
             let w4: Vec<i8> = w.iter().map(|&v| v >> 4).collect();
             let s4: Vec<f32> = (0..n * 3).map(|i| 0.01 * i as f32 - 0.3).collect();
-            let p4 = PackedW4::pack(&w4, &s4, n, k_in, 32);
-            k.matmul_w4a8(&qx, &[0.5; 5], rows, &p4, None, &mut a);
-            scalar().matmul_w4a8(&qx, &[0.5; 5], rows, &p4, None, &mut b);
+            let p4 = PackedW4::pack(&w4, &s4, n, k_in, 32).unwrap();
+            k.matmul_w4a8(&qx, &[0.5; 5], rows, &p4, None, &mut a)
+                .unwrap();
+            scalar()
+                .matmul_w4a8(&qx, &[0.5; 5], rows, &p4, None, &mut b)
+                .unwrap();
             assert_eq!(bits(&a), bits(&b));
         }
     }
@@ -511,17 +532,20 @@ fn neon_kernels_are_active_on_aarch64_or_report_skipped() {
 #[test]
 fn zero_sizes_are_handled() {
     for kern in GemmKernels::available() {
-        let p8 = PackedW8::pack(&[], &[2.0, 3.0], 2, 0);
+        let p8 = PackedW8::pack(&[], &[2.0, 3.0], 2, 0).unwrap();
         let mut out = vec![f32::NAN; 6];
-        kern.matmul_w8a8(&[], &[1.0; 3], 3, &p8, Some(&[1.0, -1.0]), &mut out);
+        kern.matmul_w8a8(&[], &[1.0; 3], 3, &p8, Some(&[1.0, -1.0]), &mut out)
+            .unwrap();
         assert_eq!(out, [1.0, -1.0, 1.0, -1.0, 1.0, -1.0], "{}", kern.name());
-        let p4 = PackedW4::pack(&[], &[], 2, 0, 32);
-        kern.matmul_w4a8(&[], &[1.0; 3], 3, &p4, None, &mut out);
+        let p4 = PackedW4::pack(&[], &[], 2, 0, 32).unwrap();
+        kern.matmul_w4a8(&[], &[1.0; 3], 3, &p4, None, &mut out)
+            .unwrap();
         assert!(out.iter().all(|&v| v == 0.0), "{}", kern.name());
-        let empty = PackedW8::pack(&[], &[], 0, 5);
-        kern.matmul_w8a8(&[1; 10], &[1.0; 2], 2, &empty, None, &mut []);
-        let p8 = PackedW8::pack(&[1; 10], &[1.0; 2], 2, 5);
-        kern.matmul_w8a8(&[], &[], 0, &p8, None, &mut []);
+        let empty = PackedW8::pack(&[], &[], 0, 5).unwrap();
+        kern.matmul_w8a8(&[1; 10], &[1.0; 2], 2, &empty, None, &mut [])
+            .unwrap();
+        let p8 = PackedW8::pack(&[1; 10], &[1.0; 2], 2, 5).unwrap();
+        kern.matmul_w8a8(&[], &[], 0, &p8, None, &mut []).unwrap();
         let (mut q, mut s) = (vec![], vec![]);
         kern.quantize_rows_i8(&[], 7, None, &mut q, &mut s).unwrap();
     }

@@ -689,12 +689,12 @@ fn size_bytes_is_what_the_layer_holds() -> TestResult {
     let (out, inp) = (64, 256);
     let lin = linear(out, inp, true, 36);
     let q8 = QuantLinear::from_linear(&lin, &QuantConfig::w8a8())?;
-    let packed = PackedW8::pack(&q8.weights_i8(), q8.weight_scales(), out, inp);
+    let packed = PackedW8::pack(&q8.weights_i8(), q8.weight_scales(), out, inp).unwrap();
     assert_eq!(q8.size_bytes(), packed.size_bytes() + out * 4);
     let f32_bytes = out * inp * 4;
     assert!(q8.size_bytes() < f32_bytes / 3, "{}", q8.size_bytes());
     let q4 = QuantLinear::from_linear(&lin, &QuantConfig::w4a8(64)?)?;
-    let packed = PackedW4::pack(&q4.weights_i8(), q4.weight_scales(), out, inp, 64);
+    let packed = PackedW4::pack(&q4.weights_i8(), q4.weight_scales(), out, inp, 64).unwrap();
     assert_eq!(q4.size_bytes(), packed.size_bytes() + out * 4);
     assert!(q4.size_bytes() < f32_bytes / 6, "{}", q4.size_bytes());
     let s = vec![2.0; inp];

@@ -506,3 +506,118 @@ fn p18_large_and_tiny_numbers_print_with_an_exponent() {
     let e = SmoothFactors::from_vec(vec![1.0, -0.25]).expect_err("negative");
     assert!(e.to_string().contains("-0.25"), "{e}");
 }
+
+/// Every public kernel entry point, called with slices whose lengths disagree (and with a
+/// row count whose `rows × in_features` overflows): an `Err` naming the function and both
+/// lengths, converted into the crate's `Error` by `?`, never a panic.
+#[test]
+fn p18_kernel_entry_points_return_errors_on_length_mismatches() {
+    use candle_compress::kernels::blockwise::{
+        dequantize_affine, dequantize_affine_on, dequantize_affine_to_vec, dequantize_i8_blocks,
+        dequantize_i8_blocks_on, dequantize_i8_blocks_to_vec, dequantize_u4_lut,
+        dequantize_u4_lut_on, dequantize_u4_lut_to_vec, quantize_i8_blocks, quantize_i8_blocks_on,
+    };
+    use candle_compress::kernels::gemm::{
+        matmul_w4a8, matmul_w8a8, quantize_rows_i8, quantize_rows_i8_with_scales, PackedW4,
+        PackedW8,
+    };
+    use candle_compress::kernels::halfconv::{
+        f16_le_to_f32, f16_le_to_f32_on, f32_to_f16_le, f32_to_f16_le_on,
+    };
+    use candle_compress::kernels::{Isa, KernelError};
+    use half::f16;
+
+    fn refused(r: Result<(), KernelError>, want: &str) {
+        let e: Error = r.map(|_| ()).expect_err(want).into();
+        assert!(matches!(e, Error::Kernel(_)), "{e:?}");
+        assert!(e.to_string().starts_with(want), "{e} (want {want}…)");
+    }
+    let lut = [0f32; 16];
+    let (x, mut q, mut s16) = ([1f32; 4], [0i8; 4], [f16::ZERO; 1]);
+    let mut out = [0f32; 4];
+    refused(
+        quantize_i8_blocks(&x, 2, &mut q, &mut s16),
+        "quantize_i8_blocks: scales has 1",
+    );
+    refused(
+        quantize_i8_blocks_on(Isa::Scalar, &x, 2, &mut q, &mut s16).map(|_| ()),
+        "quantize_i8_blocks_on: scales",
+    );
+    refused(
+        dequantize_i8_blocks(&q, &s16, 2, &mut out),
+        "dequantize_i8_blocks: scales",
+    );
+    refused(
+        dequantize_i8_blocks_on(Isa::Scalar, &q, &s16, 2, &mut out).map(|_| ()),
+        "dequantize_i8_blocks_on: scales",
+    );
+    refused(
+        dequantize_i8_blocks_to_vec(&q, &s16, 2).map(|_| ()),
+        "dequantize_i8_blocks_to_vec: scales",
+    );
+    refused(
+        dequantize_u4_lut(&[0; 1], &lut, &[1.0; 2], 2, &mut out),
+        "dequantize_u4_lut: packed has 1 elements, need",
+    );
+    refused(
+        dequantize_u4_lut_on(Isa::Scalar, &[0; 2], &lut, &[1.0; 1], 2, &mut out).map(|_| ()),
+        "dequantize_u4_lut_on: scales",
+    );
+    refused(
+        dequantize_u4_lut_to_vec(&[0; 2], &lut, &[1.0; 2], 2, 5).map(|_| ()),
+        "dequantize_u4_lut_to_vec: packed",
+    );
+    refused(
+        dequantize_affine(&[0; 3], 8, &[0.0], &[1.0], 4, &mut out),
+        "dequantize_affine: codes has 3",
+    );
+    refused(
+        dequantize_affine_on(Isa::Scalar, &[0; 4], 8, &[0.0], &[1.0; 2], 4, &mut out).map(|_| ()),
+        "dequantize_affine_on: scales",
+    );
+    refused(
+        dequantize_affine_to_vec(&[0; 4], 4, &[0.0], &[1.0], 4, 4).map(|_| ()),
+        "dequantize_affine_to_vec: codes",
+    );
+    let mut bytes = [0u8; 7];
+    refused(f32_to_f16_le(&x, &mut bytes), "f32_to_f16_le: out has 7");
+    refused(
+        f32_to_f16_le_on(Isa::Scalar, &x, &mut bytes).map(|_| ()),
+        "f32_to_f16_le_on: out",
+    );
+    refused(
+        f16_le_to_f32(&bytes, &mut out),
+        "f16_le_to_f32: bytes has 7",
+    );
+    refused(
+        f16_le_to_f32_on(Isa::Scalar, &bytes, &mut out).map(|_| ()),
+        "f16_le_to_f32_on: bytes",
+    );
+    let mut s32 = [0f32; 3];
+    refused(
+        quantize_rows_i8(&x, 2, None, &mut q, &mut s32),
+        "quantize_rows_i8: x has 4 elements, need rows × cols = 3 × 2 = 6",
+    );
+    refused(
+        quantize_rows_i8_with_scales(&x, usize::MAX, None, &s32, &mut q),
+        "quantize_rows_i8_with_scales: rows × cols = 3 × 18446744073709551615 overflows",
+    );
+    refused(
+        PackedW8::pack(&q, &[1.0; 2], 2, 3).map(|_| ()),
+        "PackedW8::pack: w has 4",
+    );
+    refused(
+        PackedW4::pack(&q, &[1.0; 2], 2, 2, 4).map(|_| ()),
+        "PackedW4::pack: invalid group",
+    );
+    let w8 = PackedW8::pack(&q, &[1.0; 2], 2, 2).expect("valid");
+    let w4 = PackedW4::pack(&q, &[1.0; 2], 2, 2, 8).expect("valid");
+    refused(
+        matmul_w8a8(&q, &[1.0; 2], 2, &w8, None, &mut out[..3]),
+        "matmul_w8a8: out has 3 elements, need rows × out_features = 2 × 2 = 4",
+    );
+    refused(
+        matmul_w4a8(&q, &[1.0; 2], usize::MAX, &w4, None, &mut out),
+        "matmul_w4a8: rows × in_features = 18446744073709551615 × 2 overflows",
+    );
+}

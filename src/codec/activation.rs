@@ -654,7 +654,7 @@ fn out_of_range(values: &[f32], to_f16: bool) -> Error {
 /// Converts f32 values to little-endian f16 bytes (`out.len() == 2 * x.len()`), refusing
 /// NaN/Inf and values that round to ±Inf in f16. Runs the F16C kernel where available.
 fn f32_to_f16_bytes(x: &[f32], out: &mut [u8]) -> Result<()> {
-    halfconv::f32_to_f16_le(x, out).map_err(|_| out_of_range(x, true))
+    halfconv::f32_to_f16_le(x, out).map_err(|e| e.or_non_finite(|_| out_of_range(x, true)))
 }
 
 /// bfloat16 bits of a finite f32, round to nearest even (equal to `bf16::from_f32` for
@@ -695,7 +695,7 @@ fn first_bad_u16(bytes: &[u8], mask: u16) -> usize {
 /// Little-endian f16 bytes to f32 (`bytes.len() == 2 * out.len()`), refusing NaN/Inf.
 /// Runs the F16C kernel where available.
 fn f16_bytes_to_f32(bytes: &[u8], out: &mut [f32]) -> Result<()> {
-    halfconv::f16_le_to_f32(bytes, out).map_err(|i| bad_value("f16", i))
+    halfconv::f16_le_to_f32(bytes, out).map_err(|e| e.or_non_finite(|i| bad_value("f16", i)))
 }
 
 fn f16_from_bytes(bytes: &[u8]) -> Result<Vec<f16>> {
@@ -849,13 +849,13 @@ fn encode_int8_rows(x: &[f32], rows: usize, cols: usize, out: &mut Vec<u8>) -> R
     }
     let mut q = vec![0i8; x.len()];
     let mut scales = vec![0f32; rows];
-    crate::kernels::gemm::quantize_rows_i8(x, cols, None, &mut q, &mut scales).map_err(
-        |index| Error::NonFinite {
+    crate::kernels::gemm::quantize_rows_i8(x, cols, None, &mut q, &mut scales).map_err(|e| {
+        e.or_non_finite(|index| Error::NonFinite {
             op: "ActivationCodec::encode",
             index,
             value: x[index],
-        },
-    )?;
+        })
+    })?;
     let (scales_out, q_out) = out[scales_at..].split_at_mut(4 * rows);
     for (r, (&scale, s_out)) in scales
         .iter()

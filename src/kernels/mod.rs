@@ -5,15 +5,18 @@
 //! cached). `scalar.rs` in each family is the definition of correct; every SIMD file
 //! implements the same functions and is tested against it exactly.
 //!
-//! Kernels work on plain slices; candle types stay outside this module.
+//! Kernels work on plain slices; candle types stay outside this module. Every public entry
+//! point checks its arguments and returns [`KernelError`] rather than panicking.
 
 #![warn(clippy::undocumented_unsafe_blocks, clippy::missing_safety_doc)]
 
 pub mod blockwise;
 pub mod detect;
+mod error;
 pub mod gemm;
 pub mod halfconv;
 pub(crate) mod hugepage;
 pub mod peak;
 
 pub use detect::{active_isa, features, CpuFeatures, Isa, UnknownIsa, ISA_ENV};
+pub use error::KernelError;

@@ -85,6 +85,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::input::with_f32_slice;
 use crate::kernels::gemm::{self, PackedW4, PackedW8};
+use crate::kernels::KernelError;
 
 /// Group sizes accepted for int4 weights.
 pub const INT4_GROUPS: [usize; 3] = [32, 64, 128];
@@ -497,14 +498,14 @@ impl QuantLinear {
                 &scales,
                 out_features,
                 in_features,
-            ))),
+            )?)),
             WeightQuant::Int4Grouped { group } => PackedWeights::W4(Arc::new(PackedW4::pack(
                 &weights,
                 &scales,
                 out_features,
                 in_features,
                 group,
-            ))),
+            )?)),
         };
         Ok(Self {
             weights,
@@ -759,7 +760,7 @@ impl QuantLinear {
                 })
             }
         };
-        res.map_err(|i| non_finite(x, smooth, i))
+        res.map_err(|e| e.or_non_finite(|i| non_finite(x, smooth, i)))
     }
 
     /// The forward pass on row-major f32 input: quantize, integer matmul, epilogue.
@@ -774,8 +775,8 @@ impl QuantLinear {
             self.quantize_into(x, qx, &mut scales)?;
             let bias = self.bias.as_deref();
             match &self.weights {
-                PackedWeights::W8(w) => gemm::matmul_w8a8(qx, &scales, rows, w, bias, out),
-                PackedWeights::W4(w) => gemm::matmul_w4a8(qx, &scales, rows, w, bias, out),
+                PackedWeights::W8(w) => gemm::matmul_w8a8(qx, &scales, rows, w, bias, out)?,
+                PackedWeights::W4(w) => gemm::matmul_w4a8(qx, &scales, rows, w, bias, out)?,
             }
             Ok(())
         })
@@ -933,8 +934,8 @@ fn for_row_chunks(
     cols: usize,
     q: &mut [i8],
     scales: &mut [f32],
-    kernel: impl Fn(&[f32], &mut [i8], &mut [f32]) -> std::result::Result<(), usize> + Sync,
-) -> std::result::Result<(), usize> {
+    kernel: impl Fn(&[f32], &mut [i8], &mut [f32]) -> std::result::Result<(), KernelError> + Sync,
+) -> std::result::Result<(), KernelError> {
     let rows = scales.len();
     if x.len() < QUANT_PARALLEL_MIN || rows < 2 || rayon::current_num_threads() < 2 {
         return kernel(x, q, scales);
@@ -946,10 +947,12 @@ fn for_row_chunks(
         .zip(q.par_chunks_mut(chunk))
         .zip(scales.par_chunks_mut(rows_per_task))
         .enumerate()
-        .filter_map(|(i, ((xc, qc), sc))| kernel(xc, qc, sc).err().map(|e| i * chunk + e))
-        .min();
+        .filter_map(|(i, ((xc, qc), sc))| kernel(xc, qc, sc).err().map(|e| e.offset(i * chunk)))
+        // The smallest non-finite index; an argument error (none: the lengths were
+        // checked) would come first.
+        .min_by_key(|e| e.non_finite_index().unwrap_or(0));
     match first_bad {
-        Some(i) => Err(i),
+        Some(e) => Err(e),
         None => Ok(()),
     }
 }
@@ -960,7 +963,7 @@ fn quantize_rows(
     smooth: Option<&[f32]>,
     q: &mut [i8],
     scales: &mut [f32],
-) -> std::result::Result<(), usize> {
+) -> std::result::Result<(), KernelError> {
     for_row_chunks(x, cols, q, scales, |xc, qc, sc| {
         gemm::quantize_rows_i8(xc, cols, smooth, qc, sc)
     })
@@ -972,7 +975,7 @@ fn quantize_rows_with_scales(
     smooth: Option<&[f32]>,
     scales: &mut [f32],
     q: &mut [i8],
-) -> std::result::Result<(), usize> {
+) -> std::result::Result<(), KernelError> {
     for_row_chunks(x, cols, q, scales, |xc, qc, sc| {
         gemm::quantize_rows_i8_with_scales(xc, cols, smooth, sc, qc)
     })
@@ -1052,10 +1055,10 @@ fn quantize_weights(
         WeightQuant::Int8PerChannel => {
             let mut q = vec![0i8; n];
             let mut scales = vec![0f32; out];
-            quantize_rows(w, inp, smooth, &mut q, &mut scales).map_err(bad)?;
+            quantize_rows(w, inp, smooth, &mut q, &mut scales).map_err(|e| e.or_non_finite(bad))?;
             Ok(PackedWeights::W8(Arc::new(PackedW8::pack(
                 &q, &scales, out, inp,
-            ))))
+            )?)))
         }
         WeightQuant::Int4Grouped { group } => {
             let mut q = vec![0i8; n];
@@ -1077,7 +1080,7 @@ fn quantize_weights(
             }
             Ok(PackedWeights::W4(Arc::new(PackedW4::pack(
                 &q, &scales, out, inp, group,
-            ))))
+            )?)))
         }
     }
 }

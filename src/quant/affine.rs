@@ -295,7 +295,7 @@ impl AffineTensor {
     /// group ending at `±f32::MAX` a few ulps past it), then rounded once to f32.
     #[must_use]
     pub fn to_f32_vec(&self) -> Vec<f32> {
-        // Lengths were validated at construction, so the kernel's preconditions hold.
+        // Lengths were validated at construction, so the kernel cannot refuse them.
         dequantize_affine_to_vec(
             &self.codes,
             self.bits,
@@ -304,6 +304,7 @@ impl AffineTensor {
             self.group_size,
             self.shape.elem_count(),
         )
+        .expect("AffineTensor lengths are validated at construction")
     }
 }
 

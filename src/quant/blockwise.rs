@@ -103,13 +103,13 @@ fn quantize(x: &[f32], block: usize) -> Result<(Vec<i8>, Vec<f16>)> {
     const OP: &str = "BlockwiseInt8::compress";
     let mut codes = vec![0i8; x.len()];
     let mut scales = vec![f16::ZERO; x.len().div_ceil(block)];
-    if let Err(index) = quantize_i8_blocks(x, block, &mut codes, &mut scales) {
-        return Err(Error::NonFinite {
+    quantize_i8_blocks(x, block, &mut codes, &mut scales).map_err(|e| {
+        e.or_non_finite(|index| Error::NonFinite {
             op: OP,
             index,
             value: x.get(index).copied().unwrap_or(f32::NAN),
-        });
-    }
+        })
+    })?;
     if let Some(b) = scales.iter().position(|s| s.is_infinite()) {
         let chunk = &x[b * block..x.len().min((b + 1) * block)];
         let amax = super::amax(chunk);
@@ -231,8 +231,9 @@ impl BlockwiseInt8Tensor {
     /// Decodes to row-major f32 values: `q · scale` per element.
     #[must_use]
     pub fn to_f32_vec(&self) -> Vec<f32> {
-        // Lengths were validated at construction, so the kernel's preconditions hold.
+        // Lengths were validated at construction, so the kernel cannot refuse them.
         dequantize_i8_blocks_to_vec(&self.codes, &self.scales, self.block_size)
+            .expect("BlockwiseInt8Tensor lengths are validated at construction")
     }
 
     /// The value as GGML Q8_0 blocks — per block of 32, the f16 scale (little endian) then

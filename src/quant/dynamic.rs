@@ -248,13 +248,13 @@ impl DynamicQuant {
             ScaleMode::MaxAbs => {
                 let mut scales = vec![0f32; n_rows];
                 quantize_rows_i8(v, row_len, None, &mut q, &mut scales)
-                    .map_err(|i| non_finite(v, i))?;
+                    .map_err(|e| e.or_non_finite(|i| non_finite(v, i)))?;
                 Ok((q, scales))
             }
             ScaleMode::Percentile(_) => {
                 let scales = self.row_scales(v, n_rows, row_len)?;
                 quantize_rows_i8_with_scales(v, row_len, None, &scales, &mut q)
-                    .map_err(|i| non_finite(v, i))?;
+                    .map_err(|e| e.or_non_finite(|i| non_finite(v, i)))?;
                 Ok((q, scales))
             }
         }

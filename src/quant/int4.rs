@@ -291,7 +291,7 @@ impl SymmetricInt4Tensor {
         // Nibble k holds q = k - 8; one f32 multiply per value, as in the formula.
         let lut: [f32; 16] = std::array::from_fn(|k| k as f32 - 8.0);
         let scales: Vec<f32> = self.scales.iter().map(|&s| f32::from(s)).collect();
-        // Lengths were validated at construction, so the kernel's preconditions hold.
+        // Lengths were validated at construction, so the kernel cannot refuse them.
         dequantize_u4_lut_to_vec(
             &self.packed,
             &lut,
@@ -299,6 +299,7 @@ impl SymmetricInt4Tensor {
             self.group_size,
             self.shape.elem_count(),
         )
+        .expect("SymmetricInt4Tensor lengths are validated at construction")
     }
 }
 

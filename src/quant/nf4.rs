@@ -253,7 +253,7 @@ impl Nf4Tensor {
     /// Decodes to row-major f32 values: `NF4_CODE_BOOK[q] · absmax` per element.
     #[must_use]
     pub fn to_f32_vec(&self) -> Vec<f32> {
-        // Lengths were validated at construction, so the kernel's preconditions hold.
+        // Lengths were validated at construction, so the kernel cannot refuse them.
         dequantize_u4_lut_to_vec(
             &self.packed,
             &NF4_CODE_BOOK,
@@ -261,6 +261,7 @@ impl Nf4Tensor {
             self.block_size,
             self.shape.elem_count(),
         )
+        .expect("Nf4Tensor lengths are validated at construction")
     }
 }
 

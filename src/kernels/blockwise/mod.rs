@@ -25,7 +25,10 @@
 //! buffers are advised to use transparent huge pages (Linux; see `kernels/hugepage.rs`).
 //!
 //! Each entry point also has an `*_on(isa, ..)` form that runs a chosen ISA (or returns
-//! `None` when the CPU lacks it), for tests and benchmarks that compare kernels.
+//! `Ok(None)` when the CPU lacks it), for tests and benchmarks that compare kernels.
+//!
+//! Every entry point checks its slice lengths and parameters first and returns
+//! [`KernelError`] on a mismatch (never panics); the checks are a few comparisons per call.
 #![warn(clippy::undocumented_unsafe_blocks, clippy::missing_safety_doc)]
 
 use half::f16;
@@ -33,6 +36,7 @@ use half::f16;
 use super::detect::{active_isa, Isa};
 #[cfg(target_arch = "x86_64")]
 use super::detect::{Avx2, Avx512Vnni, AvxVnni};
+use super::error::{expect_len, expect_positive, KernelError};
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
@@ -42,8 +46,7 @@ mod scalar;
 
 /// Quantizes `x` to int8 in blocks of `block` values with one f16 scale per block.
 ///
-/// Preconditions (checked with `assert!`; callers validate user input first):
-/// `block >= 1`, `q.len() == x.len()`, `scales.len() == x.len().div_ceil(block)`.
+/// Lengths: `block >= 1`, `q.len() == x.len()`, `scales.len() == x.len().div_ceil(block)`.
 /// The last block may be shorter than `block`.
 ///
 /// Per block: `amax = max|x|`; `d = amax / 127` (f32); `id = 1/d` (`0` when `d == 0`);
@@ -51,8 +54,10 @@ mod scalar;
 /// Q8_0's formula, bit-exact with candle's `BlockQ8_0::from_float` for `block == 32`.
 ///
 /// # Errors
-/// `Err(i)` with `i` the flat index of the first NaN or ±Inf in `x`; the contents of `q`
-/// and `scales` are then unspecified.
+/// [`KernelError::InvalidArgument`] for `block == 0`, [`KernelError::Length`] when a
+/// length above does not hold (nothing written), [`KernelError::NonFinite`] with the flat
+/// index of the first NaN or ±Inf in `x` (the contents of `q` and `scales` are then
+/// unspecified).
 ///
 /// ```
 /// use candle_compress::kernels::blockwise::{dequantize_i8_blocks, quantize_i8_blocks};
@@ -62,27 +67,50 @@ mod scalar;
 /// quantize_i8_blocks(&x, 4, &mut q, &mut s).unwrap();
 /// assert_eq!(q, [64, -32, 16, 127, 0]); // block 0: d = 2/127; block 1 is all zero
 /// let mut back = [0f32; 5];
-/// dequantize_i8_blocks(&q, &s, 4, &mut back);
+/// dequantize_i8_blocks(&q, &s, 4, &mut back).unwrap();
 /// assert!((back[3] - 2.0).abs() < 1e-3);
-/// assert_eq!(quantize_i8_blocks(&[0.0, f32::NAN], 4, &mut q[..2], &mut s[..1]), Err(1));
+/// let e = quantize_i8_blocks(&[0.0, f32::NAN], 4, &mut q[..2], &mut s[..1]).unwrap_err();
+/// assert_eq!(e.non_finite_index(), Some(1));
 /// ```
 pub fn quantize_i8_blocks(
     x: &[f32],
     block: usize,
     q: &mut [i8],
     scales: &mut [f16],
-) -> Result<(), usize> {
-    check_lengths(x.len(), block, q.len(), scales.len());
+) -> Result<(), KernelError> {
+    const OP: &str = "quantize_i8_blocks";
+    check_i8(OP, ("x", x.len()), block, ("q", q.len()), scales.len())?;
     quantize_unchecked_on(kernel_isa(), x, block, q, scales)
         .unwrap_or_else(|| scalar::quantize_i8_blocks(x, block, q, scales))
+        .map_err(|index| non_finite(OP, index))
 }
 
 /// Dequantizes int8 blocks: `out[i] = q[i] as f32 * f32::from(scales[i / block])`.
 ///
-/// Preconditions (checked with `assert!`): `block >= 1`, `out.len() == q.len()`,
-/// `scales.len() == q.len().div_ceil(block)`.
-pub fn dequantize_i8_blocks(q: &[i8], scales: &[f16], block: usize, out: &mut [f32]) {
-    check_lengths(q.len(), block, out.len(), scales.len());
+/// Lengths: `block >= 1`, `out.len() == q.len()`, `scales.len() == q.len().div_ceil(block)`.
+///
+/// # Errors
+/// [`KernelError::InvalidArgument`] for `block == 0`, [`KernelError::Length`] when a
+/// length above does not hold; nothing is written then.
+pub fn dequantize_i8_blocks(
+    q: &[i8],
+    scales: &[f16],
+    block: usize,
+    out: &mut [f32],
+) -> Result<(), KernelError> {
+    check_i8(
+        "dequantize_i8_blocks",
+        ("q", q.len()),
+        block,
+        ("out", out.len()),
+        scales.len(),
+    )?;
+    dequantize_i8_run(q, scales, block, out);
+    Ok(())
+}
+
+/// The dispatch of [`dequantize_i8_blocks`] once its lengths were checked.
+fn dequantize_i8_run(q: &[i8], scales: &[f16], block: usize, out: &mut [f32]) {
     if dequantize_unchecked_on(kernel_isa(), q, scales, block, out).is_none() {
         scalar::dequantize_i8_blocks(q, scales, block, out)
     }
@@ -98,18 +126,27 @@ pub fn dequantize_i8_blocks(q: &[i8], scales: &[f16], block: usize, out: &mut [f
 /// (`madvise(MADV_HUGEPAGE)` on Linux, a no-op elsewhere or when THP is disabled), which
 /// removes most of that cost. The values are the same as [`dequantize_i8_blocks`]'s.
 ///
-/// # Panics
-/// On the length preconditions of [`dequantize_i8_blocks`] (`block >= 1`,
-/// `scales.len() == q.len().div_ceil(block)`).
-#[must_use]
-pub fn dequantize_i8_blocks_to_vec(q: &[i8], scales: &[f16], block: usize) -> Vec<f32> {
-    check_lengths(q.len(), block, q.len(), scales.len());
+/// # Errors
+/// As [`dequantize_i8_blocks`] (`block >= 1`, `scales.len() == q.len().div_ceil(block)`),
+/// before anything is allocated.
+pub fn dequantize_i8_blocks_to_vec(
+    q: &[i8],
+    scales: &[f16],
+    block: usize,
+) -> Result<Vec<f32>, KernelError> {
+    check_i8(
+        "dequantize_i8_blocks_to_vec",
+        ("q", q.len()),
+        block,
+        ("q", q.len()),
+        scales.len(),
+    )?;
     // `vec![0.0; n]` is `calloc`: large zeroed allocations come untouched from `mmap`, so
     // the advice is in place before the first write faults the pages in.
     let mut out = vec![0f32; q.len()];
     super::hugepage::advise(&mut out);
-    dequantize_i8_blocks(q, scales, block, &mut out);
-    out
+    dequantize_i8_run(q, scales, block, &mut out);
+    Ok(out)
 }
 
 /// Dequantizes 4-bit codes through a 16-entry table with one f32 scale per group:
@@ -122,14 +159,18 @@ pub fn dequantize_i8_blocks_to_vec(q: &[i8], scales: &[f16], block: usize) -> Ve
 /// the group scales as f32). One f32 multiply per value, so the result is bit-identical to
 /// the plain Rust expression on every ISA.
 ///
-/// Preconditions (checked with `assert!`): `group >= 1`,
-/// `packed.len() == out.len().div_ceil(2)`, `scales.len() == out.len().div_ceil(group)`.
+/// Lengths: `group >= 1`, `packed.len() == out.len().div_ceil(2)`,
+/// `scales.len() == out.len().div_ceil(group)`.
+///
+/// # Errors
+/// [`KernelError::InvalidArgument`] for `group == 0`, [`KernelError::Length`] when a
+/// length above does not hold; nothing is written then.
 ///
 /// ```
 /// use candle_compress::kernels::blockwise::dequantize_u4_lut;
 /// let lut: [f32; 16] = std::array::from_fn(|k| k as f32 - 8.0); // int4 stored as q + 8
 /// let mut out = [0f32; 3];
-/// dequantize_u4_lut(&[0x9F, 0x08], &lut, &[0.5, 2.0], 2, &mut out);
+/// dequantize_u4_lut(&[0x9F, 0x08], &lut, &[0.5, 2.0], 2, &mut out).unwrap();
 /// assert_eq!(out, [3.5, 0.5, 0.0]); // codes 15, 9 (scale 0.5) then 8 (scale 2)
 /// ```
 pub fn dequantize_u4_lut(
@@ -138,8 +179,26 @@ pub fn dequantize_u4_lut(
     scales: &[f32],
     group: usize,
     out: &mut [f32],
+) -> Result<(), KernelError> {
+    check_u4(
+        "dequantize_u4_lut",
+        packed.len(),
+        scales.len(),
+        group,
+        out.len(),
+    )?;
+    dequantize_u4_run(packed, lut, scales, group, out);
+    Ok(())
+}
+
+/// The dispatch of [`dequantize_u4_lut`] once its lengths were checked.
+fn dequantize_u4_run(
+    packed: &[u8],
+    lut: &[f32; 16],
+    scales: &[f32],
+    group: usize,
+    out: &mut [f32],
 ) {
-    check_u4_lengths(packed.len(), scales.len(), group, out.len());
     if dequantize_u4_unchecked_on(kernel_isa(), packed, lut, scales, group, out).is_none() {
         scalar::dequantize_u4_lut(packed, lut, scales, group, out)
     }
@@ -148,29 +207,33 @@ pub fn dequantize_u4_lut(
 /// [`dequantize_u4_lut`] of `n` values into a new `Vec`, with the huge-page advice of
 /// [`dequantize_i8_blocks_to_vec`] for large outputs.
 ///
-/// # Panics
-/// On the length preconditions of [`dequantize_u4_lut`] with `out.len() == n`.
-#[must_use]
+/// # Errors
+/// As [`dequantize_u4_lut`] with `out.len() == n`, before anything is allocated.
 pub fn dequantize_u4_lut_to_vec(
     packed: &[u8],
     lut: &[f32; 16],
     scales: &[f32],
     group: usize,
     n: usize,
-) -> Vec<f32> {
-    check_u4_lengths(packed.len(), scales.len(), group, n);
+) -> Result<Vec<f32>, KernelError> {
+    check_u4(
+        "dequantize_u4_lut_to_vec",
+        packed.len(),
+        scales.len(),
+        group,
+        n,
+    )?;
     let mut out = vec![0f32; n];
     super::hugepage::advise(&mut out);
-    dequantize_u4_lut(packed, lut, scales, group, &mut out);
-    out
+    dequantize_u4_run(packed, lut, scales, group, &mut out);
+    Ok(out)
 }
 
-/// [`dequantize_u4_lut`] on a chosen instruction set; `None` (nothing written) when this
-/// CPU lacks `isa` or there is no kernel for it (see [`quantize_i8_blocks_on`]).
+/// [`dequantize_u4_lut`] on a chosen instruction set; `Ok(None)` (nothing written) when
+/// this CPU lacks `isa` or there is no kernel for it (see [`quantize_i8_blocks_on`]).
 ///
-/// # Panics
-/// On the length preconditions of [`dequantize_u4_lut`].
-#[must_use]
+/// # Errors
+/// As [`dequantize_u4_lut`], whether or not the CPU has `isa`.
 pub fn dequantize_u4_lut_on(
     isa: Isa,
     packed: &[u8],
@@ -178,24 +241,34 @@ pub fn dequantize_u4_lut_on(
     scales: &[f32],
     group: usize,
     out: &mut [f32],
-) -> Option<()> {
-    check_u4_lengths(packed.len(), scales.len(), group, out.len());
-    dequantize_u4_unchecked_on(isa, packed, lut, scales, group, out)
+) -> Result<Option<()>, KernelError> {
+    check_u4(
+        "dequantize_u4_lut_on",
+        packed.len(),
+        scales.len(),
+        group,
+        out.len(),
+    )?;
+    Ok(dequantize_u4_unchecked_on(
+        isa, packed, lut, scales, group, out,
+    ))
 }
 
-#[track_caller]
-fn check_u4_lengths(packed: usize, scales: usize, group: usize, n: usize) {
-    assert!(group >= 1, "4-bit dequantization: group size must be >= 1");
-    assert_eq!(
-        packed,
-        n.div_ceil(2),
-        "4-bit dequantization: expected {n} codes packed two per byte"
-    );
-    assert_eq!(
-        scales,
-        n.div_ceil(group),
-        "4-bit dequantization: expected one scale per group of {group} over {n} values"
-    );
+/// The length rules of [`dequantize_u4_lut`] for `n` values.
+fn check_u4(
+    op: &'static str,
+    packed: usize,
+    scales: usize,
+    group: usize,
+    n: usize,
+) -> Result<(), KernelError> {
+    expect_positive(op, "group", group)?;
+    expect_len(op, "packed", packed, n.div_ceil(2), || {
+        format!("{n} codes two per byte: ⌈{n} / 2⌉")
+    })?;
+    expect_len(op, "scales", scales, n.div_ceil(group), || {
+        format!("one per group of {group} over {n} values: ⌈{n} / {group}⌉")
+    })
 }
 
 fn dequantize_u4_unchecked_on(
@@ -232,15 +305,20 @@ fn dequantize_u4_unchecked_on(
 /// `quant::affine`, bit-identical on every ISA. `bits == 8`: one code per byte;
 /// `bits == 4`: two per byte, element `2k` in the low nibble of byte `k`.
 ///
-/// Preconditions (checked with `assert!`): `bits` is 4 or 8, `group >= 1`,
-/// `codes.len()` is `out.len()` (8 bits) or `out.len().div_ceil(2)` (4 bits),
-/// `zero_points.len() == scales.len() == out.len().div_ceil(group)`.
+/// Arguments: `bits` is 4 or 8, `group >= 1`, `codes.len()` is `out.len()` (8 bits) or
+/// `out.len().div_ceil(2)` (4 bits), `zero_points.len() == scales.len() ==
+/// out.len().div_ceil(group)`.
+///
+/// # Errors
+/// [`KernelError::InvalidArgument`] for `bits` or `group`, [`KernelError::Length`] when a
+/// length above does not hold; nothing is written then.
 ///
 /// ```
 /// use candle_compress::kernels::blockwise::dequantize_affine;
 /// let mut out = [0f32; 3];
-/// dequantize_affine(&[0, 255, 10], 8, &[-1.0], &[0.5], 3, &mut out);
+/// dequantize_affine(&[0, 255, 10], 8, &[-1.0], &[0.5], 3, &mut out).unwrap();
 /// assert_eq!(out, [-1.0, 126.5, 4.0]);
+/// assert!(dequantize_affine(&[0, 255], 8, &[-1.0], &[0.5], 3, &mut out).is_err());
 /// ```
 pub fn dequantize_affine(
     codes: &[u8],
@@ -249,15 +327,29 @@ pub fn dequantize_affine(
     scales: &[f32],
     group: usize,
     out: &mut [f32],
-) {
+) -> Result<(), KernelError> {
     check_affine(
+        "dequantize_affine",
         codes.len(),
         bits,
         zero_points.len(),
         scales.len(),
         group,
         out.len(),
-    );
+    )?;
+    dequantize_affine_run(codes, bits, zero_points, scales, group, out);
+    Ok(())
+}
+
+/// The dispatch of [`dequantize_affine`] once its arguments were checked.
+fn dequantize_affine_run(
+    codes: &[u8],
+    bits: u8,
+    zero_points: &[f32],
+    scales: &[f32],
+    group: usize,
+    out: &mut [f32],
+) {
     if dequantize_affine_unchecked_on(kernel_isa(), codes, bits, zero_points, scales, group, out)
         .is_none()
     {
@@ -268,9 +360,8 @@ pub fn dequantize_affine(
 /// [`dequantize_affine`] of `n` values into a new `Vec`, with the huge-page advice of
 /// [`dequantize_i8_blocks_to_vec`] for large outputs.
 ///
-/// # Panics
-/// On the preconditions of [`dequantize_affine`] with `out.len() == n`.
-#[must_use]
+/// # Errors
+/// As [`dequantize_affine`] with `out.len() == n`, before anything is allocated.
 pub fn dequantize_affine_to_vec(
     codes: &[u8],
     bits: u8,
@@ -278,20 +369,27 @@ pub fn dequantize_affine_to_vec(
     scales: &[f32],
     group: usize,
     n: usize,
-) -> Vec<f32> {
-    check_affine(codes.len(), bits, zero_points.len(), scales.len(), group, n);
+) -> Result<Vec<f32>, KernelError> {
+    check_affine(
+        "dequantize_affine_to_vec",
+        codes.len(),
+        bits,
+        zero_points.len(),
+        scales.len(),
+        group,
+        n,
+    )?;
     let mut out = vec![0f32; n];
     super::hugepage::advise(&mut out);
-    dequantize_affine(codes, bits, zero_points, scales, group, &mut out);
-    out
+    dequantize_affine_run(codes, bits, zero_points, scales, group, &mut out);
+    Ok(out)
 }
 
-/// [`dequantize_affine`] on a chosen instruction set; `None` (nothing written) when this
-/// CPU lacks `isa` or there is no kernel for it (see [`quantize_i8_blocks_on`]).
+/// [`dequantize_affine`] on a chosen instruction set; `Ok(None)` (nothing written) when
+/// this CPU lacks `isa` or there is no kernel for it (see [`quantize_i8_blocks_on`]).
 ///
-/// # Panics
-/// On the preconditions of [`dequantize_affine`].
-#[must_use]
+/// # Errors
+/// As [`dequantize_affine`], whether or not the CPU has `isa`.
 pub fn dequantize_affine_on(
     isa: Isa,
     codes: &[u8],
@@ -300,35 +398,56 @@ pub fn dequantize_affine_on(
     scales: &[f32],
     group: usize,
     out: &mut [f32],
-) -> Option<()> {
+) -> Result<Option<()>, KernelError> {
     check_affine(
+        "dequantize_affine_on",
         codes.len(),
         bits,
         zero_points.len(),
         scales.len(),
         group,
         out.len(),
-    );
-    dequantize_affine_unchecked_on(isa, codes, bits, zero_points, scales, group, out)
+    )?;
+    Ok(dequantize_affine_unchecked_on(
+        isa,
+        codes,
+        bits,
+        zero_points,
+        scales,
+        group,
+        out,
+    ))
 }
 
-#[track_caller]
-fn check_affine(codes: usize, bits: u8, zero_points: usize, scales: usize, group: usize, n: usize) {
-    assert!(
-        bits == 4 || bits == 8,
-        "affine dequantization: bits must be 4 or 8, got {bits}"
-    );
-    assert!(group >= 1, "affine dequantization: group size must be >= 1");
-    let want = if bits == 8 { n } else { n.div_ceil(2) };
-    assert_eq!(
-        codes, want,
-        "affine dequantization: {n} {bits}-bit codes take {want} bytes"
-    );
+/// The argument rules of [`dequantize_affine`] for `n` values.
+fn check_affine(
+    op: &'static str,
+    codes: usize,
+    bits: u8,
+    zero_points: usize,
+    scales: usize,
+    group: usize,
+    n: usize,
+) -> Result<(), KernelError> {
+    if bits != 4 && bits != 8 {
+        return Err(KernelError::invalid(
+            op,
+            "bits",
+            format!("must be 4 or 8, found {bits}"),
+        ));
+    }
+    expect_positive(op, "group", group)?;
+    if bits == 8 {
+        expect_len(op, "codes", codes, n, || "one byte per 8-bit code".into())?;
+    } else {
+        expect_len(op, "codes", codes, n.div_ceil(2), || {
+            format!("{n} 4-bit codes two per byte: ⌈{n} / 2⌉")
+        })?;
+    }
     let groups = n.div_ceil(group);
-    assert!(
-        zero_points == groups && scales == groups,
-        "affine dequantization: expected {groups} zero points and scales, got {zero_points} and {scales}"
-    );
+    let how = || format!("one per group of {group} over {n} values: ⌈{n} / {group}⌉");
+    expect_len(op, "zero_points", zero_points, groups, how)?;
+    expect_len(op, "scales", scales, groups, how)
 }
 
 fn dequantize_affine_unchecked_on(
@@ -374,38 +493,53 @@ pub fn kernel_isa() -> Isa {
 }
 
 /// [`quantize_i8_blocks`] on a chosen instruction set, for tests and benchmarks that compare
-/// kernels. Returns `None` when this CPU lacks `isa` or there is no kernel for it
-/// ([`Isa::Neon`]); [`Isa::AvxVnni`] runs the AVX2 kernels.
+/// kernels. Returns `Ok(None)` (nothing written) when this CPU lacks `isa` or there is no
+/// kernel for it ([`Isa::Neon`]); [`Isa::AvxVnni`] runs the AVX2 kernels.
 ///
-/// # Panics
-/// On the length preconditions of [`quantize_i8_blocks`].
-#[must_use]
+/// # Errors
+/// As [`quantize_i8_blocks`]; the argument errors whether or not the CPU has `isa`.
 pub fn quantize_i8_blocks_on(
     isa: Isa,
     x: &[f32],
     block: usize,
     q: &mut [i8],
     scales: &mut [f16],
-) -> Option<Result<(), usize>> {
-    check_lengths(x.len(), block, q.len(), scales.len());
+) -> Result<Option<()>, KernelError> {
+    const OP: &str = "quantize_i8_blocks_on";
+    check_i8(OP, ("x", x.len()), block, ("q", q.len()), scales.len())?;
     quantize_unchecked_on(isa, x, block, q, scales)
+        .transpose()
+        .map_err(|index| non_finite(OP, index))
 }
 
-/// [`dequantize_i8_blocks`] on a chosen instruction set; `None` (nothing written) when this
-/// CPU lacks `isa` or there is no kernel for it (see [`quantize_i8_blocks_on`]).
+/// [`dequantize_i8_blocks`] on a chosen instruction set; `Ok(None)` (nothing written) when
+/// this CPU lacks `isa` or there is no kernel for it (see [`quantize_i8_blocks_on`]).
 ///
-/// # Panics
-/// On the length preconditions of [`dequantize_i8_blocks`].
-#[must_use]
+/// # Errors
+/// As [`dequantize_i8_blocks`], whether or not the CPU has `isa`.
 pub fn dequantize_i8_blocks_on(
     isa: Isa,
     q: &[i8],
     scales: &[f16],
     block: usize,
     out: &mut [f32],
-) -> Option<()> {
-    check_lengths(q.len(), block, out.len(), scales.len());
-    dequantize_unchecked_on(isa, q, scales, block, out)
+) -> Result<Option<()>, KernelError> {
+    check_i8(
+        "dequantize_i8_blocks_on",
+        ("q", q.len()),
+        block,
+        ("out", out.len()),
+        scales.len(),
+    )?;
+    Ok(dequantize_unchecked_on(isa, q, scales, block, out))
+}
+
+fn non_finite(op: &'static str, index: usize) -> KernelError {
+    KernelError::NonFinite {
+        op,
+        what: "value",
+        index,
+    }
 }
 
 fn quantize_unchecked_on(
@@ -459,18 +593,20 @@ fn dequantize_unchecked_on(
     }
 }
 
-#[track_caller]
-fn check_lengths(n: usize, block: usize, other: usize, scales: usize) {
-    assert!(block >= 1, "blockwise int8: block size must be >= 1");
-    assert_eq!(
-        other, n,
-        "blockwise int8: value and code slices differ in length"
-    );
-    assert_eq!(
-        scales,
-        n.div_ceil(block),
-        "blockwise int8: expected one scale per block of {block} over {n} values"
-    );
+/// The length rules of the int8 block kernels: `block >= 1`, the value slice `(name, n)`
+/// and the code (or output) slice `other` of the same length, one scale per block.
+fn check_i8(
+    op: &'static str,
+    (n_name, n): (&'static str, usize),
+    block: usize,
+    (other_name, other): (&'static str, usize),
+    scales: usize,
+) -> Result<(), KernelError> {
+    expect_positive(op, "block", block)?;
+    expect_len(op, other_name, other, n, || format!("{n_name}.len()"))?;
+    expect_len(op, "scales", scales, n.div_ceil(block), || {
+        format!("one per block of {block} over {n} values: ⌈{n} / {block}⌉")
+    })
 }
 
 #[cfg(test)]
@@ -497,7 +633,8 @@ mod tests {
     fn quantize(x: &[f32], block: usize) -> Result<(Vec<i8>, Vec<f16>), usize> {
         let mut q = vec![0i8; x.len()];
         let mut s = vec![f16::ZERO; x.len().div_ceil(block)];
-        quantize_i8_blocks(x, block, &mut q, &mut s)?;
+        quantize_i8_blocks(x, block, &mut q, &mut s)
+            .map_err(|e| e.non_finite_index().expect("lengths are right"))?;
         Ok((q, s))
     }
 
@@ -546,7 +683,7 @@ mod tests {
         assert_eq!(&*qt.data()?, &ours[..]);
         let theirs = qt.dequantize(&Device::Cpu)?.to_vec1::<f32>()?;
         let mut back = vec![0f32; x.len()];
-        dequantize_i8_blocks(&q, &s, 32, &mut back);
+        dequantize_i8_blocks(&q, &s, 32, &mut back).unwrap();
         let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
         assert_eq!(bits(&back), bits(&theirs));
         Ok(())
@@ -600,7 +737,7 @@ mod tests {
         for block in [1usize, 7, 32, 64, 256] {
             let (q, s) = quantize(&x, block).unwrap();
             let mut out = vec![f32::NAN; x.len()];
-            dequantize_i8_blocks(&q, &s, block, &mut out);
+            dequantize_i8_blocks(&q, &s, block, &mut out).unwrap();
             for (i, (&o, &v)) in out.iter().zip(&q).enumerate() {
                 assert_eq!(o.to_bits(), (v as f32 * s[i / block].to_f32()).to_bits());
             }
@@ -618,9 +755,11 @@ mod tests {
         let nb = x.len().div_ceil(block);
         let (mut q0, mut s0) = (vec![0i8; x.len()], vec![f16::ZERO; nb]);
         let (mut q1, mut s1) = (vec![0i8; x.len()], vec![f16::ZERO; nb]);
-        let r0 = quantize_i8_blocks_on(Isa::Scalar, x, block, &mut q0, &mut s0).unwrap();
-        let Some(r1) = quantize_i8_blocks_on(isa, x, block, &mut q1, &mut s1) else {
-            return false;
+        let r0 = quantize_i8_blocks_on(Isa::Scalar, x, block, &mut q0, &mut s0)
+            .map(|done| done.expect("the scalar kernel always runs"));
+        let r1 = match quantize_i8_blocks_on(isa, x, block, &mut q1, &mut s1) {
+            Ok(None) => return false,
+            r => r.map(|_| ()),
         };
         assert_eq!(r1, r0, "{isa} {what}: result, block {block}, n {}", x.len());
         if r0.is_err() {
@@ -635,8 +774,12 @@ mod tests {
             x.len()
         );
         let (mut o0, mut o1) = (vec![0f32; x.len()], vec![1f32; x.len()]);
-        dequantize_i8_blocks_on(Isa::Scalar, &q0, &s0, block, &mut o0).unwrap();
-        dequantize_i8_blocks_on(isa, &q0, &s0, block, &mut o1).unwrap();
+        dequantize_i8_blocks_on(Isa::Scalar, &q0, &s0, block, &mut o0)
+            .unwrap()
+            .unwrap();
+        dequantize_i8_blocks_on(isa, &q0, &s0, block, &mut o1)
+            .unwrap()
+            .unwrap();
         let fbits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
         assert_eq!(
             fbits(&o1),
@@ -758,8 +901,9 @@ mod tests {
                         let mut q = vec![0i8; n];
                         let mut s = vec![f16::ZERO; n.div_ceil(block)];
                         assert_eq!(
-                            quantize_i8_blocks_on(isa, &x, block, &mut q, &mut s),
-                            Some(Err(pos))
+                            quantize_i8_blocks_on(isa, &x, block, &mut q, &mut s)
+                                .map_err(|e| e.non_finite_index()),
+                            Err(Some(pos))
                         );
                     }
                 }
@@ -810,8 +954,13 @@ mod tests {
                         .take(n.div_ceil(block))
                         .collect();
                     let (mut o0, mut o1) = (vec![0f32; n], vec![1f32; n]);
-                    dequantize_i8_blocks_on(Isa::Scalar, &q, &s, block, &mut o0).unwrap();
-                    if dequantize_i8_blocks_on(isa, &q, &s, block, &mut o1).is_none() {
+                    dequantize_i8_blocks_on(Isa::Scalar, &q, &s, block, &mut o0)
+                        .unwrap()
+                        .unwrap();
+                    if dequantize_i8_blocks_on(isa, &q, &s, block, &mut o1)
+                        .unwrap()
+                        .is_none()
+                    {
                         crate::kernels::detect::report_skipped(isa, "blockwise dequantize");
                         break;
                     }
@@ -832,8 +981,8 @@ mod tests {
             let x = pseudo_random(n, n as u64, 4.0);
             let (q, s) = quantize(&x, 64).unwrap();
             let mut out = vec![0f32; n];
-            dequantize_i8_blocks(&q, &s, 64, &mut out);
-            assert_eq!(dequantize_i8_blocks_to_vec(&q, &s, 64), out);
+            dequantize_i8_blocks(&q, &s, 64, &mut out).unwrap();
+            assert_eq!(dequantize_i8_blocks_to_vec(&q, &s, 64), Ok(out));
         }
     }
 
@@ -857,8 +1006,10 @@ mod tests {
                     for lut in [&nf4_like, &int4, &wild] {
                         let (mut o0, mut o1) = (vec![0f32; n], vec![1f32; n]);
                         dequantize_u4_lut_on(Isa::Scalar, &packed, lut, &scales, group, &mut o0)
+                            .unwrap()
                             .unwrap();
                         if dequantize_u4_lut_on(isa, &packed, lut, &scales, group, &mut o1)
+                            .unwrap()
                             .is_none()
                         {
                             crate::kernels::detect::report_skipped(isa, "blockwise u4_lut");
@@ -889,8 +1040,11 @@ mod tests {
         let packed: Vec<u8> = (0..n.div_ceil(2)).map(|i| (i * 7) as u8).collect();
         let scales: Vec<f32> = (0..n.div_ceil(64)).map(|g| g as f32).collect();
         let mut out = vec![0f32; n];
-        dequantize_u4_lut(&packed, &lut, &scales, 64, &mut out);
-        assert_eq!(dequantize_u4_lut_to_vec(&packed, &lut, &scales, 64, n), out);
+        dequantize_u4_lut(&packed, &lut, &scales, 64, &mut out).unwrap();
+        assert_eq!(
+            dequantize_u4_lut_to_vec(&packed, &lut, &scales, 64, n),
+            Ok(out)
+        );
     }
 
     #[test]
@@ -918,8 +1072,10 @@ mod tests {
                             (0..groups).map(|g| pool[(g + n) % pool.len()].1).collect();
                         let (mut o0, mut o1) = (vec![0f32; n], vec![1f32; n]);
                         dequantize_affine_on(Isa::Scalar, &codes, bits, &zp, &sc, group, &mut o0)
+                            .unwrap()
                             .unwrap();
                         if dequantize_affine_on(isa, &codes, bits, &zp, &sc, group, &mut o1)
+                            .unwrap()
                             .is_none()
                         {
                             crate::kernels::detect::report_skipped(isa, "blockwise affine");
@@ -956,14 +1112,155 @@ mod tests {
         let mut s = vec![f16::ZERO; 16];
         assert_eq!(
             quantize_i8_blocks_on(isa, &x, 64, &mut q, &mut s),
-            Some(Ok(()))
+            Ok(Some(()))
         );
         assert_eq!(quantize(&x, 64), Ok((q, s)));
     }
 
+    /// The message of the error `r` holds (panics if `r` is `Ok`: a test failure).
+    fn message<T: std::fmt::Debug>(r: Result<T, KernelError>) -> String {
+        r.unwrap_err().to_string()
+    }
+
     #[test]
-    #[should_panic(expected = "one scale per block")]
-    fn wrong_scale_count_panics() {
-        quantize_i8_blocks(&[1.0; 5], 2, &mut [0; 5], &mut [f16::ZERO; 2]).unwrap();
+    fn int8_length_mismatches_are_errors_not_panics() {
+        let x = [1.0f32; 5];
+        let (mut q, mut s) = ([0i8; 5], [f16::ZERO; 3]);
+        assert_eq!(
+            message(quantize_i8_blocks(&x, 2, &mut q, &mut s[..2])),
+            "quantize_i8_blocks: scales has 2 elements, need one per block of 2 over 5 \
+             values: ⌈5 / 2⌉ = 3"
+        );
+        assert_eq!(
+            message(quantize_i8_blocks(&x, 2, &mut q[..4], &mut s)),
+            "quantize_i8_blocks: q has 4 elements, need x.len() = 5"
+        );
+        assert_eq!(
+            message(quantize_i8_blocks(&x, 0, &mut q, &mut s)),
+            "quantize_i8_blocks: invalid block: must be at least 1, found 0"
+        );
+        assert_eq!(
+            message(quantize_i8_blocks_on(
+                Isa::Scalar,
+                &x,
+                2,
+                &mut q,
+                &mut s[..1]
+            )),
+            "quantize_i8_blocks_on: scales has 1 elements, need one per block of 2 over 5 \
+             values: ⌈5 / 2⌉ = 3"
+        );
+        // Nothing was written by the refused calls.
+        assert_eq!(q, [0; 5]);
+        let mut out = [0f32; 4];
+        assert_eq!(
+            message(dequantize_i8_blocks(&q, &s, 2, &mut out)),
+            "dequantize_i8_blocks: out has 4 elements, need q.len() = 5"
+        );
+        assert_eq!(
+            message(dequantize_i8_blocks(&q, &s[..2], 2, &mut [0f32; 5])),
+            "dequantize_i8_blocks: scales has 2 elements, need one per block of 2 over 5 \
+             values: ⌈5 / 2⌉ = 3"
+        );
+        assert_eq!(
+            message(dequantize_i8_blocks_on(Isa::Avx2, &q, &s, 0, &mut out)),
+            "dequantize_i8_blocks_on: invalid block: must be at least 1, found 0"
+        );
+        assert_eq!(
+            message(dequantize_i8_blocks_to_vec(&q, &s, 3)),
+            "dequantize_i8_blocks_to_vec: scales has 3 elements, need one per block of 3 \
+             over 5 values: ⌈5 / 3⌉ = 2"
+        );
+        assert!(dequantize_i8_blocks_to_vec(&q, &s, 0).is_err());
+    }
+
+    #[test]
+    fn u4_length_mismatches_are_errors_not_panics() {
+        let lut = [1f32; 16];
+        let mut out = [0f32; 5];
+        assert_eq!(
+            message(dequantize_u4_lut(&[0; 2], &lut, &[1.0; 3], 2, &mut out)),
+            "dequantize_u4_lut: packed has 2 elements, need 5 codes two per byte: ⌈5 / 2⌉ = 3"
+        );
+        assert_eq!(
+            message(dequantize_u4_lut(&[0; 3], &lut, &[1.0; 2], 2, &mut out)),
+            "dequantize_u4_lut: scales has 2 elements, need one per group of 2 over 5 \
+             values: ⌈5 / 2⌉ = 3"
+        );
+        assert_eq!(
+            message(dequantize_u4_lut(&[0; 3], &lut, &[1.0; 3], 0, &mut out)),
+            "dequantize_u4_lut: invalid group: must be at least 1, found 0"
+        );
+        assert!(dequantize_u4_lut_on(Isa::Scalar, &[0; 4], &lut, &[1.0; 3], 2, &mut out).is_err());
+        assert_eq!(out, [0.0; 5]);
+        // A count no buffer can back is refused before anything is allocated.
+        assert_eq!(
+            message(dequantize_u4_lut_to_vec(
+                &[0; 3],
+                &lut,
+                &[1.0; 3],
+                2,
+                usize::MAX
+            )),
+            format!(
+                "dequantize_u4_lut_to_vec: packed has 3 elements, need {n} codes two per \
+                 byte: ⌈{n} / 2⌉ = {}",
+                usize::MAX / 2 + 1,
+                n = usize::MAX
+            )
+        );
+    }
+
+    #[test]
+    fn affine_argument_errors_are_errors_not_panics() {
+        let mut out = [0f32; 5];
+        assert_eq!(
+            message(dequantize_affine(&[0; 5], 3, &[0.0], &[1.0], 8, &mut out)),
+            "dequantize_affine: invalid bits: must be 4 or 8, found 3"
+        );
+        assert_eq!(
+            message(dequantize_affine(&[0; 5], 8, &[0.0], &[1.0], 0, &mut out)),
+            "dequantize_affine: invalid group: must be at least 1, found 0"
+        );
+        assert_eq!(
+            message(dequantize_affine(&[0; 5], 4, &[0.0], &[1.0], 8, &mut out)),
+            "dequantize_affine: codes has 5 elements, need 5 4-bit codes two per byte: \
+             ⌈5 / 2⌉ = 3"
+        );
+        assert_eq!(
+            message(dequantize_affine(&[0; 4], 8, &[0.0], &[1.0], 8, &mut out)),
+            "dequantize_affine: codes has 4 elements, need one byte per 8-bit code = 5"
+        );
+        assert_eq!(
+            message(dequantize_affine(
+                &[0; 5],
+                8,
+                &[0.0; 2],
+                &[1.0],
+                8,
+                &mut out
+            )),
+            "dequantize_affine: zero_points has 2 elements, need one per group of 8 over 5 \
+             values: ⌈5 / 8⌉ = 1"
+        );
+        assert_eq!(
+            message(dequantize_affine_on(
+                Isa::Scalar,
+                &[0; 5],
+                8,
+                &[0.0],
+                &[],
+                8,
+                &mut out
+            )),
+            "dequantize_affine_on: scales has 0 elements, need one per group of 8 over 5 \
+             values: ⌈5 / 8⌉ = 1"
+        );
+        assert_eq!(out, [0.0; 5]);
+        assert!(dequantize_affine_to_vec(&[0; 5], 8, &[0.0], &[1.0], 8, usize::MAX).is_err());
+        assert_eq!(
+            dequantize_affine_to_vec(&[2], 8, &[1.0], &[0.5], 8, 1),
+            Ok(vec![2.0])
+        );
     }
 }

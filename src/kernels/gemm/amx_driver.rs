@@ -618,7 +618,7 @@ mod tests {
     fn unpack_matches_packed_weights() {
         let (n, k) = (20, 70);
         let w: Vec<i8> = (0..n * k).map(|i| ((i * 7) % 16) as i8 - 8).collect();
-        let p = PackedW4::pack(&w, &vec![1.0; n * 3], n, k, 32);
+        let p = PackedW4::pack(&w, &vec![1.0; n * 3], n, k, 32).unwrap();
         let mut dst = vec![0u8; p.panels() * p.k4() * 64];
         unpack_w4_generic(p.bytes(), &mut dst);
         for o in 0..n {

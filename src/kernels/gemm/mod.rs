@@ -14,9 +14,13 @@
 //! ```
 //!
 //! [`quantize_rows_i8_with_scales`] skips the `amax` pass and uses the given scale.
-//! Non-finite policy: `Err(i)` with `i` the flat index into `x` of the first element whose
-//! `y` is NaN or ±Inf (a non-finite `x`, a non-finite `smooth[c]`, or an overflowing
-//! product); `q` and `scales` are then unspecified.
+//! Non-finite policy: [`KernelError::NonFinite`] with the flat index into `x` of the first
+//! element whose `y` is NaN or ±Inf (a non-finite `x`, a non-finite `smooth[c]`, or an
+//! overflowing product); `q` and `scales` are then unspecified.
+//!
+//! Every entry point (the free functions, the [`GemmKernels`] methods, the `pack`
+//! constructors) checks its lengths first and returns a [`KernelError`] on a mismatch
+//! (never panics); the checks are a few comparisons per call.
 //!
 //! **W8A8** ([`matmul_w8a8`]), for row `t` and output `o`:
 //!
@@ -69,6 +73,7 @@
 use std::sync::OnceLock;
 
 use super::detect::Isa;
+use super::error::{checked_mul, expect_len, KernelError};
 
 // Expands `(mr, np)` to the monomorphised microkernel.
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
@@ -295,10 +300,10 @@ impl GemmKernels {
     /// ```
     /// use candle_compress::kernels::gemm::{GemmKernels, PackedW8};
     /// use candle_compress::kernels::Isa;
-    /// let w = PackedW8::pack(&[1, 2, 3, -1, -2, -3], &[0.5, 0.25], 2, 3);
+    /// let w = PackedW8::pack(&[1, 2, 3, -1, -2, -3], &[0.5, 0.25], 2, 3).unwrap();
     /// let (mut a, mut b) = ([0f32; 2], [0f32; 2]);
-    /// GemmKernels::amx_emulated().matmul_w8a8(&[10, 20, 30], &[0.1], 1, &w, None, &mut a);
-    /// GemmKernels::for_isa(Isa::Scalar).unwrap().matmul_w8a8(&[10, 20, 30], &[0.1], 1, &w, None, &mut b);
+    /// GemmKernels::amx_emulated().matmul_w8a8(&[10, 20, 30], &[0.1], 1, &w, None, &mut a).unwrap();
+    /// GemmKernels::for_isa(Isa::Scalar).unwrap().matmul_w8a8(&[10, 20, 30], &[0.1], 1, &w, None, &mut b).unwrap();
     /// assert_eq!(a, b);
     /// ```
     pub fn amx_emulated() -> GemmKernels {
@@ -423,6 +428,9 @@ impl GemmKernels {
     }
 
     /// [`quantize_rows_i8`] on these kernels.
+    ///
+    /// # Errors
+    /// As [`quantize_rows_i8`].
     pub fn quantize_rows_i8(
         &self,
         x: &[f32],
@@ -430,13 +438,14 @@ impl GemmKernels {
         smooth: Option<&[f32]>,
         q: &mut [i8],
         scales: &mut [f32],
-    ) -> Result<(), usize> {
-        check_rows(x.len(), cols, smooth, q.len(), scales.len());
+    ) -> Result<(), KernelError> {
+        const OP: &str = "quantize_rows_i8";
+        check_rows(OP, x.len(), cols, smooth, q.len(), scales.len())?;
         if cols == 0 {
             scales.fill(0.0);
             return Ok(());
         }
-        match self.path {
+        let res = match self.path {
             Path::Scalar | Path::AmxEmulated => {
                 scalar::quantize_rows_i8(x, cols, smooth, q, scales)
             }
@@ -455,10 +464,14 @@ impl GemmKernels {
             // were checked above and `cols > 0`.
             #[cfg(target_arch = "aarch64")]
             Path::Neon => unsafe { neon::quantize_rows_i8(x, cols, smooth, q, scales) },
-        }
+        };
+        res.map_err(|index| non_finite(OP, index))
     }
 
     /// [`quantize_rows_i8_with_scales`] on these kernels.
+    ///
+    /// # Errors
+    /// As [`quantize_rows_i8_with_scales`].
     pub fn quantize_rows_i8_with_scales(
         &self,
         x: &[f32],
@@ -466,16 +479,23 @@ impl GemmKernels {
         smooth: Option<&[f32]>,
         scales: &[f32],
         q: &mut [i8],
-    ) -> Result<(), usize> {
-        check_rows(x.len(), cols, smooth, q.len(), scales.len());
-        assert!(
-            scales.iter().all(|s| s.is_finite() && *s >= 0.0),
-            "quantize_rows_i8_with_scales: scales must be finite and >= 0"
-        );
+    ) -> Result<(), KernelError> {
+        const OP: &str = "quantize_rows_i8_with_scales";
+        check_rows(OP, x.len(), cols, smooth, q.len(), scales.len())?;
+        if let Some(i) = scales.iter().position(|s| !(s.is_finite() && *s >= 0.0)) {
+            return Err(KernelError::invalid(
+                OP,
+                "scales",
+                format!(
+                    "scales[{i}] is {}; every scale must be finite and >= 0",
+                    scales[i]
+                ),
+            ));
+        }
         if cols == 0 {
             return Ok(());
         }
-        match self.path {
+        let res = match self.path {
             Path::Scalar | Path::AmxEmulated => {
                 scalar::quantize_rows_i8_with_scales(x, cols, smooth, scales, q)
             }
@@ -492,10 +512,14 @@ impl GemmKernels {
             // SAFETY: NEON detected for this path; lengths and scales checked.
             #[cfg(target_arch = "aarch64")]
             Path::Neon => unsafe { neon::quantize_rows_i8_with_scales(x, cols, smooth, scales, q) },
-        }
+        };
+        res.map_err(|index| non_finite(OP, index))
     }
 
     /// [`matmul_w8a8`] on these kernels.
+    ///
+    /// # Errors
+    /// As [`matmul_w8a8`].
     pub fn matmul_w8a8(
         &self,
         qx: &[i8],
@@ -504,8 +528,9 @@ impl GemmKernels {
         w: &PackedW8,
         bias: Option<&[f32]>,
         out: &mut [f32],
-    ) {
+    ) -> Result<(), KernelError> {
         check_matmul(
+            "matmul_w8a8",
             qx.len(),
             x_scales.len(),
             rows,
@@ -513,16 +538,16 @@ impl GemmKernels {
             w.out_features(),
             bias,
             out.len(),
-        );
+        )?;
         if rows == 0 || w.out_features() == 0 {
-            return;
+            return Ok(());
         }
         if let Some(t) = self.amx_table(rows, AMX_MIN_ROWS) {
             // SAFETY: a table is returned only for paths whose features (AMX with its OS
             // permission, or AVX-512 for the emulation's helpers) were detected, or for
             // the portable emulation; lengths were checked above.
             unsafe { amx_driver::matmul_w8a8(t, qx, x_scales, rows, w, bias, out.as_mut_ptr()) };
-            return;
+            return Ok(());
         }
         #[cfg(target_arch = "x86_64")]
         let kern = match self.path {
@@ -551,9 +576,13 @@ impl GemmKernels {
             #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
             Some(()) => unreachable!(),
         }
+        Ok(())
     }
 
     /// [`matmul_w4a8`] on these kernels.
+    ///
+    /// # Errors
+    /// As [`matmul_w4a8`].
     pub fn matmul_w4a8(
         &self,
         qx: &[i8],
@@ -562,8 +591,9 @@ impl GemmKernels {
         w: &PackedW4,
         bias: Option<&[f32]>,
         out: &mut [f32],
-    ) {
+    ) -> Result<(), KernelError> {
         check_matmul(
+            "matmul_w4a8",
             qx.len(),
             x_scales.len(),
             rows,
@@ -571,14 +601,14 @@ impl GemmKernels {
             w.out_features(),
             bias,
             out.len(),
-        );
+        )?;
         if rows == 0 || w.out_features() == 0 {
-            return;
+            return Ok(());
         }
         if let Some(t) = self.amx_table(rows, AMX_MIN_ROWS_W4) {
             // SAFETY: as in `matmul_w8a8`.
             unsafe { amx_driver::matmul_w4a8(t, qx, x_scales, rows, w, bias, out.as_mut_ptr()) };
-            return;
+            return Ok(());
         }
         #[cfg(target_arch = "x86_64")]
         let kern = match self.path {
@@ -605,6 +635,7 @@ impl GemmKernels {
             #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
             Some(()) => unreachable!(),
         }
+        Ok(())
     }
 }
 
@@ -620,19 +651,32 @@ pub(crate) fn amx_peak_gops(iters: usize) -> Option<f64> {
     None
 }
 
-fn check_rows(x: usize, cols: usize, smooth: Option<&[f32]>, q: usize, rows: usize) {
-    assert_eq!(
-        Some(x),
-        rows.checked_mul(cols),
-        "quantize_rows_i8: x.len() != rows*cols"
-    );
-    assert_eq!(q, x, "quantize_rows_i8: q.len() != x.len()");
+/// The length rules of the row quantization: `x` is `rows × cols` (`rows` =
+/// `scales.len()`), `q` as long as `x`, `smooth` one factor per column.
+fn check_rows(
+    op: &'static str,
+    x: usize,
+    cols: usize,
+    smooth: Option<&[f32]>,
+    q: usize,
+    rows: usize,
+) -> Result<(), KernelError> {
+    let need = checked_mul(op, "rows × cols", rows, cols)?;
+    expect_len(op, "x", x, need, || {
+        format!("rows × cols = {rows} × {cols}")
+    })?;
+    expect_len(op, "q", q, x, || "x.len()".into())?;
     if let Some(s) = smooth {
-        assert_eq!(s.len(), cols, "quantize_rows_i8: smooth.len() != cols");
+        expect_len(op, "smooth", s.len(), cols, || "cols".into())?;
     }
+    Ok(())
 }
 
+/// The length rules of the matrix products: `qx` is `rows × in_features`, one activation
+/// scale per row, `out` is `rows × out_features`, one bias per output.
+#[allow(clippy::too_many_arguments)]
 fn check_matmul(
+    op: &'static str,
     qx: usize,
     x_scales: usize,
     rows: usize,
@@ -640,20 +684,27 @@ fn check_matmul(
     n: usize,
     bias: Option<&[f32]>,
     out: usize,
-) {
-    assert_eq!(
-        Some(qx),
-        rows.checked_mul(inp),
-        "matmul: qx.len() != rows*in_features"
-    );
-    assert_eq!(x_scales, rows, "matmul: x_scales.len() != rows");
-    assert_eq!(
-        Some(out),
-        rows.checked_mul(n),
-        "matmul: out.len() != rows*out_features"
-    );
+) -> Result<(), KernelError> {
+    let need = checked_mul(op, "rows × in_features", rows, inp)?;
+    expect_len(op, "qx", qx, need, || {
+        format!("rows × in_features = {rows} × {inp}")
+    })?;
+    expect_len(op, "x_scales", x_scales, rows, || "rows".into())?;
+    let need = checked_mul(op, "rows × out_features", rows, n)?;
+    expect_len(op, "out", out, need, || {
+        format!("rows × out_features = {rows} × {n}")
+    })?;
     if let Some(b) = bias {
-        assert_eq!(b.len(), n, "matmul: bias.len() != out_features");
+        expect_len(op, "bias", b.len(), n, || "out_features".into())?;
+    }
+    Ok(())
+}
+
+fn non_finite(op: &'static str, index: usize) -> KernelError {
+    KernelError::NonFinite {
+        op,
+        what: "value (of x, or of x × smooth)",
+        index,
     }
 }
 
@@ -664,12 +715,11 @@ fn check_matmul(
 /// `scales[t] = max|y| / 127`.
 ///
 /// # Errors
-/// `Err(i)`: `i` is the flat index into `x` of the first element whose smoothed value is
-/// NaN or ±Inf; `q` and `scales` are then unspecified.
-///
-/// # Panics
-/// If `x.len() != scales.len() * cols`, `q.len() != x.len()` or
-/// `smooth.len() != cols` (callers validate user input first).
+/// [`KernelError::Length`] (nothing written) if `x.len() != scales.len() * cols`,
+/// `q.len() != x.len()` or `smooth.len() != cols`; [`KernelError::Overflow`] if
+/// `scales.len() * cols` overflows; [`KernelError::NonFinite`] with the flat index into `x`
+/// of the first element whose smoothed value is NaN or ±Inf (`q` and `scales` are then
+/// unspecified).
 ///
 /// ```
 /// use candle_compress::kernels::gemm::quantize_rows_i8;
@@ -678,7 +728,8 @@ fn check_matmul(
 /// quantize_rows_i8(&x, 3, None, &mut q, &mut s).unwrap();
 /// assert_eq!(q, [64, -127, 32, 0, 0, 0]); // 1/(2/127) = 63.5 rounds away to 64
 /// assert_eq!(s, [2.0 / 127.0, 0.0]);
-/// assert_eq!(quantize_rows_i8(&[0.0, f32::INFINITY], 2, None, &mut q[..2], &mut s[..1]), Err(1));
+/// let e = quantize_rows_i8(&[0.0, f32::INFINITY], 2, None, &mut q[..2], &mut s[..1]);
+/// assert_eq!(e.unwrap_err().non_finite_index(), Some(1));
 /// ```
 pub fn quantize_rows_i8(
     x: &[f32],
@@ -686,7 +737,7 @@ pub fn quantize_rows_i8(
     smooth: Option<&[f32]>,
     q: &mut [i8],
     scales: &mut [f32],
-) -> Result<(), usize> {
+) -> Result<(), KernelError> {
     GemmKernels::active().quantize_rows_i8(x, cols, smooth, q, scales)
 }
 
@@ -694,11 +745,8 @@ pub fn quantize_rows_i8(
 /// `q = clamp(round_half_away(y / scale), -127, 127)`, `q = 0` where `scale == 0`.
 ///
 /// # Errors
-/// As [`quantize_rows_i8`].
-///
-/// # Panics
-/// On the length mismatches of [`quantize_rows_i8`], or if a scale is negative or not
-/// finite.
+/// As [`quantize_rows_i8`], and [`KernelError::InvalidArgument`] (nothing written) if a
+/// scale is negative or not finite.
 ///
 /// ```
 /// use candle_compress::kernels::gemm::quantize_rows_i8_with_scales;
@@ -712,7 +760,7 @@ pub fn quantize_rows_i8_with_scales(
     smooth: Option<&[f32]>,
     scales: &[f32],
     q: &mut [i8],
-) -> Result<(), usize> {
+) -> Result<(), KernelError> {
     GemmKernels::active().quantize_rows_i8_with_scales(x, cols, smooth, scales, q)
 }
 
@@ -723,17 +771,21 @@ pub fn quantize_rows_i8_with_scales(
 /// so `RAYON_NUM_THREADS` is honoured) when the work is large; the result does not depend
 /// on the ISA or the thread count.
 ///
-/// # Panics
-/// If `qx.len() != rows * in_features`, `x_scales.len() != rows`,
-/// `out.len() != rows * out_features` or `bias.len() != out_features`.
+/// # Errors
+/// [`KernelError::Length`] (nothing written) if `qx.len() != rows * in_features`,
+/// `x_scales.len() != rows`, `out.len() != rows * out_features` or
+/// `bias.len() != out_features`; [`KernelError::Overflow`] if one of those products
+/// overflows.
 ///
 /// ```
 /// use candle_compress::kernels::gemm::{matmul_w8a8, PackedW8};
-/// let w = PackedW8::pack(&[1, 2, 3, -1, -2, -3], &[0.5, 0.25], 2, 3);
+/// let w = PackedW8::pack(&[1, 2, 3, -1, -2, -3], &[0.5, 0.25], 2, 3).unwrap();
 /// let mut out = [0f32; 2];
-/// matmul_w8a8(&[10, 20, 30], &[0.1], 1, &w, Some(&[1.0, 0.0]), &mut out);
+/// matmul_w8a8(&[10, 20, 30], &[0.1], 1, &w, Some(&[1.0, 0.0]), &mut out).unwrap();
 /// // acc = [140, -140]
 /// assert_eq!(out, [140.0 * (0.1f32 * 0.5) + 1.0, -140.0 * (0.1f32 * 0.25)]);
+/// let e = matmul_w8a8(&[10, 20], &[0.1], 1, &w, None, &mut out).unwrap_err();
+/// assert_eq!(e.to_string(), "matmul_w8a8: qx has 2 elements, need rows × in_features = 1 × 3 = 3");
 /// ```
 pub fn matmul_w8a8(
     qx: &[i8],
@@ -742,7 +794,7 @@ pub fn matmul_w8a8(
     w: &PackedW8,
     bias: Option<&[f32]>,
     out: &mut [f32],
-) {
+) -> Result<(), KernelError> {
     GemmKernels::active().matmul_w8a8(qx, x_scales, rows, w, bias, out)
 }
 
@@ -750,15 +802,15 @@ pub fn matmul_w8a8(
 /// `out[t,o] = (Σ_g (acc_g as f32) * w.scales[o,g]) * x_scales[t] + bias[o]`, the sum taken
 /// in group order starting from 0.0 (see the module docs).
 ///
-/// # Panics
+/// # Errors
 /// As [`matmul_w8a8`].
 ///
 /// ```
 /// use candle_compress::kernels::gemm::{matmul_w4a8, PackedW4};
 /// let w: Vec<i8> = (0..16).map(|k| if k < 8 { 1 } else { -2 }).collect(); // 1 output, 16 inputs
-/// let p = PackedW4::pack(&w, &[0.5, 0.25], 1, 16, 8);
+/// let p = PackedW4::pack(&w, &[0.5, 0.25], 1, 16, 8).unwrap();
 /// let mut out = [0f32; 1];
-/// matmul_w4a8(&[3; 16], &[2.0], 1, &p, None, &mut out);
+/// matmul_w4a8(&[3; 16], &[2.0], 1, &p, None, &mut out).unwrap();
 /// // acc_0 = 24, acc_1 = -48: (24*0.5 + -48*0.25) * 2 = 0
 /// assert_eq!(out, [0.0]);
 /// ```
@@ -769,7 +821,7 @@ pub fn matmul_w4a8(
     w: &PackedW4,
     bias: Option<&[f32]>,
     out: &mut [f32],
-) {
+) -> Result<(), KernelError> {
     GemmKernels::active().matmul_w4a8(qx, x_scales, rows, w, bias, out)
 }
 
@@ -808,7 +860,7 @@ mod tests {
         for (n, k) in [(1, 1), (3, 7), (17, 33), (16, 4), (0, 5), (4, 0)] {
             let w: Vec<i8> = (0..n * k).map(|i| (i * 37 % 256) as u8 as i8).collect();
             let s: Vec<f32> = (0..n).map(|i| i as f32 + 0.5).collect();
-            let p = PackedW8::pack(&w, &s, n, k);
+            let p = PackedW8::pack(&w, &s, n, k).unwrap();
             assert_eq!(p.weights(), w);
             assert_eq!(p.scales(), &s[..]);
             assert_eq!(
@@ -817,7 +869,7 @@ mod tests {
             );
         }
         let w4: Vec<i8> = (0..5 * 70).map(|i| (i % 16) as i8 - 8).collect();
-        let p4 = PackedW4::pack(&w4, &[1.0; 5 * 3], 5, 70, 32);
+        let p4 = PackedW4::pack(&w4, &[1.0; 5 * 3], 5, 70, 32).unwrap();
         assert_eq!(p4.weights(), w4);
     }
 
@@ -833,12 +885,13 @@ mod tests {
         let ws: Vec<f32> = (0..n).map(|i| 0.01 * (i as f32 + 1.0)).collect();
         let xs = [0.5f32, 0.03, 1.7];
         let b: Vec<f32> = (0..n).map(|i| i as f32 - 3.0).collect();
-        let p = PackedW8::pack(&w, &ws, n, k);
+        let p = PackedW8::pack(&w, &ws, n, k).unwrap();
         let mut out = vec![0f32; rows * n];
         let sk = GemmKernels::for_isa(Isa::Scalar).unwrap();
-        sk.matmul_w8a8(&qx, &xs, rows, &p, Some(&b), &mut out);
+        sk.matmul_w8a8(&qx, &xs, rows, &p, Some(&b), &mut out)
+            .unwrap();
         assert_eq!(out, naive_w8(&qx, &xs, rows, &w, &ws, n, Some(&b)));
-        sk.matmul_w8a8(&qx, &xs, rows, &p, None, &mut out);
+        sk.matmul_w8a8(&qx, &xs, rows, &p, None, &mut out).unwrap();
         assert_eq!(out, naive_w8(&qx, &xs, rows, &w, &ws, n, None));
     }
 
@@ -852,16 +905,203 @@ mod tests {
         assert_eq!(q, [127, 1, -1, 2, -3, 127]);
         let x = [1.0f32, 2.0, 3.0, f32::NAN, 1.0, 1.0];
         let mut s2 = [0f32; 2];
-        assert_eq!(sk.quantize_rows_i8(&x, 3, None, &mut q, &mut s2), Err(3));
+        let nf = |r: Result<(), KernelError>| r.map_err(|e| e.non_finite_index());
+        assert_eq!(
+            nf(sk.quantize_rows_i8(&x, 3, None, &mut q, &mut s2)),
+            Err(Some(3))
+        );
         let big = [f32::MAX, 1.0];
         let mut q2 = [0i8; 2];
         let mut s1 = [0f32; 1];
         assert_eq!(
-            sk.quantize_rows_i8(&big, 2, Some(&[2.0, 1.0]), &mut q2, &mut s1),
-            Err(0)
+            nf(sk.quantize_rows_i8(&big, 2, Some(&[2.0, 1.0]), &mut q2, &mut s1)),
+            Err(Some(0))
         );
         assert_eq!(sk.quantize_rows_i8(&[], 0, None, &mut [], &mut s1), Ok(()));
         assert_eq!(s1, [0.0]);
+    }
+
+    /// The message of the error `r` holds (panics if `r` is `Ok`: a test failure).
+    fn message(r: Result<(), KernelError>) -> String {
+        r.unwrap_err().to_string()
+    }
+
+    #[test]
+    fn row_quantization_length_mismatches_are_errors_not_panics() {
+        let x = [1.0f32; 6];
+        let (mut q, mut s) = ([0i8; 6], [0f32; 2]);
+        for k in GemmKernels::available() {
+            assert_eq!(
+                message(k.quantize_rows_i8(&x[..5], 3, None, &mut q[..5], &mut s)),
+                "quantize_rows_i8: x has 5 elements, need rows × cols = 2 × 3 = 6"
+            );
+            assert_eq!(
+                message(k.quantize_rows_i8(&x, 3, None, &mut q[..4], &mut s)),
+                "quantize_rows_i8: q has 4 elements, need x.len() = 6"
+            );
+            assert_eq!(
+                message(k.quantize_rows_i8(&x, 3, Some(&[1.0; 2]), &mut q, &mut s)),
+                "quantize_rows_i8: smooth has 2 elements, need cols = 3"
+            );
+            // rows × cols overflows: an error, not a wrapped product that might match.
+            assert_eq!(
+                message(k.quantize_rows_i8(&x, usize::MAX, None, &mut q, &mut s)),
+                format!(
+                    "quantize_rows_i8: rows × cols = 2 × {} overflows usize",
+                    usize::MAX
+                )
+            );
+            assert_eq!(
+                message(k.quantize_rows_i8_with_scales(&x, 3, None, &[1.0; 3], &mut q)),
+                "quantize_rows_i8_with_scales: x has 6 elements, need rows × cols = 3 × 3 = 9"
+            );
+            assert_eq!(
+                message(k.quantize_rows_i8_with_scales(&x, 3, None, &[1.0, -0.5], &mut q)),
+                "quantize_rows_i8_with_scales: invalid scales: scales[1] is -0.5; every scale \
+                 must be finite and >= 0"
+            );
+            assert!(k
+                .quantize_rows_i8_with_scales(&x, 3, None, &[f32::NAN, 1.0], &mut q)
+                .is_err());
+            assert!(k
+                .quantize_rows_i8_with_scales(&x, usize::MAX, None, &[1.0; 2], &mut q)
+                .is_err());
+        }
+        // Refused calls write nothing.
+        assert_eq!((q, s), ([0; 6], [0.0; 2]));
+        assert_eq!(
+            message(quantize_rows_i8(&x, 4, None, &mut q, &mut s)),
+            "quantize_rows_i8: x has 6 elements, need rows × cols = 2 × 4 = 8"
+        );
+        assert!(quantize_rows_i8_with_scales(&x, 2, None, &[1.0; 2], &mut q).is_err());
+    }
+
+    #[test]
+    fn matmul_length_mismatches_are_errors_not_panics() {
+        // 2 outputs, 3 inputs.
+        let w8 = PackedW8::pack(&[1, 2, 3, -1, -2, -3], &[0.5, 0.25], 2, 3).unwrap();
+        let w4 = PackedW4::pack(&[1, 2, 3, -1, -2, -3], &[0.5, 0.25], 2, 3, 8).unwrap();
+        let qx = [1i8; 6];
+        let mut out = [7f32; 4];
+        for k in GemmKernels::available()
+            .into_iter()
+            .chain([GemmKernels::amx_emulated()])
+        {
+            for op in ["matmul_w8a8", "matmul_w4a8"] {
+                let run =
+                    |qx: &[i8], xs: &[f32], rows: usize, b: Option<&[f32]>, out: &mut [f32]| {
+                        if op == "matmul_w8a8" {
+                            k.matmul_w8a8(qx, xs, rows, &w8, b, out)
+                        } else {
+                            k.matmul_w4a8(qx, xs, rows, &w4, b, out)
+                        }
+                    };
+                assert_eq!(
+                    message(run(&qx[..5], &[1.0; 2], 2, None, &mut out)),
+                    format!("{op}: qx has 5 elements, need rows × in_features = 2 × 3 = 6")
+                );
+                assert_eq!(
+                    message(run(&qx, &[1.0; 3], 2, None, &mut out)),
+                    format!("{op}: x_scales has 3 elements, need rows = 2")
+                );
+                assert_eq!(
+                    message(run(&qx, &[1.0; 2], 2, None, &mut out[..3])),
+                    format!("{op}: out has 3 elements, need rows × out_features = 2 × 2 = 4")
+                );
+                assert_eq!(
+                    message(run(&qx, &[1.0; 2], 2, Some(&[0.0; 3]), &mut out)),
+                    format!("{op}: bias has 3 elements, need out_features = 2")
+                );
+                // rows × in_features overflows: refused before any product is formed.
+                assert_eq!(
+                    message(run(&qx, &[1.0; 2], usize::MAX, None, &mut out)),
+                    format!(
+                        "{op}: rows × in_features = {} × 3 overflows usize",
+                        usize::MAX
+                    )
+                );
+                // 0 rows with 0-length slices is fine; a huge row count with empty
+                // weights still needs consistent slices.
+                assert_eq!(run(&[], &[], 0, None, &mut []), Ok(()));
+            }
+        }
+        assert_eq!(out, [7.0; 4]);
+        // The free functions check the same way.
+        assert!(matmul_w8a8(&qx, &[1.0; 2], 3, &w8, None, &mut out).is_err());
+        assert!(matmul_w4a8(&qx, &[1.0; 2], 2, &w4, None, &mut out[..1]).is_err());
+        // A product that overflows only on the output side: in_features = 0.
+        let empty_in = PackedW8::pack(&[], &[1.0; 2], 2, 0).unwrap();
+        assert_eq!(
+            message(matmul_w8a8(&[], &[], usize::MAX, &empty_in, None, &mut out)),
+            format!(
+                "matmul_w8a8: x_scales has 0 elements, need rows = {}",
+                usize::MAX
+            )
+        );
+    }
+
+    #[test]
+    fn pack_argument_errors_are_errors_not_panics() {
+        let e = PackedW8::pack(&[1; 5], &[1.0; 2], 2, 3).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "PackedW8::pack: w has 5 elements, need out × inp = 2 × 3 = 6"
+        );
+        let e = PackedW8::pack(&[1; 6], &[1.0; 3], 2, 3).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "PackedW8::pack: scales has 3 elements, need out = 2"
+        );
+        let e = PackedW8::pack(&[1; 6], &[1.0; 2], 2, usize::MAX).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "PackedW8::pack: out × inp = 2 × {} overflows usize",
+                usize::MAX
+            )
+        );
+        for group in [0, 12] {
+            let e = PackedW4::pack(&[1; 6], &[1.0; 2], 2, 3, group).unwrap_err();
+            assert_eq!(
+                e.to_string(),
+                format!("PackedW4::pack: invalid group: must be a positive multiple of 8, found {group}")
+            );
+        }
+        let e = PackedW4::pack(&[1; 5], &[1.0; 2], 2, 3, 8).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "PackedW4::pack: w has 5 elements, need out × inp = 2 × 3 = 6"
+        );
+        let e = PackedW4::pack(&[1; 6], &[1.0; 1], 2, 3, 8).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "PackedW4::pack: scales has 1 elements, need out × ⌈inp / group⌉ = 2 × ⌈3 / 8⌉ = 2"
+        );
+        let e = PackedW4::pack(&[1, 2, 8, 0, 0, -9], &[1.0; 2], 2, 3, 8).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "PackedW4::pack: invalid w: w[2] is 8; int4 weights must lie in [-8, 7]"
+        );
+        let e = PackedW4::pack(&[1; 6], &[1.0; 2], usize::MAX, 3, 8).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "PackedW4::pack: out × inp = {} × 3 overflows usize",
+                usize::MAX
+            )
+        );
+        // A group that pads a row beyond usize bytes is refused rather than wrapped, and
+        // one whose padded buffer cannot be allocated is refused rather than aborting.
+        let e = PackedW4::pack(&[1], &[1.0], 1, 1, usize::MAX - 7).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "PackedW4::pack: panels × k4 steps × 32 bytes = {} × 32 overflows usize",
+                (usize::MAX - 7) / 4
+            )
+        );
+        let e = PackedW4::pack(&[1], &[1.0], 1, 1, 1 << 60).unwrap_err();
+        assert!(e.to_string().contains("cannot be allocated"), "{e}");
     }
 
     #[test]

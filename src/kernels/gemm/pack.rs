@@ -22,6 +22,7 @@
 //! 8..16, each already in the 8-bit layout above). Nibbles store `w + 8` (0..=15).
 
 use super::K_BLOCK;
+use crate::kernels::error::{checked_mul, expect_len, KernelError};
 
 /// Output channels per panel (16 i32 lanes of a zmm register).
 pub(crate) const NR: usize = 16;
@@ -90,7 +91,7 @@ impl AlignedBytes {
 /// ```
 /// use candle_compress::kernels::gemm::PackedW8;
 /// let w: Vec<i8> = (0..3 * 5).map(|i| (i as i8) - 7).collect(); // 3 outputs, 5 inputs
-/// let p = PackedW8::pack(&w, &[0.5, 1.0, 2.0], 3, 5);
+/// let p = PackedW8::pack(&w, &[0.5, 1.0, 2.0], 3, 5).unwrap();
 /// assert_eq!((p.out_features(), p.in_features()), (3, 5));
 /// assert_eq!(p.weights(), w);
 /// assert_eq!(p.scales(), &[0.5, 1.0, 2.0]);
@@ -131,16 +132,22 @@ impl PackedW8 {
     /// produces) are exact on every ISA, but on an AVX2-only CPU such a matrix runs on the
     /// scalar kernel because the AVX2 sign trick needs weights in [-127, 127].
     ///
-    /// # Panics
-    /// If `w.len() != out * inp` or `scales.len() != out` (callers validate user input).
-    #[must_use]
-    pub fn pack(w: &[i8], scales: &[f32], out: usize, inp: usize) -> PackedW8 {
-        assert_eq!(
-            Some(w.len()),
-            out.checked_mul(inp),
-            "PackedW8::pack: w.len() != out*inp"
-        );
-        assert_eq!(scales.len(), out, "PackedW8::pack: scales.len() != out");
+    /// # Errors
+    /// [`KernelError::Length`] if `w.len() != out * inp` or `scales.len() != out`,
+    /// [`KernelError::Overflow`] if `out * inp` overflows.
+    ///
+    /// ```
+    /// use candle_compress::kernels::gemm::PackedW8;
+    /// let e = PackedW8::pack(&[1, 2, 3], &[1.0], 2, 2).unwrap_err();
+    /// assert_eq!(e.to_string(), "PackedW8::pack: w has 3 elements, need out × inp = 2 × 2 = 4");
+    /// ```
+    pub fn pack(w: &[i8], scales: &[f32], out: usize, inp: usize) -> Result<PackedW8, KernelError> {
+        const OP: &str = "PackedW8::pack";
+        let need = checked_mul(OP, "out × inp", out, inp)?;
+        expect_len(OP, "w", w.len(), need, || {
+            format!("out × inp = {out} × {inp}")
+        })?;
+        expect_len(OP, "scales", scales.len(), out, || "out".into())?;
         let k4 = inp.div_ceil(4);
         let panels = out.div_ceil(NR);
         let kblocks = kblocks(inp);
@@ -156,7 +163,7 @@ impl PackedW8 {
             }
         }
         let has_min = w.contains(&i8::MIN);
-        PackedW8 {
+        Ok(PackedW8 {
             out,
             inp,
             k4,
@@ -165,7 +172,7 @@ impl PackedW8 {
             scales: scales.to_vec(),
             colsums,
             has_min,
-        }
+        })
     }
 
     /// Output channels (rows of the weight matrix).
@@ -234,7 +241,7 @@ pub(crate) fn kblocks(inp: usize) -> usize {
 /// use candle_compress::kernels::gemm::PackedW4;
 /// let w: Vec<i8> = (0..2 * 40).map(|i| (i % 16) as i8 - 8).collect(); // 2 outputs, 40 inputs
 /// let scales = vec![0.1f32; 2 * 2]; // group 32: 2 groups per row (the last one short)
-/// let p = PackedW4::pack(&w, &scales, 2, 40, 32);
+/// let p = PackedW4::pack(&w, &scales, 2, 40, 32).unwrap();
 /// assert_eq!((p.out_features(), p.in_features(), p.group()), (2, 40, 32));
 /// assert_eq!(p.weights(), w);
 /// ```
@@ -271,34 +278,71 @@ impl PackedW4 {
     /// with `scales` row-major `[out, inp.div_ceil(group)]`; the last group of a row may
     /// be short.
     ///
-    /// # Panics
-    /// If `group` is 0 or not a multiple of 8 (32, 64 and 128 are the usual choices), if
-    /// `w.len() != out * inp`, `scales.len() != out * inp.div_ceil(group)`, or a weight is
-    /// outside [-8, 7] (callers validate user input).
-    #[must_use]
-    pub fn pack(w: &[i8], scales: &[f32], out: usize, inp: usize, group: usize) -> PackedW4 {
-        assert!(
-            group > 0 && group.is_multiple_of(8),
-            "PackedW4::pack: group {group} is not a positive multiple of 8"
-        );
-        assert_eq!(
-            Some(w.len()),
-            out.checked_mul(inp),
-            "PackedW4::pack: w.len() != out*inp"
-        );
+    /// # Errors
+    /// [`KernelError::InvalidArgument`] if `group` is 0 or not a multiple of 8 (32, 64 and
+    /// 128 are the usual choices) or a weight is outside [-8, 7] (naming the first);
+    /// [`KernelError::Length`] if `w.len() != out * inp` or
+    /// `scales.len() != out * inp.div_ceil(group)`; [`KernelError::Overflow`] if one of
+    /// those sizes, or the packed size (rows padded to whole groups), overflows.
+    ///
+    /// ```
+    /// use candle_compress::kernels::gemm::PackedW4;
+    /// let e = PackedW4::pack(&[0; 80], &[0.1; 3], 2, 40, 32).unwrap_err();
+    /// assert_eq!(
+    ///     e.to_string(),
+    ///     "PackedW4::pack: scales has 3 elements, need out × ⌈inp / group⌉ = 2 × ⌈40 / 32⌉ = 4"
+    /// );
+    /// ```
+    pub fn pack(
+        w: &[i8],
+        scales: &[f32],
+        out: usize,
+        inp: usize,
+        group: usize,
+    ) -> Result<PackedW4, KernelError> {
+        const OP: &str = "PackedW4::pack";
+        if group == 0 || !group.is_multiple_of(8) {
+            return Err(KernelError::invalid(
+                OP,
+                "group",
+                format!("must be a positive multiple of 8, found {group}"),
+            ));
+        }
+        let need = checked_mul(OP, "out × inp", out, inp)?;
+        expect_len(OP, "w", w.len(), need, || {
+            format!("out × inp = {out} × {inp}")
+        })?;
         let groups = inp.div_ceil(group);
-        assert_eq!(
-            scales.len(),
-            out * groups,
-            "PackedW4::pack: scales.len() != out*groups"
-        );
-        assert!(
-            w.iter().all(|v| (-8..=7).contains(v)),
-            "PackedW4::pack: weights must lie in [-8, 7]"
-        );
-        let k4 = groups * group / 4;
+        let need = checked_mul(OP, "out × ⌈inp / group⌉", out, groups)?;
+        expect_len(OP, "scales", scales.len(), need, || {
+            format!("out × ⌈inp / group⌉ = {out} × ⌈{inp} / {group}⌉")
+        })?;
+        if let Some(i) = w.iter().position(|v| !(-8..=7).contains(v)) {
+            return Err(KernelError::invalid(
+                OP,
+                "w",
+                format!("w[{i}] is {}; int4 weights must lie in [-8, 7]", w[i]),
+            ));
+        }
         let panels = out.div_ceil(NR);
-        let mut data = vec![Line([0x88; 64]); panels * k4 / 2];
+        // Each row is padded to whole groups: `groups * group` inputs, `k4` steps of 4.
+        let k4 = checked_mul(OP, "⌈inp / group⌉ × group", groups, group)? / 4;
+        let steps = checked_mul(OP, "panels × k4 steps", panels, k4)?;
+        let size = checked_mul(OP, "panels × k4 steps × 32 bytes", steps, 32)?;
+        // A group far larger than `inp` pads every row to it: refuse a buffer that cannot
+        // be allocated instead of aborting.
+        let mut data = Vec::new();
+        if data.try_reserve_exact(steps / 2).is_err() {
+            return Err(KernelError::invalid(
+                OP,
+                "group",
+                format!(
+                    "{group} pads each of the {out} rows of {inp} inputs to whole groups: \
+                     {size} bytes of packed weights cannot be allocated"
+                ),
+            ));
+        }
+        data.resize(steps / 2, Line([0x88; 64]));
         let bytes = lines_as_bytes_mut(&mut data);
         for (o, row) in w.chunks_exact(inp.max(1)).take(out).enumerate() {
             let (p, j) = (o / NR, o % NR);
@@ -319,7 +363,7 @@ impl PackedW4 {
                 panel_scales[((o / NR) * groups + g) * NR + o % NR] = scales[o * groups + g];
             }
         }
-        PackedW4 {
+        Ok(PackedW4 {
             out,
             inp,
             group,
@@ -329,7 +373,7 @@ impl PackedW4 {
             data,
             scales: scales.to_vec(),
             panel_scales,
-        }
+        })
     }
 
     /// Output channels.

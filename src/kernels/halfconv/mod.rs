@@ -1,7 +1,8 @@
 //! f32 ⇄ IEEE binary16 (f16) conversion to and from little-endian bytes, with a
 //! non-finite check fused in: the activation codec's hot loop.
 //!
-//! Safe entry points check slice lengths and run the kernel for this process's ISA
+//! Safe entry points check slice lengths (a [`KernelError`] on a mismatch, never a panic)
+//! and run the kernel for this process's ISA
 //! ([`kernel_isa`], detected once and cached): F16C + AVX2 (`vcvtps2ph` / `vcvtph2ps`, 32
 //! elements per step) on x86_64, otherwise the scalar twin in `scalar.rs`, which is the
 //! definition of correct and is compared bit for bit with the SIMD version in the tests.
@@ -14,6 +15,7 @@
 #[cfg(target_arch = "x86_64")]
 use super::detect::Avx2;
 use super::detect::{active_isa, Isa};
+use super::error::{checked_mul, expect_len, KernelError};
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
@@ -21,11 +23,12 @@ mod scalar;
 
 /// Converts `x` to f16 (round to nearest even) and writes each as 2 little-endian bytes.
 ///
-/// Precondition (checked with `assert!`): `out.len() == 2 * x.len()`.
+/// Length: `out.len() == 2 * x.len()`.
 ///
 /// # Errors
-/// `Err(i)` with `i` the index of the first element whose f16 is not finite: a NaN/±Inf
-/// input, or a finite one that rounds beyond ±65504. `out` is then unspecified.
+/// [`KernelError::Length`] when `out` has the wrong length (nothing written);
+/// [`KernelError::NonFinite`] with the index of the first element whose f16 is not finite:
+/// a NaN/±Inf input, or a finite one that rounds beyond ±65504. `out` is then unspecified.
 ///
 /// ```
 /// use candle_compress::kernels::halfconv::{f16_le_to_f32, f32_to_f16_le};
@@ -36,24 +39,32 @@ mod scalar;
 /// let mut back = [0f32; 3];
 /// f16_le_to_f32(&bytes, &mut back).unwrap();
 /// assert_eq!(back, x);
-/// assert_eq!(f32_to_f16_le(&[0.0, 1e6], &mut bytes[..4]), Err(1));
+/// let e = f32_to_f16_le(&[0.0, 1e6], &mut bytes[..4]).unwrap_err();
+/// assert_eq!(e.non_finite_index(), Some(1));
+/// assert!(f32_to_f16_le(&x, &mut bytes[..5]).is_err());
 /// ```
-pub fn f32_to_f16_le(x: &[f32], out: &mut [u8]) -> Result<(), usize> {
-    check_lengths(x.len(), out.len());
-    f32_to_f16_unchecked_on(kernel_isa(), x, out).unwrap_or_else(|| scalar::f32_to_f16_le(x, out))
+pub fn f32_to_f16_le(x: &[f32], out: &mut [u8]) -> Result<(), KernelError> {
+    const OP: &str = "f32_to_f16_le";
+    check_lengths(OP, x.len(), ("out", out.len()))?;
+    f32_to_f16_unchecked_on(kernel_isa(), x, out)
+        .unwrap_or_else(|| scalar::f32_to_f16_le(x, out))
+        .map_err(|index| not_f16(OP, index))
 }
 
 /// Reads little-endian f16 bytes into f32 (exact).
 ///
-/// Precondition (checked with `assert!`): `bytes.len() == 2 * out.len()`.
+/// Length: `bytes.len() == 2 * out.len()`.
 ///
 /// # Errors
-/// `Err(i)` with `i` the index of the first NaN/±Inf f16 (exponent field all ones); `out`
-/// is then unspecified.
-pub fn f16_le_to_f32(bytes: &[u8], out: &mut [f32]) -> Result<(), usize> {
-    check_lengths(out.len(), bytes.len());
+/// [`KernelError::Length`] when `bytes` has the wrong length (nothing written);
+/// [`KernelError::NonFinite`] with the index of the first NaN/±Inf f16 (exponent field all
+/// ones); `out` is then unspecified.
+pub fn f16_le_to_f32(bytes: &[u8], out: &mut [f32]) -> Result<(), KernelError> {
+    const OP: &str = "f16_le_to_f32";
+    check_lengths(OP, out.len(), ("bytes", bytes.len()))?;
     f16_to_f32_unchecked_on(kernel_isa(), bytes, out)
         .unwrap_or_else(|| scalar::f16_le_to_f32(bytes, out))
+        .map_err(|index| non_finite_f16(OP, index))
 }
 
 /// The instruction set these kernels run on in this process: [`Isa::Avx2`] on any x86_64
@@ -66,26 +77,50 @@ pub fn kernel_isa() -> Isa {
     }
 }
 
-/// [`f32_to_f16_le`] on a chosen instruction set, for tests and benchmarks. `None` when
-/// this CPU lacks `isa` or there is no kernel for it.
+/// [`f32_to_f16_le`] on a chosen instruction set, for tests and benchmarks. `Ok(None)`
+/// (nothing written) when this CPU lacks `isa` or there is no kernel for it.
 ///
-/// # Panics
-/// On the length precondition of [`f32_to_f16_le`].
-#[must_use]
-pub fn f32_to_f16_le_on(isa: Isa, x: &[f32], out: &mut [u8]) -> Option<Result<(), usize>> {
-    check_lengths(x.len(), out.len());
+/// # Errors
+/// As [`f32_to_f16_le`]; the length error whether or not the CPU has `isa`.
+pub fn f32_to_f16_le_on(isa: Isa, x: &[f32], out: &mut [u8]) -> Result<Option<()>, KernelError> {
+    const OP: &str = "f32_to_f16_le_on";
+    check_lengths(OP, x.len(), ("out", out.len()))?;
     f32_to_f16_unchecked_on(isa, x, out)
+        .transpose()
+        .map_err(|index| not_f16(OP, index))
 }
 
-/// [`f16_le_to_f32`] on a chosen instruction set; `None` when this CPU lacks `isa` or
-/// there is no kernel for it.
+/// [`f16_le_to_f32`] on a chosen instruction set; `Ok(None)` (nothing written) when this
+/// CPU lacks `isa` or there is no kernel for it.
 ///
-/// # Panics
-/// On the length precondition of [`f16_le_to_f32`].
-#[must_use]
-pub fn f16_le_to_f32_on(isa: Isa, bytes: &[u8], out: &mut [f32]) -> Option<Result<(), usize>> {
-    check_lengths(out.len(), bytes.len());
+/// # Errors
+/// As [`f16_le_to_f32`]; the length error whether or not the CPU has `isa`.
+pub fn f16_le_to_f32_on(
+    isa: Isa,
+    bytes: &[u8],
+    out: &mut [f32],
+) -> Result<Option<()>, KernelError> {
+    const OP: &str = "f16_le_to_f32_on";
+    check_lengths(OP, out.len(), ("bytes", bytes.len()))?;
     f16_to_f32_unchecked_on(isa, bytes, out)
+        .transpose()
+        .map_err(|index| non_finite_f16(OP, index))
+}
+
+fn not_f16(op: &'static str, index: usize) -> KernelError {
+    KernelError::NonFinite {
+        op,
+        what: "f16 (a NaN/±Inf input or one beyond ±65504)",
+        index,
+    }
+}
+
+fn non_finite_f16(op: &'static str, index: usize) -> KernelError {
+    KernelError::NonFinite {
+        op,
+        what: "f16 value",
+        index,
+    }
 }
 
 fn f32_to_f16_unchecked_on(isa: Isa, x: &[f32], out: &mut [u8]) -> Option<Result<(), usize>> {
@@ -106,13 +141,16 @@ fn f16_to_f32_unchecked_on(isa: Isa, bytes: &[u8], out: &mut [f32]) -> Option<Re
     }
 }
 
-#[track_caller]
-fn check_lengths(values: usize, bytes: usize) {
-    assert_eq!(
-        Some(bytes),
-        values.checked_mul(2),
-        "halfconv: expected 2 bytes per value ({values} values, {bytes} bytes)"
-    );
+/// Two bytes per value: the byte slice `(name, len)` against `values` f32s.
+fn check_lengths(
+    op: &'static str,
+    values: usize,
+    (name, bytes): (&'static str, usize),
+) -> Result<(), KernelError> {
+    let need = checked_mul(op, "2 bytes × values", 2, values)?;
+    expect_len(op, name, bytes, need, || {
+        format!("2 bytes per value × {values}")
+    })
 }
 
 #[cfg(test)]
@@ -183,7 +221,7 @@ mod tests {
 
     /// Whether this CPU runs the AVX2 kernels (portable: `None` off x86_64).
     fn avx2_available() -> bool {
-        f32_to_f16_le_on(Isa::Avx2, &[], &mut []).is_some()
+        f32_to_f16_le_on(Isa::Avx2, &[], &mut []) == Ok(Some(()))
     }
 
     #[test]
@@ -205,15 +243,18 @@ mod tests {
                     let mut want = vec![0u8; 2 * len + boff];
                     let mut got = vec![0xaau8; 2 * len + boff];
                     let rs = scalar::f32_to_f16_le(x, &mut want[boff..]);
-                    let rv = f32_to_f16_le_on(Isa::Avx2, x, &mut got[boff..]).expect("detected");
+                    let rv = f32_to_f16_le_on(Isa::Avx2, x, &mut got[boff..]);
+                    let rv = rv.map(|done| done.expect("detected"));
+                    let rv = rv.map_err(|e| e.non_finite_index().unwrap());
                     assert_eq!(rs, rv, "len {len} offset {offset}");
                     assert_eq!(want[boff..], got[boff..], "len {len} offset {offset}");
                     let bytes = &want[boff..];
                     let mut back_s = vec![0f32; len];
                     let mut back_v = vec![1f32; len];
                     let bs = scalar::f16_le_to_f32(bytes, &mut back_s);
-                    let bv = f16_le_to_f32_on(Isa::Avx2, bytes, &mut back_v).expect("detected");
-                    assert_eq!(bs, bv);
+                    let bv = f16_le_to_f32_on(Isa::Avx2, bytes, &mut back_v);
+                    let bv = bv.map(|done| done.expect("detected"));
+                    assert_eq!(bs, bv.map_err(|e| e.non_finite_index().unwrap()));
                     assert_eq!(bits(&back_s), bits(&back_v), "len {len} offset {offset}");
                 }
             }
@@ -245,31 +286,70 @@ mod tests {
                 }
                 for &isa in &isas {
                     let mut out = vec![0u8; 2 * n];
-                    let r = f32_to_f16_le_on(isa, &x, &mut out).expect("available");
-                    assert_eq!(r, Err(bad_at), "{isa} {bad}");
+                    let r = f32_to_f16_le_on(isa, &x, &mut out);
+                    assert_eq!(
+                        r.map_err(|e| e.non_finite_index()),
+                        Err(Some(bad_at)),
+                        "{isa} {bad}"
+                    );
                 }
                 let mut bytes = reference_encode(&test_values(n, 5));
                 let inf = if bad.is_nan() { 0x7e00u16 } else { 0xfc00 };
                 bytes[2 * bad_at..2 * bad_at + 2].copy_from_slice(&inf.to_le_bytes());
                 for &isa in &isas {
                     let mut out = vec![0f32; n];
-                    let r = f16_le_to_f32_on(isa, &bytes, &mut out).expect("available");
-                    assert_eq!(r, Err(bad_at), "{isa}");
+                    let r = f16_le_to_f32_on(isa, &bytes, &mut out);
+                    assert_eq!(
+                        r.map_err(|e| e.non_finite_index()),
+                        Err(Some(bad_at)),
+                        "{isa}"
+                    );
                 }
             }
         }
     }
 
     #[test]
-    #[should_panic(expected = "2 bytes per value")]
-    fn length_mismatch_panics() {
-        let _ = f32_to_f16_le(&[1.0, 2.0], &mut [0u8; 3]);
+    fn length_mismatches_are_errors_not_panics() {
+        let mut bytes = [0xaau8; 3];
+        assert_eq!(
+            f32_to_f16_le(&[1.0, 2.0], &mut bytes)
+                .unwrap_err()
+                .to_string(),
+            "f32_to_f16_le: out has 3 elements, need 2 bytes per value × 2 = 4"
+        );
+        assert_eq!(bytes, [0xaa; 3]);
+        assert_eq!(
+            f32_to_f16_le_on(Isa::Scalar, &[1.0], &mut bytes)
+                .unwrap_err()
+                .to_string(),
+            "f32_to_f16_le_on: out has 3 elements, need 2 bytes per value × 1 = 2"
+        );
+        let mut out = [7f32; 2];
+        assert_eq!(
+            f16_le_to_f32(&bytes, &mut out).unwrap_err().to_string(),
+            "f16_le_to_f32: bytes has 3 elements, need 2 bytes per value × 2 = 4"
+        );
+        assert_eq!(
+            f16_le_to_f32_on(Isa::Avx2, &bytes[..1], &mut out)
+                .unwrap_err()
+                .to_string(),
+            "f16_le_to_f32_on: bytes has 1 elements, need 2 bytes per value × 2 = 4"
+        );
+        assert_eq!(out, [7.0; 2]);
+        assert_eq!(
+            f32_to_f16_le(&[1.0, 1e6], &mut [0u8; 4])
+                .unwrap_err()
+                .to_string(),
+            "f32_to_f16_le: non-finite f16 (a NaN/±Inf input or one beyond ±65504) at flat \
+             index 1"
+        );
     }
 
     #[test]
     fn kernel_isa_is_available() {
         let x = [1.0f32; 40];
         let mut out = [0u8; 80];
-        assert!(f32_to_f16_le_on(kernel_isa(), &x, &mut out).is_some());
+        assert_eq!(f32_to_f16_le_on(kernel_isa(), &x, &mut out), Ok(Some(())));
     }
 }
