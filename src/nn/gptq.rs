@@ -378,7 +378,29 @@ fn quantize_one(w: f64, d: f32, lo: f32, hi: f32) -> f32 {
     }
 }
 
-/// The scale for weights `vals` (diag-H weights `hd`, same length).
+/// Round-to-nearest of row-major `[rows, inp]` weights `w` (f32 values held in f64) for
+/// weight mode `wq`, dequantized (`code · scale`): exactly the codes and scales of
+/// [`QuantLinear::from_linear`] on those weights (the `H = I` test pins this), without
+/// building a layer. For searches that score many candidate weight transforms.
+pub(crate) fn rtn_dequantized(w: &[f64], inp: usize, wq: WeightQuant) -> Vec<f64> {
+    let span = scale_span(wq, inp);
+    let (lo, hi, _) = code_range(wq);
+    let mut out = vec![0f64; w.len()];
+    out.par_chunks_mut(inp)
+        .zip(w.par_chunks(inp))
+        .for_each(|(orow, wrow)| {
+            for (og, wg) in orow.chunks_mut(span).zip(wrow.chunks(span)) {
+                let d = choose_scale(wg, &[], wq, GroupScales::Rtn);
+                for (o, &v) in og.iter_mut().zip(wg) {
+                    *o = f64::from(quantize_one(v, d, lo, hi)) * f64::from(d);
+                }
+            }
+        });
+    out
+}
+
+/// The scale for weights `vals` (diag-H weights `hd`, same length; unused for
+/// [`GroupScales::Rtn`]).
 fn choose_scale(vals: &[f64], hd: &[f64], wq: WeightQuant, how: GroupScales) -> f32 {
     let (lo, hi, qmax) = code_range(wq);
     let amax = vals.iter().fold(0f32, |m, &v| m.max((v as f32).abs()));
@@ -870,6 +892,24 @@ mod tests {
             }
             other => panic!("expected NotPositiveDefinite, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn rtn_dequantized_matches_quant_linear_exactly() -> Result<()> {
+        // 80 inputs: the int4 group of 32 leaves a ragged last group of 16.
+        let (out, inp) = (6, 80);
+        let w: Vec<f32> = (0..out * inp)
+            .map(|k| (((k * 7919) % 2003) as f32 / 1001.0 - 1.0) * (1.0 + (k % 5) as f32))
+            .collect();
+        let lin = Linear::new(Tensor::from_slice(&w, (out, inp), &Device::Cpu)?, None);
+        let w64: Vec<f64> = w.iter().map(|&v| f64::from(v)).collect();
+        for cfg in [QuantConfig::w4a8(32)?, QuantConfig::w8a8()] {
+            let q = QuantLinear::from_linear(&lin, &cfg)?;
+            let wq = cfg.weights();
+            let want = dequantize(&q.weights_i8(), q.weight_scales(), out, inp, wq);
+            assert_eq!(rtn_dequantized(&w64, inp, wq), want, "{cfg:?}");
+        }
+        Ok(())
     }
 
     #[test]
