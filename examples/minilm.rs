@@ -57,7 +57,7 @@ use std::time::Instant;
 
 use candle_compress::io::loader::{LoadQuantLinear, QuantLoader};
 use candle_compress::nn::awq::DEFAULT_AWQ_GRID;
-use candle_compress::nn::gptq::{GptqConfig, GroupScales};
+use candle_compress::nn::gptq::{GptqConfig, GroupScales, DEFAULT_SCALES};
 use candle_compress::nn::sequential::{quantize_sequential, LayerQuantizer, SequentialModel};
 use candle_compress::nn::smooth::{
     search_alpha, smooth, NormUse, Preceding, SmoothFactors, SmoothedLinear, DEFAULT_ALPHA_GRID,
@@ -840,12 +840,9 @@ fn gptq_ablation(w: &Weights, tok: &Tokenizer, f32_enc: &Encoder, dev: &Device) 
     let half_sentences: Vec<&str> = set.calib.iter().step_by(2).copied().collect();
     let half = length_sorted_batches(tok, &half_sentences, dev)?;
     let g32 = QuantConfig::w4a8(32)?;
-    let base = GptqConfig::default().with_act_order(true);
-    let search = GroupScales::Search {
-        steps: 16,
-        min_shrink: 0.7,
-    };
-    let searched = base.with_scales(search);
+    // The default is act-order + searched scales; the ablation starts from RTN scales.
+    let searched = GptqConfig::default();
+    let base = searched.with_scales(GroupScales::Rtn);
     let first = length_sorted_batches(tok, &set.calib[..set.first_file], dev)?;
     let awq = |gptq: GptqConfig| LayerQuantizer::Awq {
         grid: DEFAULT_AWQ_GRID.to_vec(),
@@ -1484,10 +1481,7 @@ fn run(dir: &Path) -> AnyResult<()> {
     // (`MINILM_GPTQ_ABLATION=1`) compares.
     let gptq_cfg = GptqConfig::default()
         .with_act_order(true)
-        .with_scales(GroupScales::Search {
-            steps: 16,
-            min_shrink: 0.7,
-        });
+        .with_scales(DEFAULT_SCALES);
     let variants = [
         ("GPTQ", "GPTQ (sequential)", LayerQuantizer::Gptq(gptq_cfg)),
         (
