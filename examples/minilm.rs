@@ -15,12 +15,15 @@
 //!    + W8A8 per tensor;
 //! 7. W4A8, int4 weights in groups of 64 (8: groups of 32), activations per token.
 //! 8. W4A8 group 32 with GPTQ, and with AWQ + GPTQ, calibrated layer by layer
-//!    ([`quantize_sequential`]) on the 263 calibration sentences of
-//!    `data/calib_sentences.txt`; each beside its weight-only twin (the same int4 codes
+//!    ([`quantize_sequential`]) on 591 calibration sentences (263 of
+//!    `data/calib_sentences.txt`, all 328 of `data/calib_sentences_2.txt`; 7,688 token
+//!    rows), the observation passes stopping after the observed linear
+//!    ([`SequentialModel::forward_until`]); each beside its weight-only twin (the same int4 codes
 //!    with float activations, W4A16) to split the loss into weights and activations, and
 //!    with a per-linear check of output error against round-to-nearest on the 65 held-out
 //!    sentences of that file. `MINILM_GPTQ_ABLATION=1` instead compares GPTQ settings
-//!    (act-order, scale search, dampening, half the calibration text) and exits.
+//!    (act-order, scale search, dampening, the first file only, half the calibration
+//!    text; GPTQ and AWQ + GPTQ) and exits.
 //!
 //! BERT is post-LN: a LayerNorm's output feeds both the next linears and the residual, so
 //! `1/s` cannot be folded into it ([`NormUse::AlsoResidual`]); the quantized layers apply
@@ -54,7 +57,7 @@ use std::time::Instant;
 
 use candle_compress::io::loader::{LoadQuantLinear, QuantLoader};
 use candle_compress::nn::awq::DEFAULT_AWQ_GRID;
-use candle_compress::nn::gptq::{GptqConfig, GroupScales};
+use candle_compress::nn::gptq::{GptqConfig, GroupScales, DEFAULT_SCALES};
 use candle_compress::nn::sequential::{quantize_sequential, LayerQuantizer, SequentialModel};
 use candle_compress::nn::smooth::{
     search_alpha, smooth, NormUse, Preceding, SmoothFactors, SmoothedLinear, DEFAULT_ALPHA_GRID,
@@ -147,6 +150,10 @@ const HOLDOUT_SENTENCES: [&str; 8] = [
 /// `data/calib_sentences.README.md`), one per line. None is a test sentence (checked at start).
 const CALIB_FILE: &str = include_str!("../data/calib_sentences.txt");
 const CALIB_FILE_NAME: &str = "data/calib_sentences.txt";
+/// 328 more calibration sentences of the same kind (CC0, see `data/README.md`), all used
+/// for calibration, so the held-out part of [`CALIB_FILE`] stays as it was.
+const CALIB_FILE_2: &str = include_str!("../data/calib_sentences_2.txt");
+const CALIB_FILE_2_NAME: &str = "data/calib_sentences_2.txt";
 /// Every `HOLDOUT_EVERY`-th line of [`CALIB_FILE`] is held out of calibration and used
 /// only for the per-layer check ([`print_heldout_errors`]).
 const HOLDOUT_EVERY: usize = 5;
@@ -157,6 +164,8 @@ const CALIB_BATCH: usize = 32;
 /// The GPTQ / AWQ calibration sentences and the held-out ones.
 struct GptqSentences {
     calib: Vec<&'static str>,
+    /// How many of `calib` come from the first file (they come first).
+    first_file: usize,
     holdout: Vec<&'static str>,
 }
 
@@ -174,8 +183,20 @@ impl GptqSentences {
             .iter()
             .enumerate()
             .partition(|(i, _)| i % HOLDOUT_EVERY == HOLDOUT_EVERY - 1);
+        let more: Vec<&'static str> = CALIB_FILE_2
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect();
+        if let Some(t) = TEST_SENTENCES.iter().find(|t| more.contains(t)) {
+            return Err(format!("{CALIB_FILE_2_NAME} contains the test sentence {t:?}").into());
+        }
+        if let Some(l) = more.iter().find(|l| lines.contains(l)) {
+            return Err(format!("{CALIB_FILE_2_NAME} repeats {l:?} of {CALIB_FILE_NAME}").into());
+        }
         Ok(Self {
-            calib: calib.into_iter().map(|(_, l)| *l).collect(),
+            first_file: calib.len(),
+            calib: calib.into_iter().map(|(_, l)| *l).chain(more).collect(),
             holdout: holdout.into_iter().map(|(_, l)| *l).collect(),
         })
     }
@@ -499,6 +520,20 @@ fn encoder_layer(
     x: &Tensor,
     att_bias: &Tensor,
 ) -> candle_core::Result<Tensor> {
+    encoder_layer_until(lw, lin, x, att_bias, None)?
+        .ok_or_else(|| candle_core::Error::Msg("encoder layer stopped early".into()))
+}
+
+/// [`encoder_layer`], stopping right after linear `stop` has run (`None`: the whole
+/// layer, its output returned); the calibration passes need nothing after the observed
+/// linear.
+fn encoder_layer_until(
+    lw: &LayerWeights,
+    lin: &[&dyn Module],
+    x: &Tensor,
+    att_bias: &Tensor,
+    stop: Option<Kind>,
+) -> candle_core::Result<Option<Tensor>> {
     let (n, t, _) = x.dims3()?;
     let scale = 1.0 / (HEAD_DIM as f64).sqrt();
     let heads = |y: Tensor| -> candle_core::Result<Tensor> {
@@ -507,15 +542,36 @@ fn encoder_layer(
             .contiguous()
     };
     let f = |k: Kind, x: &Tensor| lin[k.index()].forward(x);
-    let q = heads(f(Kind::Query, x)?)?;
-    let k = heads(f(Kind::Key, x)?)?;
-    let v = heads(f(Kind::Value, x)?)?;
+    let q = f(Kind::Query, x)?;
+    if stop == Some(Kind::Query) {
+        return Ok(None);
+    }
+    let k = f(Kind::Key, x)?;
+    if stop == Some(Kind::Key) {
+        return Ok(None);
+    }
+    let v = f(Kind::Value, x)?;
+    if stop == Some(Kind::Value) {
+        return Ok(None);
+    }
+    let (q, k, v) = (heads(q)?, heads(k)?, heads(v)?);
     let scores = (q.matmul(&k.t()?.contiguous()?)? * scale)?.broadcast_add(att_bias)?;
     let probs = candle_nn::ops::softmax_last_dim(&scores)?;
     let ctx = probs.matmul(&v)?.transpose(1, 2)?.reshape((n, t, HIDDEN))?;
-    let x = lw.ln_attn.forward(&(x + f(Kind::AttnOut, &ctx)?)?)?;
-    let h = f(Kind::FfnUp, &x)?.gelu_erf()?;
-    lw.ln_out.forward(&(&x + f(Kind::FfnDown, &h)?)?)
+    let attn = f(Kind::AttnOut, &ctx)?;
+    if stop == Some(Kind::AttnOut) {
+        return Ok(None);
+    }
+    let x = lw.ln_attn.forward(&(x + attn)?)?;
+    let h = f(Kind::FfnUp, &x)?;
+    if stop == Some(Kind::FfnUp) {
+        return Ok(None);
+    }
+    let down = f(Kind::FfnDown, &h.gelu_erf()?)?;
+    if stop == Some(Kind::FfnDown) {
+        return Ok(None);
+    }
+    Ok(Some(lw.ln_out.forward(&(&x + down)?)?))
 }
 
 /// One calibration batch between encoder layers, for [`quantize_sequential`].
@@ -581,6 +637,17 @@ impl SequentialModel for Weights {
         })
     }
 
+    fn forward_until(
+        &self,
+        block: usize,
+        linears: &[&dyn Module],
+        s: &CalibState,
+        linear: usize,
+    ) -> candle_core::Result<()> {
+        let stop = Kind::ALL.get(linear).copied();
+        encoder_layer_until(&self.layers[block], linears, &s.x, &s.att_bias, stop).map(drop)
+    }
+
     fn row_mask(&self, s: &CalibState) -> Option<Arc<[bool]>> {
         Some(s.keep.clone())
     }
@@ -601,7 +668,9 @@ fn sequential<'w>(
         .iter()
         .map(|b| CalibState::embeddings(w, b))
         .collect::<AnyResult<Vec<_>>>()?;
+    let mut quantize_s = 0.0;
     let (layers, reports) = quantize_sequential(w, inputs, quantizer, cfg, |p| {
+        quantize_s = p.quantize_s;
         eprintln!(
             "  {label}: layer {}/{} group {}/{} done, {:.1} s",
             p.block + 1,
@@ -612,6 +681,22 @@ fn sequential<'w>(
         );
     })?;
     let secs = start.elapsed().as_secs_f64();
+    if reports.iter().any(|r| r.awq_alpha.is_some()) {
+        let mut by_group = vec![vec!["  - ".to_string(); LAYERS]; GROUPS.len()];
+        for r in &reports {
+            if let (Some(a), Some(g)) = (
+                r.awq_alpha,
+                GROUPS
+                    .iter()
+                    .position(|(_, ks)| ks.first().map(|k| k.index()) == Some(r.linear)),
+            ) {
+                by_group[g][r.block] = format!("{a:4.2}");
+            }
+        }
+        for ((name, _), cells) in GROUPS.iter().zip(by_group) {
+            println!("  {label} AWQ α {name:<9} {}", cells.join(" "));
+        }
+    }
     let cpu = match (cpu_start, process_cpu_seconds()) {
         (Some(a), Some(b)) => format!(", {:.1} s of CPU time", b - a),
         _ => String::new(),
@@ -621,7 +706,7 @@ fn sequential<'w>(
     });
     println!(
         "{label}: calibrated {} linears on {} rows in {secs:.1} s wall{cpu} ({} rayon threads); \
-         mean per-layer ‖XWᵀ−XŴᵀ‖ / RTN's = {:.3}",
+         mean per-layer ‖XWᵀ−XŴᵀ‖ / RTN's = {:.3}; {quantize_s:.1} s wall in the quantizers",
         reports.len(),
         reports.first().map_or(0, |r| r.rows),
         rayon::current_num_threads(),
@@ -744,7 +829,8 @@ fn print_heldout_errors(
 }
 
 /// `MINILM_GPTQ_ABLATION=1`: W4A8 g32 GPTQ with one setting changed at a time (act-order,
-/// scale search, dampening, half the calibration sentences), embedding quality on the
+/// scale search, dampening, calibration text: both files, the first file only, half of
+/// both), and AWQ + GPTQ on both files and on the first only; embedding quality on the
 /// test sentences; then exits.
 fn gptq_ablation(w: &Weights, tok: &Tokenizer, f32_enc: &Encoder, dev: &Device) -> AnyResult<()> {
     let test = tokenize(tok, &TEST_SENTENCES, dev)?;
@@ -754,27 +840,49 @@ fn gptq_ablation(w: &Weights, tok: &Tokenizer, f32_enc: &Encoder, dev: &Device) 
     let half_sentences: Vec<&str> = set.calib.iter().step_by(2).copied().collect();
     let half = length_sorted_batches(tok, &half_sentences, dev)?;
     let g32 = QuantConfig::w4a8(32)?;
-    let base = GptqConfig::default().with_act_order(true);
-    let search = GroupScales::Search {
-        steps: 16,
-        min_shrink: 0.7,
+    // The default is act-order + searched scales; the ablation starts from RTN scales.
+    let searched = GptqConfig::default();
+    let base = searched.with_scales(GroupScales::Rtn);
+    let first = length_sorted_batches(tok, &set.calib[..set.first_file], dev)?;
+    let awq = |gptq: GptqConfig| LayerQuantizer::Awq {
+        grid: DEFAULT_AWQ_GRID.to_vec(),
+        gptq: Some(gptq),
     };
-    let runs: Vec<(&str, GptqConfig, &[Batch])> = vec![
-        ("act-order, RTN scales, damp 0.01", base, &all),
-        ("no act-order", base.with_act_order(false), &all),
-        ("act-order + scale search", base.with_scales(search), &all),
+    let runs: Vec<(&str, LayerQuantizer, &[Batch])> = vec![
+        ("GPTQ, both files", LayerQuantizer::Gptq(searched), &all),
+        ("AWQ+GPTQ, both files", awq(searched), &all),
+        ("GPTQ, file 1 only", LayerQuantizer::Gptq(searched), &first),
+        ("AWQ+GPTQ, file 1 only", awq(searched), &first),
         (
-            "no act-order + scale search",
-            base.with_act_order(false).with_scales(search),
+            "act-order, RTN scales, damp 0.01",
+            LayerQuantizer::Gptq(base),
             &all,
         ),
-        ("damp 0.1", base.with_damp(0.1), &all),
-        ("damp 0.001", base.with_damp(0.001), &all),
-        ("half the calibration sentences", base, &half),
+        (
+            "no act-order",
+            LayerQuantizer::Gptq(base.with_act_order(false)),
+            &all,
+        ),
+        (
+            "no act-order + scale search",
+            LayerQuantizer::Gptq(searched.with_act_order(false)),
+            &all,
+        ),
+        ("damp 0.1", LayerQuantizer::Gptq(base.with_damp(0.1)), &all),
+        (
+            "damp 0.001",
+            LayerQuantizer::Gptq(base.with_damp(0.001)),
+            &all,
+        ),
+        (
+            "half the calibration sentences",
+            LayerQuantizer::Gptq(searched),
+            &half,
+        ),
     ];
     println!("\nW4A8 group 32 GPTQ ablation (mean / min cosine to f32, top-1 NN agreement):");
-    for (name, cfg, batches) in runs {
-        let (enc, _) = sequential(w, batches, &LayerQuantizer::Gptq(cfg), &g32, name)?;
+    for (name, quantizer, batches) in runs {
+        let (enc, _) = sequential(w, batches, &quantizer, &g32, name)?;
         let q = quality(&reference, &enc.embed_vecs(&test)?)?;
         println!(
             "  {name:<36} {:.5} / {:.5}  {}/{}",
@@ -1359,10 +1467,12 @@ fn run(dir: &Path) -> AnyResult<()> {
     // calibration file; per-layer errors on its held-out part.
     let gptq_set = GptqSentences::load()?;
     println!(
-        "GPTQ/AWQ calibration: {} sentences of {} (every {HOLDOUT_EVERY}th of the other {} \
+        "GPTQ/AWQ calibration: {} sentences ({} of {CALIB_FILE_NAME}, {} of \
+         {CALIB_FILE_2_NAME}; every {HOLDOUT_EVERY}th line of the first file, {} sentences, \
          held out for the per-layer check), none of them a test sentence",
         gptq_set.calib.len(),
-        CALIB_FILE_NAME,
+        gptq_set.first_file,
+        gptq_set.calib.len() - gptq_set.first_file,
         gptq_set.holdout.len(),
     );
     let gptq_batches = length_sorted_batches(&tok, &gptq_set.calib, &dev)?;
@@ -1371,10 +1481,7 @@ fn run(dir: &Path) -> AnyResult<()> {
     // (`MINILM_GPTQ_ABLATION=1`) compares.
     let gptq_cfg = GptqConfig::default()
         .with_act_order(true)
-        .with_scales(GroupScales::Search {
-            steps: 16,
-            min_shrink: 0.7,
-        });
+        .with_scales(DEFAULT_SCALES);
     let variants = [
         ("GPTQ", "GPTQ (sequential)", LayerQuantizer::Gptq(gptq_cfg)),
         (

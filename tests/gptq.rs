@@ -221,7 +221,9 @@ fn identity_gram_gives_exactly_rtn_codes() -> AnyResult<()> {
                 &lin,
                 &gram,
                 &cfg,
-                &GptqConfig::default().with_act_order(act_order),
+                &GptqConfig::default()
+                    .with_act_order(act_order)
+                    .with_scales(GroupScales::Rtn),
             )?;
             let r = QuantLinear::from_linear(&lin, &cfg)?;
             assert_eq!(
@@ -256,7 +258,9 @@ fn diagonal_gram_with_act_order_undoes_the_permutation() -> AnyResult<()> {
             &lin,
             &gram,
             &cfg,
-            &GptqConfig::default().with_act_order(true),
+            &GptqConfig::default()
+                .with_act_order(true)
+                .with_scales(GroupScales::Rtn),
         )?;
         assert_eq!(
             g.layer.to_parts(),
@@ -495,7 +499,8 @@ fn scale_search_and_small_blocks_still_beat_rtn() -> AnyResult<()> {
     let calib = correlated(&mut rng, 1024, 128, 16);
     let gram = gram_of(&calib)?;
     let cfg = QuantConfig::w4a8(32)?;
-    let base = gptq(&lin, &gram, &cfg, &GptqConfig::default())?;
+    let rtn_scales = GptqConfig::default().with_scales(GroupScales::Rtn);
+    let base = gptq(&lin, &gram, &cfg, &rtn_scales)?;
     let searched = gptq(
         &lin,
         &gram,
@@ -506,7 +511,7 @@ fn scale_search_and_small_blocks_still_beat_rtn() -> AnyResult<()> {
         }),
     )?;
     // Blocks of 1 column (rounded up to the group) give the same math as 128.
-    let small = gptq(&lin, &gram, &cfg, &GptqConfig::default().with_block(1))?;
+    let small = gptq(&lin, &gram, &cfg, &rtn_scales.with_block(1))?;
     assert!((small.error - base.error).abs() <= 1e-9 * base.error);
     println!(
         "RTN {:.3} GPTQ {:.3} GPTQ+search {:.3}",
@@ -729,5 +734,111 @@ fn sequential_calibration_beats_rtn_end_to_end() -> AnyResult<()> {
         .all(|r| r.awq_alpha.is_some() && r.error <= r.rtn_error));
     // Bad inputs.
     assert!(quantize_sequential(&model, Vec::new(), &LayerQuantizer::Rtn, &cfg, |_| {}).is_err());
+    Ok(())
+}
+
+/// [`TinyModel`] whose observation passes stop right after the observed linear
+/// ([`SequentialModel::forward_until`]) and count the second linear's calls in them.
+struct EarlyStopModel {
+    inner: TinyModel,
+    late_calls: std::sync::atomic::AtomicUsize,
+}
+
+impl SequentialModel for EarlyStopModel {
+    type State = TinyState;
+
+    fn blocks(&self) -> usize {
+        self.inner.blocks()
+    }
+
+    fn linears(&self, block: usize) -> Vec<Linear> {
+        self.inner.linears(block)
+    }
+
+    fn groups(&self, block: usize) -> Vec<Vec<usize>> {
+        self.inner.groups(block)
+    }
+
+    fn forward(
+        &self,
+        block: usize,
+        linears: &[&dyn Module],
+        s: &TinyState,
+    ) -> candle_core::Result<TinyState> {
+        self.inner.forward(block, linears, s)
+    }
+
+    fn forward_until(
+        &self,
+        _block: usize,
+        linears: &[&dyn Module],
+        s: &TinyState,
+        linear: usize,
+    ) -> candle_core::Result<()> {
+        let h = linears[0].forward(&s.x)?.relu()?;
+        if linear == 0 {
+            return Ok(());
+        }
+        self.late_calls
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        linears[1].forward(&h).map(drop)
+    }
+
+    fn row_mask(&self, s: &TinyState) -> Option<Arc<[bool]>> {
+        self.inner.row_mask(s)
+    }
+}
+
+#[test]
+fn stopping_observation_passes_early_changes_nothing() -> AnyResult<()> {
+    let mut rng = Rng(23);
+    let d = 64;
+    let blocks: Vec<[Linear; 2]> = (0..2)
+        .map(|_| {
+            [
+                linear(&mut rng, 96, d, true),
+                linear(&mut rng, d, 96, false),
+            ]
+        })
+        .collect();
+    let mix = rng.tensor(8, d, 1.0);
+    let states = |rng: &mut Rng| -> Vec<TinyState> {
+        (0..3)
+            .map(|_| TinyState {
+                x: (rng.tensor(150, 8, 1.0).matmul(&mix).unwrap() + rng.tensor(150, d, 0.05))
+                    .unwrap(),
+                keep: vec![true; 150].into(),
+            })
+            .collect()
+    };
+    let a = states(&mut rng);
+    let b: Vec<TinyState> = a
+        .iter()
+        .map(|s| TinyState {
+            x: s.x.clone(),
+            keep: s.keep.clone(),
+        })
+        .collect();
+    let cfg = QuantConfig::w4a8(32)?;
+    let q = LayerQuantizer::Gptq(GptqConfig::default().with_act_order(true));
+    let plain = TinyModel {
+        blocks: blocks.clone(),
+    };
+    let early = EarlyStopModel {
+        inner: TinyModel { blocks },
+        late_calls: 0.into(),
+    };
+    let (la, ra) = quantize_sequential(&plain, a, &q, &cfg, |_| {})?;
+    let (lb, rb) = quantize_sequential(&early, b, &q, &cfg, |_| {})?;
+    assert_eq!(ra, rb);
+    for (x, y) in la.iter().flatten().zip(lb.iter().flatten()) {
+        assert_eq!(x.weights_i8(), y.weights_i8());
+        assert_eq!(x.weight_scales(), y.weight_scales());
+    }
+    // Only the passes observing the second linear ran it: 2 blocks × 3 batches.
+    assert_eq!(
+        early.late_calls.load(std::sync::atomic::Ordering::Relaxed),
+        6
+    );
     Ok(())
 }

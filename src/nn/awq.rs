@@ -5,8 +5,8 @@
 //! The layer computes `(x / s) · Q(W·diag(s))ᵀ`, exactly the SmoothQuant form, so the
 //! factors are a [`SmoothFactors`] and are applied the same way: folded into the
 //! preceding LayerNorm/RmsNorm ([`crate::nn::smooth::smooth`]) or, where the norm's output
-//! is also read elsewhere, inside the [`QuantLinear`]
-//! ([`QuantLinear::from_linear_smoothed`], [`gptq_smoothed`](crate::nn::gptq::gptq_smoothed)).
+//! is also read elsewhere, inside the [`QuantLinear`](crate::nn::QuantLinear)
+//! ([`QuantLinear::from_linear_smoothed`](crate::nn::QuantLinear::from_linear_smoothed), [`gptq_smoothed`](crate::nn::gptq::gptq_smoothed)).
 //!
 //! The search scores each α of a grid by the output error of the whole group of linears
 //! that share the input, `Σ_o (w_o − ŵ_o) H (w_o − ŵ_o)ᵀ = ‖XWᵀ − XŴᵀ‖²`, computed from
@@ -40,8 +40,9 @@ use candle_nn::Linear;
 
 use crate::error::{Error, Result};
 use crate::input::with_f32_slice;
+use crate::nn::gptq::rtn_dequantized;
 use crate::nn::gram::InputGram;
-use crate::nn::quant_linear::{QuantConfig, QuantLinear, WeightQuant};
+use crate::nn::quant_linear::QuantConfig;
 use crate::nn::smooth::{SmoothFactors, MIN_FACTOR};
 
 /// The α grid of the paper's search: 0, 0.05, …, 0.95.
@@ -117,7 +118,7 @@ pub fn awq_factors(mean_abs: &[f64], alpha: f32) -> Result<SmoothFactors> {
 /// # Errors
 /// [`Error::InvalidArgument`] for an empty group, an α outside `[0, 1]` or an empty
 /// calibration; [`Error::ShapeMismatch`] when a linear's `in_features` differs from the
-/// Gram matrix's channels; errors of [`QuantLinear::from_linear_smoothed`].
+/// Gram matrix's channels; [`QuantConfig::validate`]'s errors.
 pub fn awq_search(
     linears: &[&Linear],
     gram: &InputGram,
@@ -127,6 +128,7 @@ pub fn awq_search(
     if linears.is_empty() {
         return Err(Error::invalid("AWQ group", "no linears"));
     }
+    quant.validate()?;
     let inp = gram.channels();
     let mut weights = Vec::with_capacity(linears.len());
     for l in linears {
@@ -160,7 +162,7 @@ pub fn awq_search(
     let mut unscaled = f64::NAN;
     for &alpha in &alphas {
         let f = awq_factors(&mean, alpha)?;
-        let err = group_error(linears, &weights, &h32, quant, &f)?;
+        let err = group_error(&weights, &h32, quant, &f)?;
         if alpha == 0.0 {
             unscaled = err;
         }
@@ -179,9 +181,12 @@ pub fn awq_search(
     })
 }
 
-/// The group's output error with round-to-nearest weights of `W·diag(s)`, unscaled back.
+/// The group's output error with round-to-nearest weights of `W·diag(s)`, unscaled back:
+/// the RTN of each linear exactly as
+/// [`QuantLinear::from_linear_smoothed`](crate::nn::QuantLinear::from_linear_smoothed) computes it
+/// (without building the layers), all linears' `D = W − Ŵ` stacked into one f32 GEMM
+/// `D·H`, then `Σ (D·H) ∘ D` in f64.
 fn group_error(
-    linears: &[&Linear],
     weights: &[Vec<f64>],
     h32: &Tensor,
     quant: &QuantConfig,
@@ -189,35 +194,30 @@ fn group_error(
 ) -> Result<f64> {
     let inp = h32.dim(0)?;
     let s = f.as_slice();
-    let mut total = 0.0;
-    for (l, w) in linears.iter().zip(weights) {
-        let q = QuantLinear::from_linear_smoothed(l, s, quant)?;
-        let out = q.out_features();
-        let codes = q.weights_i8();
-        let scales = q.weight_scales();
-        let span = match quant.weights() {
-            WeightQuant::Int4Grouped { group } => group,
-            _ => inp,
-        };
-        let groups = inp.div_ceil(span);
-        // D = W − Ŵ, then Σ (D·H) ∘ D, the product in f32, the sum in f64.
-        let d: Vec<f32> = (0..out * inp)
-            .map(|k| {
-                let (o, c) = (k / inp, k % inp);
-                let w_hat = f64::from(codes[k]) * f64::from(scales[o * groups + c / span])
-                    / f64::from(s[c]);
-                (w[k] - w_hat) as f32
-            })
-            .collect();
-        let dt = Tensor::from_slice(&d, (out, inp), &Device::Cpu)?;
-        let dh = dt.matmul(h32)?.flatten_all()?.to_vec1::<f32>()?;
-        total += dh
+    let mut d: Vec<f32> = Vec::with_capacity(weights.iter().map(Vec::len).sum());
+    for w in weights {
+        // W·diag(s) rounded to f32, as QuantLinear does.
+        let ws: Vec<f64> = w
             .iter()
-            .zip(&d)
-            .map(|(a, b)| f64::from(*a) * f64::from(*b))
-            .sum::<f64>();
+            .enumerate()
+            .map(|(k, &v)| f64::from((v as f32) * s[k % inp]))
+            .collect();
+        let deq = rtn_dequantized(&ws, inp, quant.weights());
+        d.extend(
+            w.iter()
+                .zip(&deq)
+                .enumerate()
+                .map(|(k, (&v, &q))| (v - q / f64::from(s[k % inp])) as f32),
+        );
     }
-    Ok(total)
+    let rows = d.len() / inp;
+    let dt = Tensor::from_slice(&d, (rows, inp), &Device::Cpu)?;
+    let dh = dt.matmul(h32)?.flatten_all()?.to_vec1::<f32>()?;
+    Ok(dh
+        .iter()
+        .zip(&d)
+        .map(|(a, b)| f64::from(*a) * f64::from(*b))
+        .sum::<f64>())
 }
 
 #[cfg(test)]

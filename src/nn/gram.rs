@@ -33,6 +33,8 @@ use crate::input::with_f32_slice;
 
 /// Rows multiplied together per f64 matmul when accumulating (bounds the temporary).
 const ROW_BLOCK: usize = 4096;
+/// Channels per band of the upper-triangle accumulation.
+const SYM_BAND: usize = 128;
 
 /// The streaming Gram matrix `H = Σ xᵀx` of input rows `x` (`in` channels), the sum of
 /// `|x|` per channel and the row count, all in f64. See the [module docs](self).
@@ -230,15 +232,21 @@ impl InputGram {
     fn add_block(&mut self, block: &[f64], rows: usize) -> Result<()> {
         let n = self.channels;
         let b = Tensor::from_slice(block, (rows, n), &Device::Cpu)?;
-        let btb = b.t()?.matmul(&b)?;
-        let btb = btb.flatten_all()?.to_vec1::<f64>()?;
-        // The GEMM may round (i, j) and (j, i) differently: keep H exactly symmetric.
-        for i in 0..n {
-            for j in 0..=i {
-                let v = btb[i * n + j];
-                self.h[i * n + j] += v;
-                if j != i {
-                    self.h[j * n + i] = self.h[i * n + j];
+        // Only the upper triangle by bands of `SYM_BAND` channels: band `[i0, i1)` times
+        // channels `[i0, n)` (about half the multiply-adds of the full `bᵀb`), then
+        // mirrored, so H stays exactly symmetric.
+        for i0 in (0..n).step_by(SYM_BAND) {
+            let w = SYM_BAND.min(n - i0);
+            let band = b.narrow(1, i0, w)?.t()?.contiguous()?;
+            let rest = b.narrow(1, i0, n - i0)?.contiguous()?;
+            let prod = band.matmul(&rest)?.flatten_all()?.to_vec1::<f64>()?;
+            let m = n - i0;
+            for di in 0..w {
+                let i = i0 + di;
+                for j in i..n {
+                    let v = self.h[i * n + j] + prod[di * m + (j - i0)];
+                    self.h[i * n + j] = v;
+                    self.h[j * n + i] = v;
                 }
             }
         }
