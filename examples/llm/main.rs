@@ -19,7 +19,7 @@
 //!   mean KL, bytes), windows of N tokens (default 512); `--rows` picks rows by id
 //!   `[rot-][sq-][gptq-]MODE` (rotated, SmoothQuant, GPTQ weights; MODE `w8a8`,
 //!   `w8a8-pt` per-tensor, `w8a16` weights only, `w4a8-g32`, `w4a8-g128`), default a
-//!   table of twelve; `--sensitivity` instead gives rows that quantize one kind of linear
+//!   table of fourteen; `--sensitivity` instead gives rows that quantize one kind of linear
 //!   at a time (W8A8), the rest f32.
 //! - `--bench [--modes M,M,..] [--peer] [--reps N]`: instead of generating, prefill
 //!   tokens/s for 16, 128 and 512 synthetic tokens and decode tokens/s (128 tokens after a
@@ -365,7 +365,7 @@ fn smoothed(
 
 /// The main evaluation table's rows by default (`--rows` picks others): ids of the form
 /// `[rot-][sq-][gptq-]MODE`, see [`parse_row`].
-const EVAL_ROWS: [&str; 12] = [
+const EVAL_ROWS: [&str; 14] = [
     "w8a8",
     "w8a8-pt",
     "w8a16",
@@ -378,6 +378,8 @@ const EVAL_ROWS: [&str; 12] = [
     "w4a8-g128",
     "rot-w4a8-g32",
     "rot-gptq-w4a8-g32",
+    "gptq-w4a8-g128",
+    "rot-gptq-w4a8-g128",
 ];
 
 /// One row of the evaluation table.

@@ -213,8 +213,9 @@ pub struct GptqOutcome {
 ///
 /// # Errors
 /// [`Error::ShapeMismatch`] when `gram` has another channel count than `in`;
-/// [`Error::InvalidArgument`] for fewer rows than [`GptqConfig::with_min_rows`], an int4
-/// group that does not divide `in`, or an invalid config; [`Error::NonFinite`] for NaN/Inf
+/// [`Error::InvalidArgument`] for fewer rows than [`GptqConfig::with_min_rows`] or an
+/// invalid config (an int4 group that does not divide `in` is fine: the last group of
+/// each row is shorter, as in [`QuantLinear`]); [`Error::NonFinite`] for NaN/Inf
 /// in the weights or in `H + λI`; [`Error::NotPositiveDefinite`] when `H + λI` is
 /// (numerically) singular.
 pub fn gptq(
@@ -274,16 +275,6 @@ fn gptq_impl(
                 gram.rows()
             ),
         ));
-    }
-    if let WeightQuant::Int4Grouped { group } = quant.weights() {
-        if inp % group != 0 {
-            return Err(Error::invalid(
-                "int4 group",
-                format!(
-                    "GPTQ needs a group that divides in_features: {group} does not divide {inp}"
-                ),
-            ));
-        }
     }
     if let Some(s) = smooth {
         if s.len() != inp {
@@ -436,7 +427,7 @@ fn choose_scale(vals: &[f64], hd: &[f64], wq: WeightQuant, how: GroupScales) -> 
 
 /// The GPTQ core on row-major f64 weights `w` (`[out, inp]`) and Gram matrix `h`
 /// (`[inp, inp]`): returns codes (original column order), scales (`[out]` or
-/// `[out, inp / group]`) and `λ`.
+/// `[out, ⌈inp / group⌉]`) and `λ`.
 fn quantize_weights(
     w: &[f64],
     h: &[f64],
@@ -477,7 +468,9 @@ fn quantize_weights(
     let u = inverse_upper_cholesky(&hp, inp)?;
     let wp = permute_columns(w, inp, &perm)?;
     let span = scale_span(wq, inp);
-    let groups = inp / span;
+    // When the group does not divide `inp` the last group of each row is shorter, as in
+    // QuantLinear's layout.
+    let groups = inp.div_ceil(span);
     let (lo, hi, _) = code_range(wq);
     // Static scales (int8 rows, or int4 groups with act-order) from the original weights.
     let static_scales = cfg.act_order || groups == 1;
@@ -488,7 +481,7 @@ fn quantize_weights(
             .zip(w.par_chunks(inp))
             .for_each(|(sr, wr)| {
                 for (g, s) in sr.iter_mut().enumerate() {
-                    let r = g * span..(g + 1) * span;
+                    let r = g * span..((g + 1) * span).min(inp);
                     *s = choose_scale(&wr[r.clone()], &diag[r], wq, cfg.scales);
                 }
             });
@@ -517,8 +510,8 @@ fn quantize_weights(
                     let orig = perm[j];
                     let g = orig / span;
                     if !static_scales && j % span == 0 {
-                        sr[g] =
-                            choose_scale(&wr[j..j + span], &diag_p[j..j + span], wq, cfg.scales);
+                        let r = j..(j + span).min(inp);
+                        sr[g] = choose_scale(&wr[r.clone()], &diag_p[r], wq, cfg.scales);
                     }
                     let d = sr[g];
                     let q = quantize_one(wr[j], d, lo, hi);
