@@ -177,87 +177,54 @@ pub fn smoothquant(
         eps: model.cfg.eps,
     };
     let mut choices = Vec::new();
+    // Rewrites one group and records the choice made.
+    let mut group = |site: Site, norm: Option<&Tensor>, lins: &[&Lin], plan: &Plan| {
+        let (norm, lins, alpha) = rewrite(calib, site, norm, lins, plan)?;
+        choices.push(Choice { site, alpha });
+        Ok::<_, candle_core::Error>((norm, lins))
+    };
     for (i, b) in model.blocks.iter_mut().enumerate() {
         let site = |k| Site::Block(i, k);
-        let (norm, lins, a) = rewrite(
-            calib,
+        let (norm, lins) = group(
             site(Kind::Qkv),
             Some(&b.attn_norm),
             &[&b.q, &b.k, &b.v],
             &plan,
         )?;
-        choices.push(Choice {
-            site: site(Kind::Qkv),
-            alpha: a,
-        });
-        b.attn_norm = norm.unwrap_or_else(|| b.attn_norm.clone());
-        [b.q, b.k, b.v] = take3(lins)?;
-
-        let (_, lins, a) = rewrite(calib, site(Kind::Out), None, &[&b.o], &plan)?;
-        choices.push(Choice {
-            site: site(Kind::Out),
-            alpha: a,
-        });
-        b.o = take1(lins)?;
-
-        let (norm, lins, a) = rewrite(
-            calib,
+        if let Some(n) = norm {
+            b.attn_norm = n;
+        }
+        [b.q, b.k, b.v] = take(lins)?;
+        [b.o] = take(group(site(Kind::Out), None, &[&b.o], &plan)?.1)?;
+        let (norm, lins) = group(
             site(Kind::GateUp),
             Some(&b.ffn_norm),
             &[&b.gate, &b.up],
             &plan,
         )?;
-        choices.push(Choice {
-            site: site(Kind::GateUp),
-            alpha: a,
-        });
-        b.ffn_norm = norm.unwrap_or_else(|| b.ffn_norm.clone());
-        let mut it = lins.into_iter();
-        (b.gate, b.up) = match (it.next(), it.next()) {
-            (Some(g), Some(u)) => (g, u),
-            _ => candle_core::bail!("smoothing gate/up returned the wrong number of layers"),
-        };
-
-        let (_, lins, a) = rewrite(calib, site(Kind::Down), None, &[&b.down], &plan)?;
-        choices.push(Choice {
-            site: site(Kind::Down),
-            alpha: a,
-        });
-        b.down = take1(lins)?;
+        if let Some(n) = norm {
+            b.ffn_norm = n;
+        }
+        [b.gate, b.up] = take(lins)?;
+        [b.down] = take(group(site(Kind::Down), None, &[&b.down], &plan)?.1)?;
     }
-    let (norm, lins, a) = rewrite(
-        calib,
-        Site::Head,
-        Some(&model.norm),
-        &[&model.head],
-        &Plan {
-            config: head,
-            ..plan
-        },
-    )?;
-    choices.push(Choice {
-        site: Site::Head,
-        alpha: a,
-    });
+    let head_plan = Plan {
+        config: head,
+        ..plan
+    };
+    let (norm, lins) = group(Site::Head, Some(&model.norm), &[&model.head], &head_plan)?;
     if let Some(n) = norm {
         model.norm = n;
     }
-    model.head = take1(lins)?;
+    [model.head] = take(lins)?;
     Ok((model, choices))
 }
 
-fn take1(lins: Vec<Lin>) -> Result<Lin> {
-    let mut it = lins.into_iter();
-    match (it.next(), it.next()) {
-        (Some(l), None) => Ok(l),
-        _ => candle_core::bail!("smoothing one linear returned the wrong number of layers"),
-    }
-}
-
-fn take3(lins: Vec<Lin>) -> Result<[Lin; 3]> {
-    <[Lin; 3]>::try_from(lins).map_err(|_| {
-        candle_core::Error::Msg("smoothing q/k/v returned the wrong number of layers".into())
-    })
+/// The `N` layers of a rewritten group.
+fn take<const N: usize>(lins: Vec<Lin>) -> Result<[Lin; N]> {
+    let n = lins.len();
+    <[Lin; N]>::try_from(lins)
+        .map_err(|_| candle_core::Error::Msg(format!("a group of {N} linears came back as {n}")))
 }
 
 /// How every group is rewritten.
