@@ -310,25 +310,42 @@ fn build(args: &Args, tok: &GgufTokenizer, mode: Mode) -> AnyResult<Llama> {
         base = rotate::rotate(&base, rotate::SEED)?;
     }
     if args.smooth {
-        let calib = calibrate(args, tok, &mut base)?;
+        let tokens = calibration_tokens(args, tok)?;
+        let calib = calibrate(&args.calib, &tokens, &mut base, args.window, false)?;
         smoothed(args, &base, &calib, &config)
     } else {
-        let head = QuantConfig::w8a8().with_activations(config.activations())?;
-        Ok(base.quantized(&config, &head)?)
+        Ok(base.quantized(&config, &head_config(&config)?)?)
     }
 }
 
-/// Runs the f32 `reference` over the `--calib` text (windows of `--window` tokens).
-fn calibrate(args: &Args, tok: &GgufTokenizer, reference: &mut Llama) -> AnyResult<Calibration> {
+/// The `--calib` text, tokenized.
+fn calibration_tokens(args: &Args, tok: &GgufTokenizer) -> AnyResult<Vec<u32>> {
     let text = std::fs::read_to_string(&args.calib)
         .map_err(|e| format!("reading the calibration text {}: {e}", args.calib))?;
-    let tokens = tok.encode(&text)?;
+    tok.encode(&text)
+}
+
+/// Runs the f32 `reference` over `tokens` (the text of `file`) in windows of `window`
+/// tokens, with the Gram matrices GPTQ needs when `grams`; progress on stderr.
+fn calibrate(
+    file: &str,
+    tokens: &[u32],
+    reference: &mut Llama,
+    window: usize,
+    grams: bool,
+) -> candle_core::Result<Calibration> {
     eprintln!(
-        "calibrating SmoothQuant on {} ({} tokens) ...",
-        args.calib,
-        tokens.len()
+        "calibrating on {file} ({} tokens{}) ...",
+        tokens.len(),
+        if grams { ", with Gram matrices" } else { "" }
     );
-    Ok(Calibration::run(reference, &tokens, args.window, false)?)
+    Calibration::run(reference, tokens, window, grams)
+}
+
+/// The LM head's config beside block linears in `config`: int8 weights (its 4-bit form
+/// costs the most accuracy for the least time), the same activation quantization.
+fn head_config(config: &QuantConfig) -> candle_core::Result<QuantConfig> {
+    Ok(QuantConfig::w8a8().with_activations(config.activations())?)
 }
 
 /// The SmoothQuant rewrite of `reference` in `config` (LM head: W8A8 with the same
@@ -339,7 +356,7 @@ fn smoothed(
     calib: &Calibration,
     config: &QuantConfig,
 ) -> AnyResult<Llama> {
-    let head = QuantConfig::w8a8().with_activations(config.activations())?;
+    let head = head_config(config)?;
     let (model, choices) =
         smoothquant::smoothquant(reference, calib, args.alpha, Weights::Rtn, config, &head)?;
     eprintln!(
@@ -470,9 +487,7 @@ fn main_rows(
         .collect::<AnyResult<Vec<_>>>()?;
     let grams = specs.iter().any(|(s, _)| s.gptq);
     let calib_tokens = if specs.iter().any(|(s, _)| s.smooth || s.gptq) {
-        let text = std::fs::read_to_string(&args.calib)
-            .map_err(|e| format!("reading the calibration text {}: {e}", args.calib))?;
-        Some(std::rc::Rc::new(tok.encode(&text)?))
+        Some(std::rc::Rc::new(calibration_tokens(args, tok)?))
     } else {
         None
     };
@@ -494,17 +509,12 @@ fn main_rows(
             } else {
                 reference.clone()
             };
-            let head = QuantConfig::w8a8().with_activations(spec.config.activations())?;
+            let head = head_config(&spec.config)?;
             let Some(tokens) = tokens.as_ref().filter(|_| spec.smooth || spec.gptq) else {
                 return base.quantized(&spec.config, &head);
             };
             if calib.get().is_none() {
-                eprintln!(
-                    "calibrating on {file} ({} tokens{}) ...",
-                    tokens.len(),
-                    if grams { ", with Gram matrices" } else { "" }
-                );
-                let c = Calibration::run(&mut base.clone(), tokens, window, grams)?;
+                let c = calibrate(&file, tokens, &mut base.clone(), window, grams)?;
                 let _ = calib.set(c);
             }
             let calib = calib
