@@ -51,8 +51,9 @@ use super::driver::{
     epilogue_w8, finish_w8_generic, plan, run_tasks, store_row, OutPtr, W8Finish, W8FinishFn, LDC,
     MR_MAX,
 };
+use super::offsets::{finish_row_w4, group_sums, offset_row};
 use super::pack::{AlignedBytes, PackedW4, PackedW8, NR};
-use super::{finish_w4, K_BLOCK};
+use super::K_BLOCK;
 
 /// Rows of an A / C tile.
 pub(crate) const TILE_ROWS: usize = 16;
@@ -488,6 +489,15 @@ pub(crate) unsafe fn matmul_w4a8(
     let a = a.bytes();
     let bytes = w.bytes();
     let pscales = w.panel_scales();
+    let offsets_t = w.offsets_t();
+    // S_g per row and group, only when there are offsets to multiply.
+    let mut xsum = Vec::new();
+    if offsets_t.is_some() && k > 0 {
+        xsum = vec![0i32; rows * groups];
+        for (xs, xr) in xsum.chunks_exact_mut(groups).zip(qx.chunks_exact(k)) {
+            group_sums(xr, group, xs);
+        }
+    }
     let cfg = TileConfig::new(kt);
     let out_ptr = OutPtr(out);
     let tasks = plan(rows, panels, BLOCK_ROWS, NT, rows * n * k);
@@ -550,23 +560,17 @@ pub(crate) unsafe fn matmul_w4a8(
                 }
                 let bs = bias.map(|b| &b[o0..o0 + cols]);
                 let mut tmp = [0f32; BLOCK_ROWS];
+                let mut off = [0f32; BLOCK_ROWS];
                 for r in 0..mr {
                     let t = r0 + r;
-                    let xs = x_scales[t];
                     let srow = &sums[r * BLOCK_ROWS..r * BLOCK_ROWS + cols];
                     let dst = &mut tmp[..cols];
-                    match bs {
-                        Some(bs) => {
-                            for ((d, &s), &b) in dst.iter_mut().zip(srow).zip(bs) {
-                                *d = finish_w4(s, xs, Some(b));
-                            }
-                        }
-                        None => {
-                            for (d, &s) in dst.iter_mut().zip(srow) {
-                                *d = finish_w4(s, xs, None);
-                            }
-                        }
-                    }
+                    let off = offsets_t.map(|m| {
+                        let off = &mut off[..cols];
+                        offset_row(&xsum[t * groups..(t + 1) * groups], m, n, o0, off);
+                        &*off
+                    });
+                    finish_row_w4(dst, srow, off, x_scales[t], bs);
                     // SAFETY: an in-bounds range of `out` that only this task writes.
                     unsafe { store_row(out_ptr.get().add(t * n + o0), dst) };
                 }

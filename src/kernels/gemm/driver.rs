@@ -12,8 +12,9 @@
 
 use rayon::prelude::*;
 
+use super::offsets::{finish_row_w4, group_sums, offset_row};
 use super::pack::{PackedW4, PackedW8, NR};
-use super::{finish_w4, finish_w8, K_BLOCK};
+use super::{finish_w8, K_BLOCK};
 
 /// Rows of the largest microkernel tile any ISA uses.
 pub(crate) const MR_MAX: usize = 8;
@@ -400,16 +401,15 @@ pub(crate) unsafe fn matmul_w4a8(
     );
     let kp = k4 * 4;
     let a = prep_activations(qx, rows, k, kp, 0);
-    let mut xcorr = vec![0i32; rows * groups];
-    for (t, xc) in xcorr.chunks_exact_mut(groups.max(1)).enumerate().take(rows) {
-        for (g, v) in xc.iter_mut().enumerate() {
-            let s: i32 = a[t * kp + g * group..t * kp + (g + 1) * group]
-                .iter()
-                .map(|&b| i32::from(b as i8))
-                .sum();
-            *v = 8 * s;
+    // S_g per row and group (the offsets' factor); the kernels' correction is 8·S_g.
+    let mut xsum = vec![0i32; rows * groups];
+    if k > 0 {
+        for (xs, xr) in xsum.chunks_exact_mut(groups).zip(qx.chunks_exact(k)) {
+            group_sums(xr, group, xs);
         }
     }
+    let xcorr: Vec<i32> = xsum.iter().map(|&s| 8 * s).collect();
+    let offsets_t = w.offsets_t();
     let bytes = w.bytes();
     let pscales = w.panel_scales();
     let out_ptr = OutPtr(out);
@@ -445,23 +445,17 @@ pub(crate) unsafe fn matmul_w4a8(
                 let o0 = p0 * NR;
                 let bs = bias.map(|b| &b[o0..o0 + cols]);
                 let mut tmp = [0f32; LDC];
+                let mut off = [0f32; LDC];
                 for r in 0..mr {
                     let t = r0 + r;
                     let dst = &mut tmp[..cols];
                     let sums = &c[r * LDC..r * LDC + cols];
-                    let xs = x_scales[t];
-                    match bs {
-                        Some(bs) => {
-                            for ((d, &s), &b) in dst.iter_mut().zip(sums).zip(bs) {
-                                *d = finish_w4(s, xs, Some(b));
-                            }
-                        }
-                        None => {
-                            for (d, &s) in dst.iter_mut().zip(sums) {
-                                *d = finish_w4(s, xs, None);
-                            }
-                        }
-                    }
+                    let off = offsets_t.map(|m| {
+                        let off = &mut off[..cols];
+                        offset_row(&xsum[t * groups..(t + 1) * groups], m, n, o0, off);
+                        &*off
+                    });
+                    finish_row_w4(dst, sums, off, x_scales[t], bs);
                     // SAFETY: as in `matmul_w8a8`: an in-bounds range of `out` that only
                     // this task writes.
                     unsafe { store_row(out_ptr.get().add(t * n + o0), dst) };

@@ -42,6 +42,17 @@
 //! out[t,o] = sum * x_scales[t] + bias[o]
 //! ```
 //!
+//! **Asymmetric W4A8** (weights packed with [`PackedW4::pack_asym`]: the code `c` of group
+//! `g` stands for `s[o,g]·c + m[o,g]`) adds the offsets' share before the epilogue:
+//!
+//! ```text
+//! S_g      = Σ_{k in group g} qx[t,k]                exact i32 (the short last group: its real columns)
+//! off      = 0.0;  for g in 0..G { off = off + (S_g as f32) * m[o,g] }            (in g order)
+//! out[t,o] = (sum + off) * x_scales[t] + bias[o]
+//! ```
+//!
+//! `off` comes from one routine shared by every path; without offsets nothing changes.
+//!
 //! Both epilogues are single shared functions used by every ISA, so the outputs do not
 //! depend on the ISA, the tile shapes or the number of threads.
 //!
@@ -112,6 +123,7 @@ mod avxvnni;
 mod driver;
 #[cfg(target_arch = "aarch64")]
 mod neon;
+mod offsets;
 mod pack;
 mod scalar;
 #[cfg(target_arch = "x86_64")]

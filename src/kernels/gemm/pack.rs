@@ -260,6 +260,10 @@ pub struct PackedW4 {
     scales: Vec<f32>,
     /// `[panels, groups, NR]` (0 for padding channels): the kernels' view of `scales`.
     panel_scales: Vec<f32>,
+    /// Per-group offsets of asymmetric weights, row-major `[out, groups]`.
+    offsets: Option<Vec<f32>>,
+    /// The same offsets `[groups, out]`: the epilogue's view (contiguous over channels).
+    offsets_t: Option<Vec<f32>>,
 }
 
 impl std::fmt::Debug for PackedW4 {
@@ -268,6 +272,7 @@ impl std::fmt::Debug for PackedW4 {
             .field("out_features", &self.out)
             .field("in_features", &self.inp)
             .field("group", &self.group)
+            .field("offsets", &self.offsets.is_some())
             .field("size_bytes", &self.size_bytes())
             .finish_non_exhaustive()
     }
@@ -300,41 +305,100 @@ impl PackedW4 {
         inp: usize,
         group: usize,
     ) -> Result<PackedW4, KernelError> {
-        const OP: &str = "PackedW4::pack";
+        Self::pack_impl("PackedW4::pack", w, scales, None, out, inp, group)
+    }
+
+    /// Packs asymmetric int4 weights: as [`PackedW4::pack`], plus one f32 offset per
+    /// output channel and group, `offsets` row-major `[out, inp.div_ceil(group)]` like
+    /// `scales`. The code `w[o, k]` (in [-8, 7]) of group `g` stands for the value
+    /// `scales[o, g]·w[o, k] + offsets[o, g]`, and
+    /// the matrix products add `Σ_g offsets[o, g]·S_g` (`S_g` the sum of the row's
+    /// activations in group `g`) as the module docs of [`crate::kernels::gemm`] specify.
+    ///
+    /// # Errors
+    /// As [`PackedW4::pack`] (under the name `PackedW4::pack_asym`), and
+    /// [`KernelError::Length`] if `offsets.len() != scales.len()`.
+    ///
+    /// ```
+    /// use candle_compress::kernels::gemm::{matmul_w4a8, PackedW4};
+    /// // 1 output, 8 inputs, one group: w = 0.5·c + 2 with c = [-8, 7, 0, 0, 0, 0, 0, 1].
+    /// let c = [-8i8, 7, 0, 0, 0, 0, 0, 1];
+    /// let p = PackedW4::pack_asym(&c, &[0.5], &[2.0], 1, 8, 8).unwrap();
+    /// assert_eq!(p.offsets(), Some(&[2.0f32][..]));
+    /// let mut out = [0f32; 1];
+    /// matmul_w4a8(&[1; 8], &[1.0], 1, &p, None, &mut out).unwrap();
+    /// // Σ w = 0.5·(-8 + 7 + 1) + 8·2 = 16
+    /// assert_eq!(out, [16.0]);
+    /// let e = PackedW4::pack_asym(&c, &[0.5], &[], 1, 8, 8).unwrap_err();
+    /// assert_eq!(e.to_string(), "PackedW4::pack_asym: offsets has 0 elements, need scales.len() = 1");
+    /// ```
+    pub fn pack_asym(
+        w: &[i8],
+        scales: &[f32],
+        offsets: &[f32],
+        out: usize,
+        inp: usize,
+        group: usize,
+    ) -> Result<PackedW4, KernelError> {
+        Self::pack_impl(
+            "PackedW4::pack_asym",
+            w,
+            scales,
+            Some(offsets),
+            out,
+            inp,
+            group,
+        )
+    }
+
+    fn pack_impl(
+        op: &'static str,
+        w: &[i8],
+        scales: &[f32],
+        offsets: Option<&[f32]>,
+        out: usize,
+        inp: usize,
+        group: usize,
+    ) -> Result<PackedW4, KernelError> {
         if group == 0 || !group.is_multiple_of(8) {
             return Err(KernelError::invalid(
-                OP,
+                op,
                 "group",
                 format!("must be a positive multiple of 8, found {group}"),
             ));
         }
-        let need = checked_mul(OP, "out × inp", out, inp)?;
-        expect_len(OP, "w", w.len(), need, || {
+        let need = checked_mul(op, "out × inp", out, inp)?;
+        expect_len(op, "w", w.len(), need, || {
             format!("out × inp = {out} × {inp}")
         })?;
         let groups = inp.div_ceil(group);
-        let need = checked_mul(OP, "out × ⌈inp / group⌉", out, groups)?;
-        expect_len(OP, "scales", scales.len(), need, || {
+        let need = checked_mul(op, "out × ⌈inp / group⌉", out, groups)?;
+        expect_len(op, "scales", scales.len(), need, || {
             format!("out × ⌈inp / group⌉ = {out} × ⌈{inp} / {group}⌉")
         })?;
+        if let Some(m) = offsets {
+            expect_len(op, "offsets", m.len(), scales.len(), || {
+                "scales.len()".into()
+            })?;
+        }
         if let Some(i) = w.iter().position(|v| !(-8..=7).contains(v)) {
             return Err(KernelError::invalid(
-                OP,
+                op,
                 "w",
                 format!("w[{i}] is {}; int4 weights must lie in [-8, 7]", w[i]),
             ));
         }
         let panels = out.div_ceil(NR);
         // Each row is padded to whole groups: `groups * group` inputs, `k4` steps of 4.
-        let k4 = checked_mul(OP, "⌈inp / group⌉ × group", groups, group)? / 4;
-        let steps = checked_mul(OP, "panels × k4 steps", panels, k4)?;
-        let size = checked_mul(OP, "panels × k4 steps × 32 bytes", steps, 32)?;
+        let k4 = checked_mul(op, "⌈inp / group⌉ × group", groups, group)? / 4;
+        let steps = checked_mul(op, "panels × k4 steps", panels, k4)?;
+        let size = checked_mul(op, "panels × k4 steps × 32 bytes", steps, 32)?;
         // A group far larger than `inp` pads every row to it: refuse a buffer that cannot
         // be allocated instead of aborting.
         let mut data = Vec::new();
         if data.try_reserve_exact(steps / 2).is_err() {
             return Err(KernelError::invalid(
-                OP,
+                op,
                 "group",
                 format!(
                     "{group} pads each of the {out} rows of {inp} inputs to whole groups: \
@@ -373,6 +437,8 @@ impl PackedW4 {
             data,
             scales: scales.to_vec(),
             panel_scales,
+            offsets: offsets.map(<[f32]>::to_vec),
+            offsets_t: offsets.map(|m| transpose(m, out, groups)),
         })
     }
 
@@ -392,9 +458,12 @@ impl PackedW4 {
     }
 
     /// Bytes this value really holds on the heap: packed nibbles including the zero
-    /// padding of the panel layout, the row-major scales and the kernels' copy of them.
+    /// padding of the panel layout, the row-major scales and the kernels' copy of them,
+    /// and the offsets (row-major and the kernels' copy) of asymmetric weights.
     pub fn size_bytes(&self) -> usize {
-        self.data.len() * 64 + (self.scales.len() + self.panel_scales.len()) * 4
+        let offsets =
+            self.offsets.as_ref().map_or(0, Vec::len) + self.offsets_t.as_ref().map_or(0, Vec::len);
+        self.data.len() * 64 + (self.scales.len() + self.panel_scales.len() + offsets) * 4
     }
 
     /// The weights unpacked to row-major `[out, in]`, one value in [-8, 7] per i8.
@@ -409,6 +478,17 @@ impl PackedW4 {
     /// Scales, row-major `[out, in.div_ceil(group)]`.
     pub fn scales(&self) -> &[f32] {
         &self.scales
+    }
+
+    /// Per-group offsets of asymmetric weights ([`PackedW4::pack_asym`]), row-major
+    /// `[out, in.div_ceil(group)]`; `None` for symmetric weights.
+    pub fn offsets(&self) -> Option<&[f32]> {
+        self.offsets.as_deref()
+    }
+
+    /// The offsets `[groups, out]` (the epilogue's layout), if any.
+    pub(crate) fn offsets_t(&self) -> Option<&[f32]> {
+        self.offsets_t.as_deref()
     }
 
     /// The weight at output `o`, input `k` (padding reads as 0).
@@ -436,4 +516,15 @@ impl PackedW4 {
     pub(crate) fn panel_scales(&self) -> &[f32] {
         &self.panel_scales
     }
+}
+
+/// Row-major `[rows, cols]` to `[cols, rows]`.
+fn transpose(m: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut t = vec![0f32; m.len()];
+    for (r, row) in m.chunks_exact(cols.max(1)).take(rows).enumerate() {
+        for (c, &v) in row.iter().enumerate() {
+            t[c * rows + r] = v;
+        }
+    }
+    t
 }

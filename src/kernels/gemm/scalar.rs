@@ -5,8 +5,9 @@
 //! and the float epilogues are the shared [`finish_w8`](super::finish_w8) /
 //! [`finish_w4`](super::finish_w4) used by every ISA.
 
+use super::finish_w8;
+use super::offsets::{finish_row_w4, group_sums, offset_row};
 use super::pack::{PackedW4, PackedW8, NR};
-use super::{finish_w4, finish_w8};
 
 /// `y = x * smooth[c]` when smoothing, else `x`.
 #[inline(always)]
@@ -116,7 +117,9 @@ pub(crate) fn matmul_w8a8(
 }
 
 /// Reference W4A8: per group `g`, `acc_g = Σ_{k in g} qx[t,k]·w[o,k]` (i32, exact);
-/// `sum = ((0 + acc_0·s_0) + acc_1·s_1) + …` in f32; `out = finish_w4(sum, x_scales[t], bias)`.
+/// `sum = ((0 + acc_0·s_0) + acc_1·s_1) + …` in f32; with offsets
+/// `off = ((0 + S_0·m_0) + S_1·m_1) + …` (`S_g = Σ_{k in g} qx[t,k]`, the shared
+/// [`offset_row`]); `out = finish_w4(sum (+ off), x_scales[t], bias)`.
 pub(crate) fn matmul_w4a8(
     qx: &[i8],
     x_scales: &[f32],
@@ -126,18 +129,26 @@ pub(crate) fn matmul_w4a8(
     out: &mut [f32],
 ) {
     let (n, k, group, groups) = (w.out_features(), w.in_features(), w.group(), w.groups());
+    let mut sums = vec![0f32; n];
+    let mut xsum = vec![0i32; groups];
+    let mut off = vec![0f32; n];
     for t in 0..rows {
         let xr = &qx[t * k..(t + 1) * k];
-        for o in 0..n {
-            let mut sum = 0f32;
+        for (o, sum) in sums.iter_mut().enumerate() {
+            *sum = 0.0;
             for g in 0..groups {
                 let ks = g * group..((g + 1) * group).min(k);
                 let acc: i32 = ks
                     .map(|kk| i32::from(xr[kk]) * i32::from(w.get(o, kk)))
                     .sum();
-                sum += acc as f32 * w.scales()[o * groups + g];
+                *sum += acc as f32 * w.scales()[o * groups + g];
             }
-            out[t * n + o] = finish_w4(sum, x_scales[t], bias.map(|b| b[o]));
         }
+        let off = w.offsets_t().map(|m| {
+            group_sums(xr, group, &mut xsum);
+            offset_row(&xsum, m, n, 0, &mut off);
+            &off[..]
+        });
+        finish_row_w4(&mut out[t * n..(t + 1) * n], &sums, off, x_scales[t], bias);
     }
 }
