@@ -331,6 +331,7 @@ fn gptq_impl(
         in_features: inp,
         weights: codes,
         scales,
+        offsets: None,
         bias,
         smooth: smooth.map(<[f32]>::to_vec),
         config: *quant,
