@@ -425,6 +425,7 @@ fn quantize(
                 in_file(output, writer.write_quant_linear(prefix, &layer))?;
                 let text = match cfg.weights() {
                     WeightQuant::Int4Grouped { group } => format!("w4a8:{group}"),
+                    WeightQuant::Int4GroupedAsym { group } => format!("w4a8-asym:{group}"),
                     _ => "w8a8".to_string(),
                 };
                 ("layer", json!(text))
@@ -674,6 +675,7 @@ fn inspect(path: &Path) -> CliResult<Value> {
             ItemKind::QuantLinear(l) => {
                 let scheme = match l.config.weights() {
                     WeightQuant::Int4Grouped { group } => format!("w4a8:{group}"),
+                    WeightQuant::Int4GroupedAsym { group } => format!("w4a8-asym:{group}"),
                     _ => "w8a8".to_string(),
                 };
                 let params =

@@ -105,7 +105,11 @@ impl CtFormat {
 
     fn of(config: &QuantConfig) -> Self {
         match config.weights() {
-            WeightQuant::Int4Grouped { group } => CtFormat::PackQuantized { group },
+            // Asymmetric layers are refused before (`add_quant_linear`); their codes and
+            // scales alone would be the packed layout.
+            WeightQuant::Int4Grouped { group } | WeightQuant::Int4GroupedAsym { group } => {
+                CtFormat::PackQuantized { group }
+            }
             WeightQuant::Int8PerChannel => CtFormat::IntQuantized,
         }
     }
@@ -309,7 +313,9 @@ impl CtWriter {
     /// (the format has no layout for a shorter last group: compressed-tensors 0.12 would
     /// decode it with wrong scales, 0.20 refuses it), or a layer whose format or
     /// activation mode differs from the layers already added (one config group per
-    /// checkpoint); [`Error::InvalidArgument`] for a name already used.
+    /// checkpoint), or an asymmetric int4 layer ([`WeightQuant::Int4GroupedAsym`]: its
+    /// float offsets are not compressed-tensors' integer zero points);
+    /// [`Error::InvalidArgument`] for a name already used.
     ///
     /// ```
     /// # use candle_compress::io::compressed_tensors::CtWriter;
@@ -339,6 +345,18 @@ impl CtWriter {
                     supported: "one activation mode per checkpoint".into(),
                 });
             }
+        }
+        if p.offsets.is_some() {
+            return Err(Error::Unsupported {
+                what: "asymmetric int4 layer for compressed-tensors",
+                found: format!(
+                    "{prefix}: {:?} with float per-group offsets (w = s·c + m); \
+                     compressed-tensors stores integer zero points (w = s·(q − z)), which \
+                     hold such an offset only when m / s is an integer",
+                    p.config.weights()
+                ),
+                supported: "symmetric int8 or int4 layers (Int8PerChannel, Int4Grouped)".into(),
+            });
         }
         let format = CtFormat::of(&p.config);
         if let CtFormat::PackQuantized { group } = format {
@@ -1537,6 +1555,7 @@ impl CtCheckpoint {
             in_features: inp,
             weights,
             scales,
+            offsets: None,
             bias,
             smooth: None,
             config,

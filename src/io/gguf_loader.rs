@@ -138,6 +138,7 @@ impl GgufBackend {
                 in_features,
                 weights: codes,
                 scales: scales.iter().map(|s| s.to_f32()).collect(),
+                offsets: None,
                 bias,
                 smooth: None,
                 config: self.config,

@@ -41,9 +41,11 @@
 //! `p.weight` — I8 `[out, in]` for int8 weights, or U8 `[out, ceil(in/2)]` for int4
 //! (each row packed on its own, codes `q + 8`, column `2j` in the low nibble) —
 //! `p.weight_scale` (F32, `[out]` for int8 per channel, `[out, ceil(in/group)]` for int4),
-//! and optionally `p.bias` (F32 `[out]`) and `p.smooth` (F32 `[in]`, the SmoothQuant
-//! vector). Its layer entry is `{"in_features", "out_features", "weights":
-//! "int8-per-channel" | "int4-grouped", "group" (int4 only), "activations": "per-token" |
+//! for asymmetric int4 also `p.weight_offset` (F32, `[out, ceil(in/group)]`: the code `c`
+//! stands for `scale·c + offset`), and optionally `p.bias` (F32 `[out]`) and `p.smooth`
+//! (F32 `[in]`, the SmoothQuant vector). Its layer entry is `{"in_features",
+//! "out_features", "weights": "int8-per-channel" | "int4-grouped" | "int4-grouped-asym",
+//! "group" (int4 only), "activations": "per-token" |
 //! "per-tensor" | "static" | "none" (weight-only), "activation_scale" (static only),
 //! "bias": bool, "smooth": bool}`.
 //!
@@ -283,6 +285,10 @@ fn layer_json(l: &LayerEntry) -> Value {
             entry.insert("weights".into(), json!("int4-grouped"));
             entry.insert("group".into(), json!(group));
         }
+        WeightQuant::Int4GroupedAsym { group } => {
+            entry.insert("weights".into(), json!("int4-grouped-asym"));
+            entry.insert("group".into(), json!(group));
+        }
     }
     match l.config.activations() {
         ActivationQuant::PerToken => {
@@ -325,7 +331,7 @@ fn encode_layer(layer: &QuantLinear) -> Result<(Value, Vec<(&'static str, Part)>
             parts.push(("weight", part_i8(vec![out, inp], &p.weights)));
             parts.push(("weight_scale", part_f32(vec![out], &p.scales)));
         }
-        WeightQuant::Int4Grouped { group } => {
+        WeightQuant::Int4Grouped { group } | WeightQuant::Int4GroupedAsym { group } => {
             let row_bytes = inp.div_ceil(2);
             let mut packed = Vec::with_capacity(out * row_bytes);
             for row in p.weights.chunks(inp) {
@@ -338,6 +344,9 @@ fn encode_layer(layer: &QuantLinear) -> Result<(Value, Vec<(&'static str, Part)>
             parts.push(("weight", part_u8(vec![out, row_bytes], &packed)));
             let groups = inp.div_ceil(group);
             parts.push(("weight_scale", part_f32(vec![out, groups], &p.scales)));
+            if let Some(m) = &p.offsets {
+                parts.push(("weight_offset", part_f32(vec![out, groups], m)));
+            }
         }
     }
     if let Some(b) = &p.bias {
@@ -668,10 +677,10 @@ fn tensor_part_shape(e: &TensorEntry, suffix: &str, count: usize) -> Vec<usize> 
 /// The stored shape of part `suffix` of a quantized layer.
 fn layer_part_shape(l: &LayerEntry, suffix: &str) -> Vec<usize> {
     let (out, inp) = (l.out_features, l.in_features);
-    match (suffix, l.config.weights()) {
-        ("weight", WeightQuant::Int4Grouped { .. }) => vec![out, inp.div_ceil(2)],
-        ("weight", _) => vec![out, inp],
-        ("weight_scale", WeightQuant::Int4Grouped { group }) => vec![out, inp.div_ceil(group)],
+    match (suffix, l.config.weights().int4_group()) {
+        ("weight", Some(_)) => vec![out, inp.div_ceil(2)],
+        ("weight", None) => vec![out, inp],
+        ("weight_scale" | "weight_offset", Some(group)) => vec![out, inp.div_ceil(group)],
         ("smooth", _) => vec![inp],
         _ => vec![out],
     }
@@ -1598,8 +1607,8 @@ impl CompressedFile {
             name: prefix.to_string(),
         })?;
         let raw = self.part(prefix, "weight")?;
-        let weights = match l.config.weights() {
-            WeightQuant::Int4Grouped { .. } => {
+        let weights = match l.config.weights().int4_group() {
+            Some(_) => {
                 let row_bytes = l.in_features.div_ceil(2);
                 let mut w = Vec::with_capacity(l.out_features * l.in_features);
                 for row in raw.data.chunks(row_bytes.max(1)) {
@@ -1614,6 +1623,11 @@ impl CompressedFile {
             _ => bytes_to_i8(&raw.data),
         };
         let scales = bytes_to_f32(&self.part(prefix, "weight_scale")?.data);
+        let offsets = if l.config.weights().has_offsets() {
+            Some(bytes_to_f32(&self.part(prefix, "weight_offset")?.data))
+        } else {
+            None
+        };
         let bias = if l.bias {
             Some(bytes_to_f32(&self.part(prefix, "bias")?.data))
         } else {
@@ -1629,6 +1643,7 @@ impl CompressedFile {
             in_features: l.in_features,
             weights,
             scales,
+            offsets,
             bias,
             smooth,
             config: l.config,
@@ -1713,6 +1728,11 @@ fn layer_parts(l: &LayerEntry) -> Vec<(&'static str, Dtype, usize)> {
         WeightQuant::Int4Grouped { group } => vec![
             ("weight", Dtype::U8, out * inp.div_ceil(2)),
             ("weight_scale", Dtype::F32, out * inp.div_ceil(group)),
+        ],
+        WeightQuant::Int4GroupedAsym { group } => vec![
+            ("weight", Dtype::U8, out * inp.div_ceil(2)),
+            ("weight_scale", Dtype::F32, out * inp.div_ceil(group)),
+            ("weight_offset", Dtype::F32, out * inp.div_ceil(group)),
         ],
         _ => vec![
             ("weight", Dtype::I8, out * inp),
@@ -1825,11 +1845,12 @@ fn parse_layer_entry(name: &str, v: &Value) -> Result<LayerEntry> {
     let config = match str_field(v, name, "weights")? {
         "int8-per-channel" => QuantConfig::w8a8(),
         "int4-grouped" => QuantConfig::w4a8(usize_field(v, name, "group")?)?,
+        "int4-grouped-asym" => QuantConfig::w4a8_asym(usize_field(v, name, "group")?)?,
         other => {
             return Err(Error::Unsupported {
                 what: "quantized layer weight mode",
                 found: format!("{other:?} (layer {name})"),
-                supported: "int8-per-channel, int4-grouped".into(),
+                supported: "int8-per-channel, int4-grouped, int4-grouped-asym".into(),
             })
         }
     };

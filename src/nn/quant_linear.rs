@@ -31,6 +31,17 @@
 //! so the range stays symmetric and the largest weight of each group is exact); a zero
 //! group gets `sw = 0`. [`QuantLinear::from_parts`] accepts any code in `[-8, 7]`.
 //!
+//! **Weights, asymmetric int4 (W4A8, [`WeightQuant::Int4GroupedAsym`]).** One scale and
+//! one offset per group: the code `c ∈ [-8, 7]` stands for `sw[o,g]·c + m[o,g]`. Round to
+//! nearest over the group's range `[min, max]`: `sw = (max − min) / 15`,
+//! `m = min + 8·sw`, `c = clamp(round_half_away((w − m) / sw), −8, 7)`, so `min` and `max`
+//! map to the codes −8 and 7 (up to rounding); the scale and offset are computed in f64
+//! and rounded to f32, the codes from those f32 values in f64 (so a range wider than
+//! `f32::MAX` still gives finite parameters). A constant group gets `sw = 0` and
+//! `m` = that value (exact), with codes 0. This is the layout of GGUF's Q4_1
+//! (`w = d·q + m`, `q ∈ [0, 15]`: `c = q − 8`, `m' = m + 8d`), which therefore loads
+//! without requantization. Non-finite weights are refused as for the other modes.
+//!
 //! **Activations, int8.** Chosen by [`ActivationQuant`]: per token (one scale per row of
 //! the flattened `[rows, in]` input, `sx[t] = amax_k |x[t,k]| / 127`, the default), per
 //! tensor (one `sx = amax / 127` for the whole input of the call), or a static scale from
@@ -104,6 +115,31 @@ pub enum WeightQuant {
         /// Input columns per scale: 32, 64 or 128.
         group: usize,
     },
+    /// Asymmetric int4: codes in `[-8, 7]` as for [`WeightQuant::Int4Grouped`], plus one
+    /// f32 offset per group, so the code `c` of group `g` stands for
+    /// `scale[o,g]·c + offset[o,g]` (GGUF Q4_1's layout; see the module docs for the
+    /// rounding rule). Costs 4 bytes more per group than the symmetric layout.
+    Int4GroupedAsym {
+        /// Input columns per scale and offset: 32, 64 or 128.
+        group: usize,
+    },
+}
+
+impl WeightQuant {
+    /// The int4 group size, or `None` for int8 weights.
+    pub fn int4_group(&self) -> Option<usize> {
+        match *self {
+            WeightQuant::Int8PerChannel => None,
+            WeightQuant::Int4Grouped { group } | WeightQuant::Int4GroupedAsym { group } => {
+                Some(group)
+            }
+        }
+    }
+
+    /// Whether the weights carry per-group offsets ([`WeightQuant::Int4GroupedAsym`]).
+    pub fn has_offsets(&self) -> bool {
+        matches!(self, WeightQuant::Int4GroupedAsym { .. })
+    }
 }
 
 /// How activations are quantized to int8 at run time.
@@ -171,6 +207,28 @@ impl QuantConfig {
         Ok(cfg)
     }
 
+    /// Asymmetric int4 weights (one scale and one offset per `group` input columns, see
+    /// [`WeightQuant::Int4GroupedAsym`]) × int8 activations per token.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] unless `group` is 32, 64 or 128.
+    ///
+    /// ```
+    /// use candle_compress::nn::{QuantConfig, WeightQuant};
+    /// let c = QuantConfig::w4a8_asym(32)?;
+    /// assert_eq!(c.weights(), WeightQuant::Int4GroupedAsym { group: 32 });
+    /// assert!(QuantConfig::w4a8_asym(48).is_err());
+    /// # Ok::<(), candle_compress::Error>(())
+    /// ```
+    pub fn w4a8_asym(group: usize) -> Result<Self> {
+        let cfg = Self {
+            weights: WeightQuant::Int4GroupedAsym { group },
+            activations: ActivationQuant::PerToken,
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
     /// The same weights with another activation mode.
     ///
     /// # Errors
@@ -201,7 +259,7 @@ impl QuantConfig {
     /// [`Error::InvalidArgument`] for an int4 group outside [`INT4_GROUPS`] or a static
     /// scale that is not finite and `> 0`.
     pub fn validate(&self) -> Result<()> {
-        if let WeightQuant::Int4Grouped { group } = self.weights {
+        if let Some(group) = self.weights.int4_group() {
             if !INT4_GROUPS.contains(&group) {
                 return Err(Error::invalid(
                     "int4 group",
@@ -222,9 +280,9 @@ impl QuantConfig {
 
     /// Scales per output channel for a layer with `in_features` inputs.
     fn scales_per_row(&self, in_features: usize) -> usize {
-        match self.weights {
-            WeightQuant::Int8PerChannel => 1,
-            WeightQuant::Int4Grouped { group } => in_features.div_ceil(group),
+        match self.weights.int4_group() {
+            None => 1,
+            Some(group) => in_features.div_ceil(group),
         }
     }
 }
@@ -303,6 +361,10 @@ pub struct QuantLinearParts {
     /// Weight scales: `[out_features]` for int8; `[out_features, ceil(in_features / group)]`
     /// row-major for int4. Finite and `≥ 0`.
     pub scales: Vec<f32>,
+    /// Per-group offsets, laid out as `scales`, finite: required (`Some`) for
+    /// [`WeightQuant::Int4GroupedAsym`] and `None` for the other modes. The code `c` of
+    /// group `g` stands for `scales[o,g]·c + offsets[o,g]`.
+    pub offsets: Option<Vec<f32>>,
     /// Bias `[out_features]`, finite.
     pub bias: Option<Vec<f32>>,
     /// Smoothing vector `s` `[in_features]`, finite and `> 0`: the weights are those of
@@ -413,19 +475,43 @@ impl QuantLinear {
     }
 
     /// Rebuilds a layer from stored parts (for loaders): validates every length, code,
-    /// scale, bias and smoothing entry, then packs the weights for the active kernels.
+    /// scale, offset, bias and smoothing entry, then packs the weights for the active
+    /// kernels.
     ///
     /// # Errors
     /// [`Error::InvalidArgument`] for zero dims, an invalid config, codes outside the
-    /// config's range, or scales / smoothing entries out of range;
+    /// config's range, scales / smoothing entries out of range, or offsets given for a
+    /// symmetric config / missing for [`WeightQuant::Int4GroupedAsym`];
     /// [`Error::MetadataMismatch`] when a length disagrees with the dims and config;
-    /// [`Error::NonFinite`] for NaN/Inf in scales, bias or smoothing.
+    /// [`Error::NonFinite`] for NaN/Inf in scales, offsets, bias or smoothing.
+    ///
+    /// ```
+    /// use candle_compress::nn::{QuantConfig, QuantLinear, QuantLinearParts};
+    /// let parts = QuantLinearParts {
+    ///     out_features: 1,
+    ///     in_features: 32,
+    ///     weights: (0..32).map(|k| (k % 16) as i8 - 8).collect(),
+    ///     scales: vec![0.5],
+    ///     offsets: Some(vec![-1.0]),
+    ///     bias: None,
+    ///     smooth: None,
+    ///     config: QuantConfig::w4a8_asym(32)?,
+    /// };
+    /// let q = QuantLinear::from_parts(parts.clone())?;
+    /// assert_eq!(q.offsets(), Some(&[-1.0f32][..]));
+    /// assert_eq!(q.dequantized_weights()[0], 0.5 * -8.0 - 1.0);
+    /// assert_eq!(q.to_parts(), parts);
+    /// let sym = QuantLinearParts { config: QuantConfig::w4a8(32)?, ..parts };
+    /// assert!(QuantLinear::from_parts(sym).is_err()); // offsets need the asym config
+    /// # Ok::<(), candle_compress::Error>(())
+    /// ```
     pub fn from_parts(parts: QuantLinearParts) -> Result<Self> {
         let QuantLinearParts {
             out_features,
             in_features,
             weights,
             scales,
+            offsets,
             bias,
             smooth,
             config,
@@ -449,7 +535,7 @@ impl QuantLinear {
         }
         let (lo, hi) = match config.weights {
             WeightQuant::Int8PerChannel => (-127i8, 127i8),
-            WeightQuant::Int4Grouped { .. } => (-8, 7),
+            WeightQuant::Int4Grouped { .. } | WeightQuant::Int4GroupedAsym { .. } => (-8, 7),
         };
         let n_scales = out_features * config.scales_per_row(in_features);
         if let Some(i) = weights.iter().position(|&q| q < lo || q > hi) {
@@ -475,6 +561,7 @@ impl QuantLinear {
                 format!("must be >= 0, found {} at index {i}", scales[i]),
             ));
         }
+        check_offsets(offsets.as_deref(), &config, n_scales)?;
         let bias = match bias {
             Some(b) => {
                 if b.len() != out_features {
@@ -506,6 +593,16 @@ impl QuantLinear {
                 in_features,
                 group,
             )?)),
+            WeightQuant::Int4GroupedAsym { group } => {
+                PackedWeights::W4(Arc::new(PackedW4::pack_asym(
+                    &weights,
+                    &scales,
+                    offsets.as_deref().unwrap_or_default(),
+                    out_features,
+                    in_features,
+                    group,
+                )?))
+            }
         };
         Ok(Self {
             weights,
@@ -526,6 +623,7 @@ impl QuantLinear {
             in_features: self.in_features,
             weights: self.weights_i8(),
             scales: self.weight_scales().to_vec(),
+            offsets: self.offsets().map(<[f32]>::to_vec),
             bias: self.bias.as_deref().map(<[f32]>::to_vec),
             smooth: self.smooth.as_deref().map(<[f32]>::to_vec),
             config: self.config,
@@ -575,6 +673,46 @@ impl QuantLinear {
             PackedWeights::W8(p) => p.scales(),
             PackedWeights::W4(p) => p.scales(),
         }
+    }
+
+    /// Per-group weight offsets of an asymmetric int4 layer
+    /// ([`WeightQuant::Int4GroupedAsym`]), row-major `[out, ceil(in / group)]` like
+    /// [`QuantLinear::weight_scales`]; `None` for the other modes.
+    pub fn offsets(&self) -> Option<&[f32]> {
+        match &self.weights {
+            PackedWeights::W8(_) => None,
+            PackedWeights::W4(p) => p.offsets(),
+        }
+    }
+
+    /// The weights the layer computes with, dequantized: row-major `[out, in]`,
+    /// `code · scale` (+ `offset` for asymmetric int4), in f32. With smoothing these are
+    /// the weights of `W · diag(s)` (the layer divides its inputs by `s`). Allocates.
+    pub fn dequantized_weights(&self) -> Vec<f32> {
+        let inp = self.in_features;
+        let q = self.weights_i8();
+        let scales = self.weight_scales();
+        let offsets = self.offsets();
+        let per_row = self.config.scales_per_row(inp);
+        let group = self.config.weights.int4_group().unwrap_or(inp);
+        let mut w = vec![0f32; q.len()];
+        for (o, (row, dst)) in q.chunks_exact(inp).zip(w.chunks_exact_mut(inp)).enumerate() {
+            let s = &scales[o * per_row..(o + 1) * per_row];
+            match offsets {
+                Some(m) => {
+                    let m = &m[o * per_row..(o + 1) * per_row];
+                    for (k, (d, &c)) in dst.iter_mut().zip(row).enumerate() {
+                        *d = f32::from(c) * s[k / group] + m[k / group];
+                    }
+                }
+                None => {
+                    for (k, (d, &c)) in dst.iter_mut().zip(row).enumerate() {
+                        *d = f32::from(c) * s[k / group];
+                    }
+                }
+            }
+        }
+        w
     }
 
     /// The bias, in f32.
@@ -663,21 +801,15 @@ impl QuantLinear {
         })
     }
 
-    /// The weights dequantized (`q · scale`) and transposed: row-major `[in, out]`.
+    /// The weights dequantized ([`QuantLinear::dequantized_weights`]) and transposed:
+    /// row-major `[in, out]`.
     fn dequantized_weights_t(&self) -> Vec<f32> {
         let (out, inp) = (self.out_features, self.in_features);
-        let q = self.weights_i8();
-        let scales = self.weight_scales();
-        let per_row = self.config.scales_per_row(inp);
-        let group = match self.config.weights {
-            WeightQuant::Int4Grouped { group } => group,
-            WeightQuant::Int8PerChannel => inp,
-        };
+        let w = self.dequantized_weights();
         let mut wt = vec![0f32; out * inp];
-        for (o, row) in q.chunks_exact(inp).enumerate() {
-            let s = &scales[o * per_row..(o + 1) * per_row];
-            for (k, &c) in row.iter().enumerate() {
-                wt[k * out + o] = f32::from(c) * s[k / group];
+        for (o, row) in w.chunks_exact(inp).enumerate() {
+            for (k, &v) in row.iter().enumerate() {
+                wt[k * out + o] = v;
             }
         }
         wt
@@ -1082,7 +1214,137 @@ fn quantize_weights(
                 &q, &scales, out, inp, group,
             )?)))
         }
+        WeightQuant::Int4GroupedAsym { group } => {
+            let mut q = vec![0i8; n];
+            let groups = config.scales_per_row(inp);
+            let mut scales = vec![0f32; out * groups];
+            let mut offsets = vec![0f32; out * groups];
+            let first_bad = w
+                .par_chunks(inp)
+                .zip(q.par_chunks_mut(inp))
+                .zip(scales.par_chunks_mut(groups))
+                .zip(offsets.par_chunks_mut(groups))
+                .enumerate()
+                .filter_map(|(row, (((wr, qr), sr), mr))| {
+                    quantize_row_int4_asym(wr, smooth, group, qr, sr, mr)
+                        .err()
+                        .map(|c| row * inp + c)
+                })
+                .min();
+            if let Some(i) = first_bad {
+                return Err(bad(i));
+            }
+            Ok(PackedWeights::W4(Arc::new(PackedW4::pack_asym(
+                &q, &scales, &offsets, out, inp, group,
+            )?)))
+        }
     }
+}
+
+/// The offsets rule of [`QuantLinearParts`]: `Some` (with one finite value per scale)
+/// exactly for [`WeightQuant::Int4GroupedAsym`].
+fn check_offsets(offsets: Option<&[f32]>, config: &QuantConfig, n_scales: usize) -> Result<()> {
+    match (offsets, config.weights.has_offsets()) {
+        (None, false) => Ok(()),
+        (Some(m), true) => {
+            if m.len() != n_scales {
+                return Err(Error::metadata(
+                    "QuantLinear weight offsets",
+                    n_scales,
+                    m.len(),
+                ));
+            }
+            crate::input::check_finite(m, "QuantLinear::from_parts offsets")
+        }
+        (None, true) => Err(Error::invalid(
+            "QuantLinear weight offsets",
+            format!(
+                "{:?} needs one offset per scale, found none",
+                config.weights
+            ),
+        )),
+        (Some(_), false) => Err(Error::invalid(
+            "QuantLinear weight offsets",
+            format!(
+                "only Int4GroupedAsym weights carry offsets, found offsets with {:?}",
+                config.weights
+            ),
+        )),
+    }
+}
+
+/// `y = w · smooth` of one group into `y` (same length as `wg`); the column of the first
+/// non-finite value.
+fn smoothed_group(
+    wg: &[f32],
+    smooth: Option<&[f32]>,
+    start: usize,
+    y: &mut [f32],
+) -> std::result::Result<(), usize> {
+    match smooth {
+        Some(s) => {
+            let sg = &s[start..start + wg.len()];
+            y.iter_mut()
+                .zip(wg.iter().zip(sg))
+                .for_each(|(d, (v, k))| *d = v * k);
+        }
+        None => y.copy_from_slice(wg),
+    }
+    match y.iter().position(|v| !v.is_finite()) {
+        Some(c) => Err(start + c),
+        None => Ok(()),
+    }
+}
+
+/// Asymmetric int4 quantization of one weight row, per group (the module docs' rule):
+/// `scale = (max − min) / 15`, `offset = min + 8·scale` (f64, rounded to f32),
+/// `q = clamp(round_half_away((y − offset) / scale), −8, 7)`; a constant group gets
+/// `scale = 0`, `offset = y`, codes 0. Returns the column of the first non-finite `y`.
+fn quantize_row_int4_asym(
+    w: &[f32],
+    smooth: Option<&[f32]>,
+    group: usize,
+    q: &mut [i8],
+    scales: &mut [f32],
+    offsets: &mut [f32],
+) -> std::result::Result<(), usize> {
+    let mut y = vec![0f32; group];
+    for (g, (((wg, qg), scale), offset)) in w
+        .chunks(group)
+        .zip(q.chunks_mut(group))
+        .zip(scales.iter_mut())
+        .zip(offsets.iter_mut())
+        .enumerate()
+    {
+        let y = &mut y[..wg.len()];
+        smoothed_group(wg, smooth, g * group, y)?;
+        let (lo, hi) = y
+            .iter()
+            .fold((f32::INFINITY, f32::NEG_INFINITY), |(l, h), &v| {
+                (l.min(v), h.max(v))
+            });
+        let (s, m) = asym_params(lo, hi);
+        (*scale, *offset) = (s, m);
+        if s == 0.0 {
+            qg.fill(0);
+        } else {
+            let (s, m) = (f64::from(s), f64::from(m));
+            for (qv, &v) in qg.iter_mut().zip(y.iter()) {
+                *qv = ((f64::from(v) - m) / s).round().clamp(-8.0, 7.0) as i8;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Scale and offset of a group with finite range `[lo, hi]`: `((hi − lo) / 15,
+/// lo + 8·scale)` in f64, rounded to f32; `(0, lo)` for a constant group.
+pub(crate) fn asym_params(lo: f32, hi: f32) -> (f32, f32) {
+    let s = ((f64::from(hi) - f64::from(lo)) / 15.0) as f32;
+    if s == 0.0 {
+        return (0.0, lo);
+    }
+    (s, (f64::from(lo) + 8.0 * f64::from(s)) as f32)
 }
 
 /// Symmetric int4 quantization of one weight row, per group: `scale = amax / 7`,
