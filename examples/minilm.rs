@@ -13,8 +13,10 @@
 //! 6. SmoothQuant with α searched per group and layer ([`search_alpha`] on held-out
 //!    calibration sentences; a group stays unsmoothed when smoothing does not help it)
 //!    + W8A8 per tensor;
-//! 7. W4A8, int4 weights in groups of 64 (8: groups of 32), activations per token.
-//! 8. W4A8 group 32 with GPTQ, and with AWQ + GPTQ, calibrated layer by layer
+//! 7. W4A8, int4 weights in groups of 64 (8: groups of 32), activations per token; and
+//!    asymmetric int4 in groups of 32 (a scale and an offset per group).
+//! 8. W4A8 group 32 with GPTQ, and with AWQ + GPTQ, each on the symmetric and the
+//!    asymmetric int4 grid, calibrated layer by layer
 //!    ([`quantize_sequential`]) on 591 calibration sentences (263 of
 //!    `data/calib_sentences.txt`, all 328 of `data/calib_sentences_2.txt`; 7,688 token
 //!    rows), the observation passes stopping after the observed linear
@@ -1455,6 +1457,12 @@ fn run(dir: &Path) -> AnyResult<()> {
             &Encoder::quantized(&weights, &QuantConfig::w4a8(group)?, |_, _| true)?,
         )?;
     }
+    // Asymmetric int4 (a scale and an offset per group, Q4_1's layout): RTN.
+    let g32a = QuantConfig::w4a8_asym(32)?;
+    add(
+        "W4A8 asymmetric group 32, per-token".into(),
+        &Encoder::quantized(&weights, &g32a, |_, _| true)?,
+    )?;
     // The weight-only twin of RTN g32 (W4A16: same int4 codes, float activations) splits
     // the W4A8 loss into its weight and its activation part.
     let g32 = QuantConfig::w4a8(32)?;
@@ -1493,19 +1501,24 @@ fn run(dir: &Path) -> AnyResult<()> {
             },
         ),
     ];
-    for (label, name, quantizer) in &variants {
-        let (enc, layers) = sequential(&weights, &gptq_batches, quantizer, &g32, label)?;
-        add(format!("W4A8 group 32, {name}"), &enc)?;
+    let grids = [("", "", &g32), ("asymmetric ", " asym", &g32a)];
+    for ((label, name, quantizer), (grid, tag, cfg)) in variants
+        .iter()
+        .flat_map(|v| grids.iter().map(move |g| (v, g)))
+    {
+        let label = &format!("{label}{tag}");
+        let (enc, layers) = sequential(&weights, &gptq_batches, quantizer, cfg, label)?;
+        add(format!("W4A8 {grid}group 32, {name}"), &enc)?;
         let float_act = Encoder::build(&weights, |i, k, _| {
             let q = layers[i][k.index()].with_activations(ActivationQuant::Float)?;
             let bytes = q.size_bytes();
             Ok((Box::new(q) as Box<dyn Module>, bytes))
         })?;
         add(
-            format!("W4A16 group 32, {label} (weight-only diagnostic)"),
+            format!("W4A16 {grid}group 32, {label} (weight-only diagnostic)"),
             &float_act,
         )?;
-        print_heldout_errors(&weights, &layers, &g32, &holdout_batches, label)?;
+        print_heldout_errors(&weights, &layers, cfg, &holdout_batches, label)?;
     }
     // 10. SmoothQuant on the LayerNorm-fed inputs + W8A8 per token.
     let (sq, _) = smoothquant(

@@ -59,16 +59,15 @@ fn gram_of(x: &Tensor) -> Result<InputGram> {
 /// `‖X·Wᵀ − X·Ŵᵀ‖_F` computed directly from the rows (f64), `Ŵ = codes · scales (/ s)`.
 fn weight_output_error(x: &Tensor, lin: &Linear, q: &QuantLinear) -> AnyResult<f64> {
     let (out, inp) = (q.out_features(), q.in_features());
-    let span = match q.config().weights() {
-        WeightQuant::Int4Grouped { group } => group,
-        _ => inp,
-    };
+    let span = q.config().weights().int4_group().unwrap_or(inp);
     let groups = inp.div_ceil(span);
     let (codes, scales) = (q.weights_i8(), q.weight_scales());
     let w_hat: Vec<f64> = (0..out * inp)
         .map(|k| {
             let (o, c) = (k / inp, k % inp);
-            let v = f64::from(codes[k]) * f64::from(scales[o * groups + c / span]);
+            let i = o * groups + c / span;
+            let m = q.offsets().map_or(0.0, |m| f64::from(m[i]));
+            let v = f64::from(codes[k]) * f64::from(scales[i]) + m;
             q.smooth().map_or(v, |s| v / f64::from(s[c]))
         })
         .collect();
@@ -92,14 +91,20 @@ fn gptq_beats_rtn_by_30_percent_on_correlated_inputs() -> AnyResult<()> {
     let lin = linear(&mut rng, out, inp, true);
     let calib = correlated(&mut rng, 2048, inp, 24);
     let gram = gram_of(&calib)?;
-    for (group, act_order) in [
-        (32, false),
-        (64, false),
-        (128, false),
-        (32, true),
-        (128, true),
+    for (group, act_order, asym) in [
+        (32, false, false),
+        (64, false, false),
+        (128, false, false),
+        (32, true, false),
+        (128, true, false),
+        (32, false, true),
+        (128, true, true),
     ] {
-        let cfg = QuantConfig::w4a8(group)?;
+        let cfg = if asym {
+            QuantConfig::w4a8_asym(group)?
+        } else {
+            QuantConfig::w4a8(group)?
+        };
         let gcfg = GptqConfig::default().with_act_order(act_order);
         let res = gptq(&lin, &gram, &cfg, &gcfg)?;
         let rtn = QuantLinear::from_linear(&lin, &cfg)?;
@@ -109,10 +114,10 @@ fn gptq_beats_rtn_by_30_percent_on_correlated_inputs() -> AnyResult<()> {
         assert!((res.error.sqrt() - e_gptq).abs() <= 1e-6 * e_gptq);
         assert!((res.rtn_error.sqrt() - e_rtn).abs() <= 1e-6 * e_rtn);
         let gain = 1.0 - e_gptq / e_rtn;
-        println!("g{group} act_order={act_order}: ‖XWᵀ−XŴᵀ‖ RTN {e_rtn:.3}, GPTQ {e_gptq:.3} ({:.0}% lower)", gain * 100.0);
+        println!("g{group} act_order={act_order} asym={asym}: ‖XWᵀ−XŴᵀ‖ RTN {e_rtn:.3}, GPTQ {e_gptq:.3} ({:.0}% lower)", gain * 100.0);
         assert!(
             gain >= 0.30,
-            "group {group}, act_order {act_order}: only {gain:.3}"
+            "group {group}, act_order {act_order}, asym {asym}: only {gain:.3}"
         );
     }
     // 8 bits as well, and on held-out rows of the same distribution (not just calibration).
@@ -213,6 +218,8 @@ fn identity_gram_gives_exactly_rtn_codes() -> AnyResult<()> {
         QuantConfig::w4a8(32)?,
         QuantConfig::w4a8(64)?,
         QuantConfig::w4a8(128)?,
+        QuantConfig::w4a8_asym(32)?,
+        QuantConfig::w4a8_asym(128)?,
         QuantConfig::w8a8(),
     ];
     for cfg in configs {
@@ -468,8 +475,12 @@ fn group_that_does_not_divide_gets_a_short_last_group() -> AnyResult<()> {
     let identity = InputGram::from_parts(inp, 1000, eye, vec![1.0; inp])?;
     let x = correlated(&mut rng, 400, inp, 8);
     let gram = gram_of(&x)?;
-    for group in [64, 128] {
-        let cfg = QuantConfig::w4a8(group)?;
+    for (group, asym) in [(64, false), (128, false), (64, true)] {
+        let cfg = if asym {
+            QuantConfig::w4a8_asym(group)?
+        } else {
+            QuantConfig::w4a8(group)?
+        };
         for act_order in [false, true] {
             let rtn_scales = GptqConfig::default()
                 .with_act_order(act_order)

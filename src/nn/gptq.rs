@@ -62,7 +62,9 @@ use rayon::prelude::*;
 use crate::error::{Error, Result};
 use crate::input::with_f32_slice;
 use crate::nn::gram::InputGram;
-use crate::nn::quant_linear::{QuantConfig, QuantLinear, QuantLinearParts, WeightQuant};
+use crate::nn::quant_linear::{
+    asym_params, QuantConfig, QuantLinear, QuantLinearParts, WeightQuant,
+};
 
 /// Default dampening: `λ = 0.01 · mean(diag H)`, as in the paper.
 pub const DEFAULT_DAMP: f64 = 0.01;
@@ -309,19 +311,36 @@ fn gptq_impl(
         None => gram.matrix().to_vec(),
     };
     let wq = quant.weights();
-    let (codes, scales, lambda) = quantize_weights(&w, &h, out, inp, wq, cfg)?;
+    let (codes, grids, lambda) = quantize_weights(&w, &h, out, inp, wq, cfg)?;
+    let scales: Vec<f32> = grids.iter().map(|g| g.scale).collect();
+    let offsets: Option<Vec<f32>> = codes_of(wq)
+        .asym
+        .then(|| grids.iter().map(|g| g.offset).collect());
     let bias = match linear.bias() {
         Some(b) => Some(with_f32_slice(b, "gptq (bias)", |b| Ok(b.to_vec()))?),
         None => None,
     };
-    let error = output_error(&w, &dequantize(&codes, &scales, out, inp, wq), &h, out, inp)?;
+    let error = output_error(
+        &w,
+        &dequantize(&codes, &scales, offsets.as_deref(), out, inp, wq),
+        &h,
+        out,
+        inp,
+    )?;
     let rtn = match smooth {
         Some(s) => QuantLinear::from_linear_smoothed(linear, s, quant)?,
         None => QuantLinear::from_linear(linear, quant)?,
     };
     let rtn_error = output_error(
         &w,
-        &dequantize(&rtn.weights_i8(), rtn.weight_scales(), out, inp, wq),
+        &dequantize(
+            &rtn.weights_i8(),
+            rtn.weight_scales(),
+            rtn.offsets(),
+            out,
+            inp,
+            wq,
+        ),
         &h,
         out,
         inp,
@@ -331,7 +350,7 @@ fn gptq_impl(
         in_features: inp,
         weights: codes,
         scales,
-        offsets: None,
+        offsets,
         bias,
         smooth: smooth.map(<[f32]>::to_vec),
         config: *quant,
@@ -344,29 +363,62 @@ fn gptq_impl(
     })
 }
 
-/// The code range and the divisor of `amax` for a weight mode.
-fn code_range(wq: WeightQuant) -> (f32, f32, f32) {
-    match wq {
-        WeightQuant::Int4Grouped { .. } => (-8.0, 7.0, 7.0),
-        _ => (-127.0, 127.0, 127.0),
-    }
+/// A weight mode's codes: their range, the divisor of `amax` (symmetric modes) and
+/// whether groups carry an offset ([`WeightQuant::Int4GroupedAsym`]).
+#[derive(Debug, Clone, Copy)]
+struct Codes {
+    lo: f32,
+    hi: f32,
+    qmax: f32,
+    asym: bool,
+}
+
+fn codes_of(wq: WeightQuant) -> Codes {
+    let (lo, hi, qmax, asym) = match wq {
+        WeightQuant::Int4Grouped { .. } => (-8.0, 7.0, 7.0, false),
+        WeightQuant::Int4GroupedAsym { .. } => (-8.0, 7.0, 7.0, true),
+        _ => (-127.0, 127.0, 127.0, false),
+    };
+    Codes { lo, hi, qmax, asym }
 }
 
 /// Columns per scale: the int4 group, or the whole row for int8.
 fn scale_span(wq: WeightQuant, inp: usize) -> usize {
     match wq {
-        WeightQuant::Int4Grouped { group } => group,
+        WeightQuant::Int4Grouped { group } | WeightQuant::Int4GroupedAsym { group } => group,
         _ => inp,
     }
 }
 
-/// `round_half_away(w / d)` clamped, in f32 exactly as round-to-nearest computes it.
+/// One group's (for int8, one row's) grid: a code `c` stands for `c · scale + offset`
+/// (`offset` is 0 in the symmetric modes).
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Grid {
+    scale: f32,
+    offset: f32,
+}
+
+impl Grid {
+    /// The weight a code stands for, in f64.
+    #[inline]
+    fn value(self, q: f32) -> f64 {
+        f64::from(q) * f64::from(self.scale) + f64::from(self.offset)
+    }
+}
+
+/// The code of `w` on grid `g`, computed exactly as round-to-nearest computes it:
+/// symmetric `round_half_away(w / d)` in f32, asymmetric `round_half_away((w − m) / d)`
+/// in f64 (as [`QuantLinear`]'s asymmetric rule); clamped to the code range.
 #[inline]
-fn quantize_one(w: f64, d: f32, lo: f32, hi: f32) -> f32 {
-    if d == 0.0 {
+fn quantize_one(w: f64, g: Grid, c: Codes) -> f32 {
+    if g.scale == 0.0 {
         0.0
+    } else if c.asym {
+        ((w - f64::from(g.offset)) / f64::from(g.scale))
+            .round()
+            .clamp(f64::from(c.lo), f64::from(c.hi)) as f32
     } else {
-        ((w as f32) / d).round().clamp(lo, hi)
+        ((w as f32) / g.scale).round().clamp(c.lo, c.hi)
     }
 }
 
@@ -376,38 +428,37 @@ fn quantize_one(w: f64, d: f32, lo: f32, hi: f32) -> f32 {
 /// building a layer. For searches that score many candidate weight transforms.
 pub(crate) fn rtn_dequantized(w: &[f64], inp: usize, wq: WeightQuant) -> Vec<f64> {
     let span = scale_span(wq, inp);
-    let (lo, hi, _) = code_range(wq);
+    let c = codes_of(wq);
     let mut out = vec![0f64; w.len()];
     out.par_chunks_mut(inp)
         .zip(w.par_chunks(inp))
         .for_each(|(orow, wrow)| {
             for (og, wg) in orow.chunks_mut(span).zip(wrow.chunks(span)) {
-                let d = choose_scale(wg, &[], wq, GroupScales::Rtn);
+                let g = choose_grid(wg, &[], c, GroupScales::Rtn);
                 for (o, &v) in og.iter_mut().zip(wg) {
-                    *o = f64::from(quantize_one(v, d, lo, hi)) * f64::from(d);
+                    *o = g.value(quantize_one(v, g, c));
                 }
             }
         });
     out
 }
 
-/// The scale for weights `vals` (diag-H weights `hd`, same length; unused for
-/// [`GroupScales::Rtn`]).
-fn choose_scale(vals: &[f64], hd: &[f64], wq: WeightQuant, how: GroupScales) -> f32 {
-    let (lo, hi, qmax) = code_range(wq);
-    let amax = vals.iter().fold(0f32, |m, &v| m.max((v as f32).abs()));
-    let rtn = amax / qmax;
+/// The grid for weights `vals` (diag-H weights `hd`, same length; unused for
+/// [`GroupScales::Rtn`]). Symmetric: RTN's `amax / qmax`, or the best shrunk `amax`.
+/// Asymmetric: RTN's min-max grid, or the best range shrunk about its centre.
+fn choose_grid(vals: &[f64], hd: &[f64], c: Codes, how: GroupScales) -> Grid {
+    let rtn = rtn_grid(vals, c);
     let GroupScales::Search { steps, min_shrink } = how else {
         return rtn;
     };
-    if rtn == 0.0 {
+    if rtn.scale == 0.0 {
         return rtn;
     }
-    let cost = |d: f32| -> f64 {
+    let cost = |g: Grid| -> f64 {
         vals.iter()
             .zip(hd)
             .map(|(&v, &h)| {
-                let e = v - f64::from(quantize_one(v, d, lo, hi)) * f64::from(d);
+                let e = v - g.value(quantize_one(v, g, c));
                 h.max(f64::MIN_POSITIVE) * e * e
             })
             .sum()
@@ -415,19 +466,53 @@ fn choose_scale(vals: &[f64], hd: &[f64], wq: WeightQuant, how: GroupScales) -> 
     let mut best = (rtn, cost(rtn));
     for k in 1..steps {
         let p = 1.0 - (1.0 - min_shrink) * k as f64 / (steps - 1).max(1) as f64;
-        let d = ((f64::from(amax) * p) as f32) / qmax;
-        if d > 0.0 {
-            let c = cost(d);
-            if c < best.1 {
-                best = (d, c);
+        let g = shrunk_grid(vals, c, p);
+        if g.scale > 0.0 {
+            let e = cost(g);
+            if e < best.1 {
+                best = (g, e);
             }
         }
     }
     best.0
 }
 
+/// Round-to-nearest's grid of a group: `amax / qmax` (symmetric) or the min-max grid of
+/// [`QuantLinear`]'s asymmetric rule.
+fn rtn_grid(vals: &[f64], c: Codes) -> Grid {
+    shrunk_grid(vals, c, 1.0)
+}
+
+/// The grid of a group whose range is scaled by `p` (`p = 1`: RTN's, bit for bit):
+/// symmetric `amax·p / qmax`; asymmetric the range `[lo, hi]` shrunk about its centre.
+fn shrunk_grid(vals: &[f64], c: Codes, p: f64) -> Grid {
+    if c.asym {
+        let (lo, hi) = vals
+            .iter()
+            .fold((f32::INFINITY, f32::NEG_INFINITY), |(l, h), &v| {
+                (l.min(v as f32), h.max(v as f32))
+            });
+        let (lo, hi) = if p == 1.0 {
+            (lo, hi)
+        } else {
+            let mid = (f64::from(lo) + f64::from(hi)) / 2.0;
+            let half = (f64::from(hi) - f64::from(lo)) / 2.0 * p;
+            ((mid - half) as f32, (mid + half) as f32)
+        };
+        let (scale, offset) = asym_params(lo, hi);
+        return Grid { scale, offset };
+    }
+    let amax = vals.iter().fold(0f32, |m, &v| m.max((v as f32).abs()));
+    let scale = if p == 1.0 {
+        amax / c.qmax
+    } else {
+        ((f64::from(amax) * p) as f32) / c.qmax
+    };
+    Grid { scale, offset: 0.0 }
+}
+
 /// The GPTQ core on row-major f64 weights `w` (`[out, inp]`) and Gram matrix `h`
-/// (`[inp, inp]`): returns codes (original column order), scales (`[out]` or
+/// (`[inp, inp]`): returns codes (original column order), grids (`[out]` or
 /// `[out, ⌈inp / group⌉]`) and `λ`.
 fn quantize_weights(
     w: &[f64],
@@ -436,7 +521,7 @@ fn quantize_weights(
     inp: usize,
     wq: WeightQuant,
     cfg: &GptqConfig,
-) -> Result<(Vec<i8>, Vec<f32>, f64)> {
+) -> Result<(Vec<i8>, Vec<Grid>, f64)> {
     let diag: Vec<f64> = (0..inp).map(|i| h[i * inp + i]).collect();
     if let Some(i) = h.iter().position(|v| !v.is_finite()) {
         return Err(Error::NonFinite {
@@ -472,10 +557,14 @@ fn quantize_weights(
     // When the group does not divide `inp` the last group of each row is shorter, as in
     // QuantLinear's layout.
     let groups = inp.div_ceil(span);
-    let (lo, hi, _) = code_range(wq);
+    let c = codes_of(wq);
     // Static scales (int8 rows, or int4 groups with act-order) from the original weights.
     let static_scales = cfg.act_order || groups == 1;
-    let mut scales = vec![0f32; out * groups];
+    let zero = Grid {
+        scale: 0.0,
+        offset: 0.0,
+    };
+    let mut scales = vec![zero; out * groups];
     if static_scales {
         scales
             .par_chunks_mut(groups)
@@ -483,7 +572,7 @@ fn quantize_weights(
             .for_each(|(sr, wr)| {
                 for (g, s) in sr.iter_mut().enumerate() {
                     let r = g * span..((g + 1) * span).min(inp);
-                    *s = choose_scale(&wr[r.clone()], &diag[r], wq, cfg.scales);
+                    *s = choose_grid(&wr[r.clone()], &diag[r], c, cfg.scales);
                 }
             });
     }
@@ -512,12 +601,12 @@ fn quantize_weights(
                     let g = orig / span;
                     if !static_scales && j % span == 0 {
                         let r = j..(j + span).min(inp);
-                        sr[g] = choose_scale(&wr[r.clone()], &diag_p[r], wq, cfg.scales);
+                        sr[g] = choose_grid(&wr[r.clone()], &diag_p[r], c, cfg.scales);
                     }
-                    let d = sr[g];
-                    let q = quantize_one(wr[j], d, lo, hi);
+                    let grid = sr[g];
+                    let q = quantize_one(wr[j], grid, c);
                     qr[j] = q as i8;
-                    let e = (wr[j] - f64::from(q) * f64::from(d)) / u[j * inp + j];
+                    let e = (wr[j] - grid.value(q)) / u[j * inp + j];
                     er[j - b0] = e;
                     let urow = &u[j * inp + j + 1..j * inp + b1];
                     for (wk, uk) in wr[j + 1..b1].iter_mut().zip(urow) {
@@ -564,17 +653,24 @@ fn lazy_update(
     Ok(())
 }
 
-/// Dequantized weights `q · scale` (row-major `[out, inp]`), for the error report.
-fn dequantize(codes: &[i8], scales: &[f32], out: usize, inp: usize, wq: WeightQuant) -> Vec<f64> {
-    let span = match wq {
-        WeightQuant::Int4Grouped { group } => group,
-        _ => inp,
-    };
+/// Dequantized weights `q · scale + offset` (row-major `[out, inp]`; no offsets: 0), for
+/// the error report.
+fn dequantize(
+    codes: &[i8],
+    scales: &[f32],
+    offsets: Option<&[f32]>,
+    out: usize,
+    inp: usize,
+    wq: WeightQuant,
+) -> Vec<f64> {
+    let span = scale_span(wq, inp);
     let groups = inp.div_ceil(span);
     (0..out * inp)
         .map(|k| {
             let (o, c) = (k / inp, k % inp);
-            f64::from(codes[k]) * f64::from(scales[o * groups + c / span])
+            let i = o * groups + c / span;
+            let m = offsets.map_or(0.0, |m| f64::from(m[i]));
+            f64::from(codes[k]) * f64::from(scales[i]) + m
         })
         .collect()
 }
@@ -897,10 +993,21 @@ mod tests {
             .collect();
         let lin = Linear::new(Tensor::from_slice(&w, (out, inp), &Device::Cpu)?, None);
         let w64: Vec<f64> = w.iter().map(|&v| f64::from(v)).collect();
-        for cfg in [QuantConfig::w4a8(32)?, QuantConfig::w8a8()] {
+        for cfg in [
+            QuantConfig::w4a8(32)?,
+            QuantConfig::w4a8_asym(32)?,
+            QuantConfig::w8a8(),
+        ] {
             let q = QuantLinear::from_linear(&lin, &cfg)?;
             let wq = cfg.weights();
-            let want = dequantize(&q.weights_i8(), q.weight_scales(), out, inp, wq);
+            let want = dequantize(
+                &q.weights_i8(),
+                q.weight_scales(),
+                q.offsets(),
+                out,
+                inp,
+                wq,
+            );
             assert_eq!(rtn_dequantized(&w64, inp, wq), want, "{cfg:?}");
         }
         Ok(())
@@ -917,25 +1024,49 @@ mod tests {
     }
 
     #[test]
-    fn scale_search_never_worse_than_rtn() {
+    fn grid_search_never_worse_than_rtn_and_starts_from_it() {
         let vals = [0.9, -0.05, 0.12, 0.3, -0.22, 0.07, 0.01, -0.4];
         let hd = [1.0; 8];
-        let wq = WeightQuant::Int4Grouped { group: 32 };
-        let rtn = choose_scale(&vals, &hd, wq, GroupScales::Rtn);
-        let s = choose_scale(
-            &vals,
-            &hd,
-            wq,
-            GroupScales::Search {
-                steps: 20,
-                min_shrink: 0.7,
-            },
-        );
-        let err = |d: f32| -> f64 {
-            vals.iter()
-                .map(|&v| (v - f64::from(quantize_one(v, d, -8.0, 7.0)) * f64::from(d)).powi(2))
-                .sum()
+        let search = GroupScales::Search {
+            steps: 20,
+            min_shrink: 0.7,
         };
-        assert!(err(s) <= err(rtn));
+        for wq in [
+            WeightQuant::Int4Grouped { group: 32 },
+            WeightQuant::Int4GroupedAsym { group: 32 },
+        ] {
+            let c = codes_of(wq);
+            let rtn = choose_grid(&vals, &hd, c, GroupScales::Rtn);
+            assert_eq!(rtn, shrunk_grid(&vals, c, 1.0));
+            let g = choose_grid(&vals, &hd, c, search);
+            let err = |g: Grid| -> f64 {
+                vals.iter()
+                    .map(|&v| (v - g.value(quantize_one(v, g, c))).powi(2))
+                    .sum()
+            };
+            assert!(err(g) <= err(rtn), "{wq:?}");
+        }
+    }
+
+    #[test]
+    fn asymmetric_grid_is_exact_on_a_sixteen_level_group() {
+        // Values already on a 16-level grid (as a Q4_1 block): RTN's asymmetric grid
+        // reproduces every one, the symmetric grid cannot.
+        let (d, m) = (0.125f32, -0.3f32);
+        let vals: Vec<f64> = (0..32)
+            .map(|k| f64::from(d * (k % 16) as f32 + m))
+            .collect();
+        let c = codes_of(WeightQuant::Int4GroupedAsym { group: 32 });
+        let g = rtn_grid(&vals, c);
+        for &v in &vals {
+            assert!((g.value(quantize_one(v, g, c)) - v).abs() < 1e-6, "{v}");
+        }
+        let cs = codes_of(WeightQuant::Int4Grouped { group: 32 });
+        let gs = rtn_grid(&vals, cs);
+        let worst = vals
+            .iter()
+            .map(|&v| (gs.value(quantize_one(v, gs, cs)) - v).abs())
+            .fold(0f64, f64::max);
+        assert!(worst > 0.01, "{worst}");
     }
 }
