@@ -27,8 +27,13 @@
 //! - **Triangular work** (the Cholesky factor and its inverse) is blocked by 128 columns
 //!   so that most of it runs as f64 GEMMs.
 //!
-//! Codes and scales follow the [`QuantLinear`] numerics (symmetric, f32 scales, rounding
-//! half away from zero, computed in f32 exactly as round-to-nearest does), so with
+//! - **Asymmetric int4** ([`QuantConfig::w4a8_asym`]): each group gets a scale and an
+//!   offset (`w ≈ c·s + m`, the layout of GGUF's Q4_1), RTN's min-max grid or the best
+//!   of ranges shrunk about their centre; on small models whose weight groups are not
+//!   centred on zero it keeps far more than the symmetric grid (see the README).
+//!
+//! Codes and scales follow the [`QuantLinear`] numerics (f32 scales and offsets, rounding
+//! half away from zero, computed exactly as round-to-nearest does), so with
 //! `H = I` (no correlation, no feedback) and RTN scales ([`GroupScales::Rtn`]; the default
 //! searches them) GPTQ returns exactly RTN's codes. Int4 codes use
 //! the full `[-8, 7]` range (error feedback can push a weight past its group's maximum);
