@@ -506,3 +506,35 @@ fn smollm2_q4_1_loads_exactly_as_asym_g32() -> Res {
     }
     Ok(())
 }
+
+/// llama.cpp's Q4_0 rule gives negative block scales (candle's quantizer follows it): the
+/// symmetric W4 g32 layer keeps them, so codes and scales load unchanged and the layer's
+/// weights equal the file's dequantization bit for bit.
+#[test]
+fn q4_0_with_negative_scales_loads_unchanged_into_w4_g32() -> Res {
+    let w = Tensor::randn(0f32, 1., (16, 128), &Device::Cpu)?;
+    let bytes = candle_gguf(&w, GgmlDType::Q4_0)?;
+    let file = GgufFile::from_bytes(bytes.clone())?;
+    let (codes, scales) = file.q4_0_blocks("fc.weight")?;
+    assert!(scales.iter().any(|s| s.to_f32() < 0.0));
+    let deq = file
+        .tensor_f32("fc.weight")?
+        .flatten_all()?
+        .to_vec1::<f32>()?;
+    let vb = QuantLoader::from_gguf_file(file, QuantConfig::w4a8(32)?)?;
+    let layer = QuantLinear::load(&vb.pp("fc"), 128, 16)?;
+    let parts = layer.to_parts();
+    assert_eq!(parts.weights, codes);
+    let want: Vec<f32> = scales.iter().map(|s| s.to_f32()).collect();
+    assert_eq!(parts.scales, want);
+    assert_eq!(bits(&layer.dequantized_weights()), bits(&deq));
+    let x = Tensor::randn(0f32, 1., (3, 128), &Device::Cpu)?;
+    let reference = x.matmul(&Tensor::from_vec(deq, (16, 128), &Device::Cpu)?.t()?)?;
+    let err = (layer.forward(&x)? - &reference)?
+        .abs()?
+        .max_all()?
+        .to_scalar::<f32>()?;
+    let mag = reference.abs()?.max_all()?.to_scalar::<f32>()?;
+    assert!(err < 0.02 * mag, "err {err} vs max {mag}");
+    Ok(())
+}

@@ -5,14 +5,12 @@
 //! along `in`) and an optional `<name>.bias`, and builds a layer in the caller's
 //! [`QuantConfig`]:
 //!
-//! - **Q4_0 into W4 groups of 32: exact when every block scale is `>= 0`.** A Q4_0 block
-//!   is 32 signed 4-bit codes (`q ∈ [-8, 7]`) and one f16 scale `d`, value `q · d` —
-//!   exactly our int4 group of 32 (codes in `[-8, 7]`, f32 scale). The codes are kept and
-//!   the scales widened, so the layer holds the same numbers as the file, bit for bit.
-//!   llama.cpp's own Q4_0 rule (`d = max / -8`, the signed largest value) gives about
-//!   half the blocks a negative `d`, which our int4 layers do not take (`QuantLinear`
-//!   scales are `>= 0`); a tensor with any negative block scale is dequantized and
-//!   requantized like the other types.
+//! - **Q4_0 into W4 groups of 32: exact.** A Q4_0 block is 32 signed 4-bit codes
+//!   (`q ∈ [-8, 7]`) and one f16 scale `d`, value `q · d` — exactly our int4 group of 32
+//!   (codes in `[-8, 7]`, f32 scale). The codes are kept and the scales widened, so the
+//!   layer holds the same numbers as the file, bit for bit. llama.cpp's own Q4_0 rule
+//!   (`d = max / -8`, the signed largest value) gives about half the blocks a negative
+//!   `d`; int4 layers take negative group scales, so those load exactly too.
 //! - **Q4_1 and Q4_0 into asymmetric W4 groups of 32
 //!   ([`QuantConfig::w4a8_asym`]`(32)`): exact.** A Q4_1 block is 32 codes `q ∈ [0, 15]`,
 //!   an f16 scale `d` and an f16 minimum `m`, value `q · d + m`; it becomes codes
@@ -150,16 +148,10 @@ impl GgufBackend {
         let exact_w4 = info.dtype == GgmlDType::Q4_0
             && self.config.weights() == WeightQuant::Int4Grouped { group: 32 };
         if exact_w4 {
-            let (codes, scales) = self.file.q4_0_blocks(&weight_name)?;
             // llama.cpp's Q4_0 rule (`d = max / -8`) gives a negative `d` to every block
-            // whose largest-magnitude value is positive, and that value has the code -8;
-            // our int4 layers take scales >= 0 only, and negating such a block's codes
-            // would need +8. Such tensors take the requantizing path below instead.
-            if scales.iter().any(|s| s.to_f32() < 0.0) {
-                tracing::debug!("{weight_name}: Q4_0 with negative block scales, requantized");
-                let weight = self.file.tensor_f32(&weight_name)?;
-                return QuantLinear::new(&weight, bias.as_ref(), &self.config);
-            }
+            // whose largest-magnitude value is positive; int4 layers take such scales as
+            // they are.
+            let (codes, scales) = self.file.q4_0_blocks(&weight_name)?;
             return QuantLinear::from_parts(QuantLinearParts {
                 out_features,
                 in_features,
