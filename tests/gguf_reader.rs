@@ -538,3 +538,53 @@ fn q4_0_with_negative_scales_loads_unchanged_into_w4_g32() -> Res {
     assert!(err < 0.02 * mag, "err {err} vs max {mag}");
     Ok(())
 }
+
+/// Q4_1 out: an asymmetric g32 layer loaded from candle's Q4_1 file exports back to the
+/// same Q4_1 bytes, and our reader loads the export into the same layer.
+#[test]
+fn asym_g32_layer_exports_as_q4_1_and_reads_back() -> Res {
+    let w = (Tensor::randn(0f32, 1., (8, 96), &Device::Cpu)? + 2.0)?;
+    let original = candle_gguf(&w, GgmlDType::Q4_1)?;
+    let file = GgufFile::from_bytes(original.clone())?;
+    let raw = file.tensor_bytes("fc.weight")?;
+    let cfg = QuantConfig::w4a8_asym(32)?;
+    let layer = QuantLinear::load(&QuantLoader::from_gguf_file(file, cfg)?.pp("fc"), 96, 8)?;
+    let t = GgufTensor::from_quant_linear("fc.weight", &layer)?;
+    assert_eq!(t.ty(), GgufType::Q4_1);
+    assert_eq!(t.data(), &raw[..], "the file's own blocks");
+    let back = GgufFile::from_bytes(ours(&[], &[t]))?;
+    assert_eq!(
+        back.tensor_info("fc.weight").map(|i| i.dtype),
+        Some(GgmlDType::Q4_1)
+    );
+    let deq = back
+        .tensor_f32("fc.weight")?
+        .flatten_all()?
+        .to_vec1::<f32>()?;
+    assert_eq!(bits(&deq), bits(&layer.dequantized_weights()));
+    let again = QuantLinear::load(&QuantLoader::from_gguf_file(back, cfg)?.pp("fc"), 96, 8)?;
+    assert_eq!(again.to_parts(), layer.to_parts());
+    // candle's own reader agrees.
+    let mut cursor = std::io::Cursor::new(ours(
+        &[],
+        &[GgufTensor::from_quant_linear("fc.weight", &layer)?],
+    ));
+    let content = gguf_file::Content::read(&mut cursor)?;
+    let qt = content.tensor(&mut cursor, "fc.weight", &Device::Cpu)?;
+    let theirs = qt
+        .dequantize(&Device::Cpu)?
+        .flatten_all()?
+        .to_vec1::<f32>()?;
+    assert_eq!(bits(&theirs), bits(&deq));
+
+    // Layers whose parameters Q4_1 cannot hold exactly are refused, not rounded.
+    let rtn = QuantLinear::new(&w, None, &cfg)?;
+    let e = GgufTensor::from_quant_linear("fc.weight", &rtn).unwrap_err();
+    assert!(e.to_string().contains("not an f16 scale"), "{e}");
+    let sym = QuantLinear::new(&w, None, &QuantConfig::w4a8(32)?)?;
+    assert!(matches!(
+        GgufTensor::from_quant_linear("fc.weight", &sym),
+        Err(Error::Unsupported { .. })
+    ));
+    Ok(())
+}
