@@ -30,7 +30,7 @@ use crate::error::{Error, Result};
 use crate::nn::awq::awq_search;
 use crate::nn::gptq::{gptq, gptq_smoothed, output_error, GptqConfig};
 use crate::nn::gram::{GramLinear, InputGram};
-use crate::nn::quant_linear::{QuantConfig, QuantLinear, WeightQuant};
+use crate::nn::quant_linear::{QuantConfig, QuantLinear};
 
 /// A model split into blocks whose linears [`quantize_sequential`] quantizes in order.
 pub trait SequentialModel {
@@ -313,18 +313,18 @@ fn rtn_error(l: &Linear, q: &QuantLinear, gram: &InputGram, quant: &QuantConfig)
     let w: Vec<f64> = crate::input::with_f32_slice(l.weight(), "rtn_error (weight)", |w| {
         Ok(w.iter().map(|&v| f64::from(v)).collect())
     })?;
-    let span = match quant.weights() {
-        WeightQuant::Int4Grouped { group } => group,
-        _ => inp,
-    };
+    let span = quant.weights().int4_group().unwrap_or(inp);
     let groups = inp.div_ceil(span);
     let codes = q.weights_i8();
     let scales = q.weight_scales();
+    let offsets = q.offsets();
     let smooth = q.smooth();
     let w_hat: Vec<f64> = (0..out * inp)
         .map(|k| {
             let (o, c) = (k / inp, k % inp);
-            let v = f64::from(codes[k]) * f64::from(scales[o * groups + c / span]);
+            let g = o * groups + c / span;
+            let v = f64::from(codes[k]) * f64::from(scales[g])
+                + offsets.map_or(0.0, |m| f64::from(m[g]));
             match smooth {
                 Some(s) => v / f64::from(s[c]),
                 None => v,
