@@ -388,3 +388,203 @@ fn smollm2_gguf_loads() -> Res {
     }
     Ok(())
 }
+
+/// A GGUF file (candle's writer) holding `fc.weight` quantized by candle to `dtype`.
+fn candle_gguf(w: &Tensor, dtype: GgmlDType) -> Result<Vec<u8>, Box<dyn std::error::Error>> {
+    let qt = QTensor::quantize(w, dtype)?;
+    let mut cursor = std::io::Cursor::new(Vec::new());
+    gguf_file::write(&mut cursor, &[], &[("fc.weight", &qt)])?;
+    Ok(cursor.into_inner())
+}
+
+fn bits(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|f| f.to_bits()).collect()
+}
+
+/// Q4_1 (`q·d + m`) into asymmetric W4 g32: codes `q − 8`, scales `d`, offsets `m + 8d`;
+/// the layer's dequantized weights equal the reader's (candle's) dequantization bit for
+/// bit. Q4_0, negative block scales included, loads exactly into the same config (equal
+/// values, up to the sign of zeros).
+#[test]
+fn q4_1_and_q4_0_load_as_asym_g32_bit_exact() -> Res {
+    // Shifted rows, so the Q4_1 minima are far from zero.
+    let w = (Tensor::randn(0f32, 1., (16, 128), &Device::Cpu)?
+        + Tensor::arange(0f32, 16., &Device::Cpu)?
+            .reshape((16, 1))?
+            .broadcast_as((16, 128))?)?;
+    let cfg = QuantConfig::w4a8_asym(32)?;
+    for dtype in [GgmlDType::Q4_1, GgmlDType::Q4_0] {
+        let file = GgufFile::from_bytes(candle_gguf(&w, dtype)?)?;
+        let deq = file
+            .tensor_f32("fc.weight")?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        if dtype == GgmlDType::Q4_1 {
+            let (q, d, m) = file.q4_1_blocks("fc.weight")?;
+            let vb =
+                QuantLoader::from_gguf_file(GgufFile::from_bytes(candle_gguf(&w, dtype)?)?, cfg)?;
+            let layer = QuantLinear::load(&vb.pp("fc"), 128, 16)?;
+            let parts = layer.to_parts();
+            let codes: Vec<i8> = q.iter().map(|&v| v as i8 - 8).collect();
+            assert_eq!(parts.weights, codes);
+            let want_s: Vec<f32> = d.iter().map(|v| v.to_f32()).collect();
+            assert_eq!(parts.scales, want_s);
+            let want_m: Vec<f32> = d
+                .iter()
+                .zip(&m)
+                .map(|(d, m)| m.to_f32() + 8.0 * d.to_f32())
+                .collect();
+            assert_eq!(parts.offsets, Some(want_m));
+        } else {
+            let (_, d) = file.q4_0_blocks("fc.weight")?;
+            assert!(
+                d.iter().any(|s| s.to_f32() < 0.0),
+                "candle's Q4_0 has negative scales"
+            );
+        }
+        let vb = QuantLoader::from_gguf_file(file, cfg)?;
+        let layer = QuantLinear::load(&vb.pp("fc"), 128, 16)?;
+        assert!(layer.weight_scales().iter().all(|&s| s >= 0.0));
+        if dtype == GgmlDType::Q4_1 {
+            assert_eq!(bits(&layer.dequantized_weights()), bits(&deq));
+        } else {
+            // Equal values; a zero of a negated block (`0·d` with `d < 0` is -0.0 in the
+            // file) comes back as +0.0.
+            assert_eq!(layer.dequantized_weights(), deq);
+        }
+        // The integer path runs on those exact weights.
+        let x = Tensor::randn(0f32, 1., (5, 128), &Device::Cpu)?;
+        let reference = x.matmul(&Tensor::from_vec(deq, (16, 128), &Device::Cpu)?.t()?)?;
+        let err = (layer.forward(&x)? - &reference)?
+            .abs()?
+            .max_all()?
+            .to_scalar::<f32>()?;
+        let mag = reference.abs()?.max_all()?.to_scalar::<f32>()?;
+        assert!(err < 0.02 * mag, "{dtype:?}: err {err} vs max {mag}");
+    }
+    // Other types requantize with the asymmetric rule; groups 64/128 are not Q4_1 blocks.
+    for (dtype, cfg) in [
+        (GgmlDType::Q8_0, QuantConfig::w4a8_asym(32)?),
+        (GgmlDType::Q4_1, QuantConfig::w4a8_asym(128)?),
+    ] {
+        let file = GgufFile::from_bytes(candle_gguf(&w, dtype)?)?;
+        let deq = file.tensor_f32("fc.weight")?;
+        let vb = QuantLoader::from_gguf_file(file, cfg)?;
+        let layer = QuantLinear::load(&vb.pp("fc"), 128, 16)?;
+        assert_eq!(layer.config().weights(), cfg.weights());
+        let d = Tensor::from_vec(layer.dequantized_weights(), (16, 128), &Device::Cpu)?;
+        let err = (d - &deq)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        assert!(err < 0.5, "{dtype:?} {cfg:?}: err {err}");
+    }
+    Ok(())
+}
+
+/// On the real file: every linear of block 0 (Q4_1) loads into asymmetric W4 g32 with the
+/// dequantized weights equal to the reader's, bit for bit.
+#[test]
+fn smollm2_q4_1_loads_exactly_as_asym_g32() -> Res {
+    let Some(path) = smollm2() else {
+        return Ok(());
+    };
+    let file = GgufFile::open(&path)?;
+    let vb = QuantLoader::from_gguf(&path, QuantConfig::w4a8_asym(32)?)?.pp("blk.0");
+    for (name, inp, out) in [
+        ("attn_q", 576, 576),
+        ("attn_k", 576, 192),
+        ("attn_v", 576, 192),
+        ("attn_output", 576, 576),
+        ("ffn_gate", 576, 1536),
+        ("ffn_up", 576, 1536),
+        ("ffn_down", 1536, 576),
+    ] {
+        let layer = QuantLinear::load(&vb.pp(name), inp, out)?;
+        let deq = file
+            .tensor_f32(&format!("blk.0.{name}.weight"))?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        assert_eq!(bits(&layer.dequantized_weights()), bits(&deq), "{name}");
+    }
+    Ok(())
+}
+
+/// llama.cpp's Q4_0 rule gives negative block scales (candle's quantizer follows it): the
+/// symmetric W4 g32 layer keeps them, so codes and scales load unchanged and the layer's
+/// weights equal the file's dequantization bit for bit.
+#[test]
+fn q4_0_with_negative_scales_loads_unchanged_into_w4_g32() -> Res {
+    let w = Tensor::randn(0f32, 1., (16, 128), &Device::Cpu)?;
+    let bytes = candle_gguf(&w, GgmlDType::Q4_0)?;
+    let file = GgufFile::from_bytes(bytes.clone())?;
+    let (codes, scales) = file.q4_0_blocks("fc.weight")?;
+    assert!(scales.iter().any(|s| s.to_f32() < 0.0));
+    let deq = file
+        .tensor_f32("fc.weight")?
+        .flatten_all()?
+        .to_vec1::<f32>()?;
+    let vb = QuantLoader::from_gguf_file(file, QuantConfig::w4a8(32)?)?;
+    let layer = QuantLinear::load(&vb.pp("fc"), 128, 16)?;
+    let parts = layer.to_parts();
+    assert_eq!(parts.weights, codes);
+    let want: Vec<f32> = scales.iter().map(|s| s.to_f32()).collect();
+    assert_eq!(parts.scales, want);
+    assert_eq!(bits(&layer.dequantized_weights()), bits(&deq));
+    let x = Tensor::randn(0f32, 1., (3, 128), &Device::Cpu)?;
+    let reference = x.matmul(&Tensor::from_vec(deq, (16, 128), &Device::Cpu)?.t()?)?;
+    let err = (layer.forward(&x)? - &reference)?
+        .abs()?
+        .max_all()?
+        .to_scalar::<f32>()?;
+    let mag = reference.abs()?.max_all()?.to_scalar::<f32>()?;
+    assert!(err < 0.02 * mag, "err {err} vs max {mag}");
+    Ok(())
+}
+
+/// Q4_1 out: an asymmetric g32 layer loaded from candle's Q4_1 file exports back to the
+/// same Q4_1 bytes, and our reader loads the export into the same layer.
+#[test]
+fn asym_g32_layer_exports_as_q4_1_and_reads_back() -> Res {
+    let w = (Tensor::randn(0f32, 1., (8, 96), &Device::Cpu)? + 2.0)?;
+    let original = candle_gguf(&w, GgmlDType::Q4_1)?;
+    let file = GgufFile::from_bytes(original.clone())?;
+    let raw = file.tensor_bytes("fc.weight")?;
+    let cfg = QuantConfig::w4a8_asym(32)?;
+    let layer = QuantLinear::load(&QuantLoader::from_gguf_file(file, cfg)?.pp("fc"), 96, 8)?;
+    let t = GgufTensor::from_quant_linear("fc.weight", &layer)?;
+    assert_eq!(t.ty(), GgufType::Q4_1);
+    assert_eq!(t.data(), &raw[..], "the file's own blocks");
+    let back = GgufFile::from_bytes(ours(&[], &[t]))?;
+    assert_eq!(
+        back.tensor_info("fc.weight").map(|i| i.dtype),
+        Some(GgmlDType::Q4_1)
+    );
+    let deq = back
+        .tensor_f32("fc.weight")?
+        .flatten_all()?
+        .to_vec1::<f32>()?;
+    assert_eq!(bits(&deq), bits(&layer.dequantized_weights()));
+    let again = QuantLinear::load(&QuantLoader::from_gguf_file(back, cfg)?.pp("fc"), 96, 8)?;
+    assert_eq!(again.to_parts(), layer.to_parts());
+    // candle's own reader agrees.
+    let mut cursor = std::io::Cursor::new(ours(
+        &[],
+        &[GgufTensor::from_quant_linear("fc.weight", &layer)?],
+    ));
+    let content = gguf_file::Content::read(&mut cursor)?;
+    let qt = content.tensor(&mut cursor, "fc.weight", &Device::Cpu)?;
+    let theirs = qt
+        .dequantize(&Device::Cpu)?
+        .flatten_all()?
+        .to_vec1::<f32>()?;
+    assert_eq!(bits(&theirs), bits(&deq));
+
+    // Layers whose parameters Q4_1 cannot hold exactly are refused, not rounded.
+    let rtn = QuantLinear::new(&w, None, &cfg)?;
+    let e = GgufTensor::from_quant_linear("fc.weight", &rtn).unwrap_err();
+    assert!(e.to_string().contains("not an f16 scale"), "{e}");
+    let sym = QuantLinear::new(&w, None, &QuantConfig::w4a8(32)?)?;
+    assert!(matches!(
+        GgufTensor::from_quant_linear("fc.weight", &sym),
+        Err(Error::Unsupported { .. })
+    ));
+    Ok(())
+}

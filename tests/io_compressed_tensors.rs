@@ -391,3 +391,21 @@ fn refuses_what_it_cannot_represent() -> Result<()> {
     assert!(CtWriter::new().add_quant_linear("fc", &smoothed).is_err());
     Ok(())
 }
+
+/// Asymmetric int4 layers carry float offsets, which compressed-tensors' integer zero
+/// points cannot hold: the writer refuses them and says why.
+#[test]
+fn asymmetric_int4_layers_are_refused_with_the_reason() -> Result<()> {
+    let w = Tensor::randn(0f32, 1., (4, 64), &Device::Cpu)?;
+    let layer = QuantLinear::new(&w, None, &QuantConfig::w4a8_asym(32)?)?;
+    let mut writer = CtWriter::new();
+    let e = writer
+        .add_quant_linear("fc", &layer)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("float per-group offsets") && e.contains("zero points"),
+        "{e}"
+    );
+    Ok(())
+}

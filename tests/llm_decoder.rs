@@ -427,9 +427,6 @@ fn quantized_paths_stay_close_to_f32() -> AnyResult<()> {
     Ok(())
 }
 
-/// A Q4_0 file written with llama.cpp's rule (negative block scales included, so the
-/// loader requantizes rather than keeping the codes) loads in W4A8 group 32 and stays
-/// near the f32 run of the same dequantized file.
 /// The rotated f32 decoder computes the same logits; its integer form is a real change.
 #[test]
 fn rotation_keeps_the_f32_function() -> AnyResult<()> {
@@ -536,6 +533,9 @@ fn smoothquant_calibrates_and_stays_close_to_f32() -> AnyResult<()> {
     Ok(())
 }
 
+/// A Q4_0 file written with llama.cpp's rule (negative block scales included, kept as
+/// they are: codes and scales load unchanged) runs in W4A8 group 32 near the f32 run of
+/// the same dequantized file (the difference is the int8 activations).
 #[test]
 fn q4_0_file_in_w4a8_g32_is_near_its_own_f32_run() -> AnyResult<()> {
     let dir = tempfile::tempdir()?;

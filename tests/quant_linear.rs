@@ -631,7 +631,13 @@ fn bad_parts_are_errors() -> TestResult {
         ("code out of range", Box::new(|p| p.weights[3] = 8)),
         ("short scales", Box::new(|p| p.scales.truncate(9))),
         ("nan scale", Box::new(|p| p.scales[2] = f32::NAN)),
-        ("negative scale", Box::new(|p| p.scales[2] = -0.5)),
+        (
+            "negative int8 scale",
+            Box::new(|p| {
+                p.config = QuantConfig::w8a8();
+                p.scales = vec![0.1, 0.1, -0.5, 0.1, 0.1];
+            }),
+        ),
         ("bias length", Box::new(|p| p.bias = Some(vec![0.0; 4]))),
         (
             "inf bias",

@@ -6,10 +6,12 @@
 //! ```
 //!
 //! Options:
-//! - `--mode f32|w8a8|w4a8-g32|w4a8-g128` (default `w8a8`): the block linears as candle's
-//!   f32 `Linear` (every GGUF weight dequantized), or our `QuantLinear` in W8A8 (int8
-//!   weights per channel, int8 activations per token) or W4A8 (int4 weights in groups of
-//!   32 / 128, int8 activations per token). In the quantized modes the tied LM head is W8A8.
+//! - `--mode f32|w8a8|w4a8-g32|w4a8-g128|w4a8a-g32|w4a8a-g128` (default `w8a8`): the
+//!   block linears as candle's f32 `Linear` (every GGUF weight dequantized), or our
+//!   `QuantLinear` in W8A8 (int8 weights per channel, int8 activations per token) or W4A8
+//!   (int4 weights in groups of 32 / 128, int8 activations per token; `w4a8a`: asymmetric
+//!   groups with per-group offsets, which hold the file's Q4_1 weights exactly at g32).
+//!   In the quantized modes the tied LM head is W8A8.
 //! - `--tokens N` (default 32): tokens to generate, greedy; stops early at end-of-text.
 //! - `--threads N`: rayon threads (default: rayon's choice, all cores).
 //! - `--raw`: send the prompt as is (default: wrapped in the ChatML chat template the
@@ -18,7 +20,8 @@
 //!   table of every quantized mode against f32 on the text (perplexity, top-1 agreement,
 //!   mean KL, bytes), windows of N tokens (default 512); `--rows` picks rows by id
 //!   `[rot-][sq-][gptq-]MODE` (rotated, SmoothQuant, GPTQ weights; MODE `w8a8`,
-//!   `w8a8-pt` per-tensor, `w8a16` weights only, `w4a8-g32`, `w4a8-g128`), default a
+//!   `w8a8-pt` per-tensor, `w8a16` weights only, `w4a8-g32`, `w4a8-g128`, `w4a8a-g32`,
+//!   `w4a8a-g128`), default a
 //!   table of fourteen; `--sensitivity` instead gives rows that quantize one kind of linear
 //!   at a time (W8A8), the rest f32.
 //! - `--bench [--modes M,M,..] [--peer] [--reps N]`: instead of generating, prefill
@@ -88,7 +91,8 @@ struct Args {
 /// The calibration text shipped in the repository (plain English sentences, CC0).
 const DEFAULT_CALIB: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/data/calib_sentences.txt");
 
-const USAGE: &str = "usage: llm MODEL.gguf [--prompt TEXT] [--mode f32|w8a8|w4a8-g32|w4a8-g128] \
+const USAGE: &str = "usage: llm MODEL.gguf [--prompt TEXT] \
+[--mode f32|w8a8|w4a8-g32|w4a8-g128|w4a8a-g32|w4a8a-g128] \
 [--tokens N] [--threads N] [--raw] [--eval TEXT_FILE [--window N] [--rows R,R,..] [--sensitivity]] \
 [--bench [--modes M,M,..] [--peer] [--reps N]] [--rotate] [--smooth] [--calib TEXT_FILE] [--alpha A|search]";
 
@@ -99,6 +103,8 @@ fn parse_mode(s: &str) -> AnyResult<Mode> {
         "w8a8" => Mode::Quant(QuantConfig::w8a8()),
         "w4a8-g32" => Mode::Quant(QuantConfig::w4a8(32)?),
         "w4a8-g128" => Mode::Quant(QuantConfig::w4a8(128)?),
+        "w4a8a-g32" => Mode::Quant(QuantConfig::w4a8_asym(32)?),
+        "w4a8a-g128" => Mode::Quant(QuantConfig::w4a8_asym(128)?),
         other => return Err(format!("unknown --mode {other:?}\n{USAGE}").into()),
     })
 }
@@ -413,7 +419,8 @@ struct RowSpec {
 }
 
 /// Parses a row id `[rot-][sq-][gptq-]MODE`, MODE one of `w8a8`, `w8a8-pt` (per-tensor
-/// activations), `w8a16` (weights only), `w4a8-g32`, `w4a8-g128`; returns the spec and
+/// activations), `w8a16` (weights only), `w4a8-g32`, `w4a8-g128`, `w4a8a-g32`,
+/// `w4a8a-g128` (asymmetric int4); returns the spec and
 /// the row's label.
 fn parse_row(id: &str) -> AnyResult<(RowSpec, String)> {
     let mut rest = id;
@@ -437,10 +444,12 @@ fn parse_row(id: &str) -> AnyResult<(RowSpec, String)> {
         ),
         "w4a8-g32" => (QuantConfig::w4a8(32)?, "w4a8-g32"),
         "w4a8-g128" => (QuantConfig::w4a8(128)?, "w4a8-g128"),
+        "w4a8a-g32" => (QuantConfig::w4a8_asym(32)?, "w4a8-g32 asymmetric"),
+        "w4a8a-g128" => (QuantConfig::w4a8_asym(128)?, "w4a8-g128 asymmetric"),
         _ => {
             return Err(format!(
                 "unknown --rows entry {id:?}: [rot-][sq-][gptq-]MODE with MODE one of w8a8, \
-                 w8a8-pt, w8a16, w4a8-g32, w4a8-g128"
+                 w8a8-pt, w8a16, w4a8-g32, w4a8-g128, w4a8a-g32, w4a8a-g128"
             )
             .into())
         }

@@ -13,6 +13,7 @@
 //! |---|---|---|---|---|
 //! | `Q8_0` | 8 | 32 | 34 | `d: f16`, then 32 × `i8`; value = `q · d` |
 //! | `Q4_0` | 2 | 32 | 18 | `d: f16`, then 16 bytes; byte `j` holds element `j` in its low nibble and element `j + 16` in its high nibble, each stored as `q + 8`; value = `q · d` |
+//! | `Q4_1` | 3 | 32 | 20 | `d: f16`, `m: f16`, then 16 bytes as Q4_0 holding `q ∈ [0, 15]` as is; value = `q · d + m` |
 //! | `F16` | 1 | 1 | 2 | IEEE half |
 //! | `F32` | 0 | 1 | 4 | IEEE single |
 //! | `I8` / `I16` / `I32` / `I64` | 24 / 25 / 26 / 27 | 1 | 1 / 2 / 4 / 8 | little-endian signed integers |
@@ -57,6 +58,7 @@ use half::f16;
 use crate::compressor::Compressed;
 use crate::error::{Error, Result};
 use crate::input::{check_finite, with_f32_slice};
+use crate::nn::{QuantLinear, WeightQuant};
 use crate::scheme::CompressedTensor;
 
 /// The GGUF version this writer produces.
@@ -88,6 +90,10 @@ pub enum GgufType {
     F16,
     /// GGML Q4_0: blocks of 32 signed 4-bit values with one f16 scale (18 bytes).
     Q4_0,
+    /// GGML Q4_1: blocks of 32 unsigned 4-bit values with an f16 scale and an f16
+    /// minimum (20 bytes); written from asymmetric int4 layers
+    /// ([`GgufTensor::from_quant_linear`]).
+    Q4_1,
     /// GGML Q8_0: blocks of 32 `i8` values with one f16 scale (34 bytes).
     Q8_0,
     /// Signed 8-bit integers (GGML type 24).
@@ -112,6 +118,7 @@ impl GgufType {
             GgufType::F32 => 0,
             GgufType::F16 => 1,
             GgufType::Q4_0 => 2,
+            GgufType::Q4_1 => 3,
             GgufType::Q8_0 => 8,
             GgufType::I8 => 24,
             GgufType::I16 => 25,
@@ -128,7 +135,7 @@ impl GgufType {
     /// ```
     pub fn block_size(self) -> usize {
         match self {
-            GgufType::Q4_0 | GgufType::Q8_0 => QK,
+            GgufType::Q4_0 | GgufType::Q4_1 | GgufType::Q8_0 => QK,
             _ => 1,
         }
     }
@@ -144,6 +151,7 @@ impl GgufType {
             GgufType::F32 => 4,
             GgufType::F16 => 2,
             GgufType::Q4_0 => 2 + QK / 2,
+            GgufType::Q4_1 => 4 + QK / 2,
             GgufType::Q8_0 => 2 + QK,
             GgufType::I8 => 1,
             GgufType::I16 => 2,
@@ -167,6 +175,7 @@ impl GgufType {
             GgufType::F32 => Some(GgmlDType::F32),
             GgufType::F16 => Some(GgmlDType::F16),
             GgufType::Q4_0 => Some(GgmlDType::Q4_0),
+            GgufType::Q4_1 => Some(GgmlDType::Q4_1),
             GgufType::Q8_0 => Some(GgmlDType::Q8_0),
             _ => None,
         }
@@ -390,7 +399,8 @@ impl GgufTensor {
                 return Err(Error::invalid(
                     "GGUF quantization type",
                     format!(
-                        "{name}: {other:?} is an integer type (use GgufTensor::integer); \
+                        "{name}: {other:?} is not quantized here (integer types: \
+                         GgufTensor::integer; Q4_1: GgufTensor::from_quant_linear); \
                          expected F32, F16, Q8_0 or Q4_0"
                     ),
                 ))
@@ -458,6 +468,140 @@ impl GgufTensor {
             });
         }
         Ok(t)
+    }
+
+    /// Builds a Q4_1 tensor from unsigned 4-bit values (one per `u8`, in `[0, 15]`) and,
+    /// per block of 32 consecutive row-major values, an f16 scale `d` and an f16 minimum
+    /// `m`: element `i` dequantizes to `q[i] · d[i / 32] + m[i / 32]`.
+    ///
+    /// # Errors
+    /// As [`GgufTensor::q8_0`] (for `d` and `m` alike), plus [`Error::InvalidArgument`]
+    /// naming the first value above 15.
+    ///
+    /// ```
+    /// use candle_compress::io::gguf::GgufTensor;
+    /// use half::f16;
+    /// let q: Vec<u8> = (0..32).map(|i| (i % 16) as u8).collect();
+    /// let t = GgufTensor::q4_1("w", &[32], &q, &[f16::ONE], &[f16::from_f32(-8.0)])?;
+    /// assert_eq!(t.data().len(), 20);
+    /// assert!(GgufTensor::q4_1("w", &[32], &[16; 32], &[f16::ONE], &[f16::ZERO]).is_err());
+    /// # Ok::<(), candle_compress::Error>(())
+    /// ```
+    pub fn q4_1(name: &str, shape: &[usize], q: &[u8], d: &[f16], m: &[f16]) -> Result<Self> {
+        let blocks = check_quantized_shape(name, shape, q.len(), d.len())?;
+        if m.len() != d.len() {
+            return Err(Error::shape(
+                format!("{name} block minima"),
+                d.len(),
+                m.len(),
+            ));
+        }
+        check_scales(name, d)?;
+        check_scales(name, m)?;
+        if let Some(i) = q.iter().position(|&v| v > 15) {
+            return Err(Error::invalid(
+                "Q4_1 value",
+                format!("{name}: element {i} is {}, outside [0, 15]", q[i]),
+            ));
+        }
+        let mut data = Vec::with_capacity(blocks * GgufType::Q4_1.type_size());
+        for ((block, d), m) in q.chunks_exact(QK).zip(d).zip(m) {
+            data.extend_from_slice(&d.to_le_bytes());
+            data.extend_from_slice(&m.to_le_bytes());
+            let (lo, hi) = block.split_at(QK / 2);
+            data.extend(lo.iter().zip(hi).map(|(&l, &h)| l | (h << 4)));
+        }
+        Ok(Self {
+            name: name.to_string(),
+            ty: GgufType::Q4_1,
+            shape: shape.to_vec(),
+            data,
+        })
+    }
+
+    /// The weight of an asymmetric int4 layer with groups of 32
+    /// ([`QuantConfig::w4a8_asym`](crate::nn::QuantConfig::w4a8_asym)`(32)`) as a Q4_1
+    /// tensor `[out, in]`, exactly: codes `c` become `q = c + 8`, scales `d`, offsets
+    /// `m' = m + 8d` become minima `m = m' − 8d`, so the file dequantizes to the layer's
+    /// [`QuantLinear::dequantized_weights`] and [`QuantLoader::from_gguf`] in that config
+    /// gives back the same codes, scales and offsets. Only the weight is written (a bias
+    /// goes in as [`GgufTensor::float`]).
+    ///
+    /// [`QuantLoader::from_gguf`]: crate::io::loader::QuantLoader::from_gguf
+    ///
+    /// # Errors
+    /// [`Error::Unsupported`] for another config or a smoothed layer;
+    /// [`Error::InvalidArgument`] when `in_features` is not a multiple of 32, or a scale or
+    /// minimum is not exactly an f16 value, or `m + 8d` does not give back the offset
+    /// (naming the first such group): a rounded value would change the weights. Layers
+    /// loaded from a Q4_1 file always pass; round-to-nearest layers of this crate have f32
+    /// scales and usually do not.
+    ///
+    /// ```
+    /// use candle_compress::io::gguf::{GgufTensor, GgufType};
+    /// use candle_compress::nn::{QuantConfig, QuantLinear, QuantLinearParts};
+    /// let layer = QuantLinear::from_parts(QuantLinearParts {
+    ///     out_features: 1,
+    ///     in_features: 32,
+    ///     weights: (0..32).map(|k| (k % 16) as i8 - 8).collect(),
+    ///     scales: vec![0.5],
+    ///     offsets: Some(vec![3.0]), // m = 3 - 8 * 0.5 = -1
+    ///     bias: None,
+    ///     smooth: None,
+    ///     config: QuantConfig::w4a8_asym(32)?,
+    /// })?;
+    /// let t = GgufTensor::from_quant_linear("fc.weight", &layer)?;
+    /// assert_eq!((t.ty(), t.data().len()), (GgufType::Q4_1, 20));
+    /// # Ok::<(), candle_compress::Error>(())
+    /// ```
+    pub fn from_quant_linear(name: &str, layer: &QuantLinear) -> Result<Self> {
+        let p = layer.to_parts();
+        let offsets = match (p.config.weights(), &p.offsets, &p.smooth) {
+            (WeightQuant::Int4GroupedAsym { group: 32 }, Some(m), None) => m,
+            _ => {
+                return Err(Error::Unsupported {
+                    what: "QuantLinear for GGUF",
+                    found: format!(
+                        "{name}: {:?}{}",
+                        p.config.weights(),
+                        if p.smooth.is_some() {
+                            " with smoothing"
+                        } else {
+                            ""
+                        }
+                    ),
+                    supported: "asymmetric int4 groups of 32 without smoothing (as Q4_1)".into(),
+                })
+            }
+        };
+        if !p.in_features.is_multiple_of(QK) {
+            return Err(Error::invalid(
+                "GGUF Q4_1 export",
+                format!(
+                    "{name}: in_features {} is not a multiple of 32",
+                    p.in_features
+                ),
+            ));
+        }
+        let mut d = Vec::with_capacity(p.scales.len());
+        let mut m = Vec::with_capacity(p.scales.len());
+        for (g, (&s, &off)) in p.scales.iter().zip(offsets).enumerate() {
+            let dh = f16::from_f32(s);
+            let mh = f16::from_f32(off - 8.0 * s);
+            if dh.to_f32() != s || mh.to_f32() + 8.0 * dh.to_f32() != off {
+                return Err(Error::invalid(
+                    "GGUF Q4_1 export",
+                    format!(
+                        "{name}: group {g} (scale {s}, offset {off}) is not an f16 scale and \
+                         minimum exactly; Q4_1 would change its weights"
+                    ),
+                ));
+            }
+            d.push(dh);
+            m.push(mh);
+        }
+        let q: Vec<u8> = p.weights.iter().map(|&c| (c + 8) as u8).collect();
+        Self::q4_1(name, &[p.out_features, p.in_features], &q, &d, &m)
     }
 
     /// Stores an integer tensor as the GGUF integer type that holds every value: I16 →

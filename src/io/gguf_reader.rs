@@ -18,9 +18,9 @@
 //!
 //! Metadata values use candle's [`Value`], so code written against candle's reader reads
 //! them the same way. Tensors come out as candle [`QTensor`]s (any type candle decodes),
-//! as f32 [`Tensor`]s (dequantized, checked finite), or — for the two formats our kernels
-//! hold exactly — as raw Q8_0 / Q4_0 codes and scales ([`GgufFile::q8_0_blocks`],
-//! [`GgufFile::q4_0_blocks`]).
+//! as f32 [`Tensor`]s (dequantized, checked finite), or — for the formats our kernels
+//! hold exactly — as raw Q8_0 / Q4_0 / Q4_1 codes and scales ([`GgufFile::q8_0_blocks`],
+//! [`GgufFile::q4_0_blocks`], [`GgufFile::q4_1_blocks`]).
 //!
 //! ```
 //! use candle_compress::io::gguf::{write_gguf, GgufTensor, GgufType};
@@ -488,6 +488,45 @@ impl GgufFile {
         }
         check_scales(&scales)?;
         Ok((codes, scales))
+    }
+
+    /// Tensor `name`, stored as Q4_1, as its codes (row-major, `q` in `[0, 15]`) and, per
+    /// 32 consecutive values of a row, the f16 scale `d` and minimum `m`:
+    /// value = `q · d + m`.
+    ///
+    /// # Errors
+    /// As [`GgufFile::q8_0_blocks`], for Q4_1 (a NaN/Inf `d` or `m` is non-finite).
+    ///
+    /// ```
+    /// use candle_compress::io::gguf_reader::GgufFile;
+    /// use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
+    /// use candle_core::{Device, Tensor};
+    /// let w = Tensor::arange(0f32, 64., &Device::Cpu)?.reshape((1, 64))?;
+    /// let q = QTensor::quantize(&w, GgmlDType::Q4_1)?;
+    /// let mut bytes = std::io::Cursor::new(Vec::new());
+    /// gguf_file::write(&mut bytes, &[], &[("w", &q)])?;
+    /// let file = GgufFile::from_bytes(bytes.into_inner())?;
+    /// let (codes, d, m) = file.q4_1_blocks("w")?;
+    /// assert_eq!((codes.len(), d.len(), m.len()), (64, 2, 2));
+    /// assert_eq!((codes[0], codes[31]), (0, 15));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn q4_1_blocks(&self, name: &str) -> Result<(Vec<u8>, Vec<f16>, Vec<f16>)> {
+        let raw = self.typed_bytes(name, GgmlDType::Q4_1)?;
+        let mut codes = vec![0u8; raw.len() / 20 * 32];
+        let mut d = Vec::with_capacity(raw.len() / 20);
+        let mut m = Vec::with_capacity(raw.len() / 20);
+        for (block, out) in raw.chunks_exact(20).zip(codes.chunks_exact_mut(32)) {
+            d.push(f16::from_le_bytes([block[0], block[1]]));
+            m.push(f16::from_le_bytes([block[2], block[3]]));
+            for (j, &b) in block[4..].iter().enumerate() {
+                out[j] = b & 0x0f;
+                out[j + 16] = b >> 4;
+            }
+        }
+        check_scales(&d)?;
+        check_scales(&m)?;
+        Ok((codes, d, m))
     }
 
     fn typed_bytes(&self, name: &str, want: GgmlDType) -> Result<Vec<u8>> {

@@ -29,7 +29,8 @@
 //! columns of an output row: `sw[o,g] = amax_group |w| / 7`,
 //! `qw = round_half_away(w / sw)` clamped to `[-7, 7]` (the code −8 is never produced,
 //! so the range stays symmetric and the largest weight of each group is exact); a zero
-//! group gets `sw = 0`. [`QuantLinear::from_parts`] accepts any code in `[-8, 7]`.
+//! group gets `sw = 0`. [`QuantLinear::from_parts`] accepts any code in `[-8, 7]` and
+//! any finite group scale, negative ones included (llama.cpp's Q4_0 files have them).
 //!
 //! **Weights, asymmetric int4 (W4A8, [`WeightQuant::Int4GroupedAsym`]).** One scale and
 //! one offset per group: the code `c ∈ [-8, 7]` stands for `sw[o,g]·c + m[o,g]`. Round to
@@ -359,7 +360,8 @@ pub struct QuantLinearParts {
     /// `[-127, 127]` for int8, `[-8, 7]` for int4.
     pub weights: Vec<i8>,
     /// Weight scales: `[out_features]` for int8; `[out_features, ceil(in_features / group)]`
-    /// row-major for int4. Finite and `≥ 0`.
+    /// row-major for int4. Finite; `≥ 0` for int8 (int4 group scales may be negative, as
+    /// in llama.cpp's Q4_0 files; quantizing in this crate never produces one).
     pub scales: Vec<f32>,
     /// Per-group offsets, laid out as `scales`, finite: required (`Some`) for
     /// [`WeightQuant::Int4GroupedAsym`] and `None` for the other modes. The code `c` of
@@ -480,7 +482,8 @@ impl QuantLinear {
     ///
     /// # Errors
     /// [`Error::InvalidArgument`] for zero dims, an invalid config, codes outside the
-    /// config's range, scales / smoothing entries out of range, or offsets given for a
+    /// config's range, negative int8 scales, smoothing entries out of range, or offsets
+    /// given for a
     /// symmetric config / missing for [`WeightQuant::Int4GroupedAsym`];
     /// [`Error::MetadataMismatch`] when a length disagrees with the dims and config;
     /// [`Error::NonFinite`] for NaN/Inf in scales, offsets, bias or smoothing.
@@ -555,11 +558,18 @@ impl QuantLinear {
             ));
         }
         crate::input::check_finite(&scales, "QuantLinear::from_parts scales")?;
-        if let Some(i) = scales.iter().position(|&s| s < 0.0) {
-            return Err(Error::invalid(
-                "QuantLinear weight scales",
-                format!("must be >= 0, found {} at index {i}", scales[i]),
-            ));
+        // Int4 groups take negative scales (llama.cpp's Q4_0 rule gives them, and the
+        // kernels only multiply by them); int8 per-channel scales stay >= 0.
+        if config.weights.int4_group().is_none() {
+            if let Some(i) = scales.iter().position(|&s| s < 0.0) {
+                return Err(Error::invalid(
+                    "QuantLinear weight scales",
+                    format!(
+                        "must be >= 0 for int8 weights, found {} at index {i}",
+                        scales[i]
+                    ),
+                ));
+            }
         }
         check_offsets(offsets.as_deref(), &config, n_scales)?;
         let bias = match bias {

@@ -322,9 +322,9 @@ fn rtn_error(l: &Linear, q: &QuantLinear, gram: &InputGram, quant: &QuantConfig)
     let w_hat: Vec<f64> = (0..out * inp)
         .map(|k| {
             let (o, c) = (k / inp, k % inp);
-            let i = o * groups + c / span;
-            let m = offsets.map_or(0.0, |m| f64::from(m[i]));
-            let v = f64::from(codes[k]) * f64::from(scales[i]) + m;
+            let g = o * groups + c / span;
+            let v = f64::from(codes[k]) * f64::from(scales[g])
+                + offsets.map_or(0.0, |m| f64::from(m[g]));
             match smooth {
                 Some(s) => v / f64::from(s[c]),
                 None => v,
