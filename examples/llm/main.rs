@@ -446,10 +446,19 @@ fn parse_row(id: &str) -> AnyResult<(RowSpec, String)> {
         "w4a8-g128" => (QuantConfig::w4a8(128)?, "w4a8-g128"),
         "w4a8a-g32" => (QuantConfig::w4a8_asym(32)?, "w4a8-g32 asymmetric"),
         "w4a8a-g128" => (QuantConfig::w4a8_asym(128)?, "w4a8-g128 asymmetric"),
+        "w4a16a-g32" => (
+            QuantConfig::w4a8_asym(32)?.with_activations(ActivationQuant::Float)?,
+            "w4a16-g32 asymmetric (int4 weights only)",
+        ),
+        "w4a16a-g128" => (
+            QuantConfig::w4a8_asym(128)?.with_activations(ActivationQuant::Float)?,
+            "w4a16-g128 asymmetric (int4 weights only)",
+        ),
         _ => {
             return Err(format!(
                 "unknown --rows entry {id:?}: [rot-][sq-][gptq-]MODE with MODE one of w8a8, \
-                 w8a8-pt, w8a16, w4a8-g32, w4a8-g128, w4a8a-g32, w4a8a-g128"
+                 w8a8-pt, w8a16, w4a8-g32, w4a8-g128, w4a8a-g32, w4a8a-g128, w4a16a-g32, \
+                 w4a16a-g128"
             )
             .into())
         }
