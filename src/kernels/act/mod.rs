@@ -8,7 +8,8 @@
 //! causal limit and the scale as arguments.
 //!
 //! Accuracy: [`exp_in_place`] is within 2 ulp of the true `e^x` for `x` in
-//! `[-87, 88]` (tested against f64); below −87 (and for −∞) it gives exactly `+0`, above
+//! `[-87, 88]` (tested against f64 on 2 million points: at most 1.002 ulp, relative
+//! error at most 8.4e-8); below −87 (and for −∞) it gives exactly `+0`, above
 //! 88 (and for +∞) it gives `exp(88) ≈ 1.65e38`, never an infinity; NaN stays NaN.
 //!
 //! Safe entry points check their arguments ([`KernelError`], never a panic) and run the
@@ -53,7 +54,8 @@ pub fn kernel_isa() -> Isa {
 /// `gate[i] = silu(gate[i]) · up[i]` with `silu(g) = g · σ(g) = g / (1 + e^−g)`: the
 /// SwiGLU product of an LLM's MLP, in place in the gate projection's output.
 ///
-/// Length: `up.len() == gate.len()`. Any finite input gives a finite output; for
+/// Length: `up.len() == gate.len()`. Finite inputs give a finite output unless `g · u`
+/// itself is beyond the f32 range (`silu(g) ≈ g` for large `g`); for
 /// `g < −88` the result is `g / (1 + exp(88)) · u` (magnitude below `|g·u| · 6e-39`)
 /// where the exact one is smaller still. NaN in gives NaN out.
 ///

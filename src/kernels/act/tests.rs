@@ -142,8 +142,10 @@ fn silu_mul_scalar_is_accurate_and_finite() {
     let mut max_rel = 0f64;
     for (&gv, &uv) in g.iter().zip(&u) {
         let got = scalar::silu_mul(gv, uv);
-        assert!(got.is_finite(), "silu_mul({gv}, {uv}) = {got}");
         let (gd, ud) = (gv as f64, uv as f64);
+        if (gd * ud).abs() < f32::MAX as f64 / 2.0 {
+            assert!(got.is_finite(), "silu_mul({gv}, {uv}) = {got}");
+        }
         if gd.abs() < 80.0 && ud.abs() < 1e30 {
             let exact = gd / (1.0 + (-gd).exp()) * ud;
             if exact.abs() > 1e-30 {
