@@ -35,7 +35,7 @@ fn values(n: usize, span: f32, seed: u64) -> Vec<f32> {
     (0..n)
         .map(|_| {
             let r = xorshift(&mut s);
-            if r % 7 == 0 {
+            if r.is_multiple_of(7) {
                 special[(r >> 8) as usize % special.len()]
             } else {
                 ((r >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * span
