@@ -12,6 +12,9 @@
 #[path = "../examples/llm/model.rs"]
 mod model;
 #[allow(dead_code)]
+#[path = "../examples/llm/ops.rs"]
+mod ops;
+#[allow(dead_code)]
 #[path = "../examples/llm/rotate.rs"]
 mod rotate;
 #[allow(dead_code)]

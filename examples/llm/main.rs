@@ -47,6 +47,7 @@
 mod bench;
 mod eval;
 mod model;
+mod ops;
 mod rotate;
 mod smoothquant;
 mod tokenizer;

@@ -14,8 +14,10 @@
 //!   "normal" RoPE on those rows equals the Hugging Face rotate-half RoPE on the original
 //!   weights, so a GGUF `llama` file must be run with the interleaved form;
 //! - grouped-query attention (`n_head` query heads share `n_kv_head` key/value heads,
-//!   query head `h` reads key/value head `h / (n_head / n_kv_head)`) with a KV cache, causal
-//!   mask, softmax in f32;
+//!   query head `h` reads key/value head `h / (n_head / n_kv_head)`) with a KV cache; the
+//!   scale, causal mask and softmax (f32) are one in-place pass over the scores
+//!   (`ops::causal_softmax`), and SwiGLU's `silu(gate) · up` is one in-place pass too
+//!   (`ops::silu_mul`), both on `candle_compress::kernels::act`;
 //! - `output_norm`, then the LM head `output.weight`, or the token embedding when the file
 //!   has no `output.weight` (tied embeddings).
 //!
@@ -30,6 +32,8 @@ use candle_compress::io::loader::QuantLoader;
 use candle_compress::nn::{QuantConfig, QuantLinear};
 use candle_core::{DType, Device, IndexOp, Module, Result, Tensor, D};
 use candle_nn::Linear;
+
+use crate::ops;
 
 /// The hyper-parameters of a `llama` GGUF file (its `llama.*` metadata).
 #[derive(Debug, Clone, PartialEq)]
@@ -483,7 +487,6 @@ impl Llama {
         let mut x = self.embed.index_select(&ids, 0)?;
         let cos = self.cos.narrow(0, self.pos, t)?;
         let sin = self.sin.narrow(0, self.pos, t)?;
-        let mask = causal_mask(t, self.pos)?;
         for (i, b) in self.blocks.iter_mut().enumerate() {
             let mut seen = |kind: Kind, t: &Tensor| match observe.as_mut() {
                 Some(f) => f(Site::Block(i, kind), t),
@@ -491,12 +494,11 @@ impl Llama {
             };
             let n = candle_nn::ops::rms_norm(&x, &b.attn_norm, self.cfg.eps as f32)?;
             seen(Kind::Qkv, &n)?;
-            let a = b.attention(&n, &cos, &sin, mask.as_ref(), &self.cfg, &mut seen)?;
+            let a = b.attention(&n, &cos, &sin, &self.cfg, &mut seen)?;
             x = (x + a)?;
             let n = candle_nn::ops::rms_norm(&x, &b.ffn_norm, self.cfg.eps as f32)?;
             seen(Kind::GateUp, &n)?;
-            let g = candle_nn::ops::silu(&b.gate.forward(&n)?)?;
-            let mut h = (g * b.up.forward(&n)?)?;
+            let mut h = ops::silu_mul(b.gate.forward(&n)?, &b.up.forward(&n)?)?;
             if let Some(r) = &b.down_rotation {
                 h = r.apply(&h)?;
             }
@@ -516,7 +518,6 @@ impl Block {
         n: &Tensor,
         cos: &Tensor,
         sin: &Tensor,
-        mask: Option<&Tensor>,
         cfg: &LlamaConfig,
         seen: &mut impl FnMut(Kind, &Tensor) -> Result<()>,
     ) -> Result<Tensor> {
@@ -545,8 +546,9 @@ impl Block {
         // without copying the keys and values n_rep times. Long prompts go QUERY_CHUNK
         // queries at a time: a chunk reads only the keys up to its last position (the
         // rest are masked anyway), which saves up to half the work and keeps the score
-        // matrix small.
+        // matrix small. The scale, mask and softmax run in place on the scores.
         let rep = cfg.n_head / cfg.n_kv_head;
+        let scale = 1.0 / (hd as f32).sqrt();
         let q = q.reshape((cfg.n_kv_head, rep, t, hd))?;
         let mut chunks = Vec::with_capacity(t.div_ceil(QUERY_CHUNK));
         for c0 in (0..t).step_by(QUERY_CHUNK) {
@@ -560,15 +562,7 @@ impl Block {
                     .reshape((cfg.n_kv_head, rep * c, hd))?
             };
             let (kc, vc) = (k.narrow(1, 0, kv_len)?, v.narrow(1, 0, kv_len)?);
-            let att = (qc.matmul(&kc.t()?)? / (hd as f64).sqrt())?;
-            let att = match mask {
-                None => att,
-                Some(m) => att
-                    .reshape((cfg.n_kv_head, rep, c, kv_len))?
-                    .broadcast_add(&m.narrow(0, c0, c)?.narrow(1, 0, kv_len)?)?
-                    .reshape((cfg.n_kv_head, rep * c, kv_len))?,
-            };
-            let att = candle_nn::ops::softmax_last_dim(&att)?;
+            let att = ops::causal_softmax(qc.matmul(&kc.t()?)?, scale, rep, past + c0)?;
             // [n_kv, rep·c, hd] -> [n_kv, rep, c, hd]
             chunks.push(att.matmul(&vc)?.reshape((cfg.n_kv_head, rep, c, hd))?);
         }
@@ -602,19 +596,6 @@ fn rope_tables(hd: usize, base: f32, max_seq: usize) -> Result<(Tensor, Tensor)>
         .reshape((max_seq, 1))?;
     let angles = pos.matmul(&theta)?;
     Ok((angles.cos()?, angles.sin()?))
-}
-
-/// Additive causal mask `[t, past + t]` (0 where a query may attend, −∞ elsewhere), or
-/// `None` for a single token (it may attend to everything cached).
-fn causal_mask(t: usize, past: usize) -> Result<Option<Tensor>> {
-    if t == 1 {
-        return Ok(None);
-    }
-    let kv = past + t;
-    let m: Vec<f32> = (0..t)
-        .flat_map(|i| (0..kv).map(move |j| if j > past + i { f32::NEG_INFINITY } else { 0. }))
-        .collect();
-    Ok(Some(Tensor::from_vec(m, (t, kv), &Device::Cpu)?))
 }
 
 /// Index of the largest logit (ties: the first).

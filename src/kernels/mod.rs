@@ -10,6 +10,7 @@
 
 #![warn(clippy::undocumented_unsafe_blocks, clippy::missing_safety_doc)]
 
+pub mod act;
 pub mod blockwise;
 pub mod detect;
 mod error;

@@ -1,0 +1,208 @@
+//! x86_64 AVX2 + FMA activation kernels (8 f32 lanes): the operations of `scalar.rs` on
+//! ymm registers. The softmax keeps two accumulators, so element `j` of a row meets the
+//! same partial sum (`j % 16`) as in the scalar twin; tails use `vmaskmovps` and blends,
+//! which leave masked-off accumulator lanes untouched.
+
+use core::arch::x86_64::*;
+
+use super::scalar::{EXP_HI, EXP_LO, EXP_POLY, LN2_HI, LN2_LO, LOG2E};
+use crate::kernels::detect::Avx2;
+
+/// f32 lanes per vector; two vectors make `scalar::LANES`.
+const LANES: usize = 8;
+
+/// See [`super::silu_mul_in_place`]; lengths already checked by the caller.
+pub(crate) fn silu_mul_in_place(_cpu: Avx2, gate: &mut [f32], up: &[f32]) {
+    debug_assert_eq!(gate.len(), up.len());
+    // SAFETY: holding an `Avx2` token proves AVX2 and FMA; the lengths are equal.
+    unsafe { silu_mul_steps(gate, up) }
+}
+
+/// See [`super::scalar::softmax_row`]; `len <= row.len()` checked by the caller.
+pub(crate) fn softmax_row(_cpu: Avx2, row: &mut [f32], len: usize, scale: f32) -> f32 {
+    debug_assert!(len <= row.len());
+    // SAFETY: as in `silu_mul_in_place`; `len <= row.len()`.
+    unsafe { softmax_steps(row, len, scale) }
+}
+
+/// See [`super::exp_in_place`].
+pub(crate) fn exp_in_place(_cpu: Avx2, x: &mut [f32]) {
+    // SAFETY: holding the token proves the CPU features `exp_steps` enables.
+    unsafe { exp_steps(x) }
+}
+
+/// Whole vectors through `exp8`, the tail through the scalar twin (the same operations).
+///
+/// # Safety
+/// The CPU must support avx2,fma.
+#[target_feature(enable = "avx2,fma")]
+unsafe fn exp_steps(x: &mut [f32]) {
+    let p = x.as_mut_ptr();
+    let full = x.len() / LANES * LANES;
+    for i in (0..full).step_by(LANES) {
+        // SAFETY: `i + LANES <= x.len()`; unaligned load and store.
+        unsafe { _mm256_storeu_ps(p.add(i), exp8(_mm256_loadu_ps(p.add(i)))) };
+    }
+    for v in &mut x[full..] {
+        *v = super::scalar::exp(*v);
+    }
+}
+
+/// All-ones in lanes `0..n` (`n <= 8`), zero elsewhere.
+#[target_feature(enable = "avx2,fma")]
+fn tail_mask(n: usize) -> __m256i {
+    _mm256_cmpgt_epi32(
+        _mm256_set1_epi32(n as i32),
+        _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+    )
+}
+
+/// `scalar::exp` on 8 lanes.
+#[target_feature(enable = "avx2,fma")]
+fn exp8(x: __m256) -> __m256 {
+    let xc = _mm256_min_ps(
+        _mm256_set1_ps(EXP_HI),
+        _mm256_max_ps(_mm256_set1_ps(EXP_LO), x),
+    );
+    let n = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm256_mul_ps(
+        xc,
+        _mm256_set1_ps(LOG2E),
+    ));
+    let r = _mm256_fmadd_ps(n, _mm256_set1_ps(-LN2_HI), xc);
+    let r = _mm256_fmadd_ps(n, _mm256_set1_ps(-LN2_LO), r);
+    let mut p = _mm256_set1_ps(EXP_POLY[0]);
+    for c in &EXP_POLY[1..] {
+        p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(*c));
+    }
+    let z = _mm256_mul_ps(r, r);
+    let y = _mm256_add_ps(_mm256_fmadd_ps(p, z, r), _mm256_set1_ps(1.0));
+    let bits = _mm256_slli_epi32::<23>(_mm256_add_epi32(
+        _mm256_cvtps_epi32(n),
+        _mm256_set1_epi32(127),
+    ));
+    let e = _mm256_mul_ps(y, _mm256_castsi256_ps(bits));
+    let under = _mm256_cmp_ps::<_CMP_LT_OQ>(x, _mm256_set1_ps(EXP_LO));
+    _mm256_blendv_ps(e, _mm256_setzero_ps(), under)
+}
+
+/// `scalar::silu_mul` on 8 lanes.
+#[target_feature(enable = "avx2,fma")]
+fn silu_mul8(g: __m256, u: __m256) -> __m256 {
+    let e = exp8(_mm256_sub_ps(_mm256_setzero_ps(), g));
+    _mm256_mul_ps(_mm256_div_ps(g, _mm256_add_ps(_mm256_set1_ps(1.0), e)), u)
+}
+
+/// # Safety
+/// The CPU must support AVX2 and FMA; `gate.len() == up.len()`.
+#[target_feature(enable = "avx2,fma")]
+unsafe fn silu_mul_steps(gate: &mut [f32], up: &[f32]) {
+    let n = gate.len();
+    let (g, u) = (gate.as_mut_ptr(), up.as_ptr());
+    let mut i = 0;
+    while i + LANES <= n {
+        // SAFETY: `i + 8 <= n` for both slices; unaligned loads and stores.
+        unsafe {
+            let y = silu_mul8(_mm256_loadu_ps(g.add(i)), _mm256_loadu_ps(u.add(i)));
+            _mm256_storeu_ps(g.add(i), y);
+        }
+        i += LANES;
+    }
+    if i < n {
+        let m = tail_mask(n - i);
+        // SAFETY: `vmaskmovps` touches only lanes `i..n`, in bounds.
+        unsafe {
+            let y = silu_mul8(
+                _mm256_maskload_ps(g.add(i), m),
+                _mm256_maskload_ps(u.add(i), m),
+            );
+            _mm256_maskstore_ps(g.add(i), m, y);
+        }
+    }
+}
+
+/// Horizontal maximum of the 16 lanes `a ‖ b` by halves (`scalar::reduce`).
+#[target_feature(enable = "avx2,fma")]
+fn reduce_max16(a: __m256, b: __m256) -> f32 {
+    let v8 = _mm256_max_ps(a, b);
+    let v4 = _mm_max_ps(_mm256_castps256_ps128(v8), _mm256_extractf128_ps::<1>(v8));
+    let v2 = _mm_max_ps(v4, _mm_movehl_ps(v4, v4));
+    _mm_cvtss_f32(_mm_max_ps(v2, _mm_shuffle_ps::<0b01>(v2, v2)))
+}
+
+/// Horizontal sum of the 16 lanes `a ‖ b` by halves (`scalar::reduce`).
+#[target_feature(enable = "avx2,fma")]
+fn reduce_add16(a: __m256, b: __m256) -> f32 {
+    let v8 = _mm256_add_ps(a, b);
+    let v4 = _mm_add_ps(_mm256_castps256_ps128(v8), _mm256_extractf128_ps::<1>(v8));
+    let v2 = _mm_add_ps(v4, _mm_movehl_ps(v4, v4));
+    _mm_cvtss_f32(_mm_add_ps(v2, _mm_shuffle_ps::<0b01>(v2, v2)))
+}
+
+/// # Safety
+/// The CPU must support AVX2 and FMA; `len <= row.len()`.
+#[target_feature(enable = "avx2,fma")]
+unsafe fn softmax_steps(row: &mut [f32], len: usize, scale: f32) -> f32 {
+    row[len..].fill(0.0);
+    if len == 0 {
+        return 1.0;
+    }
+    let p = row.as_mut_ptr();
+    let full = len / LANES * LANES;
+    let rem = tail_mask(len - full);
+    let remf = _mm256_castsi256_ps(rem);
+    // The accumulator of the 8 elements starting at `i` (a multiple of 8).
+    let slot = |i: usize| (i / LANES) % 2;
+    let s = _mm256_set1_ps(scale);
+    // Pass 1: the maximum of the scaled scores.
+    let mut acc = [_mm256_set1_ps(f32::NEG_INFINITY); 2];
+    for i in (0..full).step_by(LANES) {
+        // SAFETY: `i + 8 <= len <= row.len()`.
+        let x = unsafe { _mm256_loadu_ps(p.add(i)) };
+        acc[slot(i)] = _mm256_max_ps(acc[slot(i)], _mm256_mul_ps(x, s));
+    }
+    if full < len {
+        // SAFETY: the masked load reads only lanes `full..len`.
+        let x = unsafe { _mm256_maskload_ps(p.add(full), rem) };
+        let a = acc[slot(full)];
+        acc[slot(full)] = _mm256_blendv_ps(a, _mm256_max_ps(a, _mm256_mul_ps(x, s)), remf);
+    }
+    let m = _mm256_set1_ps(reduce_max16(acc[0], acc[1]));
+    // Pass 2: exponentials, stored, and their sum.
+    let mut acc = [_mm256_setzero_ps(); 2];
+    for i in (0..full).step_by(LANES) {
+        // SAFETY: as in pass 1; the store covers the same 8 elements.
+        unsafe {
+            let e = exp8(_mm256_sub_ps(
+                _mm256_mul_ps(_mm256_loadu_ps(p.add(i)), s),
+                m,
+            ));
+            _mm256_storeu_ps(p.add(i), e);
+            acc[slot(i)] = _mm256_add_ps(acc[slot(i)], e);
+        }
+    }
+    if full < len {
+        // SAFETY: masked load and store of lanes `full..len` only.
+        unsafe {
+            let x = _mm256_maskload_ps(p.add(full), rem);
+            let e = exp8(_mm256_sub_ps(_mm256_mul_ps(x, s), m));
+            _mm256_maskstore_ps(p.add(full), rem, e);
+            let a = acc[slot(full)];
+            acc[slot(full)] = _mm256_blendv_ps(a, _mm256_add_ps(a, e), remf);
+        }
+    }
+    let sum = reduce_add16(acc[0], acc[1]);
+    // Pass 3: normalise.
+    let inv = _mm256_set1_ps(1.0 / sum);
+    for i in (0..full).step_by(LANES) {
+        // SAFETY: as in pass 1.
+        unsafe { _mm256_storeu_ps(p.add(i), _mm256_mul_ps(_mm256_loadu_ps(p.add(i)), inv)) };
+    }
+    if full < len {
+        // SAFETY: masked load and store of lanes `full..len` only.
+        unsafe {
+            let x = _mm256_maskload_ps(p.add(full), rem);
+            _mm256_maskstore_ps(p.add(full), rem, _mm256_mul_ps(x, inv));
+        }
+    }
+    sum
+}

@@ -1,0 +1,201 @@
+//! x86_64 AVX-512F activation kernels (16 f32 lanes): the operations of `scalar.rs` on
+//! zmm registers, tails through masked loads and stores (masked-off lanes leave the
+//! reduction accumulators untouched, as the scalar twin's lanes that get no element).
+
+use core::arch::x86_64::*;
+
+use super::scalar::{EXP_HI, EXP_LO, EXP_POLY, LN2_HI, LN2_LO, LOG2E};
+use crate::kernels::detect::Avx512Vnni;
+
+/// f32 lanes per vector (equal to `scalar::LANES`).
+const LANES: usize = 16;
+
+/// See [`super::silu_mul_in_place`]; lengths already checked by the caller.
+pub(crate) fn silu_mul_in_place(_cpu: Avx512Vnni, gate: &mut [f32], up: &[f32]) {
+    debug_assert_eq!(gate.len(), up.len());
+    // SAFETY: holding an `Avx512Vnni` token proves AVX-512F (and AVX2/FMA); the lengths
+    // are equal.
+    unsafe { silu_mul_steps(gate, up) }
+}
+
+/// See [`super::scalar::softmax_row`]; `len <= row.len()` checked by the caller.
+pub(crate) fn softmax_row(_cpu: Avx512Vnni, row: &mut [f32], len: usize, scale: f32) -> f32 {
+    debug_assert!(len <= row.len());
+    // SAFETY: as in `silu_mul_in_place`; `len <= row.len()`.
+    unsafe { softmax_steps(row, len, scale) }
+}
+
+/// See [`super::exp_in_place`].
+pub(crate) fn exp_in_place(_cpu: Avx512Vnni, x: &mut [f32]) {
+    // SAFETY: holding the token proves the CPU features `exp_steps` enables.
+    unsafe { exp_steps(x) }
+}
+
+/// Whole vectors through `exp16`, the tail through the scalar twin (the same operations).
+///
+/// # Safety
+/// The CPU must support avx512f,fma.
+#[target_feature(enable = "avx512f,fma")]
+unsafe fn exp_steps(x: &mut [f32]) {
+    let p = x.as_mut_ptr();
+    let full = x.len() / LANES * LANES;
+    for i in (0..full).step_by(LANES) {
+        // SAFETY: `i + LANES <= x.len()`; unaligned load and store.
+        unsafe { _mm512_storeu_ps(p.add(i), exp16(_mm512_loadu_ps(p.add(i)))) };
+    }
+    for v in &mut x[full..] {
+        *v = super::scalar::exp(*v);
+    }
+}
+
+/// Lanes `0..n` of a mask (`n <= 16`).
+#[inline(always)]
+fn tail_mask(n: usize) -> __mmask16 {
+    ((1u32 << n) - 1) as __mmask16
+}
+
+/// `scalar::exp` on 16 lanes.
+#[target_feature(enable = "avx512f,fma")]
+fn exp16(x: __m512) -> __m512 {
+    let xc = _mm512_min_ps(
+        _mm512_set1_ps(EXP_HI),
+        _mm512_max_ps(_mm512_set1_ps(EXP_LO), x),
+    );
+    let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
+        _mm512_mul_ps(xc, _mm512_set1_ps(LOG2E)),
+    );
+    let r = _mm512_fmadd_ps(n, _mm512_set1_ps(-LN2_HI), xc);
+    let r = _mm512_fmadd_ps(n, _mm512_set1_ps(-LN2_LO), r);
+    let mut p = _mm512_set1_ps(EXP_POLY[0]);
+    for c in &EXP_POLY[1..] {
+        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(*c));
+    }
+    let z = _mm512_mul_ps(r, r);
+    let y = _mm512_add_ps(_mm512_fmadd_ps(p, z, r), _mm512_set1_ps(1.0));
+    let bits = _mm512_slli_epi32::<23>(_mm512_add_epi32(
+        _mm512_cvtps_epi32(n),
+        _mm512_set1_epi32(127),
+    ));
+    let e = _mm512_mul_ps(y, _mm512_castsi512_ps(bits));
+    let under = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(x, _mm512_set1_ps(EXP_LO));
+    _mm512_mask_mov_ps(e, under, _mm512_setzero_ps())
+}
+
+/// `scalar::silu_mul` on 16 lanes.
+#[target_feature(enable = "avx512f,fma")]
+fn silu_mul16(g: __m512, u: __m512) -> __m512 {
+    let e = exp16(_mm512_sub_ps(_mm512_setzero_ps(), g));
+    _mm512_mul_ps(_mm512_div_ps(g, _mm512_add_ps(_mm512_set1_ps(1.0), e)), u)
+}
+
+/// # Safety
+/// The CPU must support AVX-512F and FMA; `gate.len() == up.len()`.
+#[target_feature(enable = "avx512f,fma")]
+unsafe fn silu_mul_steps(gate: &mut [f32], up: &[f32]) {
+    let n = gate.len();
+    let (g, u) = (gate.as_mut_ptr(), up.as_ptr());
+    let mut i = 0;
+    while i + LANES <= n {
+        // SAFETY: `i + 16 <= n` for both slices; unaligned loads and stores.
+        unsafe {
+            let y = silu_mul16(_mm512_loadu_ps(g.add(i)), _mm512_loadu_ps(u.add(i)));
+            _mm512_storeu_ps(g.add(i), y);
+        }
+        i += LANES;
+    }
+    if i < n {
+        let m = tail_mask(n - i);
+        // SAFETY: masked loads and stores touch only lanes `i..n`, in bounds.
+        unsafe {
+            let y = silu_mul16(
+                _mm512_maskz_loadu_ps(m, g.add(i)),
+                _mm512_maskz_loadu_ps(m, u.add(i)),
+            );
+            _mm512_mask_storeu_ps(g.add(i), m, y);
+        }
+    }
+}
+
+/// Horizontal maximum by halves (`scalar::reduce` with `max_op`): 16 → 8 → 4 → 2 → 1.
+#[target_feature(enable = "avx512f,fma")]
+fn reduce_max16(v: __m512) -> f32 {
+    let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(v)));
+    let v8 = _mm256_max_ps(_mm512_castps512_ps256(v), hi);
+    let v4 = _mm_max_ps(_mm256_castps256_ps128(v8), _mm256_extractf128_ps::<1>(v8));
+    let v2 = _mm_max_ps(v4, _mm_movehl_ps(v4, v4));
+    _mm_cvtss_f32(_mm_max_ps(v2, _mm_shuffle_ps::<0b01>(v2, v2)))
+}
+
+/// Horizontal sum by halves (`scalar::reduce` with `+`): 16 → 8 → 4 → 2 → 1.
+#[target_feature(enable = "avx512f,fma")]
+fn reduce_add16(v: __m512) -> f32 {
+    let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(v)));
+    let v8 = _mm256_add_ps(_mm512_castps512_ps256(v), hi);
+    let v4 = _mm_add_ps(_mm256_castps256_ps128(v8), _mm256_extractf128_ps::<1>(v8));
+    let v2 = _mm_add_ps(v4, _mm_movehl_ps(v4, v4));
+    _mm_cvtss_f32(_mm_add_ps(v2, _mm_shuffle_ps::<0b01>(v2, v2)))
+}
+
+/// # Safety
+/// The CPU must support AVX-512F and FMA; `len <= row.len()`.
+#[target_feature(enable = "avx512f,fma")]
+unsafe fn softmax_steps(row: &mut [f32], len: usize, scale: f32) -> f32 {
+    row[len..].fill(0.0);
+    if len == 0 {
+        return 1.0;
+    }
+    let p = row.as_mut_ptr();
+    let full = len / LANES * LANES;
+    let rem = tail_mask(len - full);
+    let s = _mm512_set1_ps(scale);
+    // Pass 1: the maximum of the scaled scores.
+    let mut acc = _mm512_set1_ps(f32::NEG_INFINITY);
+    for i in (0..full).step_by(LANES) {
+        // SAFETY: `i + 16 <= len <= row.len()`.
+        let x = unsafe { _mm512_loadu_ps(p.add(i)) };
+        acc = _mm512_max_ps(acc, _mm512_mul_ps(x, s));
+    }
+    if full < len {
+        // SAFETY: the masked load reads only lanes `full..len`.
+        let x = unsafe { _mm512_maskz_loadu_ps(rem, p.add(full)) };
+        acc = _mm512_mask_max_ps(acc, rem, acc, _mm512_mul_ps(x, s));
+    }
+    let m = _mm512_set1_ps(reduce_max16(acc));
+    // Pass 2: exponentials, stored, and their sum.
+    let mut acc = _mm512_setzero_ps();
+    for i in (0..full).step_by(LANES) {
+        // SAFETY: as in pass 1; the store covers the same 16 elements.
+        unsafe {
+            let e = exp16(_mm512_sub_ps(
+                _mm512_mul_ps(_mm512_loadu_ps(p.add(i)), s),
+                m,
+            ));
+            _mm512_storeu_ps(p.add(i), e);
+            acc = _mm512_add_ps(acc, e);
+        }
+    }
+    if full < len {
+        // SAFETY: masked load and store of lanes `full..len` only.
+        unsafe {
+            let x = _mm512_maskz_loadu_ps(rem, p.add(full));
+            let e = exp16(_mm512_sub_ps(_mm512_mul_ps(x, s), m));
+            _mm512_mask_storeu_ps(p.add(full), rem, e);
+            acc = _mm512_mask_add_ps(acc, rem, acc, e);
+        }
+    }
+    let sum = reduce_add16(acc);
+    // Pass 3: normalise.
+    let inv = _mm512_set1_ps(1.0 / sum);
+    for i in (0..full).step_by(LANES) {
+        // SAFETY: as in pass 1.
+        unsafe { _mm512_storeu_ps(p.add(i), _mm512_mul_ps(_mm512_loadu_ps(p.add(i)), inv)) };
+    }
+    if full < len {
+        // SAFETY: masked load and store of lanes `full..len` only.
+        unsafe {
+            let x = _mm512_maskz_loadu_ps(rem, p.add(full));
+            _mm512_mask_storeu_ps(p.add(full), rem, _mm512_mul_ps(x, inv));
+        }
+    }
+    sum
+}

@@ -1,0 +1,341 @@
+//! The f32 element-wise and row operations around an LLM's linear layers: `exp`, SwiGLU's
+//! `silu(gate) · up`, and a row softmax with a causal limit per row (attention scores).
+//!
+//! Why: in a decoder whose linears run on the integer kernels, these operations are what
+//! is left of a prefill's time; candle's CPU versions call a scalar `expf` per element
+//! and the attention needs a separate mask tensor and scale pass. Here `exp` is a
+//! polynomial with range reduction written once per ISA, and the softmax takes the
+//! causal limit and the scale as arguments.
+//!
+//! Accuracy: [`exp_in_place`] is within 2 ulp of the true `e^x` for `x` in
+//! `[-87, 88]` (tested against f64 on 2 million points: at most 1.002 ulp, relative
+//! error at most 8.4e-8); below −87 (and for −∞) it gives exactly `+0`, above
+//! 88 (and for +∞) it gives `exp(88) ≈ 1.65e38`, never an infinity; NaN stays NaN.
+//!
+//! Safe entry points check their arguments ([`KernelError`], never a panic) and run the
+//! kernel for this process's ISA ([`kernel_isa`], detected once and cached): AVX-512F on
+//! CPUs with the AVX-512 kernels, AVX2 + FMA on other x86_64 CPUs, otherwise the scalar
+//! twin in `scalar.rs` (aarch64 included). `scalar.rs` is the definition of correct: the
+//! SIMD versions perform the same operations in the same order (FMA where the scalar code
+//! calls `f32::mul_add`, the same 16-lane partial sums in the softmax) and are tested
+//! against it bit for bit. The `*_on(isa, ..)` forms run a chosen ISA (`Ok(None)` when the
+//! CPU lacks it) for tests and benchmarks. Large inputs are split over rayon's threads;
+//! each element's (each row's) result does not depend on the split.
+#![warn(clippy::undocumented_unsafe_blocks, clippy::missing_safety_doc)]
+
+use rayon::prelude::*;
+
+use super::detect::{active_isa, Isa};
+#[cfg(target_arch = "x86_64")]
+use super::detect::{Avx2, Avx512Vnni};
+use super::error::{checked_mul, expect_len, KernelError};
+
+#[cfg(target_arch = "x86_64")]
+mod avx2;
+#[cfg(target_arch = "x86_64")]
+mod avx512;
+mod scalar;
+
+/// Elements per rayon task of the element-wise kernels (and the least work per task of
+/// the softmax): below about this, waking a thread costs more than the work.
+const PAR_CHUNK: usize = 16 * 1024;
+
+/// The instruction set these kernels run on in this process: [`Isa::Avx512Vnni`] (its
+/// AVX-512F part) when that is the active ISA or AMX is, [`Isa::Avx2`] on other x86_64
+/// CPUs with AVX2, otherwise [`Isa::Scalar`].
+pub fn kernel_isa() -> Isa {
+    match active_isa() {
+        Isa::Avx512Vnni | Isa::Amx => Isa::Avx512Vnni,
+        Isa::Avx2 | Isa::AvxVnni => Isa::Avx2,
+        Isa::Scalar | Isa::Neon => Isa::Scalar,
+    }
+}
+
+/// `gate[i] = silu(gate[i]) · up[i]` with `silu(g) = g · σ(g) = g / (1 + e^−g)`: the
+/// SwiGLU product of an LLM's MLP, in place in the gate projection's output.
+///
+/// Length: `up.len() == gate.len()`. Finite inputs give a finite output unless `g · u`
+/// itself is beyond the f32 range (`silu(g) ≈ g` for large `g`); for
+/// `g < −88` the result is `g / (1 + exp(88)) · u` (magnitude below `|g·u| · 6e-39`)
+/// where the exact one is smaller still. NaN in gives NaN out.
+///
+/// # Errors
+/// [`KernelError::Length`] when the lengths differ (nothing written).
+///
+/// ```
+/// use candle_compress::kernels::act::silu_mul_in_place;
+/// let mut gate = [0.0f32, 1.0, -1.0, 20.0];
+/// silu_mul_in_place(&mut gate, &[1.0, 2.0, 1.0, 0.5]).unwrap();
+/// assert_eq!(gate[0], 0.0);
+/// assert!((gate[1] - 2.0 / (1.0 + (-1.0f32).exp())).abs() < 1e-6);
+/// assert!((gate[2] + 1.0 / (1.0 + 1.0f32.exp())).abs() < 1e-6);
+/// assert!((gate[3] - 10.0).abs() < 1e-5);
+/// assert!(silu_mul_in_place(&mut gate, &[1.0]).is_err());
+/// ```
+pub fn silu_mul_in_place(gate: &mut [f32], up: &[f32]) -> Result<(), KernelError> {
+    check_silu("silu_mul_in_place", gate, up)?;
+    run_silu(kernel_isa(), gate, up);
+    Ok(())
+}
+
+/// [`silu_mul_in_place`] on a chosen instruction set; `Ok(None)` (nothing written) when
+/// this CPU lacks `isa` or there is no kernel for it.
+///
+/// # Errors
+/// As [`silu_mul_in_place`], whether or not the CPU has `isa`.
+pub fn silu_mul_in_place_on(
+    isa: Isa,
+    gate: &mut [f32],
+    up: &[f32],
+) -> Result<Option<()>, KernelError> {
+    check_silu("silu_mul_in_place_on", gate, up)?;
+    if !available(isa) {
+        return Ok(None);
+    }
+    run_silu(isa, gate, up);
+    Ok(Some(()))
+}
+
+/// `x[i] = e^x[i]` (see the module docs for its accuracy and range). Never fails; it
+/// returns `Result` like every kernel entry point.
+///
+/// # Errors
+/// None at present (no argument can be wrong).
+///
+/// ```
+/// use candle_compress::kernels::act::exp_in_place;
+/// let mut x = [0.0f32, 1.0, -200.0, f32::NEG_INFINITY, 1e30];
+/// exp_in_place(&mut x).unwrap();
+/// assert_eq!(x[0], 1.0);
+/// assert!((x[1] - std::f32::consts::E).abs() < 1e-6);
+/// assert_eq!(&x[2..4], &[0.0, 0.0]);
+/// assert!(x[4].is_finite());
+/// ```
+pub fn exp_in_place(x: &mut [f32]) -> Result<(), KernelError> {
+    run_exp(kernel_isa(), x);
+    Ok(())
+}
+
+/// [`exp_in_place`] on a chosen instruction set; `Ok(None)` (nothing written) when this
+/// CPU lacks `isa` or there is no kernel for it.
+///
+/// # Errors
+/// None at present.
+pub fn exp_in_place_on(isa: Isa, x: &mut [f32]) -> Result<Option<()>, KernelError> {
+    if !available(isa) {
+        return Ok(None);
+    }
+    run_exp(isa, x);
+    Ok(Some(()))
+}
+
+/// Softmax of each row of a row-major `[rows, cols]` score buffer, where row `r` uses only
+/// its first `limits[r]` columns (`rows = limits.len()`): in place,
+/// `p_j = e^(s·x_j − m) / Σ_k e^(s·x_k − m)` for `j < limits[r]` (`s = scale`,
+/// `m = max_k s·x_k`), and exact zeros from column `limits[r]` on. A causal attention
+/// passes `limits[r] = past + r + 1` (query `r` sees the cached keys and itself) and
+/// `scale = 1/√head_dim`, and needs neither a mask tensor nor a scale pass. A row with
+/// `limits[r] == 0` becomes all zeros.
+///
+/// The sum is accumulated in 16 fixed partial sums (element `j` in sum `j % 16`), so the
+/// result is the same on every ISA and every thread count.
+///
+/// # Errors
+/// [`KernelError::Length`] when `scores.len() != limits.len() × cols` and
+/// [`KernelError::InvalidArgument`] for a limit above `cols` or a non-finite `scale`
+/// (nothing written); [`KernelError::NonFinite`] when a row's used columns hold a NaN or
+/// +∞ (or only −∞), with the flat index of that row's first element: that row is then
+/// unspecified (the other rows are computed).
+///
+/// ```
+/// use candle_compress::kernels::act::softmax_rows;
+/// // Two rows of three columns: the first may see one column, the second all three.
+/// let mut s = [5.0f32, 7.0, 9.0, 0.0, 0.0, 2.0f32.ln() * 2.0];
+/// softmax_rows(&mut s, 3, &[1, 3], 0.5).unwrap();
+/// assert_eq!(&s[..3], &[1.0, 0.0, 0.0]);
+/// assert!((s[3] - 0.25).abs() < 1e-6 && (s[4] - 0.25).abs() < 1e-6);
+/// assert!((s[5] - 0.5).abs() < 1e-6);
+/// assert!(softmax_rows(&mut s, 3, &[4, 1], 1.0).is_err()); // a limit beyond cols
+/// ```
+pub fn softmax_rows(
+    scores: &mut [f32],
+    cols: usize,
+    limits: &[usize],
+    scale: f32,
+) -> Result<(), KernelError> {
+    const OP: &str = "softmax_rows";
+    check_softmax(OP, scores, cols, limits, scale)?;
+    run_softmax(OP, kernel_isa(), scores, cols, limits, scale)
+}
+
+/// [`softmax_rows`] on a chosen instruction set; `Ok(None)` (nothing written) when this
+/// CPU lacks `isa` or there is no kernel for it.
+///
+/// # Errors
+/// As [`softmax_rows`]; the argument errors whether or not the CPU has `isa`.
+pub fn softmax_rows_on(
+    isa: Isa,
+    scores: &mut [f32],
+    cols: usize,
+    limits: &[usize],
+    scale: f32,
+) -> Result<Option<()>, KernelError> {
+    const OP: &str = "softmax_rows_on";
+    check_softmax(OP, scores, cols, limits, scale)?;
+    if !available(isa) {
+        return Ok(None);
+    }
+    run_softmax(OP, isa, scores, cols, limits, scale).map(Some)
+}
+
+fn check_silu(op: &'static str, gate: &[f32], up: &[f32]) -> Result<(), KernelError> {
+    expect_len(op, "up", up.len(), gate.len(), || "gate.len()".into())
+}
+
+fn check_softmax(
+    op: &'static str,
+    scores: &[f32],
+    cols: usize,
+    limits: &[usize],
+    scale: f32,
+) -> Result<(), KernelError> {
+    let need = checked_mul(op, "rows × cols", limits.len(), cols)?;
+    expect_len(op, "scores", scores.len(), need, || {
+        format!("rows × cols = {} × {cols}", limits.len())
+    })?;
+    if let Some((r, &l)) = limits.iter().enumerate().find(|(_, &l)| l > cols) {
+        return Err(KernelError::invalid(
+            op,
+            "limits",
+            format!("row {r} uses {l} columns of {cols}"),
+        ));
+    }
+    if !scale.is_finite() {
+        return Err(KernelError::invalid(
+            op,
+            "scale",
+            format!("must be finite, found {scale}"),
+        ));
+    }
+    Ok(())
+}
+
+/// Whether this CPU runs `isa`'s kernels here.
+fn available(isa: Isa) -> bool {
+    match isa {
+        Isa::Scalar => true,
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => Avx2::detect().is_some(),
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512Vnni => Avx512Vnni::detect().is_some(),
+        _ => false,
+    }
+}
+
+/// One chunk of [`silu_mul_in_place`] on `isa` (available, checked by the callers).
+fn silu_chunk(isa: Isa, gate: &mut [f32], up: &[f32]) {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512Vnni => match Avx512Vnni::detect() {
+            Some(cpu) => avx512::silu_mul_in_place(cpu, gate, up),
+            None => scalar::silu_mul_in_place(gate, up),
+        },
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => match Avx2::detect() {
+            Some(cpu) => avx2::silu_mul_in_place(cpu, gate, up),
+            None => scalar::silu_mul_in_place(gate, up),
+        },
+        _ => scalar::silu_mul_in_place(gate, up),
+    }
+}
+
+fn run_silu(isa: Isa, gate: &mut [f32], up: &[f32]) {
+    if gate.len() < 2 * PAR_CHUNK {
+        return silu_chunk(isa, gate, up);
+    }
+    gate.par_chunks_mut(PAR_CHUNK)
+        .zip(up.par_chunks(PAR_CHUNK))
+        .for_each(|(g, u)| silu_chunk(isa, g, u));
+}
+
+/// [`exp_in_place`] on `isa` (available, checked by the callers); one thread (it serves
+/// tests and benchmarks of the `exp` itself).
+fn run_exp(isa: Isa, x: &mut [f32]) {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512Vnni => match Avx512Vnni::detect() {
+            Some(cpu) => avx512::exp_in_place(cpu, x),
+            None => x.iter_mut().for_each(|v| *v = scalar::exp(*v)),
+        },
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => match Avx2::detect() {
+            Some(cpu) => avx2::exp_in_place(cpu, x),
+            None => x.iter_mut().for_each(|v| *v = scalar::exp(*v)),
+        },
+        _ => x.iter_mut().for_each(|v| *v = scalar::exp(*v)),
+    }
+}
+
+/// The softmax of one row on `isa` (available, checked by the callers); its sum.
+fn softmax_row(isa: Isa, row: &mut [f32], len: usize, scale: f32) -> f32 {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512Vnni => match Avx512Vnni::detect() {
+            Some(cpu) => avx512::softmax_row(cpu, row, len, scale),
+            None => scalar::softmax_row(row, len, scale),
+        },
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => match Avx2::detect() {
+            Some(cpu) => avx2::softmax_row(cpu, row, len, scale),
+            None => scalar::softmax_row(row, len, scale),
+        },
+        _ => scalar::softmax_row(row, len, scale),
+    }
+}
+
+/// Runs the rows (in parallel when there is enough work); the first row whose sum is not
+/// finite is reported.
+fn run_softmax(
+    op: &'static str,
+    isa: Isa,
+    scores: &mut [f32],
+    cols: usize,
+    limits: &[usize],
+    scale: f32,
+) -> Result<(), KernelError> {
+    if cols == 0 || limits.is_empty() {
+        return Ok(());
+    }
+    let one = |(r, (row, &len)): (usize, (&mut [f32], &usize))| -> Option<usize> {
+        let sum = softmax_row(isa, row, len, scale);
+        (!sum.is_finite()).then_some(r)
+    };
+    let bad = if scores.len() < 2 * PAR_CHUNK {
+        scores
+            .chunks_mut(cols)
+            .zip(limits)
+            .enumerate()
+            .filter_map(one)
+            .min()
+    } else {
+        let per_task = PAR_CHUNK.div_ceil(cols);
+        scores
+            .par_chunks_mut(cols)
+            .zip(limits.par_iter())
+            .enumerate()
+            .with_min_len(per_task)
+            .filter_map(one)
+            .min()
+    };
+    match bad {
+        None => Ok(()),
+        Some(r) => Err(KernelError::NonFinite {
+            op,
+            what: "score (NaN or +Inf, or a row of only -Inf) in the row starting",
+            index: r * cols,
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests;

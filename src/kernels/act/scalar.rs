@@ -1,0 +1,132 @@
+//! Portable activation kernels: the definition of correct for `avx2.rs` and `avx512.rs`.
+//!
+//! Every SIMD kernel performs exactly the operations written here, in the same order
+//! (`f32::mul_add` where the SIMD code uses FMA, the same clamps, the same lane layout
+//! of the softmax reductions), so the results agree bit for bit.
+
+/// Inputs below this give `exp = 0` (the true value is below 1.7e-38, at most the
+/// smallest normal f32 times 1.4); it also keeps `2^n` a normal number.
+pub(crate) const EXP_LO: f32 = -87.0;
+/// Inputs above this are clamped to it: `exp` stays finite (about 1.65e38).
+pub(crate) const EXP_HI: f32 = 88.0;
+/// `log2(e)`.
+pub(crate) const LOG2E: f32 = std::f32::consts::LOG2_E;
+/// `ln 2` split in two (Cephes): `LN2_HI` has few mantissa bits, so `n · LN2_HI` is exact.
+pub(crate) const LN2_HI: f32 = 0.693_359_4;
+/// `ln 2 − LN2_HI`.
+pub(crate) const LN2_LO: f32 = -2.121_944_4e-4;
+/// Minimax coefficients of `(e^r − 1 − r) / r²` on `|r| ≤ ln2 / 2` (Cephes `expf`),
+/// highest degree first.
+pub(crate) const EXP_POLY: [f32; 6] = [
+    1.987_569_1e-4,
+    1.398_199_9e-3,
+    8.333_452e-3,
+    4.166_579_6e-2,
+    0.166_666_65,
+    0.5,
+];
+
+/// Lanes of the softmax reductions: element `j` of a row goes to accumulator `j % 16`, and
+/// the 16 accumulators are combined by halves (`i` with `i + 8`, then `i + 4`, `i + 2`,
+/// `i + 1`), the order of one AVX-512 vector or two AVX2 vectors.
+pub(crate) const LANES: usize = 16;
+
+/// `if a > b { a } else { b }`: the `maxps` rule (the second operand when either is NaN).
+#[inline(always)]
+pub(crate) fn max_op(a: f32, b: f32) -> f32 {
+    if a > b {
+        a
+    } else {
+        b
+    }
+}
+
+/// `if a < b { a } else { b }`: the `minps` rule.
+#[inline(always)]
+fn min_op(a: f32, b: f32) -> f32 {
+    if a < b {
+        a
+    } else {
+        b
+    }
+}
+
+/// `e^x`: range reduction `x = n·ln2 + r` (`n` rounded to nearest even, `r` by two FMAs),
+/// a degree-7 polynomial for `e^r`, then `· 2^n` built from the exponent bits.
+///
+/// `x < EXP_LO` (and `−∞`) gives `+0`; `x > EXP_HI` (and `+∞`) gives `exp(EXP_HI)`; NaN
+/// gives NaN. Within 2 ulp of the true value elsewhere (tested against f64).
+#[inline(always)]
+pub(crate) fn exp(x: f32) -> f32 {
+    let xc = min_op(EXP_HI, max_op(EXP_LO, x));
+    let n = (xc * LOG2E).round_ties_even();
+    let r = n.mul_add(-LN2_HI, xc);
+    let r = n.mul_add(-LN2_LO, r);
+    let mut p = EXP_POLY[0];
+    for c in &EXP_POLY[1..] {
+        p = p.mul_add(r, *c);
+    }
+    let z = r * r;
+    let y = p.mul_add(z, r) + 1.0;
+    let scale = f32::from_bits(((n as i32 + 127) as u32) << 23);
+    let e = y * scale;
+    if x < EXP_LO {
+        0.0
+    } else {
+        e
+    }
+}
+
+/// `g · σ(g) · u` computed as `(g / (1 + e^−g)) · u`.
+#[inline(always)]
+pub(crate) fn silu_mul(g: f32, u: f32) -> f32 {
+    let e = exp(-g);
+    (g / (1.0 + e)) * u
+}
+
+/// See [`super::silu_mul_in_place`]; lengths already checked.
+pub(crate) fn silu_mul_in_place(gate: &mut [f32], up: &[f32]) {
+    for (g, &u) in gate.iter_mut().zip(up) {
+        *g = silu_mul(*g, u);
+    }
+}
+
+/// Combines 16 lane accumulators by halves (see [`LANES`]).
+pub(crate) fn reduce(mut acc: [f32; LANES], op: impl Fn(f32, f32) -> f32) -> f32 {
+    let mut half = LANES / 2;
+    while half >= 1 {
+        for i in 0..half {
+            acc[i] = op(acc[i], acc[i + half]);
+        }
+        half /= 2;
+    }
+    acc[0]
+}
+
+/// Softmax of `row[..len]` scaled by `scale`, exact zeros in `row[len..]`; returns the sum
+/// of the exponentials (not finite when the row held NaN or +∞, or only −∞).
+/// `len == 0` writes zeros and returns 1.
+pub(crate) fn softmax_row(row: &mut [f32], len: usize, scale: f32) -> f32 {
+    let (live, dead) = row.split_at_mut(len);
+    dead.fill(0.0);
+    if live.is_empty() {
+        return 1.0;
+    }
+    let mut acc = [f32::NEG_INFINITY; LANES];
+    for (j, &x) in live.iter().enumerate() {
+        acc[j % LANES] = max_op(acc[j % LANES], x * scale);
+    }
+    let m = reduce(acc, max_op);
+    let mut acc = [0f32; LANES];
+    for (j, x) in live.iter_mut().enumerate() {
+        let e = exp(*x * scale - m);
+        *x = e;
+        acc[j % LANES] += e;
+    }
+    let sum = reduce(acc, |a, b| a + b);
+    let inv = 1.0 / sum;
+    for x in live.iter_mut() {
+        *x *= inv;
+    }
+    sum
+}
