@@ -58,7 +58,7 @@ use std::time::Instant;
 use candle_compress::io::gguf_reader::GgufFile;
 use candle_compress::nn::gptq::GptqConfig;
 use candle_compress::nn::{ActivationQuant, QuantConfig};
-use model::{Kind, Llama, Mode};
+use model::{head_config, Kind, Llama, Mode};
 use smoothquant::{Alpha, Calibration, Weights};
 use tokenizer::GgufTokenizer;
 
@@ -347,12 +347,6 @@ fn calibrate(
         if grams { ", with Gram matrices" } else { "" }
     );
     Calibration::run(reference, tokens, window, grams)
-}
-
-/// The LM head's config beside block linears in `config`: int8 weights (its 4-bit form
-/// costs the most accuracy for the least time), the same activation quantization.
-fn head_config(config: &QuantConfig) -> candle_core::Result<QuantConfig> {
-    Ok(QuantConfig::w8a8().with_activations(config.activations())?)
 }
 
 /// The SmoothQuant rewrite of `reference` in `config` (LM head: W8A8 with the same

@@ -114,9 +114,18 @@ impl LlamaConfig {
 pub enum Mode {
     /// Every weight dequantized to f32, candle's `Linear` (the reference).
     F32,
-    /// Our `QuantLinear` in this config for the block linears; the LM head in W8A8
-    /// per token (its 4-bit form costs the most accuracy for the least time).
+    /// Our `QuantLinear` in this config for the block linears; the LM head in int8
+    /// weights with the same activation mode ([`head_config`]).
     Quant(QuantConfig),
+}
+
+/// The LM head's config beside block linears in `config`: int8 weights (its 4-bit form
+/// costs the most accuracy for the least time; the file's tied embedding is Q8_0), the
+/// same activation quantization.
+pub fn head_config(config: &QuantConfig) -> Result<QuantConfig> {
+    QuantConfig::w8a8()
+        .with_activations(config.activations())
+        .map_err(candle_core::Error::wrap)
 }
 
 /// One linear layer: candle's f32 `Linear` or our integer `QuantLinear`.
@@ -294,9 +303,14 @@ impl Builder<'_> {
 }
 
 impl Llama {
-    /// Loads the decoder from the GGUF file at `path`, every linear in `mode`.
+    /// Loads the decoder from the GGUF file at `path`, every block linear in `mode`, the
+    /// LM head in `mode`'s [`head_config`].
     pub fn load(path: impl AsRef<Path>, mode: Mode) -> Result<Self> {
-        Self::load_with(path, |_| mode, mode)
+        let head = match mode {
+            Mode::F32 => Mode::F32,
+            Mode::Quant(c) => Mode::Quant(head_config(&c)?),
+        };
+        Self::load_with(path, |_| mode, head)
     }
 
     /// Loads the decoder with a mode per block-linear kind (`block(kind)`) and one for the
