@@ -12,7 +12,7 @@ use candle_compress::nn::gptq::{
 };
 use candle_compress::nn::gram::{GramLinear, InputGram};
 use candle_compress::nn::sequential::{quantize_sequential, LayerQuantizer, SequentialModel};
-use candle_compress::nn::{QuantConfig, QuantLinear, WeightQuant};
+use candle_compress::nn::{QuantConfig, QuantLinear};
 use candle_compress::{Error, Result};
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::Linear;
