@@ -31,9 +31,27 @@ pub(crate) fn group_sums(xr: &[i8], group: usize, dst: &mut [i32]) {
 
 /// `dst[j] = ((0 + S_0·m_0[o0 + j]) + S_1·m_1[o0 + j]) + …` for `j < dst.len()`, where
 /// `S_g = sums[g]` and `m_g` is row `g` of `offsets_t` (`[groups][n]`, `n` floats per
-/// group).
+/// group). Runs [`offset_row_avx2`] when the CPU has AVX2 (detected once): the same
+/// multiplies and adds per element, in the same order (no FMA), so the same bits.
 #[inline]
 pub(crate) fn offset_row(sums: &[i32], offsets_t: &[f32], n: usize, o0: usize, dst: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if let Some(t) = crate::kernels::detect::Avx2::detect() {
+        offset_row_avx2(t, sums, offsets_t, n, o0, dst);
+        return;
+    }
+    offset_row_scalar(sums, offsets_t, n, o0, dst);
+}
+
+/// The scalar twin of [`offset_row`] (and the scalar reference's own path).
+#[inline]
+pub(crate) fn offset_row_scalar(
+    sums: &[i32],
+    offsets_t: &[f32],
+    n: usize,
+    o0: usize,
+    dst: &mut [f32],
+) {
     dst.fill(0.0);
     let cols = dst.len();
     for (g, &s) in sums.iter().enumerate() {
@@ -43,6 +61,69 @@ pub(crate) fn offset_row(sums: &[i32], offsets_t: &[f32], n: usize, o0: usize, d
             *d += sf * mv;
         }
     }
+}
+
+/// [`offset_row_scalar`] on AVX2: eight columns at a time, each lane accumulating its
+/// column over the groups in a register (`add(acc, mul(S_g, m))`, two roundings as in the
+/// scalar code); the last `cols % 8` columns go through the scalar code. Falls back to
+/// the scalar code (which then reports the bad range) when `offsets_t` is too short.
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn offset_row_avx2(
+    _proof: crate::kernels::detect::Avx2,
+    sums: &[i32],
+    offsets_t: &[f32],
+    n: usize,
+    o0: usize,
+    dst: &mut [f32],
+) {
+    let cols = dst.len();
+    let need = match sums.len() {
+        0 => 0,
+        g => (g - 1) * n + o0 + cols,
+    };
+    if need > offsets_t.len() {
+        offset_row_scalar(sums, offsets_t, n, o0, dst);
+        return;
+    }
+    // SAFETY: the token proves AVX2; every load reads `offsets_t[g·n + o0 + j ..][..8]`
+    // with `g < sums.len()` and `j + 8 ≤ cols`, inside the `need` floats checked above;
+    // the stores write `dst[j..j + 8]`, `j + 8 ≤ cols = dst.len()`.
+    let full = unsafe { offset_cols_avx2(sums, offsets_t, n, o0, dst) };
+    let tail = &mut dst[full..];
+    if !tail.is_empty() {
+        offset_row_scalar(sums, offsets_t, n, o0 + full, tail);
+    }
+}
+
+/// The whole blocks of eight columns of [`offset_row_avx2`]; returns how many columns it
+/// wrote.
+///
+/// # Safety
+/// AVX2 must be available and `offsets_t` hold `(sums.len() − 1)·n + o0 + dst.len()`
+/// floats.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn offset_cols_avx2(
+    sums: &[i32],
+    offsets_t: &[f32],
+    n: usize,
+    o0: usize,
+    dst: &mut [f32],
+) -> usize {
+    use std::arch::x86_64::*;
+    let full = dst.len() / 8 * 8;
+    let base = offsets_t.as_ptr();
+    for j in (0..full).step_by(8) {
+        let mut acc = _mm256_setzero_ps();
+        for (g, &s) in sums.iter().enumerate() {
+            // SAFETY: in bounds by the caller's contract (see `offset_row_avx2`).
+            let m = unsafe { _mm256_loadu_ps(base.add(g * n + o0 + j)) };
+            acc = _mm256_add_ps(acc, _mm256_mul_ps(_mm256_set1_ps(s as f32), m));
+        }
+        // SAFETY: `j + 8 ≤ full ≤ dst.len()`.
+        unsafe { _mm256_storeu_ps(dst.as_mut_ptr().add(j), acc) };
+    }
+    full
 }
 
 /// The W4A8 epilogue of one output row segment, shared by every path:
@@ -121,6 +202,60 @@ mod tests {
         assert_eq!(y, [(1.0 + 0.5) * 2.0 + 1.0, 0.0]);
         finish_row_w4(&mut y, &[1.0, -0.0], None, 2.0, None);
         assert_eq!(bits(&y), bits(&[2.0, -0.0]));
+    }
+
+    #[test]
+    fn avx2_offset_row_equals_scalar_bit_for_bit() {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use crate::kernels::detect::{report_skipped, Avx2, Isa};
+            let Some(t) = Avx2::detect() else {
+                report_skipped(
+                    Isa::Avx2,
+                    "offsets::avx2_offset_row_equals_scalar_bit_for_bit",
+                );
+                return;
+            };
+            let mut seed = 0x2545_f491_4f6c_dd1du64;
+            let mut next = || {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                seed
+            };
+            for groups in [0usize, 1, 2, 5, 48] {
+                for n in [1usize, 7, 8, 33, 70] {
+                    let m: Vec<f32> = (0..groups * n)
+                        .map(|k| match k % 11 {
+                            0 => 1e30,
+                            1 => -1e-30,
+                            2 => -0.0,
+                            _ => (next() % 20001) as f32 / 1000.0 - 10.0,
+                        })
+                        .collect();
+                    let sums: Vec<i32> = (0..groups)
+                        .map(|g| match g % 4 {
+                            0 => -127 * 128,
+                            1 => 0,
+                            _ => (next() % 8001) as i32 - 4000,
+                        })
+                        .collect();
+                    for o0 in 0..n {
+                        for cols in 0..=n - o0 {
+                            let mut a = vec![7f32; cols];
+                            let mut b = vec![-7f32; cols];
+                            offset_row_scalar(&sums, &m, n, o0, &mut a);
+                            offset_row_avx2(t, &sums, &m, n, o0, &mut b);
+                            assert_eq!(
+                                bits(&a),
+                                bits(&b),
+                                "groups {groups} n {n} o0 {o0} cols {cols}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
     }
 
     fn bits(v: &[f32]) -> Vec<u32> {

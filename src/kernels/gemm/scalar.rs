@@ -6,7 +6,7 @@
 //! [`finish_w4`](super::finish_w4) used by every ISA.
 
 use super::finish_w8;
-use super::offsets::{finish_row_w4, group_sums, offset_row};
+use super::offsets::{finish_row_w4, group_sums, offset_row_scalar};
 use super::pack::{PackedW4, PackedW8, NR};
 
 /// `y = x * smooth[c]` when smoothing, else `x`.
@@ -119,7 +119,7 @@ pub(crate) fn matmul_w8a8(
 /// Reference W4A8: per group `g`, `acc_g = Σ_{k in g} qx[t,k]·w[o,k]` (i32, exact);
 /// `sum = ((0 + acc_0·s_0) + acc_1·s_1) + …` in f32; with offsets
 /// `off = ((0 + S_0·m_0) + S_1·m_1) + …` (`S_g = Σ_{k in g} qx[t,k]`, the shared
-/// [`offset_row`]); `out = finish_w4(sum (+ off), x_scales[t], bias)`.
+/// [`offset_row_scalar`](super::offsets::offset_row_scalar)); `out = finish_w4(sum (+ off), x_scales[t], bias)`.
 pub(crate) fn matmul_w4a8(
     qx: &[i8],
     x_scales: &[f32],
@@ -146,7 +146,7 @@ pub(crate) fn matmul_w4a8(
         }
         let off = w.offsets_t().map(|m| {
             group_sums(xr, group, &mut xsum);
-            offset_row(&xsum, m, n, 0, &mut off);
+            offset_row_scalar(&xsum, m, n, 0, &mut off);
             &off[..]
         });
         finish_row_w4(&mut out[t * n..(t + 1) * n], &sums, off, x_scales[t], bias);
