@@ -206,6 +206,11 @@ mod tests {
 
     #[test]
     fn avx2_offset_row_equals_scalar_bit_for_bit() {
+        #[cfg(not(target_arch = "x86_64"))]
+        crate::kernels::detect::report_skipped(
+            crate::kernels::detect::Isa::Avx2,
+            "offsets::avx2_offset_row_equals_scalar_bit_for_bit",
+        );
         #[cfg(target_arch = "x86_64")]
         {
             use crate::kernels::detect::{report_skipped, Avx2, Isa};
