@@ -508,11 +508,8 @@ fn shrunk_grid(vals: &[f64], c: Codes, p: f64) -> Grid {
         return Grid { scale, offset };
     }
     let amax = vals.iter().fold(0f32, |m, &v| m.max((v as f32).abs()));
-    let scale = if p == 1.0 {
-        amax / c.qmax
-    } else {
-        ((f64::from(amax) * p) as f32) / c.qmax
-    };
+    // At p = 1 the f64 round trip is exact: RTN's `amax / qmax`.
+    let scale = ((f64::from(amax) * p) as f32) / c.qmax;
     Grid { scale, offset: 0.0 }
 }
 
@@ -659,8 +656,8 @@ fn lazy_update(
 }
 
 /// Dequantized weights `q · scale + offset` (row-major `[out, inp]`; no offsets: 0), for
-/// the error report.
-fn dequantize(
+/// the error reports (here and in [`crate::nn::sequential`]).
+pub(crate) fn dequantize(
     codes: &[i8],
     scales: &[f32],
     offsets: Option<&[f32]>,

@@ -28,7 +28,7 @@ use candle_nn::Linear;
 
 use crate::error::{Error, Result};
 use crate::nn::awq::awq_search;
-use crate::nn::gptq::{gptq, gptq_smoothed, output_error, GptqConfig};
+use crate::nn::gptq::{dequantize, gptq, gptq_smoothed, output_error, GptqConfig};
 use crate::nn::gram::{GramLinear, InputGram};
 use crate::nn::quant_linear::{QuantConfig, QuantLinear};
 
@@ -313,23 +313,18 @@ fn rtn_error(l: &Linear, q: &QuantLinear, gram: &InputGram, quant: &QuantConfig)
     let w: Vec<f64> = crate::input::with_f32_slice(l.weight(), "rtn_error (weight)", |w| {
         Ok(w.iter().map(|&v| f64::from(v)).collect())
     })?;
-    let span = quant.weights().int4_group().unwrap_or(inp);
-    let groups = inp.div_ceil(span);
-    let codes = q.weights_i8();
-    let scales = q.weight_scales();
-    let offsets = q.offsets();
-    let smooth = q.smooth();
-    let w_hat: Vec<f64> = (0..out * inp)
-        .map(|k| {
-            let (o, c) = (k / inp, k % inp);
-            let g = o * groups + c / span;
-            let v = f64::from(codes[k]) * f64::from(scales[g])
-                + offsets.map_or(0.0, |m| f64::from(m[g]));
-            match smooth {
-                Some(s) => v / f64::from(s[c]),
-                None => v,
-            }
-        })
-        .collect();
+    let mut w_hat = dequantize(
+        &q.weights_i8(),
+        q.weight_scales(),
+        q.offsets(),
+        out,
+        inp,
+        quant.weights(),
+    );
+    if let Some(s) = q.smooth() {
+        for (k, v) in w_hat.iter_mut().enumerate() {
+            *v /= f64::from(s[k % inp]);
+        }
+    }
     output_error(&w, &w_hat, gram.matrix(), out, inp)
 }
