@@ -1202,32 +1202,12 @@ fn quantize_weights(
                 &q, &scales, out, inp,
             )?)))
         }
-        WeightQuant::Int4Grouped { group } => {
+        WeightQuant::Int4Grouped { group } | WeightQuant::Int4GroupedAsym { group } => {
+            let asym = config.weights.has_offsets();
             let mut q = vec![0i8; n];
             let groups = config.scales_per_row(inp);
             let mut scales = vec![0f32; out * groups];
-            let first_bad = w
-                .par_chunks(inp)
-                .zip(q.par_chunks_mut(inp))
-                .zip(scales.par_chunks_mut(groups))
-                .enumerate()
-                .filter_map(|(row, ((wr, qr), sr))| {
-                    quantize_row_int4(wr, smooth, group, qr, sr)
-                        .err()
-                        .map(|c| row * inp + c)
-                })
-                .min();
-            if let Some(i) = first_bad {
-                return Err(bad(i));
-            }
-            Ok(PackedWeights::W4(Arc::new(PackedW4::pack(
-                &q, &scales, out, inp, group,
-            )?)))
-        }
-        WeightQuant::Int4GroupedAsym { group } => {
-            let mut q = vec![0i8; n];
-            let groups = config.scales_per_row(inp);
-            let mut scales = vec![0f32; out * groups];
+            // Written only in the asymmetric mode.
             let mut offsets = vec![0f32; out * groups];
             let first_bad = w
                 .par_chunks(inp)
@@ -1236,17 +1216,23 @@ fn quantize_weights(
                 .zip(offsets.par_chunks_mut(groups))
                 .enumerate()
                 .filter_map(|(row, (((wr, qr), sr), mr))| {
-                    quantize_row_int4_asym(wr, smooth, group, qr, sr, mr)
-                        .err()
-                        .map(|c| row * inp + c)
+                    let res = if asym {
+                        quantize_row_int4_asym(wr, smooth, group, qr, sr, mr)
+                    } else {
+                        quantize_row_int4(wr, smooth, group, qr, sr)
+                    };
+                    res.err().map(|c| row * inp + c)
                 })
                 .min();
             if let Some(i) = first_bad {
                 return Err(bad(i));
             }
-            Ok(PackedWeights::W4(Arc::new(PackedW4::pack_asym(
-                &q, &scales, &offsets, out, inp, group,
-            )?)))
+            let packed = if asym {
+                PackedW4::pack_asym(&q, &scales, &offsets, out, inp, group)?
+            } else {
+                PackedW4::pack(&q, &scales, out, inp, group)?
+            };
+            Ok(PackedWeights::W4(Arc::new(packed)))
         }
     }
 }
