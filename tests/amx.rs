@@ -241,10 +241,18 @@ fn amx_dispatch_by_rows_names_the_isa() {
 
 /// Multi-threaded: the tile configuration is loaded by every rayon worker (the emulation
 /// panics on a tile instruction without one), and results do not depend on the threads.
+/// The first shape is above the parallel threshold (tasks of whole tile blocks); the
+/// second below it, where a call on a rayon worker shares the panels evenly between the
+/// threads, so task boundaries fall inside panel groups.
 #[test]
 fn amx_results_do_not_depend_on_thread_count() {
     let kernels = amx_kernels("amx_results_do_not_depend_on_thread_count");
-    let (rows, n, k) = (64, 96, 1100);
+    for (rows, n, k) in [(64, 96, 1100), (16, 70, 300)] {
+        amx_thread_count_case(&kernels, rows, n, k);
+    }
+}
+
+fn amx_thread_count_case(kernels: &[GemmKernels], rows: usize, n: usize, k: usize) {
     let mut rng = Rng(3);
     let (qx, w) = data(&mut rng, false, rows, n, k);
     let ws: Vec<f32> = (0..n).map(|_| rng.f32().abs() * 0.01).collect();
@@ -265,13 +273,18 @@ fn amx_results_do_not_depend_on_thread_count() {
             .num_threads(threads)
             .build()
             .unwrap();
-        for kern in &kernels {
+        for kern in kernels {
             let mut got = vec![0f32; rows * n];
             pool.install(|| {
                 kern.matmul_w8a8(&qx, &xs, rows, &p, None, &mut got)
                     .unwrap()
             });
-            assert_eq!(bits(&got), bits(&want), "{} threads={threads}", kern.name());
+            assert_eq!(
+                bits(&got),
+                bits(&want),
+                "{} threads={threads} {rows}x{n}x{k}",
+                kern.name()
+            );
             pool.install(|| {
                 kern.matmul_w4a8(&qx, &xs, rows, &p4, None, &mut got)
                     .unwrap()
@@ -279,7 +292,7 @@ fn amx_results_do_not_depend_on_thread_count() {
             assert_eq!(
                 bits(&got),
                 bits(&want4),
-                "{} W4 threads={threads}",
+                "{} W4 threads={threads} {rows}x{n}x{k}",
                 kern.name()
             );
         }

@@ -308,11 +308,20 @@ fn w4a8_simd_equals_scalar_all_shapes() {
     }
 }
 
+/// Same bits for 1, 2, 3 and 8 threads: above the parallel threshold (tasks of whole
+/// panel groups and row blocks), and below it, where a call on a rayon worker shares the
+/// panels evenly between the threads (a GEMV, and a few rows over 5 panels).
 #[test]
 fn results_do_not_depend_on_thread_count() {
     let kernels = simd_kernels("results_do_not_depend_on_thread_count");
+    // 11M MACs: above the threshold; 300K and 70K: below it, above the on-worker one.
+    for (rows, n, k) in [(37, 300, 1000), (1, 300, 1000), (3, 70, 333)] {
+        thread_count_case(&kernels, rows, n, k);
+    }
+}
+
+fn thread_count_case(kernels: &[GemmKernels], rows: usize, n: usize, k: usize) {
     let mut rng = Rng(99);
-    let (rows, n, k): (usize, usize, usize) = (37, 300, 1000); // 11M MACs: above the parallel threshold
     let qx: Vec<i8> = (0..rows * k).map(|_| rng.i8()).collect();
     let w8: Vec<i8> = (0..n * k).map(|_| rng.range(-127, 127)).collect();
     let w4: Vec<i8> = (0..n * k).map(|_| rng.range(-8, 7)).collect();
@@ -333,12 +342,12 @@ fn results_do_not_depend_on_thread_count() {
         })
     };
     let want = run(1, scalar());
-    for kern in kernels {
+    for &kern in kernels {
         for threads in [1, 2, 3, 8] {
             assert_eq!(
                 run(threads, kern),
                 want,
-                "{} threads={threads}",
+                "{} threads={threads} {rows}x{n}x{k}",
                 kern.name()
             );
         }

@@ -288,12 +288,18 @@ fn w4a8_asym_matches_the_f32_oracle() {
     }
 }
 
-/// Same bits for 1, 2, 3 and 8 threads (the work is above the parallel threshold).
+/// Same bits for 1, 2, 3 and 8 threads: above the parallel threshold, and below it (a
+/// GEMV), where a call on a rayon worker shares the panels evenly between the threads.
 #[test]
 fn w4a8_asym_results_do_not_depend_on_thread_count() {
     let kernels = kernels("w4a8_asym_results_do_not_depend_on_thread_count");
+    for (rows, n, k) in [(70, 300, 1000), (1, 300, 1000)] {
+        asym_thread_count_case(&kernels, rows, n, k);
+    }
+}
+
+fn asym_thread_count_case(kernels: &[GemmKernels], rows: usize, n: usize, k: usize) {
     let mut rng = Rng(99);
-    let (rows, n, k) = (70, 300, 1000);
     let c = case(&mut rng, Offsets::Random, 64, k, n, rows);
     let p = PackedW4::pack_asym(&c.w, &c.ws, &c.wm, n, k, 64).unwrap();
     let run = |threads: usize, kern: GemmKernels| {
@@ -309,12 +315,12 @@ fn w4a8_asym_results_do_not_depend_on_thread_count() {
         })
     };
     let want = run(1, scalar());
-    for kern in kernels {
+    for &kern in kernels {
         for threads in [1, 2, 3, 8] {
             assert_eq!(
                 run(threads, kern),
                 want,
-                "{} threads={threads}",
+                "{} threads={threads} {rows}x{n}x{k}",
                 kern.name()
             );
         }

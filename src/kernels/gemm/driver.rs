@@ -117,9 +117,17 @@ pub(crate) struct W4Kernel {
     pub tile: fn(usize, usize) -> W4TileFn,
 }
 
-/// Work (multiply-adds) below which everything runs on the calling thread: ~4M MACs is
-/// tens of microseconds, the order of rayon's wake-up cost on a busy machine.
-const PAR_MIN_MACS: usize = 1 << 22;
+/// Work (multiply-adds) below which a call from outside the rayon pool runs on the
+/// calling thread: handing work to the pool from outside injects it and puts the caller
+/// to sleep until a worker finishes, two wake-ups that cost tens of microseconds on a
+/// busy machine or a VM, the time of ~4M multiply-adds.
+pub(crate) const PAR_MIN_MACS: usize = 1 << 22;
+
+/// The same threshold for a call made on a rayon worker (inside `ThreadPool::install`,
+/// `rayon::scope`, a parallel iterator): there a split is a push onto the worker's own
+/// deque that a spinning sibling steals within about a microsecond, so a decoder's
+/// one-token GEMVs (0.1–1M multiply-adds) gain from every thread.
+pub(crate) const PAR_MIN_MACS_ON_WORKER: usize = 1 << 16;
 
 /// The output pointer shared by tasks that write disjoint elements.
 #[derive(Clone, Copy)]
@@ -146,17 +154,37 @@ pub(crate) struct Task {
     pub(crate) r1: usize,
 }
 
-/// Splits the (panel, row) grid into tasks: whole panel groups, whole row blocks, about
-/// four tasks per thread; a single task when the work is small or there is one thread.
+/// Splits the (panel, row) grid into tasks. Large work: whole panel groups, whole row
+/// blocks, about four tasks per thread. Work below [`PAR_MIN_MACS`] that is still worth
+/// splitting (on a rayon worker, see [`PAR_MIN_MACS_ON_WORKER`]): one task per thread,
+/// the panels shared evenly (boundaries need not fall on panel groups; the drivers run an
+/// edge tile there) and every row in each, so each weight byte is read once. A single
+/// task when the work is small or there is one thread.
 pub(crate) fn plan(rows: usize, panels: usize, mr: usize, np: usize, macs: usize) -> Vec<Task> {
     let threads = rayon::current_num_threads();
-    if threads <= 1 || macs < PAR_MIN_MACS {
+    let min = if rayon::current_thread_index().is_some() {
+        PAR_MIN_MACS_ON_WORKER
+    } else {
+        PAR_MIN_MACS
+    };
+    if threads <= 1 || macs < min || panels == 0 || rows == 0 {
         return vec![Task {
             p0: 0,
             p1: panels,
             r0: 0,
             r1: rows,
         }];
+    }
+    if macs < PAR_MIN_MACS {
+        let tp = threads.min(panels);
+        return (0..tp)
+            .map(|i| Task {
+                p0: i * panels / tp,
+                p1: (i + 1) * panels / tp,
+                r0: 0,
+                r1: rows,
+            })
+            .collect();
     }
     let target = threads * 4;
     let n_pg = panels.div_ceil(np);
@@ -469,7 +497,30 @@ pub(crate) unsafe fn matmul_w4a8(
 mod tests {
     use super::*;
 
-    /// Every (panel, row) cell belongs to exactly one task, for any thread count.
+    /// Marks every (panel, row) cell of `tasks`; true when each is covered exactly once.
+    fn covers_once(tasks: &[Task], rows: usize, panels: usize) -> bool {
+        let mut seen = vec![0u8; rows * panels];
+        for t in tasks {
+            assert!(t.p0 < t.p1 && t.r0 < t.r1, "{t:?}");
+            for p in t.p0..t.p1 {
+                for r in t.r0..t.r1 {
+                    seen[p * rows + r] += 1;
+                }
+            }
+        }
+        seen.iter().all(|&c| c == 1)
+    }
+
+    const GRIDS: [(usize, usize, usize, usize); 5] = [
+        (1, 1, 6, 4),
+        (128, 256, 6, 4),
+        (8, 24, 6, 4),
+        (17, 3, 4, 1),
+        (300, 5, 2, 1),
+    ];
+
+    /// Every (panel, row) cell belongs to exactly one task, for any thread count; large
+    /// work starts its tasks on whole tiles.
     #[test]
     fn plan_covers_the_grid_once() {
         for threads in [1, 2, 3, 7] {
@@ -478,40 +529,52 @@ mod tests {
                 .build()
                 .unwrap();
             pool.install(|| {
-                for (rows, panels, mr, np) in [
-                    (1, 1, 6, 4),
-                    (128, 256, 6, 4),
-                    (8, 24, 6, 4),
-                    (17, 3, 4, 1),
-                    (300, 5, 2, 1),
-                ] {
+                for (rows, panels, mr, np) in GRIDS {
                     let tasks = plan(rows, panels, mr, np, usize::MAX);
-                    let mut seen = vec![0u8; rows * panels];
                     for t in &tasks {
-                        assert!(t.p0 < t.p1 && t.r0 < t.r1, "{t:?}");
                         assert!(
                             t.p0 % np == 0 && t.r0 % mr == 0,
                             "tasks start on whole tiles: {t:?}"
                         );
-                        for p in t.p0..t.p1 {
-                            for r in t.r0..t.r1 {
-                                seen[p * rows + r] += 1;
-                            }
-                        }
                     }
                     assert!(
-                        seen.iter().all(|&c| c == 1),
+                        covers_once(&tasks, rows, panels),
                         "rows={rows} panels={panels} threads={threads}"
                     );
                     if threads == 1 {
                         assert_eq!(tasks.len(), 1);
                     }
                 }
-                assert_eq!(
-                    plan(128, 256, 6, 4, PAR_MIN_MACS - 1).len(),
-                    1,
-                    "small work stays on one thread"
-                );
+            });
+        }
+    }
+
+    /// Below [`PAR_MIN_MACS`]: one task from outside the pool; on a worker, above
+    /// [`PAR_MIN_MACS_ON_WORKER`], one task per thread (at most one per panel), each with
+    /// every row and a near-equal share of the panels.
+    #[test]
+    fn small_work_splits_only_on_a_worker() {
+        let small = PAR_MIN_MACS - 1;
+        assert_eq!(plan(128, 256, 6, 4, small).len(), 1, "outside the pool");
+        for threads in [1, 2, 3, 7] {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            pool.install(|| {
+                assert_eq!(plan(1, 36, 6, 2, PAR_MIN_MACS_ON_WORKER - 1).len(), 1);
+                for (rows, panels, mr, np) in GRIDS {
+                    let tasks = plan(rows, panels, mr, np, small);
+                    assert_eq!(tasks.len(), threads.min(panels), "{rows}x{panels}");
+                    assert!(covers_once(&tasks, rows, panels), "{rows}x{panels}");
+                    for t in &tasks {
+                        assert_eq!((t.r0, t.r1), (0, rows));
+                        let share = t.p1 - t.p0;
+                        assert!(
+                            share == panels / tasks.len() || share == panels.div_ceil(tasks.len())
+                        );
+                    }
+                }
             });
         }
     }

@@ -76,7 +76,10 @@
 //! Edge tiles (fewer rows or panels) are separate monomorphised kernels from a table. A
 //! panel group's weights stay in L2 while all row blocks stream past them; batch 1 reads
 //! every weight byte once. Work above ~4M multiply-adds is split into rayon tasks over
-//! panel groups (and row blocks when there are few panels), about four per thread.
+//! panel groups (and row blocks when there are few panels), about four per thread. A
+//! call made on a rayon worker (inside `ThreadPool::install`) splits from ~64K
+//! multiply-adds, one task per thread with every row, so a decoder's one-token GEMVs use
+//! every thread; from outside the pool small work stays on the calling thread.
 //! On aarch64 the `neon` kernels use baseline Advanced SIMD only (no `sdot`: its
 //! intrinsics are not stable in the supported Rust versions).
 #![warn(clippy::undocumented_unsafe_blocks, clippy::missing_safety_doc)]
