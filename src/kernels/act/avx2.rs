@@ -5,7 +5,7 @@
 
 use core::arch::x86_64::*;
 
-use super::scalar::{EXP_HI, EXP_LO, EXP_POLY, LN2_HI, LN2_LO, LOG2E};
+use super::scalar::{AttendRow, EXP_HI, EXP_LO, EXP_POLY, LN2_HI, LN2_LO, LOG2E};
 use crate::kernels::detect::Avx2;
 
 /// f32 lanes per vector; two vectors make `scalar::LANES`.
@@ -205,4 +205,81 @@ unsafe fn softmax_steps(row: &mut [f32], len: usize, scale: f32) -> f32 {
         }
     }
     sum
+}
+
+/// See [`super::scalar::attend_row`]; the caller checked that every key and value row
+/// (`j < scores.len()`, at `j · stride`, `q.len()` floats) is inside its slice and that
+/// `out.len() == q.len()`.
+pub(crate) fn attend_row(_cpu: Avx2, a: &AttendRow, scores: &mut [f32], out: &mut [f32]) -> f32 {
+    let (d, len) = (a.q.len(), scores.len());
+    debug_assert_eq!(out.len(), d);
+    debug_assert!(len == 0 || ((len - 1) * a.stride + d <= a.keys.len().min(a.values.len())));
+    // SAFETY: the token proves AVX2 and FMA; the rows are in bounds (caller).
+    unsafe {
+        for (j, s) in scores.iter_mut().enumerate() {
+            *s = dot_steps(a.q.as_ptr(), a.keys.as_ptr().add(j * a.stride), d);
+        }
+        let sum = softmax_steps(scores, len, a.scale);
+        axpy_rows(scores, a.values.as_ptr(), a.stride, out);
+        sum
+    }
+}
+
+/// `scalar::dot` of `d` floats at `a` and `b`: two 8-lane accumulators (the 8 elements
+/// from `i` in accumulator `(i / 8) % 2`, so element `i` meets partial sum `i % 16`), the
+/// tail through masked loads and a blend that keeps the other lanes.
+///
+/// # Safety
+/// AVX2 and FMA; `a` and `b` valid for `d` float reads.
+#[target_feature(enable = "avx2,fma")]
+unsafe fn dot_steps(a: *const f32, b: *const f32, d: usize) -> f32 {
+    let full = d / LANES * LANES;
+    let mut acc = [_mm256_setzero_ps(); 2];
+    for i in (0..full).step_by(LANES) {
+        let s = (i / LANES) % 2;
+        // SAFETY: `i + 8 <= d`.
+        unsafe {
+            acc[s] = _mm256_fmadd_ps(_mm256_loadu_ps(a.add(i)), _mm256_loadu_ps(b.add(i)), acc[s])
+        };
+    }
+    if full < d {
+        let m = tail_mask(d - full);
+        let s = (full / LANES) % 2;
+        // SAFETY: masked loads of lanes `full..d` only.
+        unsafe {
+            let (x, y) = (
+                _mm256_maskload_ps(a.add(full), m),
+                _mm256_maskload_ps(b.add(full), m),
+            );
+            acc[s] = _mm256_blendv_ps(
+                acc[s],
+                _mm256_fmadd_ps(x, y, acc[s]),
+                _mm256_castsi256_ps(m),
+            );
+        }
+    }
+    reduce_add16(acc[0], acc[1])
+}
+
+/// `out[i] = Σ_j p[j] · v_j[i]` (row `j` at `v + j · stride`), one FMA chain per element in
+/// increasing `j` from 0, 8 elements of `out` in a register at a time.
+///
+/// # Safety
+/// AVX2 and FMA; `v + j · stride` valid for `out.len()` float reads for every
+/// `j < p.len()`.
+#[target_feature(enable = "avx2,fma")]
+unsafe fn axpy_rows(p: &[f32], v: *const f32, stride: usize, out: &mut [f32]) {
+    let d = out.len();
+    let o = out.as_mut_ptr();
+    for i in (0..d).step_by(LANES) {
+        let m = tail_mask((d - i).min(LANES));
+        let mut acc = _mm256_setzero_ps();
+        for (j, &pj) in p.iter().enumerate() {
+            // SAFETY: lanes `i..min(i + 8, d)` of row `j` (masked).
+            let x = unsafe { _mm256_maskload_ps(v.add(j * stride + i), m) };
+            acc = _mm256_fmadd_ps(_mm256_set1_ps(pj), x, acc);
+        }
+        // SAFETY: lanes `i..min(i + 8, d)` of `out` (masked).
+        unsafe { _mm256_maskstore_ps(o.add(i), m, acc) };
+    }
 }

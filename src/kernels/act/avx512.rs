@@ -4,7 +4,7 @@
 
 use core::arch::x86_64::*;
 
-use super::scalar::{EXP_HI, EXP_LO, EXP_POLY, LN2_HI, LN2_LO, LOG2E};
+use super::scalar::{AttendRow, EXP_HI, EXP_LO, EXP_POLY, LN2_HI, LN2_LO, LOG2E};
 use crate::kernels::detect::Avx512Vnni;
 
 /// f32 lanes per vector (equal to `scalar::LANES`).
@@ -198,4 +198,77 @@ unsafe fn softmax_steps(row: &mut [f32], len: usize, scale: f32) -> f32 {
         }
     }
     sum
+}
+
+/// See [`super::scalar::attend_row`]; the caller checked that every key and value row
+/// (`j < scores.len()`, at `j · stride`, `q.len()` floats) is inside its slice and that
+/// `out.len() == q.len()`.
+pub(crate) fn attend_row(
+    _cpu: Avx512Vnni,
+    a: &AttendRow,
+    scores: &mut [f32],
+    out: &mut [f32],
+) -> f32 {
+    let (d, len) = (a.q.len(), scores.len());
+    debug_assert_eq!(out.len(), d);
+    debug_assert!(len == 0 || ((len - 1) * a.stride + d <= a.keys.len().min(a.values.len())));
+    // SAFETY: the token proves AVX-512F and FMA; the rows are in bounds (caller).
+    unsafe {
+        for (j, s) in scores.iter_mut().enumerate() {
+            *s = dot_steps(a.q.as_ptr(), a.keys.as_ptr().add(j * a.stride), d);
+        }
+        let sum = softmax_steps(scores, len, a.scale);
+        axpy_rows(scores, a.values.as_ptr(), a.stride, out);
+        sum
+    }
+}
+
+/// `scalar::dot` of `d` floats at `a` and `b`: one 16-lane accumulator (element `i` in
+/// lane `i % 16`), the tail by a masked FMA that leaves the other lanes as they are.
+///
+/// # Safety
+/// AVX-512F and FMA; `a` and `b` valid for `d` float reads.
+#[target_feature(enable = "avx512f,fma")]
+unsafe fn dot_steps(a: *const f32, b: *const f32, d: usize) -> f32 {
+    let full = d / LANES * LANES;
+    let mut acc = _mm512_setzero_ps();
+    for i in (0..full).step_by(LANES) {
+        // SAFETY: `i + 16 <= d`.
+        unsafe { acc = _mm512_fmadd_ps(_mm512_loadu_ps(a.add(i)), _mm512_loadu_ps(b.add(i)), acc) };
+    }
+    if full < d {
+        let m = tail_mask(d - full);
+        // SAFETY: masked loads of lanes `full..d` only.
+        unsafe {
+            let (x, y) = (
+                _mm512_maskz_loadu_ps(m, a.add(full)),
+                _mm512_maskz_loadu_ps(m, b.add(full)),
+            );
+            acc = _mm512_mask3_fmadd_ps(x, y, acc, m);
+        }
+    }
+    reduce_add16(acc)
+}
+
+/// `out[i] = Σ_j p[j] · v_j[i]` (row `j` at `v + j · stride`), one FMA chain per element in
+/// increasing `j` from 0, 16 elements of `out` in a register at a time.
+///
+/// # Safety
+/// AVX-512F and FMA; `v + j · stride` valid for `out.len()` float reads for every
+/// `j < p.len()`.
+#[target_feature(enable = "avx512f,fma")]
+unsafe fn axpy_rows(p: &[f32], v: *const f32, stride: usize, out: &mut [f32]) {
+    let d = out.len();
+    let o = out.as_mut_ptr();
+    for i in (0..d).step_by(LANES) {
+        let m = tail_mask((d - i).min(LANES));
+        let mut acc = _mm512_setzero_ps();
+        for (j, &pj) in p.iter().enumerate() {
+            // SAFETY: lanes `i..min(i + 16, d)` of row `j` (masked).
+            let x = unsafe { _mm512_maskz_loadu_ps(m, v.add(j * stride + i)) };
+            acc = _mm512_fmadd_ps(_mm512_set1_ps(pj), x, acc);
+        }
+        // SAFETY: lanes `i..min(i + 16, d)` of `out` (masked).
+        unsafe { _mm512_mask_storeu_ps(o.add(i), m, acc) };
+    }
 }

@@ -1,11 +1,15 @@
 //! The f32 element-wise and row operations around an LLM's linear layers: `exp`, SwiGLU's
-//! `silu(gate) · up`, and a row softmax with a causal limit per row (attention scores).
+//! `silu(gate) · up`, a row softmax with a causal limit per row (attention scores), and
+//! the whole attention of a few query rows over a KV cache ([`attend_rows`]).
 //!
 //! Why: in a decoder whose linears run on the integer kernels, these operations are what
 //! is left of a prefill's time; candle's CPU versions call a scalar `expf` per element
 //! and the attention needs a separate mask tensor and scale pass. Here `exp` is a
 //! polynomial with range reduction written once per ISA, and the softmax takes the
-//! causal limit and the scale as arguments.
+//! causal limit and the scale as arguments. A decode step's attention (one query per
+//! head against a few hundred cached keys) is a few thousand multiply-adds per head:
+//! [`attend_rows`] does it in one pass over the cache, where two generic matmul calls
+//! cost more in set-up than in arithmetic.
 //!
 //! Accuracy: [`exp_in_place`] is within 2 ulp of the true `e^x` for `x` in
 //! `[-87, 88]` (tested against f64 on 2 million points: at most 1.002 ulp, relative
@@ -37,7 +41,8 @@ mod avx512;
 mod scalar;
 
 /// Elements per rayon task of the element-wise kernels (and the least work per task of
-/// the softmax): below about this, waking a thread costs more than the work.
+/// the softmax and of the attention): below about this, waking a thread costs more than
+/// the work.
 const PAR_CHUNK: usize = 16 * 1024;
 
 /// The instruction set these kernels run on in this process: [`Isa::Avx512Vnni`] (its
@@ -188,6 +193,225 @@ pub fn softmax_rows_on(
     run_softmax(OP, isa, scores, cols, limits, scale).map(Some)
 }
 
+/// Where the keys (or values) of an attention's KV heads are: row `j` of head `h` is the
+/// `d` floats from `h · head_stride + j · row_stride` (`d` = the query width). A KV cache
+/// `[heads, capacity, d]` of which `len` positions are filled is
+/// `KvLayout { heads, len, head_stride: capacity · d, row_stride: d }`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KvLayout {
+    /// KV heads.
+    pub heads: usize,
+    /// Rows (positions) per head.
+    pub len: usize,
+    /// Floats between heads.
+    pub head_stride: usize,
+    /// Floats between rows of a head.
+    pub row_stride: usize,
+}
+
+/// Causal scaled dot-product attention of query rows over a KV cache, fused:
+/// for query row `r`, `out[r] = Σ_{j < limits[r]} p_j · v_j` with
+/// `p = softmax(scale · q[r]·k_j)` over those keys (the softmax of [`softmax_rows`]).
+///
+/// `q` and `out` are row-major `[rows, d]` with `rows = limits.len()`; the rows are the
+/// query heads in KV-head order, `rows / kv.heads` consecutive rows per KV head (grouped
+/// query attention: the query heads of one KV head, each with its queries). `keys` and
+/// `values` are laid out as `kv` says. Rows are shared between rayon's threads when the
+/// work is large; each row's result is the same on every ISA and thread count (fixed
+/// 16-lane sums for the dot products, one FMA chain per output element).
+///
+/// # Errors
+/// [`KernelError::Length`] / [`KernelError::InvalidArgument`] (nothing written) when
+/// `q.len() != rows × d` or `out.len()` differs from it, `d == 0`, `rows` is not a
+/// multiple of `kv.heads`, a limit exceeds `kv.len`, a key or value row lies outside its
+/// slice, or `scale` is not finite; [`KernelError::NonFinite`] when a row's scores are
+/// (a NaN or ±∞ input, or a dot product beyond the f32 range), with the flat index of
+/// that row in `out` (that row is then unspecified).
+///
+/// ```
+/// use candle_compress::kernels::act::{attend_rows, KvLayout};
+/// // One KV head with two positions of width 2; one query that sees both.
+/// let keys = [1.0f32, 0.0, 0.0, 1.0];
+/// let values = [10.0f32, 0.0, 0.0, 20.0];
+/// let kv = KvLayout { heads: 1, len: 2, head_stride: 4, row_stride: 2 };
+/// let mut out = [0.0f32; 2];
+/// attend_rows(&[0.0, 0.0], 2, &keys, &values, kv, &[2], 1.0, &mut out).unwrap();
+/// assert_eq!(out, [5.0, 10.0]); // equal scores: the mean of the two values
+/// attend_rows(&[0.0, 0.0], 2, &keys, &values, kv, &[1], 1.0, &mut out).unwrap();
+/// assert_eq!(out, [10.0, 0.0]); // the first position only
+/// assert!(attend_rows(&[0.0; 2], 2, &keys, &values, kv, &[3], 1.0, &mut out).is_err());
+/// ```
+#[allow(clippy::too_many_arguments)]
+pub fn attend_rows(
+    q: &[f32],
+    d: usize,
+    keys: &[f32],
+    values: &[f32],
+    kv: KvLayout,
+    limits: &[usize],
+    scale: f32,
+    out: &mut [f32],
+) -> Result<(), KernelError> {
+    const OP: &str = "attend_rows";
+    check_attend(OP, q, d, keys, values, kv, limits, scale, out)?;
+    run_attend(OP, kernel_isa(), q, d, keys, values, kv, limits, scale, out)
+}
+
+/// [`attend_rows`] on a chosen instruction set; `Ok(None)` (nothing written) when this
+/// CPU lacks `isa` or there is no kernel for it.
+///
+/// # Errors
+/// As [`attend_rows`]; the argument errors whether or not the CPU has `isa`.
+#[allow(clippy::too_many_arguments)]
+pub fn attend_rows_on(
+    isa: Isa,
+    q: &[f32],
+    d: usize,
+    keys: &[f32],
+    values: &[f32],
+    kv: KvLayout,
+    limits: &[usize],
+    scale: f32,
+    out: &mut [f32],
+) -> Result<Option<()>, KernelError> {
+    const OP: &str = "attend_rows_on";
+    check_attend(OP, q, d, keys, values, kv, limits, scale, out)?;
+    if !available(isa) {
+        return Ok(None);
+    }
+    run_attend(OP, isa, q, d, keys, values, kv, limits, scale, out).map(Some)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn check_attend(
+    op: &'static str,
+    q: &[f32],
+    d: usize,
+    keys: &[f32],
+    values: &[f32],
+    kv: KvLayout,
+    limits: &[usize],
+    scale: f32,
+    out: &[f32],
+) -> Result<(), KernelError> {
+    if d == 0 {
+        return Err(KernelError::invalid(op, "d", "must be at least 1".into()));
+    }
+    let rows = limits.len();
+    let need = checked_mul(op, "rows × d", rows, d)?;
+    expect_len(op, "q", q.len(), need, || {
+        format!("rows × d = {rows} × {d}")
+    })?;
+    expect_len(op, "out", out.len(), need, || {
+        format!("rows × d = {rows} × {d}")
+    })?;
+    if rows > 0 && (kv.heads == 0 || !rows.is_multiple_of(kv.heads)) {
+        return Err(KernelError::invalid(
+            op,
+            "kv.heads",
+            format!(
+                "{rows} query rows are not a whole number per each of {} KV heads",
+                kv.heads
+            ),
+        ));
+    }
+    check_limits(op, limits, kv.len, "positions")?;
+    if kv.heads > 0 && kv.len > 0 {
+        // The last float any row reads: head heads-1, row len-1, element d-1.
+        let last = checked_mul(op, "head offset", kv.heads - 1, kv.head_stride)?
+            .checked_add(checked_mul(op, "row offset", kv.len - 1, kv.row_stride)?)
+            .and_then(|x| x.checked_add(d))
+            .ok_or_else(|| KernelError::invalid(op, "kv", "offsets overflow usize".into()))?;
+        for (name, len) in [("keys", keys.len()), ("values", values.len())] {
+            if len < last {
+                return Err(KernelError::invalid(
+                    op,
+                    name,
+                    format!("{len} floats, the layout {kv:?} with d = {d} reads {last}"),
+                ));
+            }
+        }
+    }
+    check_scale(op, scale)
+}
+
+/// One query row's attention on `isa` (available, checked by the callers); the softmax's
+/// sum.
+fn attend_row(isa: Isa, a: &scalar::AttendRow, scores: &mut [f32], out: &mut [f32]) -> f32 {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512Vnni => match Avx512Vnni::detect() {
+            Some(cpu) => avx512::attend_row(cpu, a, scores, out),
+            None => scalar::attend_row(a, scores, out),
+        },
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => match Avx2::detect() {
+            Some(cpu) => avx2::attend_row(cpu, a, scores, out),
+            None => scalar::attend_row(a, scores, out),
+        },
+        _ => scalar::attend_row(a, scores, out),
+    }
+}
+
+/// Runs the rows of [`attend_rows`] (arguments checked), in parallel when the work is
+/// at least [`PAR_CHUNK`] multiply-adds per thread; reports the first non-finite row.
+#[allow(clippy::too_many_arguments)]
+fn run_attend(
+    op: &'static str,
+    isa: Isa,
+    q: &[f32],
+    d: usize,
+    keys: &[f32],
+    values: &[f32],
+    kv: KvLayout,
+    limits: &[usize],
+    scale: f32,
+    out: &mut [f32],
+) -> Result<(), KernelError> {
+    let rows = limits.len();
+    if rows == 0 {
+        return Ok(());
+    }
+    let per_head = rows / kv.heads;
+    let one = |r: usize, o: &mut [f32], scores: &mut Vec<f32>| -> Option<usize> {
+        let len = limits[r];
+        let h = r / per_head;
+        let base = h * kv.head_stride;
+        let row = scalar::AttendRow {
+            q: &q[r * d..(r + 1) * d],
+            keys: &keys[base.min(keys.len())..],
+            values: &values[base.min(values.len())..],
+            stride: kv.row_stride,
+            scale,
+        };
+        scores.resize(len, 0.0);
+        let sum = attend_row(isa, &row, scores, o);
+        (!sum.is_finite()).then_some(r)
+    };
+    let work = limits.iter().sum::<usize>().saturating_mul(2 * d);
+    let bad = if work < 2 * PAR_CHUNK || rayon::current_num_threads() < 2 {
+        let mut scores = Vec::new();
+        out.chunks_mut(d)
+            .enumerate()
+            .filter_map(|(r, o)| one(r, o, &mut scores))
+            .min()
+    } else {
+        out.par_chunks_mut(d)
+            .enumerate()
+            .map_init(Vec::new, |scores, (r, o)| one(r, o, scores))
+            .flatten()
+            .min()
+    };
+    match bad {
+        None => Ok(()),
+        Some(r) => Err(KernelError::NonFinite {
+            op,
+            what: "attention score (from a NaN or infinite input, or beyond the f32 range) in the row starting",
+            index: r * d,
+        }),
+    }
+}
+
 fn check_silu(op: &'static str, gate: &[f32], up: &[f32]) -> Result<(), KernelError> {
     expect_len(op, "up", up.len(), gate.len(), || "gate.len()".into())
 }
@@ -203,21 +427,38 @@ fn check_softmax(
     expect_len(op, "scores", scores.len(), need, || {
         format!("rows × cols = {} × {cols}", limits.len())
     })?;
-    if let Some((r, &l)) = limits.iter().enumerate().find(|(_, &l)| l > cols) {
-        return Err(KernelError::invalid(
+    check_limits(op, limits, cols, "columns")?;
+    check_scale(op, scale)
+}
+
+/// Every causal limit is at most `bound` (the row's `what`: columns, cached positions).
+fn check_limits(
+    op: &'static str,
+    limits: &[usize],
+    bound: usize,
+    what: &str,
+) -> Result<(), KernelError> {
+    match limits.iter().enumerate().find(|(_, &l)| l > bound) {
+        Some((r, &l)) => Err(KernelError::invalid(
             op,
             "limits",
-            format!("row {r} uses {l} columns of {cols}"),
-        ));
+            format!("row {r} uses {l} {what} of {bound}"),
+        )),
+        None => Ok(()),
     }
-    if !scale.is_finite() {
-        return Err(KernelError::invalid(
+}
+
+/// The softmax scale is finite.
+fn check_scale(op: &'static str, scale: f32) -> Result<(), KernelError> {
+    if scale.is_finite() {
+        Ok(())
+    } else {
+        Err(KernelError::invalid(
             op,
             "scale",
             format!("must be finite, found {scale}"),
-        ));
+        ))
     }
-    Ok(())
 }
 
 /// Whether this CPU runs `isa`'s kernels here.

@@ -130,3 +130,43 @@ pub(crate) fn softmax_row(row: &mut [f32], len: usize, scale: f32) -> f32 {
     }
     sum
 }
+
+/// `Σ a_i · b_i` in [`LANES`] partial sums (element `i` in sum `i % 16`, each a chain of
+/// `mul_add` in increasing `i`), combined by halves. `a.len() == b.len()`.
+#[inline(always)]
+pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; LANES];
+    for (i, (&x, &y)) in a.iter().zip(b).enumerate() {
+        acc[i % LANES] = x.mul_add(y, acc[i % LANES]);
+    }
+    reduce(acc, |x, y| x + y)
+}
+
+/// One query row's attention operands (see [`super::attend_rows`]): row `j` of the keys
+/// is `keys[j · stride..][..d]` (`d = q.len()`), the same for values.
+pub(crate) struct AttendRow<'a> {
+    pub q: &'a [f32],
+    pub keys: &'a [f32],
+    pub values: &'a [f32],
+    pub stride: usize,
+    pub scale: f32,
+}
+
+/// One query row's attention: `scores[j] = q·k_j` for `j < scores.len()`, the scaled
+/// softmax of those, then `out = Σ_j p_j · v_j` (`out.len() = d`) as one `mul_add` chain
+/// per element in increasing `j` from 0. Returns the softmax's sum (not finite when the
+/// scores were not).
+pub(crate) fn attend_row(a: &AttendRow, scores: &mut [f32], out: &mut [f32]) -> f32 {
+    let (d, len) = (a.q.len(), scores.len());
+    for (j, s) in scores.iter_mut().enumerate() {
+        *s = dot(a.q, &a.keys[j * a.stride..][..d]);
+    }
+    let sum = softmax_row(scores, len, a.scale);
+    out.fill(0.0);
+    for (j, &p) in scores.iter().enumerate() {
+        for (o, &x) in out.iter_mut().zip(&a.values[j * a.stride..][..d]) {
+            *o = p.mul_add(x, *o);
+        }
+    }
+    sum
+}

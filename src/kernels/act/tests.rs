@@ -364,3 +364,212 @@ fn kernel_isa_is_available() {
     assert!(available(isa), "{isa}");
     assert_eq!(exp_in_place_on(isa, &mut [1.0]), Ok(Some(())));
 }
+
+/// A KV cache `[heads, cap, d]` of random values, its layout with `len` positions.
+fn kv_case(
+    heads: usize,
+    cap: usize,
+    len: usize,
+    d: usize,
+    seed: u64,
+) -> (Vec<f32>, Vec<f32>, KvLayout) {
+    let keys = values(heads * cap * d, 2.0, seed)
+        .into_iter()
+        .map(|x| x.clamp(-3.0, 3.0))
+        .collect();
+    let vals = values(heads * cap * d, 5.0, seed + 1)
+        .into_iter()
+        .map(|x| x.clamp(-10.0, 10.0))
+        .collect();
+    let kv = KvLayout {
+        heads,
+        len,
+        head_stride: cap * d,
+        row_stride: d,
+    };
+    (keys, vals, kv)
+}
+
+/// The scalar twin against an f64 evaluation of the same formula.
+#[test]
+fn attend_scalar_matches_f64() {
+    let (heads, per, cap, len, d) = (3, 2, 40, 37, 64);
+    let (keys, vals, kv) = kv_case(heads, cap, len, d, 5);
+    let q: Vec<f32> = values(heads * per * d, 1.0, 9)
+        .into_iter()
+        .map(|x| x.clamp(-1.0, 1.0))
+        .collect();
+    let limits: Vec<usize> = (0..heads * per).map(|r| len - r).collect();
+    let mut out = vec![0f32; q.len()];
+    attend_rows_on(
+        Isa::Scalar,
+        &q,
+        d,
+        &keys,
+        &vals,
+        kv,
+        &limits,
+        0.125,
+        &mut out,
+    )
+    .unwrap()
+    .unwrap();
+    for (r, &lim) in limits.iter().enumerate() {
+        let base = r / per * cap * d;
+        let s: Vec<f64> = (0..lim)
+            .map(|j| {
+                (0..d)
+                    .map(|i| q[r * d + i] as f64 * keys[base + j * d + i] as f64)
+                    .sum::<f64>()
+                    * 0.125
+            })
+            .collect();
+        let m = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+        let e: Vec<f64> = s.iter().map(|x| (x - m).exp()).collect();
+        let z: f64 = e.iter().sum();
+        for i in 0..d {
+            let want: f64 = (0..lim)
+                .map(|j| e[j] / z * vals[base + j * d + i] as f64)
+                .sum();
+            let got = out[r * d + i] as f64;
+            assert!(
+                (got - want).abs() <= 1e-5 * (1.0 + want.abs()),
+                "row {r} el {i}: {got} vs {want}"
+            );
+        }
+    }
+}
+
+/// Every SIMD ISA gives the scalar twin's bits: widths around the vector lengths, every
+/// cache length 0..=33 and long ones, strided heads, grouped queries, rows that see
+/// nothing.
+#[test]
+fn simd_attend_matches_scalar_bit_for_bit() {
+    let isas = simd_isas("simd_attend_matches_scalar_bit_for_bit");
+    for d in [1, 7, 8, 9, 15, 16, 17, 31, 33, 64, 65] {
+        for len in (0..=33).chain([100, 257]) {
+            let (heads, per) = (if len % 2 == 0 { 3 } else { 1 }, 2);
+            let cap = len + 3;
+            let (keys, vals, kv) = kv_case(heads, cap, len, d, (d * 1000 + len) as u64);
+            // Mostly finite scores; every fifth length keeps the extremes (±1e30, MAX).
+            let q: Vec<f32> = values(heads * per * d, 1.0, len as u64 + 77)
+                .into_iter()
+                .map(|x| if len % 5 == 0 { x } else { x.clamp(-1.0, 1.0) })
+                .collect();
+            let limits: Vec<usize> = (0..heads * per)
+                .map(|r| len.saturating_sub(r % 3))
+                .collect();
+            let mut want = vec![0f32; q.len()];
+            let scalar = attend_rows_on(
+                Isa::Scalar,
+                &q,
+                d,
+                &keys,
+                &vals,
+                kv,
+                &limits,
+                0.3,
+                &mut want,
+            );
+            for &isa in &isas {
+                let mut got = vec![0f32; q.len()];
+                let r = attend_rows_on(isa, &q, d, &keys, &vals, kv, &limits, 0.3, &mut got);
+                assert_eq!(r.is_ok(), scalar.is_ok(), "{isa:?} d={d} len={len}");
+                if len % 5 != 0 {
+                    assert!(r.is_ok(), "{isa:?} d={d} len={len}: {r:?}");
+                }
+                assert_eq!(
+                    bits_nan_eq(&got),
+                    bits_nan_eq(&want),
+                    "{isa:?} d={d} len={len}"
+                );
+            }
+        }
+    }
+}
+
+/// Splitting rows over threads changes no bit; a non-finite key is reported with the
+/// first affected row.
+#[test]
+fn attend_parallel_split_and_bad_rows() {
+    let (heads, per, cap, len, d) = (3, 3, 600, 512, 64);
+    let (mut keys, vals, kv) = kv_case(heads, cap, len, d, 11);
+    let q: Vec<f32> = values(heads * per * d, 1.0, 12)
+        .into_iter()
+        .map(|x| x.clamp(-1.0, 1.0))
+        .collect();
+    let limits = vec![len; heads * per];
+    let run = |threads: usize, keys: &[f32]| {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        pool.install(|| {
+            let mut out = vec![0f32; q.len()];
+            let r = attend_rows(&q, d, keys, &vals, kv, &limits, 0.125, &mut out);
+            (r, bits(&out))
+        })
+    };
+    let (r1, b1) = run(1, &keys);
+    r1.unwrap();
+    for t in [2, 3, 8] {
+        let (r, b) = run(t, &keys);
+        r.unwrap();
+        assert_eq!(b, b1, "threads={t}");
+    }
+    keys[cap * d + 5 * d] = f32::NAN; // head 1, position 5
+    for t in [1, 3] {
+        let e = run(t, &keys).0.unwrap_err();
+        assert_eq!(e.non_finite_index(), Some(per * d), "threads={t}");
+    }
+}
+
+#[test]
+fn attend_argument_errors() {
+    let kv = KvLayout {
+        heads: 1,
+        len: 2,
+        head_stride: 8,
+        row_stride: 4,
+    };
+    let (k, v) = ([0f32; 8], [0f32; 8]);
+    let mut out = [0f32; 4];
+    let q = [0f32; 4];
+    let ok = attend_rows(&q, 4, &k, &v, kv, &[2], 1.0, &mut out);
+    assert!(ok.is_ok());
+    assert!(
+        attend_rows(&q, 0, &k, &v, kv, &[2], 1.0, &mut out).is_err(),
+        "d = 0"
+    );
+    assert!(
+        attend_rows(&q, 4, &k, &v, kv, &[3], 1.0, &mut out).is_err(),
+        "limit"
+    );
+    assert!(
+        attend_rows(&q, 4, &k[..7], &v, kv, &[2], 1.0, &mut out).is_err(),
+        "short keys"
+    );
+    assert!(
+        attend_rows(&q, 4, &k, &v[..5], kv, &[2], 1.0, &mut out).is_err(),
+        "short values"
+    );
+    assert!(
+        attend_rows(&q[..3], 4, &k, &v, kv, &[2], 1.0, &mut out).is_err(),
+        "q length"
+    );
+    assert!(
+        attend_rows(&q, 4, &k, &v, kv, &[2], f32::NAN, &mut out).is_err(),
+        "scale"
+    );
+    let two = KvLayout { heads: 2, ..kv };
+    let e = attend_rows(&q, 4, &k, &v, two, &[2], 1.0, &mut out).unwrap_err();
+    assert!(e.to_string().contains("KV heads"), "{e}");
+    let huge = KvLayout {
+        row_stride: usize::MAX,
+        ..kv
+    };
+    assert!(
+        attend_rows(&q, 4, &k, &v, huge, &[2], 1.0, &mut out).is_err(),
+        "overflow"
+    );
+}
