@@ -9,6 +9,9 @@
 //!   logits and a 32-token greedy continuation), and the tokenizer.
 
 #[allow(dead_code)]
+#[path = "../examples/llm/kv_cache.rs"]
+mod kv_cache;
+#[allow(dead_code)]
 #[path = "../examples/llm/model.rs"]
 mod model;
 #[allow(dead_code)]

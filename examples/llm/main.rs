@@ -13,7 +13,8 @@
 //!   groups with per-group offsets, which hold the file's Q4_1 weights exactly at g32).
 //!   In the quantized modes the tied LM head is W8A8.
 //! - `--tokens N` (default 32): tokens to generate, greedy; stops early at end-of-text.
-//! - `--threads N`: rayon threads (default: rayon's choice, all cores).
+//! - `--threads N`: rayon threads (default: rayon's choice, all cores). The whole run
+//!   happens inside that pool, so one-token decode steps use every thread.
 //! - `--raw`: send the prompt as is (default: wrapped in the ChatML chat template the
 //!   instruct model expects).
 //! - `--eval TEXT_FILE [--window N] [--sensitivity]`: instead of generating, the accuracy
@@ -46,6 +47,7 @@
 
 mod bench;
 mod eval;
+mod kv_cache;
 mod model;
 mod ops;
 mod rotate;
@@ -194,16 +196,23 @@ fn parse_args() -> AnyResult<Args> {
 
 fn main() -> AnyResult<()> {
     let args = parse_args()?;
+    let mut pool = rayon::ThreadPoolBuilder::new();
     if let Some(n) = args.threads {
         if n == 0 {
             return Err("--threads must be at least 1".into());
         }
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(n)
-            .build_global()?;
+        pool = pool.num_threads(n);
         // candle's own CPU matmul (the f32 path, attention) sizes its pool from this.
         std::env::set_var("RAYON_NUM_THREADS", n.to_string());
     }
+    // Everything runs on a worker of this pool. There a kernel call shares even a
+    // one-token GEMV between the threads (a push onto the worker's own deque, stolen by a
+    // spinning sibling within about a microsecond); from the main thread it would have to
+    // wake the pool and sleep until it finished, which costs more than such a GEMV.
+    pool.build()?.install(|| run(args))
+}
+
+fn run(args: Args) -> AnyResult<()> {
     eprintln!("loading {} ({}) ...", args.model, args.mode_name);
     let t0 = Instant::now();
     let file = GgufFile::open(&args.model)?;

@@ -33,6 +33,7 @@ use candle_compress::nn::{QuantConfig, QuantLinear};
 use candle_core::{DType, Device, IndexOp, Module, Result, Tensor, D};
 use candle_nn::Linear;
 
+use crate::kv_cache::KvCache;
 use crate::ops;
 
 /// The hyper-parameters of a `llama` GGUF file (its `llama.*` metadata).
@@ -185,8 +186,8 @@ pub(crate) struct Block {
     /// A rotation of the down projection's input, applied at run time (`None`: none);
     /// set by the rotation rewrite, which folds its inverse into `down`.
     pub(crate) down_rotation: Option<Hadamard>,
-    /// Keys after RoPE and values, `[n_kv_head, cached tokens, head_dim]` each.
-    cache: Option<(Tensor, Tensor)>,
+    /// Keys after RoPE and values of the cached tokens.
+    cache: KvCache,
 }
 
 /// Multiplication of each row by a block-diagonal Hadamard matrix: `blocks` copies of
@@ -265,8 +266,7 @@ pub enum Site {
 pub type Observer<'a> = dyn FnMut(Site, &Tensor) -> Result<()> + 'a;
 
 /// The decoder with its KV cache. Cloning shares the weights (candle tensors are
-/// reference-counted) and copies the cache.
-#[derive(Clone)]
+/// reference-counted) and starts with an empty cache: the cache is written in place.
 pub struct Llama {
     pub(crate) cfg: LlamaConfig,
     pub(crate) embed: Tensor,
@@ -277,6 +277,21 @@ pub struct Llama {
     sin: Tensor,
     /// Tokens already in the KV cache.
     pos: usize,
+}
+
+impl Clone for Llama {
+    fn clone(&self) -> Self {
+        Self {
+            cfg: self.cfg.clone(),
+            embed: self.embed.clone(),
+            blocks: self.blocks.clone(),
+            norm: self.norm.clone(),
+            head: self.head.clone(),
+            cos: self.cos.clone(),
+            sin: self.sin.clone(),
+            pos: 0,
+        }
+    }
 }
 
 /// Builds the layers: `choose(kind)` gives the mode of each block linear.
@@ -369,7 +384,7 @@ impl Llama {
                 up: gu.linear(&format!("{p}.ffn_up"), d, cfg.n_ff)?,
                 down: down.linear(&format!("{p}.ffn_down"), cfg.n_ff, d)?,
                 down_rotation: None,
-                cache: None,
+                cache: KvCache::default(),
             });
         }
         let norm = floats.get(&[d], "output_norm.weight")?;
@@ -450,7 +465,7 @@ impl Llama {
     /// Empties the KV cache.
     pub fn clear_cache(&mut self) {
         for b in &mut self.blocks {
-            b.cache = None;
+            b.cache.clear();
         }
         self.pos = 0;
     }
@@ -549,11 +564,7 @@ impl Block {
         let v = heads(self.v.forward(n)?, cfg.n_kv_head)?.squeeze(0)?;
         let q = candle_nn::rotary_emb::rope_i(&q, cos, sin)?.squeeze(0)?;
         let k = candle_nn::rotary_emb::rope_i(&k, cos, sin)?.squeeze(0)?;
-        let (k, v) = match self.cache.take() {
-            None => (k, v),
-            Some((ck, cv)) => (Tensor::cat(&[&ck, &k], 1)?, Tensor::cat(&[&cv, &v], 1)?),
-        };
-        self.cache = Some((k.clone(), v.clone()));
+        let (k, v) = self.cache.append(&k, &v)?;
         let past = k.dim(1)? - t;
         // The n_rep query heads of one key/value head are consecutive: fold them into the
         // row dimension, [n_kv, n_rep·t, hd], so one batched matmul per KV head does GQA
@@ -576,9 +587,14 @@ impl Block {
                     .reshape((cfg.n_kv_head, rep * c, hd))?
             };
             let (kc, vc) = (k.narrow(1, 0, kv_len)?, v.narrow(1, 0, kv_len)?);
-            let att = ops::causal_softmax(qc.matmul(&kc.t()?)?, scale, rep, past + c0)?;
+            let y = if c <= ATTEND_MAX_QUERIES {
+                ops::attend(&qc, &kc, &vc, scale, rep, past + c0)?
+            } else {
+                let att = ops::causal_softmax(qc.matmul(&kc.t()?)?, scale, rep, past + c0)?;
+                att.matmul(&vc)?
+            };
             // [n_kv, rep·c, hd] -> [n_kv, rep, c, hd]
-            chunks.push(att.matmul(&vc)?.reshape((cfg.n_kv_head, rep, c, hd))?);
+            chunks.push(y.reshape((cfg.n_kv_head, rep, c, hd))?);
         }
         let y = if chunks.len() == 1 {
             chunks.swap_remove(0)
@@ -596,6 +612,10 @@ impl Block {
 
 /// Queries per step of the attention of a long prompt (see `Block::attention`).
 const QUERY_CHUNK: usize = 128;
+
+/// Up to this many queries (a decode step, a short continuation) the attention runs as
+/// one fused pass (`ops::attend`) instead of two matmuls and a softmax.
+const ATTEND_MAX_QUERIES: usize = 8;
 
 /// `cos`, `sin` of `pos · base^(-2i/hd)`, `[max_seq, hd/2]` each (candle's layout for
 /// `rope_i`), computed as candle-transformers computes them (f32 powers, an f32 matmul).
