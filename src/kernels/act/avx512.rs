@@ -251,7 +251,8 @@ unsafe fn dot_steps(a: *const f32, b: *const f32, d: usize) -> f32 {
 }
 
 /// `out[i] = Σ_j p[j] · v_j[i]` (row `j` at `v + j · stride`), one FMA chain per element in
-/// increasing `j` from 0, 16 elements of `out` in a register at a time.
+/// increasing `j` from 0. Up to [`AXPY_VECS`] registers of `out` (16 elements each) are
+/// summed side by side, so their independent chains hide the FMA latency.
 ///
 /// # Safety
 /// AVX-512F and FMA; `v + j · stride` valid for `out.len()` float reads for every
@@ -259,16 +260,49 @@ unsafe fn dot_steps(a: *const f32, b: *const f32, d: usize) -> f32 {
 #[target_feature(enable = "avx512f,fma")]
 unsafe fn axpy_rows(p: &[f32], v: *const f32, stride: usize, out: &mut [f32]) {
     let d = out.len();
-    let o = out.as_mut_ptr();
-    for i in (0..d).step_by(LANES) {
-        let m = tail_mask((d - i).min(LANES));
-        let mut acc = _mm512_setzero_ps();
-        for (j, &pj) in p.iter().enumerate() {
-            // SAFETY: lanes `i..min(i + 16, d)` of row `j` (masked).
-            let x = unsafe { _mm512_maskz_loadu_ps(m, v.add(j * stride + i)) };
-            acc = _mm512_fmadd_ps(_mm512_set1_ps(pj), x, acc);
+    let mut i0 = 0;
+    while i0 < d {
+        let n = (d - i0).div_ceil(LANES).min(AXPY_VECS);
+        // SAFETY: forwarded contract; the block covers elements `i0..min(i0 + n · 16, d)`.
+        unsafe { by_vecs!(n, axpy_block(p, v, stride, out, i0)) };
+        i0 += n * LANES;
+    }
+}
+
+/// Registers of `out` that [`axpy_rows`] keeps in flight.
+const AXPY_VECS: usize = 8;
+
+/// [`axpy_rows`] on the `N` registers of `out` from element `i0` (the last one masked to
+/// `out.len()`).
+///
+/// # Safety
+/// As [`axpy_rows`]; `i0 + (N - 1) · 16 < out.len()`.
+#[target_feature(enable = "avx512f,fma")]
+#[inline]
+unsafe fn axpy_block<const N: usize>(
+    p: &[f32],
+    v: *const f32,
+    stride: usize,
+    out: &mut [f32],
+    i0: usize,
+) {
+    let d = out.len();
+    let masks: [__mmask16; N] =
+        core::array::from_fn(|k| tail_mask((d - i0 - k * LANES).min(LANES)));
+    let mut acc = [_mm512_setzero_ps(); N];
+    for (j, &pj) in p.iter().enumerate() {
+        let pv = _mm512_set1_ps(pj);
+        // SAFETY: row `j` from element `i0` (caller); the loads below are masked to `d`.
+        let row = unsafe { v.add(j * stride + i0) };
+        for k in 0..N {
+            // SAFETY: lanes `i0 + k · 16..` of row `j`, masked to `d`.
+            let x = unsafe { _mm512_maskz_loadu_ps(masks[k], row.add(k * LANES)) };
+            acc[k] = _mm512_fmadd_ps(pv, x, acc[k]);
         }
-        // SAFETY: lanes `i..min(i + 16, d)` of `out` (masked).
-        unsafe { _mm512_mask_storeu_ps(o.add(i), m, acc) };
+    }
+    let o = out.as_mut_ptr();
+    for k in 0..N {
+        // SAFETY: lanes `i0 + k · 16..` of `out`, masked to `d`.
+        unsafe { _mm512_mask_storeu_ps(o.add(i0 + k * LANES), masks[k], acc[k]) };
     }
 }

@@ -34,6 +34,24 @@ use super::detect::{active_isa, Isa};
 use super::detect::{Avx2, Avx512Vnni};
 use super::error::{checked_mul, expect_len, KernelError};
 
+/// Calls `$f::<N>(args)` for `N = $n` in `1..=8`: the register blocks of the SIMD twins'
+/// `axpy_rows` (`$n` is never 0 there).
+#[cfg(target_arch = "x86_64")]
+macro_rules! by_vecs {
+    ($n:expr, $f:ident($($a:expr),*)) => {
+        match $n {
+            1 => $f::<1>($($a),*),
+            2 => $f::<2>($($a),*),
+            3 => $f::<3>($($a),*),
+            4 => $f::<4>($($a),*),
+            5 => $f::<5>($($a),*),
+            6 => $f::<6>($($a),*),
+            7 => $f::<7>($($a),*),
+            _ => $f::<8>($($a),*),
+        }
+    };
+}
+
 #[cfg(target_arch = "x86_64")]
 mod avx2;
 #[cfg(target_arch = "x86_64")]
