@@ -14,32 +14,15 @@ use candle_compress::kernels::gemm::{
 };
 use candle_compress::kernels::Isa;
 
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn i8(&mut self) -> i8 {
-        (self.next() >> 56) as u8 as i8
-    }
-    fn i4(&mut self) -> i8 {
-        (self.next() >> 60) as i8 - 8
-    }
-    fn f32(&mut self) -> f32 {
-        ((self.next() >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-    }
-}
+mod common;
+
+use common::compare::bits;
+use common::kernels::scalar;
+use common::rng::XorShift64Star;
 
 const INS: [usize; 9] = [1, 7, 31, 33, 63, 64, 65, 127, 4095];
 const OUTS: [usize; 6] = [1, 3, 16, 17, 33, 70];
 const ROWS: [usize; 9] = [1, 3, 15, 16, 17, 31, 32, 33, 128];
-
-fn scalar() -> GemmKernels {
-    GemmKernels::for_isa(Isa::Scalar).unwrap()
-}
 
 /// The AMX-driver kernel sets this machine runs; prints what it cannot.
 fn amx_kernels(test: &str) -> Vec<GemmKernels> {
@@ -55,13 +38,15 @@ fn amx_kernels(test: &str) -> Vec<GemmKernels> {
     v
 }
 
-fn bits(v: &[f32]) -> Vec<u32> {
-    v.iter().map(|f| f.to_bits()).collect()
-}
-
 /// Activations and weights: random, or the extremes (-128 activations × ±127/-128
 /// weights) that push every i32 block sum to its bound.
-fn data(rng: &mut Rng, extreme: bool, rows: usize, n: usize, k: usize) -> (Vec<i8>, Vec<i8>) {
+fn data(
+    rng: &mut XorShift64Star,
+    extreme: bool,
+    rows: usize,
+    n: usize,
+    k: usize,
+) -> (Vec<i8>, Vec<i8>) {
     if extreme {
         (
             vec![-128; rows * k],
@@ -77,7 +62,7 @@ fn data(rng: &mut Rng, extreme: bool, rows: usize, n: usize, k: usize) -> (Vec<i
 
 fn check_w8(
     kernels: &[GemmKernels],
-    rng: &mut Rng,
+    rng: &mut XorShift64Star,
     k: usize,
     n: usize,
     rows: usize,
@@ -109,7 +94,14 @@ fn check_w8(
 }
 
 #[allow(clippy::too_many_arguments)]
-fn check_w4(kernels: &[GemmKernels], rng: &mut Rng, group: usize, k: usize, n: usize, rows: usize) {
+fn check_w4(
+    kernels: &[GemmKernels],
+    rng: &mut XorShift64Star,
+    group: usize,
+    k: usize,
+    n: usize,
+    rows: usize,
+) {
     let qx: Vec<i8> = (0..rows * k).map(|_| rng.i8()).collect();
     let w: Vec<i8> = (0..n * k).map(|_| rng.i4()).collect();
     let groups = k.div_ceil(group);
@@ -140,7 +132,7 @@ fn check_w4(kernels: &[GemmKernels], rng: &mut Rng, group: usize, k: usize, n: u
 #[test]
 fn amx_w8a8_equals_scalar_on_the_grid() {
     let kernels = amx_kernels("amx_w8a8_equals_scalar_on_the_grid");
-    let mut rng = Rng(0x5eed_0a3e);
+    let mut rng = XorShift64Star(0x5eed_0a3e);
     for &k in &INS {
         for &n in &OUTS {
             for &rows in &ROWS {
@@ -159,7 +151,7 @@ fn amx_w8a8_equals_scalar_on_the_grid() {
 #[test]
 fn amx_w8a8_above_k_block_is_exact() {
     let kernels = amx_kernels("amx_w8a8_above_k_block_is_exact");
-    let mut rng = Rng(0xb10c);
+    let mut rng = XorShift64Star(0xb10c);
     let k = K_BLOCK + 1;
     for (i, &rows) in ROWS.iter().enumerate() {
         let n = OUTS[i % OUTS.len()];
@@ -174,7 +166,7 @@ fn amx_w8a8_above_k_block_is_exact() {
 
 fn w4_grid(group: usize, seed: u64) {
     let kernels = amx_kernels(&format!("amx_w4a8_g{group}_equals_scalar_on_the_grid"));
-    let mut rng = Rng(seed);
+    let mut rng = XorShift64Star(seed);
     for &k in &INS {
         for &n in &OUTS {
             for &rows in &ROWS {
@@ -207,7 +199,7 @@ fn amx_w4a8_g128_equals_scalar_on_the_grid() {
 #[test]
 fn amx_w4a8_odd_groups_equal_scalar() {
     let kernels = amx_kernels("amx_w4a8_odd_groups_equal_scalar");
-    let mut rng = Rng(8);
+    let mut rng = XorShift64Star(8);
     for group in [8, 40, 96] {
         for (k, n, rows) in [(1, 1, 1), (100, 17, 33), (383, 33, 16), (97, 70, 3)] {
             check_w4(&kernels, &mut rng, group, k, n, rows);
@@ -253,7 +245,7 @@ fn amx_results_do_not_depend_on_thread_count() {
 }
 
 fn amx_thread_count_case(kernels: &[GemmKernels], rows: usize, n: usize, k: usize) {
-    let mut rng = Rng(3);
+    let mut rng = XorShift64Star(3);
     let (qx, w) = data(&mut rng, false, rows, n, k);
     let ws: Vec<f32> = (0..n).map(|_| rng.f32().abs() * 0.01).collect();
     let xs: Vec<f32> = (0..rows).map(|_| rng.f32().abs()).collect();

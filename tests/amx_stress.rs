@@ -13,37 +13,25 @@ use candle_compress::kernels::detect::report_skipped;
 use candle_compress::kernels::gemm::{GemmKernels, PackedW4, PackedW8};
 use candle_compress::kernels::Isa;
 
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-}
+mod common;
 
-fn bits(v: &[f32]) -> Vec<u32> {
-    v.iter().map(|f| f.to_bits()).collect()
-}
+use common::compare::bits;
+use common::rng::XorShift64Star;
 
 /// One thread's loop until `deadline`; returns the number of products checked.
 fn hammer(kern: GemmKernels, seed: u64, deadline: Instant) -> usize {
     let scalar = GemmKernels::for_isa(Isa::Scalar).unwrap();
-    let mut rng = Rng(seed);
+    let mut rng = XorShift64Star(seed);
     let mut done = 0;
     while Instant::now() < deadline || done < 4 {
         let rows = 16 + rng.below(80);
         let n = 1 + rng.below(100);
         let k = 1 + rng.below(700);
-        let qx: Vec<i8> = (0..rows * k).map(|_| rng.next() as i8).collect();
+        let qx: Vec<i8> = (0..rows * k).map(|_| rng.next_u64() as i8).collect();
         let xs: Vec<f32> = (0..rows).map(|i| 0.01 * (i % 13) as f32 + 0.001).collect();
         let (mut got, mut want) = (vec![0f32; rows * n], vec![0f32; rows * n]);
         if done % 2 == 0 {
-            let w: Vec<i8> = (0..n * k).map(|_| rng.next() as i8).collect();
+            let w: Vec<i8> = (0..n * k).map(|_| rng.next_u64() as i8).collect();
             let ws: Vec<f32> = (0..n).map(|o| 0.002 * (o % 5) as f32 + 1e-4).collect();
             let p = PackedW8::pack(&w, &ws, n, k).unwrap();
             kern.matmul_w8a8(&qx, &xs, rows, &p, None, &mut got)
@@ -53,7 +41,9 @@ fn hammer(kern: GemmKernels, seed: u64, deadline: Instant) -> usize {
                 .unwrap();
         } else {
             let group = [32, 64, 128][rng.below(3)];
-            let w: Vec<i8> = (0..n * k).map(|_| (rng.next() % 16) as i8 - 8).collect();
+            let w: Vec<i8> = (0..n * k)
+                .map(|_| (rng.next_u64() % 16) as i8 - 8)
+                .collect();
             let ws: Vec<f32> = (0..n * k.div_ceil(group))
                 .map(|i| 0.01 * (i % 9) as f32)
                 .collect();

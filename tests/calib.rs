@@ -7,13 +7,9 @@ use candle_compress::Error;
 use candle_core::{DType, Device, Tensor};
 use proptest::prelude::*;
 
-/// Exact nearest-rank percentile of |x| by a full sort: the oracle.
-fn sorted_percentile(values: &[f32], p: f32) -> f32 {
-    let mut m: Vec<f32> = values.iter().map(|v| v.abs()).collect();
-    m.sort_by(f32::total_cmp);
-    let r = ((f64::from(p) / 100.0) * m.len() as f64).ceil() as usize;
-    m[r.clamp(1, m.len()) - 1]
-}
+mod common;
+
+use common::oracle::sorted_percentile;
 
 /// The histogram bin of a magnitude, as documented in `quant::calib`.
 fn bin(v: f32) -> u32 {

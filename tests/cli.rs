@@ -3,33 +3,20 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
 use candle_compress::io::safetensors::CompressedFile;
 use candle_core::{DType, Device, Tensor};
-use serde_json::Value;
 
-fn bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_candle-compress"))
-}
+mod common;
 
-fn run(args: &[&str]) -> Output {
-    bin().args(args).output().expect("the binary runs")
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
+use common::cli::{json_of, run, stderr};
+use common::tensors::sine_values;
 
 /// A small model: two linear layers with biases, an embedding and a norm.
 fn checkpoint(dir: &Path) -> PathBuf {
     let dev = Device::Cpu;
     let t = |dims: &[usize], seed: u64| {
-        let n: usize = dims.iter().product();
-        let v: Vec<f32> = (0..n)
-            .map(|i| ((i as f64 * 0.917 + seed as f64).sin() * 0.5) as f32)
-            .collect();
-        Tensor::from_vec(v, dims, &dev).unwrap()
+        Tensor::from_vec(sine_values(dims.iter().product(), seed), dims, &dev).unwrap()
     };
     let tensors = HashMap::from([
         ("model.embed.weight".to_string(), t(&[50, 64], 1)),
@@ -44,16 +31,6 @@ fn checkpoint(dir: &Path) -> PathBuf {
     let path = dir.join("model.safetensors");
     candle_core::safetensors::save(&tensors, &path).unwrap();
     path
-}
-
-fn json_of(o: &Output) -> Value {
-    assert!(o.status.success(), "failed: {}", stderr(o));
-    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| {
-        panic!(
-            "stdout is not JSON ({e}): {}",
-            String::from_utf8_lossy(&o.stdout)
-        )
-    })
 }
 
 #[test]

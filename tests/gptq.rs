@@ -17,25 +17,16 @@ use candle_compress::{Error, Result};
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::Linear;
 
+mod common;
+
+use common::rng::XorShift64;
+
 type AnyResult<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 
-/// Deterministic pseudo-random normals (xorshift + Box–Muller), so the tests do not
-/// depend on candle's RNG.
-struct Rng(u64);
-
-impl Rng {
-    fn uniform(&mut self) -> f64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        ((self.0 >> 11) as f64 + 0.5) / (1u64 << 53) as f64
-    }
-
-    fn normal(&mut self) -> f32 {
-        let (a, b) = (self.uniform(), self.uniform());
-        ((-2.0 * a.ln()).sqrt() * (std::f64::consts::TAU * b).cos()) as f32
-    }
-
+/// This file's tensor builder on the shared generator (normals from xorshift64 and
+/// Box–Muller, so the tests do not depend on candle's RNG).
+impl XorShift64 {
+    /// A `[rows, cols]` tensor of normals scaled by `std`, drawn row by row.
     fn tensor(&mut self, rows: usize, cols: usize, std: f32) -> Tensor {
         let v: Vec<f32> = (0..rows * cols).map(|_| self.normal() * std).collect();
         Tensor::from_vec(v, (rows, cols), &Device::Cpu).unwrap()
@@ -44,7 +35,7 @@ impl Rng {
 
 /// `rows` inputs of `cols` channels driven by `rank` latent factors plus small noise:
 /// strongly correlated columns.
-fn correlated(rng: &mut Rng, rows: usize, cols: usize, rank: usize) -> Tensor {
+fn correlated(rng: &mut XorShift64, rows: usize, cols: usize, rank: usize) -> Tensor {
     let base = rng.tensor(rows, rank, 1.0);
     let mix = rng.tensor(rank, cols, 1.0);
     (base.matmul(&mix).unwrap() + rng.tensor(rows, cols, 0.05)).unwrap()
@@ -78,7 +69,7 @@ fn weight_output_error(x: &Tensor, lin: &Linear, q: &QuantLinear) -> AnyResult<f
     Ok(d.sqr()?.sum_all()?.to_scalar::<f64>()?.sqrt())
 }
 
-fn linear(rng: &mut Rng, out: usize, inp: usize, bias: bool) -> Linear {
+fn linear(rng: &mut XorShift64, out: usize, inp: usize, bias: bool) -> Linear {
     let w = rng.tensor(out, inp, 0.5);
     let b = bias.then(|| rng.tensor(1, out, 0.1).flatten_all().unwrap());
     Linear::new(w, b)
@@ -86,7 +77,7 @@ fn linear(rng: &mut Rng, out: usize, inp: usize, bias: bool) -> Linear {
 
 #[test]
 fn gptq_beats_rtn_by_30_percent_on_correlated_inputs() -> AnyResult<()> {
-    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let mut rng = XorShift64(0x9e37_79b9_7f4a_7c15);
     let (inp, out) = (256, 64);
     let lin = linear(&mut rng, out, inp, true);
     let calib = correlated(&mut rng, 2048, inp, 24);
@@ -135,7 +126,7 @@ fn gptq_beats_rtn_by_30_percent_on_correlated_inputs() -> AnyResult<()> {
 /// for a 1536-input FFN-down) it fits the calibration set and generalizes worse.
 #[test]
 fn gptq_gain_holds_on_held_out_rows_given_enough_calibration() -> AnyResult<()> {
-    let mut rng = Rng(0x2545_f491_4f6c_dd1d);
+    let mut rng = XorShift64(0x2545_f491_4f6c_dd1d);
     let (inp, out, rank) = (256, 64, 64);
     let lin = linear(&mut rng, out, inp, false);
     // One distribution: the same latent mixing for calibration and held-out rows.
@@ -177,11 +168,11 @@ fn gptq_gain_holds_on_held_out_rows_given_enough_calibration() -> AnyResult<()> 
 #[test]
 fn gptq_layer_runs_integer_kernels_closer_to_f32() -> AnyResult<()> {
     // The stored layer, run by the integer kernels (activations int8 too), on held-out rows.
-    let mut rng = Rng(7);
+    let mut rng = XorShift64(7);
     let (inp, out) = (192, 48);
     let lin = linear(&mut rng, out, inp, true);
     let latent_mix = rng.tensor(16, inp, 1.0);
-    let sample = |rng: &mut Rng, rows| {
+    let sample = |rng: &mut XorShift64, rows| {
         (rng.tensor(rows, 16, 1.0).matmul(&latent_mix).unwrap() + rng.tensor(rows, inp, 0.05))
             .unwrap()
     };
@@ -206,7 +197,7 @@ fn gptq_layer_runs_integer_kernels_closer_to_f32() -> AnyResult<()> {
 
 #[test]
 fn identity_gram_gives_exactly_rtn_codes() -> AnyResult<()> {
-    let mut rng = Rng(42);
+    let mut rng = XorShift64(42);
     let (inp, out) = (384, 40);
     let lin = linear(&mut rng, out, inp, true);
     let mut eye = vec![0f64; inp * inp];
@@ -249,7 +240,7 @@ fn diagonal_gram_with_act_order_undoes_the_permutation() -> AnyResult<()> {
     // A diagonal H has no correlation, so GPTQ equals RTN whatever the order; with
     // distinct diagonal entries act-order really permutes, and the stored codes must come
     // back in the original column order.
-    let mut rng = Rng(5);
+    let mut rng = XorShift64(5);
     let (inp, out) = (128, 24);
     let lin = linear(&mut rng, out, inp, false);
     let mut h = vec![0f64; inp * inp];
@@ -279,10 +270,10 @@ fn diagonal_gram_with_act_order_undoes_the_permutation() -> AnyResult<()> {
 
 #[test]
 fn permutation_round_trip_is_exact() -> Result<()> {
-    let mut rng = Rng(11);
+    let mut rng = XorShift64(11);
     let cols = 97;
     let m: Vec<f32> = (0..5 * cols).map(|_| rng.normal()).collect();
-    let diag: Vec<f64> = (0..cols).map(|_| rng.uniform()).collect();
+    let diag: Vec<f64> = (0..cols).map(|_| rng.open_unit_f64()).collect();
     let perm = act_order_permutation(&diag);
     // Decreasing diag.
     assert!(perm.windows(2).all(|p| diag[p[0]] >= diag[p[1]]));
@@ -299,7 +290,7 @@ fn permutation_round_trip_is_exact() -> Result<()> {
 
 #[test]
 fn streaming_gram_equals_all_at_once() -> AnyResult<()> {
-    let mut rng = Rng(3);
+    let mut rng = XorShift64(3);
     let (rows, cols) = (1500, 96);
     let x = correlated(&mut rng, rows, cols, 12);
     let all = gram_of(&x)?;
@@ -356,7 +347,7 @@ fn streaming_gram_equals_all_at_once() -> AnyResult<()> {
 
 #[test]
 fn gram_linear_masks_padding_and_forwards_unchanged() -> AnyResult<()> {
-    let mut rng = Rng(8);
+    let mut rng = XorShift64(8);
     let lin = linear(&mut rng, 6, 32, true);
     let obs = GramLinear::new(lin.clone())?;
     let x = rng.tensor(8, 32, 1.0).reshape((2, 4, 32))?;
@@ -376,7 +367,7 @@ fn gram_linear_masks_padding_and_forwards_unchanged() -> AnyResult<()> {
 
 #[test]
 fn singular_gram_after_dampening_is_an_error() -> AnyResult<()> {
-    let mut rng = Rng(9);
+    let mut rng = XorShift64(9);
     let lin = linear(&mut rng, 8, 64, false);
     // 200 rows of rank 4: singular without dampening.
     let x = correlated(&mut rng, 200, 64, 4);
@@ -399,7 +390,7 @@ fn singular_gram_after_dampening_is_an_error() -> AnyResult<()> {
 
 #[test]
 fn non_finite_gram_after_dampening_is_an_error() -> AnyResult<()> {
-    let mut rng = Rng(10);
+    let mut rng = XorShift64(10);
     let lin = linear(&mut rng, 8, 64, false);
     let gram = gram_of(&correlated(&mut rng, 200, 64, 8))?;
     let cfg = QuantConfig::w4a8(32)?;
@@ -437,7 +428,7 @@ fn non_finite_gram_after_dampening_is_an_error() -> AnyResult<()> {
 
 #[test]
 fn too_few_calibration_rows_is_an_error() -> AnyResult<()> {
-    let mut rng = Rng(12);
+    let mut rng = XorShift64(12);
     let lin = linear(&mut rng, 8, 64, false);
     let gram = gram_of(&rng.tensor(100, 64, 1.0))?;
     let cfg = QuantConfig::w4a8(32)?;
@@ -465,7 +456,7 @@ fn too_few_calibration_rows_is_an_error() -> AnyResult<()> {
 /// width is still an error.
 #[test]
 fn group_that_does_not_divide_gets_a_short_last_group() -> AnyResult<()> {
-    let mut rng = Rng(13);
+    let mut rng = XorShift64(13);
     let inp = 96;
     let lin = linear(&mut rng, 8, inp, false);
     let mut eye = vec![0f64; inp * inp];
@@ -522,7 +513,7 @@ fn group_that_does_not_divide_gets_a_short_last_group() -> AnyResult<()> {
 
 #[test]
 fn scale_search_and_small_blocks_still_beat_rtn() -> AnyResult<()> {
-    let mut rng = Rng(14);
+    let mut rng = XorShift64(14);
     let lin = linear(&mut rng, 32, 128, false);
     let calib = correlated(&mut rng, 1024, 128, 16);
     let gram = gram_of(&calib)?;
@@ -551,7 +542,7 @@ fn scale_search_and_small_blocks_still_beat_rtn() -> AnyResult<()> {
 
 #[test]
 fn gptq_layers_round_trip_through_both_file_formats() -> AnyResult<()> {
-    let mut rng = Rng(15);
+    let mut rng = XorShift64(15);
     let lin = linear(&mut rng, 48, 256, true);
     let gram = gram_of(&correlated(&mut rng, 1024, 256, 20))?;
     let x = correlated(&mut rng, 16, 256, 20);
@@ -593,7 +584,7 @@ fn gptq_layers_round_trip_through_both_file_formats() -> AnyResult<()> {
 
 #[test]
 fn awq_scales_help_on_outlier_channels_and_combine_with_gptq() -> AnyResult<()> {
-    let mut rng = Rng(16);
+    let mut rng = XorShift64(16);
     let (inp, out) = (128, 64);
     let lin = linear(&mut rng, out, inp, false);
     // Channel magnitudes spanning two decades, a few outliers.
@@ -683,7 +674,7 @@ impl SequentialModel for TinyModel {
 
 #[test]
 fn sequential_calibration_beats_rtn_end_to_end() -> AnyResult<()> {
-    let mut rng = Rng(17);
+    let mut rng = XorShift64(17);
     let d = 128;
     let model = TinyModel {
         blocks: (0..2)
@@ -696,7 +687,7 @@ fn sequential_calibration_beats_rtn_end_to_end() -> AnyResult<()> {
             .collect(),
     };
     let mix = rng.tensor(16, d, 1.0);
-    let batch = |rng: &mut Rng, rows: usize, pad: usize| -> TinyState {
+    let batch = |rng: &mut XorShift64, rows: usize, pad: usize| -> TinyState {
         let x =
             (rng.tensor(rows, 16, 1.0).matmul(&mix).unwrap() + rng.tensor(rows, d, 0.05)).unwrap();
         let nan = Tensor::full(1000f32, (pad, d), &Device::Cpu).unwrap();
@@ -819,7 +810,7 @@ impl SequentialModel for EarlyStopModel {
 
 #[test]
 fn stopping_observation_passes_early_changes_nothing() -> AnyResult<()> {
-    let mut rng = Rng(23);
+    let mut rng = XorShift64(23);
     let d = 64;
     let blocks: Vec<[Linear; 2]> = (0..2)
         .map(|_| {
@@ -830,7 +821,7 @@ fn stopping_observation_passes_early_changes_nothing() -> AnyResult<()> {
         })
         .collect();
     let mix = rng.tensor(8, d, 1.0);
-    let states = |rng: &mut Rng| -> Vec<TinyState> {
+    let states = |rng: &mut XorShift64| -> Vec<TinyState> {
         (0..3)
             .map(|_| TinyState {
                 x: (rng.tensor(150, 8, 1.0).matmul(&mix).unwrap() + rng.tensor(150, d, 0.05))

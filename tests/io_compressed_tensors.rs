@@ -11,12 +11,11 @@ use safetensors::tensor::{Dtype, TensorView};
 use safetensors::SafeTensors;
 use serde_json::{json, Value};
 
-fn sample(out: usize, inp: usize, seed: f32) -> Result<Tensor> {
-    let v: Vec<f32> = (0..out * inp)
-        .map(|i| (i as f32 * 0.377 + seed).sin() * 0.8)
-        .collect();
-    Ok(Tensor::from_vec(v, (out, inp), &Device::Cpu)?)
-}
+mod common;
+
+use common::oracle::linear_f64;
+use common::safetensors_raw::serialize;
+use common::tensors::sine_matrix;
 
 fn written(cfg: QuantConfig, inp: usize) -> Result<(tempfile::TempDir, Vec<u8>, Value)> {
     let dir = tempfile::tempdir()?;
@@ -26,10 +25,10 @@ fn written(cfg: QuantConfig, inp: usize) -> Result<(tempfile::TempDir, Vec<u8>, 
         .enumerate()
     {
         let bias = Tensor::new(&[0.5f32; 64], &Device::Cpu)?;
-        let layer = QuantLinear::new(&sample(64, inp, i as f32)?, Some(&bias), &cfg)?;
+        let layer = QuantLinear::new(&sine_matrix(64, inp, i as f32)?, Some(&bias), &cfg)?;
         w.add_quant_linear(name, &layer)?;
     }
-    w.add_float("lm_head.weight", &sample(10, inp, 9.)?)?;
+    w.add_float("lm_head.weight", &sine_matrix(10, inp, 9.)?)?;
     w.ignore("lm_head");
     let st = dir.path().join("model.safetensors");
     let cj = dir.path().join("config.json");
@@ -127,7 +126,7 @@ fn w4_group128_checkpoint_has_the_spec_layout() -> Result<()> {
     assert!(st.tensor(&format!("{p}.weight_zero_point")).is_err());
 
     // Bits: element i of a row at bits 4·(i mod 8) of word i/8, stored as q + 8.
-    let layer = QuantLinear::new(&sample(64, inp, 1.)?, None, &QuantConfig::w4a8(128)?)?;
+    let layer = QuantLinear::new(&sine_matrix(64, inp, 1.)?, None, &QuantConfig::w4a8(128)?)?;
     let codes = layer.to_parts().weights;
     let words: Vec<u32> = packed
         .data()
@@ -160,34 +159,11 @@ fn written_checkpoints_load_back_bit_identical() -> Result<()> {
         )?;
         let layer = QuantLinear::load(&vb.pp("model.layers.0.mlp").pp("down_proj"), 256, 64)?;
         let bias = Tensor::new(&[0.5f32; 64], &Device::Cpu)?;
-        let direct = QuantLinear::new(&sample(64, 256, 1.)?, Some(&bias), &cfg)?;
+        let direct = QuantLinear::new(&sine_matrix(64, 256, 1.)?, Some(&bias), &cfg)?;
         assert_eq!(layer.to_parts(), direct.to_parts());
         assert_eq!(vb.get(&[10, 256], "lm_head.weight")?.dims(), &[10, 256]);
     }
     Ok(())
-}
-
-/// Serializes tensors given as (name, dtype, shape, bytes).
-fn serialize(tensors: &[(&str, Dtype, Vec<usize>, Vec<u8>)]) -> Vec<u8> {
-    let views: Vec<_> = tensors
-        .iter()
-        .map(|(n, d, s, b)| (*n, TensorView::new(*d, s.clone(), b).unwrap()))
-        .collect();
-    safetensors::serialize(views, None).unwrap()
-}
-
-/// Reference: y = x · Wᵀ (+ b) with W dequantized, in f64.
-fn reference(x: &[f32], rows: usize, w: &[f32], out: usize, inp: usize, b: &[f32]) -> Vec<f32> {
-    let mut y = vec![0f32; rows * out];
-    for r in 0..rows {
-        for o in 0..out {
-            let acc: f64 = (0..inp)
-                .map(|k| f64::from(x[r * inp + k]) * f64::from(w[o * inp + k]))
-                .sum();
-            y[r * out + o] = (acc + f64::from(b[o])) as f32;
-        }
-    }
-    y
 }
 
 #[test]
@@ -242,7 +218,7 @@ fn hand_built_w8a8_checkpoint_matches_the_dequantized_reference() -> Result<()> 
         .collect();
     let b: Vec<f32> = bias.iter().map(|v| v.to_f32()).collect();
     let x: Vec<f32> = (0..rows * inp).map(|i| ((i as f32) * 0.61).cos()).collect();
-    let want = reference(&x, rows, &w, out, inp, &b);
+    let want = linear_f64(&x, rows, &w, out, inp, Some(&b));
     let got = layer
         .forward(&Tensor::from_vec(x, (rows, inp), &Device::Cpu)?)?
         .flatten_all()?
@@ -316,7 +292,7 @@ fn hand_built_w4_group128_checkpoint_matches_the_dequantized_reference() -> Resu
         .map(|i| q[i] as f32 * scales[(i / inp) * groups + (i % inp) / group].to_f32())
         .collect();
     let x: Vec<f32> = (0..rows * inp).map(|i| ((i as f32) * 0.23).sin()).collect();
-    let want = reference(&x, rows, &w, out, inp, &[0.0; 16]);
+    let want = linear_f64(&x, rows, &w, out, inp, Some(&[0.0; 16]));
     let got = layer
         .forward(&Tensor::from_vec(x, (rows, inp), &Device::Cpu)?)?
         .flatten_all()?
@@ -386,7 +362,7 @@ fn refuses_what_it_cannot_represent() -> Result<()> {
     assert_eq!(ckpt.load_quant_linear("fc")?.weights_i8(), vec![-127, 5]);
 
     // Layers with smoothing or static activations have no compressed-tensors form here.
-    let w = sample(4, 32, 0.)?;
+    let w = sine_matrix(4, 32, 0.)?;
     let smoothed = QuantLinear::new_smoothed(&w, None, &[1.0; 32], &QuantConfig::w8a8())?;
     assert!(CtWriter::new().add_quant_linear("fc", &smoothed).is_err());
     Ok(())

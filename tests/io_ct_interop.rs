@@ -9,24 +9,15 @@ use candle_compress::io::reader::SafetensorsReader;
 use candle_compress::nn::{ActivationQuant, QuantConfig, QuantLinear, WeightQuant};
 use candle_compress::{Error, Result};
 use candle_core::{Device, Module, Tensor};
-use safetensors::tensor::{Dtype, TensorView};
+use safetensors::tensor::Dtype;
 use safetensors::SafeTensors;
 use serde_json::{json, Value};
 
-fn sample(out: usize, inp: usize, seed: f32) -> Result<Tensor> {
-    let v: Vec<f32> = (0..out * inp)
-        .map(|i| (i as f32 * 0.377 + seed).sin() * 0.8)
-        .collect();
-    Ok(Tensor::from_vec(v, (out, inp), &Device::Cpu)?)
-}
+mod common;
 
-fn serialize(tensors: &[(&str, Dtype, Vec<usize>, Vec<u8>)]) -> Vec<u8> {
-    let views: Vec<_> = tensors
-        .iter()
-        .map(|(n, d, s, b)| (*n, TensorView::new(*d, s.clone(), b).unwrap()))
-        .collect();
-    safetensors::serialize(views, None).unwrap()
-}
+use common::oracle::linear_f64;
+use common::safetensors_raw::serialize;
+use common::tensors::sine_matrix;
 
 fn f32_bytes(v: &[f32]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_le_bytes()).collect()
@@ -59,20 +50,6 @@ fn config(format: &str, weights: Value, acts: Value) -> Value {
         "ignore": []}})
 }
 
-/// y = x · Wᵀ in f64.
-fn reference(x: &[f32], rows: usize, w: &[f32], out: usize, inp: usize) -> Vec<f32> {
-    let mut y = vec![0f32; rows * out];
-    for r in 0..rows {
-        for o in 0..out {
-            let acc: f64 = (0..inp)
-                .map(|k| f64::from(x[r * inp + k]) * f64::from(w[o * inp + k]))
-                .sum();
-            y[r * out + o] = acc as f32;
-        }
-    }
-    y
-}
-
 fn max_rel_err(want: &[f32], got: &[f32]) -> f32 {
     let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
     want.iter()
@@ -87,14 +64,14 @@ fn max_rel_err(want: &[f32], got: &[f32]) -> f32 {
 fn ct_writer_refuses_int4_groups_that_do_not_divide_in_features() -> Result<()> {
     // in = 80 with groups of 32: QuantLinear keeps a shorter last group; the format has
     // no such layout (0.12.2 would infer the group as 80 / 3 = 26 and misdecode).
-    let layer = QuantLinear::new(&sample(8, 80, 0.)?, None, &QuantConfig::w4a8(32)?)?;
+    let layer = QuantLinear::new(&sine_matrix(8, 80, 0.)?, None, &QuantConfig::w4a8(32)?)?;
     let err = CtWriter::new()
         .add_quant_linear("fc", &layer)
         .expect_err("a layout compressed-tensors misreads must be refused");
     assert!(matches!(err, Error::Unsupported { .. }), "{err}");
     assert!(err.to_string().contains("in_features 80"), "{err}");
     // 96 = 3 × 32 divides: written and read back bit-identical.
-    let ok = QuantLinear::new(&sample(8, 96, 0.)?, None, &QuantConfig::w4a8(32)?)?;
+    let ok = QuantLinear::new(&sine_matrix(8, 96, 0.)?, None, &QuantConfig::w4a8(32)?)?;
     let dir = tempfile::tempdir()?;
     let mut w = CtWriter::new();
     w.add_quant_linear("fc", &ok)?;
@@ -157,7 +134,7 @@ fn int_quantized_w4a8_group_checkpoint_loads_with_exact_scales() -> Result<()> {
         .map(|i| q[i] as f32 * want_scales[(i / inp) * groups + (i % inp) / group])
         .collect();
     let x: Vec<f32> = (0..rows * inp).map(|i| ((i as f32) * 0.23).sin()).collect();
-    let want = reference(&x, rows, &w, out, inp);
+    let want = linear_f64(&x, rows, &w, out, inp, None);
     let got = layer
         .forward(&Tensor::from_vec(x, (rows, inp), &Device::Cpu)?)?
         .flatten_all()?
@@ -275,7 +252,7 @@ fn w4a16_checkpoint_runs_weight_only() -> Result<()> {
             }
         })
         .collect();
-    let want = reference(&x, rows, &w, out, inp);
+    let want = linear_f64(&x, rows, &w, out, inp, None);
     let got = layer
         .forward(&Tensor::from_vec(x.clone(), (rows, inp), &Device::Cpu)?)?
         .flatten_all()?
@@ -305,7 +282,7 @@ fn w4a16_checkpoint_runs_weight_only() -> Result<()> {
 #[test]
 fn weight_only_layers_are_written_with_null_input_activations() -> Result<()> {
     let cfg = QuantConfig::w4a8(32)?.with_activations(ActivationQuant::Float)?;
-    let layer = QuantLinear::new(&sample(8, 64, 1.)?, None, &cfg)?;
+    let layer = QuantLinear::new(&sine_matrix(8, 64, 1.)?, None, &cfg)?;
     let dir = tempfile::tempdir()?;
     let mut w = CtWriter::new();
     w.add_quant_linear("fc", &layer)?;
@@ -322,7 +299,7 @@ fn weight_only_layers_are_written_with_null_input_activations() -> Result<()> {
     assert_eq!(back.to_parts(), layer.to_parts());
     // Static per-tensor activations round-trip through `input_scale`.
     let st = QuantConfig::w8a8().with_activations(ActivationQuant::Static { scale: 0.02 })?;
-    let layer = QuantLinear::new(&sample(8, 64, 2.)?, None, &st)?;
+    let layer = QuantLinear::new(&sine_matrix(8, 64, 2.)?, None, &st)?;
     let dir = tempfile::tempdir()?;
     let mut w = CtWriter::new();
     w.add_quant_linear("fc", &layer)?;
@@ -348,11 +325,11 @@ fn sharded_checkpoint_written_by_us_reads_with_an_independent_reader() -> Result
     let mut layers = Vec::new();
     for i in 0..4 {
         let name = format!("model.layers.{i}.mlp.down_proj");
-        let layer = QuantLinear::new(&sample(16, 64, i as f32)?, None, &cfg)?;
+        let layer = QuantLinear::new(&sine_matrix(16, 64, i as f32)?, None, &cfg)?;
         writer.add_quant_linear(&name, &layer)?;
         layers.push((name, layer));
     }
-    writer.add_float("model.norm.weight", &sample(1, 64, 5.)?.flatten_all()?)?;
+    writer.add_float("model.norm.weight", &sine_matrix(1, 64, 5.)?.flatten_all()?)?;
     let dir = tempfile::tempdir()?;
     writer.write_sharded(dir.path(), 1200, Some(json!({"model_type": "llama"})))?;
 

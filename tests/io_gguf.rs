@@ -8,6 +8,10 @@ use candle_core::quantized::gguf_file::{Content, Value};
 use candle_core::quantized::GgmlDType;
 use candle_core::{DType, Device, Tensor};
 
+mod common;
+
+use common::compare::bits;
+
 #[test]
 fn q8_0_and_q4_0_read_back_with_candle_equal_ours() -> Result<()> {
     let dir = tempfile::tempdir()?;
@@ -48,7 +52,6 @@ fn q8_0_and_q4_0_read_back_with_candle_equal_ours() -> Result<()> {
             .to_dtype(DType::F32)?
             .flatten_all()?
             .to_vec1::<f32>()?;
-        let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
         assert_eq!(bits(&theirs), bits(&mine), "{name}");
     }
     let qt = content.tensor(&mut file, "output_norm.weight", &Device::Cpu)?;

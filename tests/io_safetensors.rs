@@ -14,6 +14,10 @@ use candle_core::{DType, Device, Module, Tensor};
 use safetensors::tensor::Dtype;
 use safetensors::SafeTensors;
 
+mod common;
+
+use common::safetensors_raw::{parts_of, rebuild};
+
 fn schemes() -> Vec<Scheme> {
     [
         "int8:64",
@@ -269,9 +273,6 @@ fn inspect_items_report_stored_bytes() -> Result<()> {
 
 // ----------------------------------------------------------------------- corrupt files
 
-/// A tensor as (name, dtype, shape, bytes).
-type RawPart = (String, Dtype, Vec<usize>, Vec<u8>);
-
 /// A valid file with one `int8:32` tensor `w` [2, 32], as bytes.
 fn valid_file() -> Result<Vec<u8>> {
     let c = "int8:32"
@@ -280,44 +281,6 @@ fn valid_file() -> Result<Vec<u8>> {
     let mut writer = CompressedWriter::new();
     writer.add_compressed("w", &c)?;
     writer.to_bytes()
-}
-
-/// Rebuilds a file from (name, dtype, shape, bytes) and a metadata map.
-fn build(
-    tensors: Vec<(&str, Dtype, Vec<usize>, Vec<u8>)>,
-    meta: HashMap<String, String>,
-) -> Vec<u8> {
-    let views: Vec<_> = tensors
-        .iter()
-        .map(|(n, d, s, b)| {
-            (
-                *n,
-                safetensors::tensor::TensorView::new(*d, s.clone(), b).unwrap(),
-            )
-        })
-        .collect();
-    safetensors::serialize(views, Some(meta)).unwrap()
-}
-
-fn parts_of(bytes: &[u8]) -> (Vec<RawPart>, HashMap<String, String>) {
-    let st = SafeTensors::deserialize(bytes).unwrap();
-    let (_, meta) = SafeTensors::read_metadata(bytes).unwrap();
-    let tensors = st
-        .tensors()
-        .into_iter()
-        .map(|(n, v)| (n, v.dtype(), v.shape().to_vec(), v.data().to_vec()))
-        .collect();
-    (tensors, meta.metadata().clone().unwrap())
-}
-
-fn rebuild(tensors: &[RawPart], meta: HashMap<String, String>) -> Vec<u8> {
-    build(
-        tensors
-            .iter()
-            .map(|(n, d, s, b)| (n.as_str(), *d, s.clone(), b.clone()))
-            .collect(),
-        meta,
-    )
 }
 
 #[test]

@@ -14,6 +14,10 @@ use candle_core::{Device, Module, Tensor};
 use safetensors::tensor::Dtype;
 use safetensors::SafeTensors;
 
+mod common;
+
+use common::safetensors_raw::{parts_of, rebuild, RawPart};
+
 fn sample(dims: &[usize], seed: f64) -> Result<Tensor> {
     let n: usize = dims.iter().product();
     let v: Vec<f32> = (0..n)
@@ -38,32 +42,6 @@ fn file_bytes(l: &QuantLinear) -> Result<Vec<u8>> {
     let mut w = CompressedWriter::new();
     w.add_quant_linear("fc", l)?;
     w.to_bytes()
-}
-
-type RawPart = (String, Dtype, Vec<usize>, Vec<u8>);
-
-fn parts_of(bytes: &[u8]) -> (Vec<RawPart>, HashMap<String, String>) {
-    let st = SafeTensors::deserialize(bytes).unwrap();
-    let (_, meta) = SafeTensors::read_metadata(bytes).unwrap();
-    let tensors = st
-        .tensors()
-        .into_iter()
-        .map(|(n, v)| (n, v.dtype(), v.shape().to_vec(), v.data().to_vec()))
-        .collect();
-    (tensors, meta.metadata().clone().unwrap())
-}
-
-fn rebuild(tensors: &[RawPart], meta: HashMap<String, String>) -> Vec<u8> {
-    let views: Vec<_> = tensors
-        .iter()
-        .map(|(n, d, s, b)| {
-            (
-                n.as_str(),
-                safetensors::tensor::TensorView::new(*d, s.clone(), b).unwrap(),
-            )
-        })
-        .collect();
-    safetensors::serialize(views, Some(meta)).unwrap()
 }
 
 #[test]

@@ -5,30 +5,11 @@ use candle_compress::kernels::detect::report_skipped;
 use candle_compress::kernels::gemm::{GemmKernels, PackedW4, PackedW8, K_BLOCK};
 use candle_compress::kernels::{Isa, KernelError};
 
-/// xorshift64*: deterministic test data without extra dependencies.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn i8(&mut self) -> i8 {
-        (self.next() >> 56) as u8 as i8
-    }
-    /// In [lo, hi].
-    fn range(&mut self, lo: i32, hi: i32) -> i8 {
-        (lo + (self.next() % (hi - lo + 1) as u64) as i32) as i8
-    }
-    fn f32(&mut self) -> f32 {
-        ((self.next() >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-    }
-}
+mod common;
 
-fn scalar() -> GemmKernels {
-    GemmKernels::for_isa(Isa::Scalar).unwrap()
-}
+use common::compare::bits;
+use common::kernels::scalar;
+use common::rng::XorShift64Star;
 
 /// The SIMD kernel sets this CPU runs; prints what is skipped.
 fn simd_kernels(test: &str) -> Vec<GemmKernels> {
@@ -111,10 +92,6 @@ fn nf(r: Result<(), KernelError>) -> Result<(), Option<usize>> {
     r.map_err(|e| e.non_finite_index())
 }
 
-fn bits(v: &[f32]) -> Vec<u32> {
-    v.iter().map(|f| f.to_bits()).collect()
-}
-
 #[derive(Clone, Copy, Debug)]
 enum Fill {
     Random,
@@ -125,7 +102,13 @@ enum Fill {
     Extreme2,
 }
 
-fn make(rng: &mut Rng, fill: Fill, rows: usize, n: usize, k: usize) -> (Vec<i8>, Vec<i8>) {
+fn make(
+    rng: &mut XorShift64Star,
+    fill: Fill,
+    rows: usize,
+    n: usize,
+    k: usize,
+) -> (Vec<i8>, Vec<i8>) {
     match fill {
         Fill::Random => (
             (0..rows * k).map(|_| rng.i8()).collect(),
@@ -148,7 +131,7 @@ fn make(rng: &mut Rng, fill: Fill, rows: usize, n: usize, k: usize) -> (Vec<i8>,
 #[test]
 fn w8a8_simd_equals_scalar_all_shapes() {
     let kernels = simd_kernels("w8a8_simd_equals_scalar_all_shapes");
-    let mut rng = Rng(0x1234_5678_9abc_def1);
+    let mut rng = XorShift64Star(0x1234_5678_9abc_def1);
     for &k in &[1usize, 7, 31, 33, 63, 65, 4095] {
         for &n in &[1usize, 3, 16, 33, 70] {
             // 8 and 23 rows reach the 7- and 8-row tiles (23 runs as 8 + 8 + 7)
@@ -192,7 +175,7 @@ fn w8a8_simd_equals_scalar_all_shapes() {
 #[test]
 fn w8a8_weights_of_minus_128_stay_exact() {
     let kernels = simd_kernels("w8a8_weights_of_minus_128_stay_exact");
-    let mut rng = Rng(77);
+    let mut rng = XorShift64Star(77);
     for &(rows, n, k) in &[(1usize, 3usize, 65usize), (3, 17, 33), (17, 20, 130)] {
         let qx: Vec<i8> = (0..rows * k)
             .map(|i| if i % 2 == 0 { -128 } else { rng.i8() })
@@ -251,7 +234,7 @@ fn w8a8_huge_in_features_is_exact() {
 #[test]
 fn w4a8_simd_equals_scalar_all_shapes() {
     let kernels = simd_kernels("w4a8_simd_equals_scalar_all_shapes");
-    let mut rng = Rng(0xfeed_beef);
+    let mut rng = XorShift64Star(0xfeed_beef);
     for &group in &[32usize, 64, 128, 8] {
         for &k in &[1usize, 7, 31, 33, 63, 65, 4095] {
             for &n in &[1usize, 3, 17, 33] {
@@ -321,7 +304,7 @@ fn results_do_not_depend_on_thread_count() {
 }
 
 fn thread_count_case(kernels: &[GemmKernels], rows: usize, n: usize, k: usize) {
-    let mut rng = Rng(99);
+    let mut rng = XorShift64Star(99);
     let qx: Vec<i8> = (0..rows * k).map(|_| rng.i8()).collect();
     let w8: Vec<i8> = (0..n * k).map(|_| rng.range(-127, 127)).collect();
     let w4: Vec<i8> = (0..n * k).map(|_| rng.range(-8, 7)).collect();
@@ -354,7 +337,7 @@ fn thread_count_case(kernels: &[GemmKernels], rows: usize, n: usize, k: usize) {
     }
 }
 
-fn row_inputs(rng: &mut Rng, rows: usize, cols: usize) -> Vec<f32> {
+fn row_inputs(rng: &mut XorShift64Star, rows: usize, cols: usize) -> Vec<f32> {
     (0..rows * cols)
         .map(|i| match i % 7 {
             // exact halves after scaling: ties must round away from zero
@@ -368,7 +351,7 @@ fn row_inputs(rng: &mut Rng, rows: usize, cols: usize) -> Vec<f32> {
 #[test]
 fn row_quantization_simd_equals_scalar_at_every_tail() {
     let kernels = simd_kernels("row_quantization_simd_equals_scalar_at_every_tail");
-    let mut rng = Rng(2024);
+    let mut rng = XorShift64Star(2024);
     let mut lens: Vec<usize> = (1..=40).collect();
     lens.extend([63, 64, 65, 127, 128, 129, 191, 257, 4095]);
     for &cols in &lens {
@@ -432,7 +415,7 @@ fn row_quantization_simd_equals_scalar_at_every_tail() {
 #[test]
 fn row_quantization_reports_first_non_finite_index() {
     let kernels = simd_kernels("row_quantization_reports_first_non_finite_index");
-    let mut rng = Rng(5);
+    let mut rng = XorShift64Star(5);
     for &cols in &[1usize, 7, 8, 9, 16, 17, 33, 100, 130] {
         let rows = 3;
         for bad_at in (0..rows * cols).step_by(cols.div_ceil(3).max(1)) {
@@ -566,7 +549,7 @@ fn zero_sizes_are_handled() {
 fn row_quantization_extreme_magnitudes() {
     let kernels = simd_kernels("row_quantization_extreme_magnitudes");
     let cols = 37;
-    let mut rng = Rng(31337);
+    let mut rng = XorShift64Star(31337);
     let rows: Vec<Vec<f32>> = vec![
         (0..cols).map(|i| f32::from_bits(i as u32 * 3)).collect(), // subnormals
         (0..cols)
@@ -625,7 +608,7 @@ fn row_quantization_extreme_magnitudes() {
 #[test]
 fn row_quantization_near_half_integers_matches_division() {
     let kernels = simd_kernels("row_quantization_near_half_integers_matches_division");
-    let mut rng = Rng(77);
+    let mut rng = XorShift64Star(77);
     let cols = 200;
     for _ in 0..400 {
         // amax over 60 binades (normal scales), set by element 0

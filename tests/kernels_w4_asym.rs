@@ -11,33 +11,15 @@ use candle_compress::kernels::detect::report_skipped;
 use candle_compress::kernels::gemm::{GemmKernels, PackedW4};
 use candle_compress::kernels::Isa;
 
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn i8(&mut self) -> i8 {
-        (self.next() >> 56) as u8 as i8
-    }
-    fn i4(&mut self) -> i8 {
-        (self.next() >> 60) as i8 - 8
-    }
-    /// In [-1, 1).
-    fn f32(&mut self) -> f32 {
-        ((self.next() >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-    }
-}
+mod common;
+
+use common::compare::bits;
+use common::kernels::scalar;
+use common::rng::XorShift64Star;
 
 const INS: [usize; 8] = [1, 7, 31, 33, 63, 64, 65, 127];
 const OUTS: [usize; 6] = [1, 3, 16, 17, 33, 70];
 const ROWS: [usize; 9] = [1, 3, 15, 16, 17, 31, 32, 33, 128];
-
-fn scalar() -> GemmKernels {
-    GemmKernels::for_isa(Isa::Scalar).unwrap()
-}
 
 /// Every kernel set but the scalar reference: the SIMD paths this CPU runs and the AMX
 /// driver on every table it can run; prints what is skipped.
@@ -69,10 +51,6 @@ fn kernels(test: &str) -> Vec<GemmKernels> {
         eprintln!("{test}: testing {}", k.name());
     }
     v
-}
-
-fn bits(v: &[f32]) -> Vec<u32> {
-    v.iter().map(|f| f.to_bits()).collect()
 }
 
 /// The contract written out: per group `acc_g` exact, `sum` and `off` accumulated from
@@ -128,7 +106,14 @@ struct Case {
     b: Vec<f32>,
 }
 
-fn case(rng: &mut Rng, offsets: Offsets, group: usize, k: usize, n: usize, rows: usize) -> Case {
+fn case(
+    rng: &mut XorShift64Star,
+    offsets: Offsets,
+    group: usize,
+    k: usize,
+    n: usize,
+    rows: usize,
+) -> Case {
     let groups = k.div_ceil(group);
     let extreme_acts = matches!(offsets, Offsets::Extreme);
     Case {
@@ -158,7 +143,7 @@ fn case(rng: &mut Rng, offsets: Offsets, group: usize, k: usize, n: usize, rows:
 #[allow(clippy::too_many_arguments)]
 fn check(
     kernels: &[GemmKernels],
-    rng: &mut Rng,
+    rng: &mut XorShift64Star,
     offsets: Offsets,
     group: usize,
     k: usize,
@@ -196,7 +181,7 @@ fn check(
 fn grid(group: usize, seed: u64) {
     let test = format!("w4a8_asym_g{group}_equals_scalar_on_the_grid");
     let kernels = kernels(&test);
-    let mut rng = Rng(seed);
+    let mut rng = XorShift64Star(seed);
     for &k in &INS {
         for &n in &OUTS {
             for (i, &rows) in ROWS.iter().enumerate() {
@@ -230,7 +215,7 @@ fn w4a8_asym_g128_equals_scalar_on_the_grid() {
 #[test]
 fn w4a8_asym_odd_groups_and_zero_offsets() {
     let kernels = kernels("w4a8_asym_odd_groups_and_zero_offsets");
-    let mut rng = Rng(8);
+    let mut rng = XorShift64Star(8);
     for group in [8, 40, 96] {
         for (k, n, rows) in [(1, 1, 1), (100, 17, 33), (383, 33, 16), (97, 70, 64)] {
             check(&kernels, &mut rng, Offsets::Random, group, k, n, rows);
@@ -257,7 +242,7 @@ fn w4a8_asym_odd_groups_and_zero_offsets() {
 /// roundings of the epilogue.
 #[test]
 fn w4a8_asym_matches_the_f32_oracle() {
-    let mut rng = Rng(77);
+    let mut rng = XorShift64Star(77);
     for (group, k, n, rows) in [(32, 576, 17, 5), (64, 1536, 33, 3), (128, 65, 16, 2)] {
         let c = case(&mut rng, Offsets::Random, group, k, n, rows);
         let groups = k.div_ceil(group);
@@ -299,7 +284,7 @@ fn w4a8_asym_results_do_not_depend_on_thread_count() {
 }
 
 fn asym_thread_count_case(kernels: &[GemmKernels], rows: usize, n: usize, k: usize) {
-    let mut rng = Rng(99);
+    let mut rng = XorShift64Star(99);
     let c = case(&mut rng, Offsets::Random, 64, k, n, rows);
     let p = PackedW4::pack_asym(&c.w, &c.ws, &c.wm, n, k, 64).unwrap();
     let run = |threads: usize, kern: GemmKernels| {

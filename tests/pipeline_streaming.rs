@@ -7,20 +7,19 @@ use std::collections::HashMap;
 use candle_compress::prune::{Pipeline, StoredTensor};
 use candle_core::{DType, Device, Tensor};
 
+mod common;
+
+use common::rng::XorShift64;
+use common::tensors::flat_f32;
+
 fn model(seed: u64) -> HashMap<String, Tensor> {
     let dev = Device::Cpu;
-    let mut s = seed;
-    let mut next = move || {
-        s ^= s << 13;
-        s ^= s >> 7;
-        s ^= s << 17;
-        s
-    };
+    let mut rng = XorShift64(seed);
     let mut t = |dims: &[usize], dtype: DType| {
         let n: usize = dims.iter().product();
         // Values on a coarse grid: many exact ties at any threshold.
         let v: Vec<f32> = (0..n)
-            .map(|_| ((next() % 17) as f32 - 8.0) * 0.125)
+            .map(|_| ((rng.next_u64() % 17) as f32 - 8.0) * 0.125)
             .collect();
         Tensor::from_vec(v, dims, &dev)
             .unwrap()
@@ -36,15 +35,9 @@ fn model(seed: u64) -> HashMap<String, Tensor> {
     ])
 }
 
+/// A stored tensor's values, densified, as f32.
 fn dense(t: &StoredTensor) -> Vec<f32> {
-    t.to_dense(&Device::Cpu)
-        .unwrap()
-        .to_dtype(DType::F32)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap()
+    flat_f32(&t.to_dense(&Device::Cpu).unwrap())
 }
 
 #[test]

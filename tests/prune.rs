@@ -10,16 +10,11 @@ use candle_compress::{Compressed, Error};
 use candle_core::{DType, Device, Shape, Tensor};
 use proptest::prelude::*;
 
-const CPU: Device = Device::Cpu;
+mod common;
 
-fn vals(t: &Tensor) -> Vec<f32> {
-    t.flatten_all()
-        .unwrap()
-        .to_dtype(DType::F32)
-        .unwrap()
-        .to_vec1()
-        .unwrap()
-}
+use common::tensors::flat_f32;
+
+const CPU: Device = Device::Cpu;
 
 /// Values on a coarse grid (many ties) or continuous, some exact zeros.
 fn values(n: usize) -> impl Strategy<Value = Vec<f32>> {
@@ -61,7 +56,7 @@ proptest! {
         for i in oracle_pruned(&x, k) {
             want[i] = 0.0;
         }
-        let got = vals(&p.tensor);
+        let got = flat_f32(&p.tensor);
         prop_assert_eq!(&got, &want);
         prop_assert_eq!(p.tensor.dims(), dims.as_slice());
         let newly = x.iter().zip(&got).filter(|(a, b)| **a != 0.0 && **b == 0.0).count();
@@ -88,7 +83,7 @@ proptest! {
         for i in oracle_pruned(&all, k) {
             want[i] = 0.0;
         }
-        let got: Vec<f32> = p.tensors.iter().flat_map(vals).collect();
+        let got: Vec<f32> = p.tensors.iter().flat_map(flat_f32).collect();
         prop_assert_eq!(&got, &want);
         // The requested count is hit exactly overall (so within one element per tensor);
         // pre-existing zeros that were not selected stay zero on top of it.
@@ -99,7 +94,7 @@ proptest! {
             prop_assert_eq!(zeros_after, k);
         }
         for (t, (before, z)) in p.tensors.iter().zip([&a, &b, &c].iter().zip(&p.zeroed)) {
-            let after = vals(t);
+            let after = flat_f32(t);
             let newly = before.iter().zip(&after).filter(|(x, y)| **x != 0.0 && **y == 0.0).count();
             prop_assert_eq!(*z, newly);
         }
@@ -121,7 +116,7 @@ proptest! {
         let x: Vec<f32> = seed[..rows * cols].to_vec();
         let t = Tensor::from_vec(x.clone(), (rows, cols), &CPU).unwrap();
         let p = nm_prune(&t, n, m).unwrap();
-        let got = vals(&p.tensor);
+        let got = flat_f32(&p.tensor);
         prop_assert!(satisfies_nm(&got, n, m));
         for (gi, (g_in, g_out)) in x.chunks(m).zip(got.chunks(m)).enumerate() {
             // Oracle: the n largest magnitudes of the group, ties to the lower index.
@@ -141,7 +136,7 @@ proptest! {
         let c = clip_percentile(&t, p).unwrap();
         let mut mags: Vec<f32> = x.iter().map(|v| v.abs()).filter(|v| *v != 0.0).collect();
         mags.sort_by(|a, b| a.partial_cmp(b).unwrap());
-        let got = vals(&c.tensor);
+        let got = flat_f32(&c.tensor);
         if mags.is_empty() {
             prop_assert_eq!(got, x);
             prop_assert_eq!(c.clipped, 0);
@@ -160,7 +155,7 @@ proptest! {
         let dtype = [DType::F32, DType::F16, DType::BF16, DType::F64][d];
         // Values representable in every dtype: round through the dtype first.
         let t = Tensor::from_vec(x, dims.as_slice(), &CPU).unwrap().to_dtype(dtype).unwrap();
-        let x = vals(&t);
+        let x = flat_f32(&t);
         let shape = Shape::from(dims.clone());
         let b = BitmaskSparse::from_values(&x, &shape, dtype, None).unwrap();
         let nnz = x.iter().filter(|v| **v != 0.0).count();
@@ -172,14 +167,14 @@ proptest! {
         );
         let back = b.decompress(&CPU).unwrap();
         prop_assert_eq!(back.dtype(), dtype);
-        prop_assert_eq!(vals(&back), x.clone());
+        prop_assert_eq!(flat_f32(&back), x.clone());
         // N:M after pruning 2:4 along a last dimension that is a multiple of 4.
         let cols = *dims.last().unwrap();
         if cols % 4 == 0 {
-            let pruned = vals(&nm_prune(&t, 2, 4).unwrap().tensor);
+            let pruned = flat_f32(&nm_prune(&t, 2, 4).unwrap().tensor);
             let s = NmSparse::from_values(&pruned, &shape, dtype, 2, 4, None).unwrap();
             prop_assert_eq!(s.size_bytes(), NmSparse::predicted_size(&shape, dtype, 2, 4, None));
-            prop_assert_eq!(vals(&s.decompress(&CPU).unwrap()), pruned);
+            prop_assert_eq!(flat_f32(&s.decompress(&CPU).unwrap()), pruned);
         }
     }
 }
@@ -188,15 +183,15 @@ proptest! {
 fn ties_prune_the_lower_index_first() -> candle_compress::Result<()> {
     let t = Tensor::new(&[1.0f32, -1.0, 1.0, 2.0, 1.0], &CPU)?;
     let p = magnitude_prune(&t, 0.4)?; // k = 2 of the four 1.0s: indices 0 and 1
-    assert_eq!(vals(&p.tensor), [0.0, 0.0, 1.0, 2.0, 1.0]);
+    assert_eq!(flat_f32(&p.tensor), [0.0, 0.0, 1.0, 2.0, 1.0]);
     let a = Tensor::new(&[3.0f32, 1.0], &CPU)?;
     let b = Tensor::new(&[1.0f32, 1.0], &CPU)?;
     let g = magnitude_prune_global(&[&a, &b], 0.5)?; // k = 2 of three 1.0s: a[1], b[0]
-    assert_eq!(vals(&g.tensors[0]), [3.0, 0.0]);
-    assert_eq!(vals(&g.tensors[1]), [0.0, 1.0]);
+    assert_eq!(flat_f32(&g.tensors[0]), [3.0, 0.0]);
+    assert_eq!(flat_f32(&g.tensors[1]), [0.0, 1.0]);
     assert_eq!(g.zeroed, [1, 1]);
     let n = nm_prune(&Tensor::new(&[[1.0f32, 1.0, 1.0, 1.0]], &CPU)?, 2, 4)?;
-    assert_eq!(vals(&n.tensor), [1.0, 1.0, 0.0, 0.0]);
+    assert_eq!(flat_f32(&n.tensor), [1.0, 1.0, 0.0, 0.0]);
     Ok(())
 }
 
@@ -209,7 +204,10 @@ fn pruning_keeps_dtype_and_layout() -> candle_compress::Result<()> {
     let p = magnitude_prune(&t, 0.25)?;
     assert_eq!(p.tensor.dtype(), DType::BF16);
     assert_eq!(p.tensor.dims(), &[4, 2]);
-    assert_eq!(vals(&p.tensor), [0.0, 5.0, 0.0, 6.0, 3.0, 7.0, 4.0, 8.0]);
+    assert_eq!(
+        flat_f32(&p.tensor),
+        [0.0, 5.0, 0.0, 6.0, 3.0, 7.0, 4.0, 8.0]
+    );
     let c = clip_percentile(&t.to_dtype(DType::F16)?, 50.0)?;
     assert_eq!(c.tensor.dtype(), DType::F16);
     assert_eq!(c.threshold, 4.0);
@@ -219,7 +217,7 @@ fn pruning_keeps_dtype_and_layout() -> candle_compress::Result<()> {
 #[test]
 fn quantized_sparse_values_are_smaller_and_close() -> candle_compress::Result<()> {
     let t = Tensor::randn(0f32, 1.0, (16, 64), &CPU)?;
-    let x = vals(&magnitude_prune(&t, 0.5)?.tensor);
+    let x = flat_f32(&magnitude_prune(&t, 0.5)?.tensor);
     let shape = Shape::from((16, 64));
     let q = Scheme::Int8 { block: 32 };
     let b = BitmaskSparse::from_values(&x, &shape, DType::F32, Some(q))?;
@@ -230,7 +228,7 @@ fn quantized_sparse_values_are_smaller_and_close() -> candle_compress::Result<()
     );
     // 128 mask bytes + 512 int8 codes + 16 f16 scales + headers
     assert_eq!(b.size_bytes(), 128 + (512 + 32 + 9 + 5) + 17 + 1);
-    let back = vals(&b.decompress(&CPU)?);
+    let back = flat_f32(&b.decompress(&CPU)?);
     for (a, y) in x.iter().zip(&back) {
         assert_eq!(*a == 0.0, *y == 0.0);
         assert!((a - y).abs() < 0.05, "{a} vs {y}");

@@ -6,36 +6,22 @@ use candle_compress::{Compressed, Compressor};
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{DType, Device, Tensor};
 
-/// splitmix64: a fixed-seed generator, so failures reproduce.
-struct SplitMix(u64);
+mod common;
 
-impl SplitMix {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in [-1, 1).
-    fn unit(&mut self) -> f32 {
-        (self.next_u64() >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-    }
-}
+use common::rng::SplitMix64;
 
 /// Random data: each block of 32 gets its own magnitude (1e-6 .. 1e4), some blocks are all
 /// zero, some hold a single outlier, some are a regular ramp.
-fn random_data(rng: &mut SplitMix, n: usize) -> Vec<f32> {
+fn random_data(rng: &mut SplitMix64, n: usize) -> Vec<f32> {
     let mut x = Vec::with_capacity(n);
     for b in 0..n / 32 {
-        let mag = 10f32.powf(rng.unit() * 5.0 - 1.0);
+        let mag = 10f32.powf(rng.f32() * 5.0 - 1.0);
         for j in 0..32 {
             let v = match b % 7 {
                 0 => 0.0,
                 1 if j == 5 => 100.0 * mag,
                 2 => (j as f32 - 16.0) * 0.5, // a regular ramp, amax 8
-                _ => rng.unit() * mag,
+                _ => rng.f32() * mag,
             };
             x.push(v);
         }
@@ -46,7 +32,7 @@ fn random_data(rng: &mut SplitMix, n: usize) -> Vec<f32> {
 #[test]
 fn blockwise_int8_32_is_q8_0_byte_for_byte() -> candle_compress::Result<()> {
     let dev = Device::Cpu;
-    let mut rng = SplitMix(0x5EED_0008);
+    let mut rng = SplitMix64(0x5EED_0008);
     for (rows, cols) in [(1usize, 32usize), (7, 64), (64, 256), (3, 4096)] {
         let x = random_data(&mut rng, rows * cols);
         let t = Tensor::from_vec(x, (rows, cols), &dev)?;

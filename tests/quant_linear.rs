@@ -8,44 +8,19 @@ use candle_compress::nn::{
 use candle_compress::Error;
 use candle_core::{DType, Device, Module, Tensor};
 
+mod common;
+
+use common::rng::gaussian;
+use common::tensors::{flat_f32, tensor};
+
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
 const CPU: Device = Device::Cpu;
-
-/// Deterministic standard-normal samples (xorshift64* + Box–Muller).
-fn gaussian(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut uniform = move || {
-        s ^= s >> 12;
-        s ^= s << 25;
-        s ^= s >> 27;
-        ((s.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 11) as f64 + 0.5) / (1u64 << 53) as f64
-    };
-    (0..n)
-        .map(|_| {
-            let (u, v) = (uniform(), uniform());
-            ((-2.0 * u.ln()).sqrt() * (2.0 * std::f64::consts::PI * v).cos()) as f32
-        })
-        .collect()
-}
-
-fn tensor(values: Vec<f32>, dims: &[usize]) -> Tensor {
-    Tensor::from_vec(values, dims, &CPU).unwrap()
-}
 
 fn linear(out: usize, inp: usize, bias: bool, seed: u64) -> candle_nn::Linear {
     let w = gaussian(out * inp, seed).iter().map(|v| v * 0.05).collect();
     let b = bias.then(|| tensor(gaussian(out, seed + 1), &[out]));
     candle_nn::Linear::new(tensor(w, &[out, inp]), b)
-}
-
-fn flat(t: &Tensor) -> Vec<f32> {
-    t.flatten_all()
-        .unwrap()
-        .to_dtype(DType::F32)
-        .unwrap()
-        .to_vec1()
-        .unwrap()
 }
 
 fn cosine(a: &[f32], b: &[f32]) -> f64 {
@@ -133,7 +108,7 @@ fn w8a8_per_token_matches_f32_linear() -> TestResult {
     let lin = linear(256, 512, true, 1);
     let q = QuantLinear::from_linear(&lin, &QuantConfig::w8a8())?;
     let x = tensor(gaussian(33 * 512, 2), &[33, 512]);
-    let cos = cosine(&flat(&q.forward(&x)?), &flat(&lin.forward(&x)?));
+    let cos = cosine(&flat_f32(&q.forward(&x)?), &flat_f32(&lin.forward(&x)?));
     eprintln!("W8A8 per-token cosine {cos:.6}");
     assert!(cos >= 0.999, "cosine {cos}");
     Ok(())
@@ -143,10 +118,10 @@ fn w8a8_per_token_matches_f32_linear() -> TestResult {
 fn w4a8_groups_match_f32_linear() -> TestResult {
     let lin = linear(256, 512, true, 3);
     let x = tensor(gaussian(17 * 512, 4), &[17, 512]);
-    let want = flat(&lin.forward(&x)?);
+    let want = flat_f32(&lin.forward(&x)?);
     for group in [32, 64, 128] {
         let q = QuantLinear::from_linear(&lin, &QuantConfig::w4a8(group)?)?;
-        let cos = cosine(&flat(&q.forward(&x)?), &want);
+        let cos = cosine(&flat_f32(&q.forward(&x)?), &want);
         eprintln!("W4A8 group {group} cosine {cos:.6}");
         assert!(cos >= 0.99, "group {group}: cosine {cos}");
     }
@@ -157,8 +132,8 @@ fn w4a8_groups_match_f32_linear() -> TestResult {
 fn per_tensor_and_static_modes_are_accurate() -> TestResult {
     let lin = linear(96, 320, false, 5);
     let x = tensor(gaussian(9 * 320, 6), &[9, 320]);
-    let want = flat(&lin.forward(&x)?);
-    let amax = flat(&x).iter().fold(0f32, |m, v| m.max(v.abs()));
+    let want = flat_f32(&lin.forward(&x)?);
+    let amax = flat_f32(&x).iter().fold(0f32, |m, v| m.max(v.abs()));
     for act in [
         ActivationQuant::PerTensor,
         ActivationQuant::Static {
@@ -167,7 +142,7 @@ fn per_tensor_and_static_modes_are_accurate() -> TestResult {
     ] {
         let cfg = QuantConfig::w8a8().with_activations(act)?;
         let q = QuantLinear::from_linear(&lin, &cfg)?;
-        let cos = cosine(&flat(&q.forward(&x)?), &want);
+        let cos = cosine(&flat_f32(&q.forward(&x)?), &want);
         assert!(cos >= 0.998, "{act:?}: cosine {cos}");
     }
     Ok(())
@@ -182,7 +157,7 @@ fn output_is_the_integer_formula_bit_for_bit() -> TestResult {
     // the int4 group (the last group is short).
     let lin = linear(37, 203, true, 7);
     let x = tensor(gaussian(5 * 203, 8), &[5, 203]);
-    let amax = flat(&x).iter().fold(0f32, |m, v| m.max(v.abs()));
+    let amax = flat_f32(&x).iter().fold(0f32, |m, v| m.max(v.abs()));
     for cfg in [
         QuantConfig::w8a8(),
         QuantConfig::w4a8(32)?,
@@ -198,7 +173,7 @@ fn output_is_the_integer_formula_bit_for_bit() -> TestResult {
         ] {
             let cfg = cfg.with_activations(act)?;
             let q = QuantLinear::from_linear(&lin, &cfg)?;
-            let got = flat(&q.forward(&x)?);
+            let got = flat_f32(&q.forward(&x)?);
             assert_bits_eq(&got, &reference(&q, &x), &format!("{cfg:?}"));
         }
     }
@@ -213,7 +188,7 @@ fn formula_holds_without_bias_and_for_one_row() -> TestResult {
         let x = tensor(gaussian(64, 10), &[64]);
         let y = q.forward(&x)?;
         assert_eq!(y.dims(), &[16]);
-        assert_bits_eq(&flat(&y), &reference(&q, &x), &format!("{cfg:?}"));
+        assert_bits_eq(&flat_f32(&y), &reference(&q, &x), &format!("{cfg:?}"));
     }
     Ok(())
 }
@@ -222,7 +197,7 @@ fn formula_holds_without_bias_and_for_one_row() -> TestResult {
 fn weight_quantization_follows_the_documented_rule() -> TestResult {
     let (out, inp) = (5, 70);
     let lin = linear(out, inp, false, 11);
-    let w = flat(lin.weight());
+    let w = flat_f32(lin.weight());
     // Int8 per output channel: scale = amax / 127, q = round_half_away(w / scale).
     let q8 = QuantLinear::from_linear(&lin, &QuantConfig::w8a8())?;
     let codes = q8.weights_i8();
@@ -303,8 +278,8 @@ fn activation_quantization_follows_the_documented_rule() -> TestResult {
     let qb = QuantLinear::from_linear(&lb, &QuantConfig::w8a8())?
         .with_activations(ActivationQuant::PerTensor)?;
     let y = qb.forward(&Tensor::zeros((2, 40), DType::F32, &CPU)?)?;
-    let b = flat(lb.bias().unwrap());
-    assert_eq!(flat(&y), [b.clone(), b].concat());
+    let b = flat_f32(lb.bias().unwrap());
+    assert_eq!(flat_f32(&y), [b.clone(), b].concat());
     Ok(())
 }
 
@@ -319,7 +294,7 @@ fn smoothing_scales_weights_and_divides_activations() -> TestResult {
     let q = QuantLinear::from_linear_smoothed(&lin, &s, &QuantConfig::w8a8())?;
     assert_eq!(q.smooth(), Some(&s[..]));
     // Weights are those of W · diag(s).
-    let w = flat(lin.weight());
+    let w = flat_f32(lin.weight());
     let ws: Vec<f32> = w.iter().enumerate().map(|(i, v)| v * s[i % inp]).collect();
     let plain = QuantLinear::new(&tensor(ws, &[out, inp]), lin.bias(), &QuantConfig::w8a8())?;
     assert_eq!(q.weights_i8(), plain.weights_i8());
@@ -336,12 +311,16 @@ fn smoothing_scales_weights_and_divides_activations() -> TestResult {
     let qa_plain = plain.quantize_activations(&tensor(xd, &[4, inp]))?;
     assert_eq!(qa, qa_plain);
     // Hence the same outputs, and still the f32 Linear's function.
-    let y = flat(&q.forward(&x)?);
+    let y = flat_f32(&q.forward(&x)?);
     assert_bits_eq(&y, &reference(&q, &x), "smoothed formula");
-    assert!(cosine(&y, &flat(&lin.forward(&x)?)) >= 0.999);
+    assert!(cosine(&y, &flat_f32(&lin.forward(&x)?)) >= 0.999);
     // W4A8 with smoothing too.
     let q4 = QuantLinear::from_linear_smoothed(&lin, &s, &QuantConfig::w4a8(32)?)?;
-    assert_bits_eq(&flat(&q4.forward(&x)?), &reference(&q4, &x), "smoothed w4");
+    assert_bits_eq(
+        &flat_f32(&q4.forward(&x)?),
+        &reference(&q4, &x),
+        "smoothed w4",
+    );
     Ok(())
 }
 
@@ -356,8 +335,8 @@ fn smoothing_tames_an_outlier_channel() -> TestResult {
         xs[t * inp + 7] *= 50.0;
     }
     let x = tensor(xs.clone(), &[rows, inp]);
-    let want = flat(&lin.forward(&x)?);
-    let w = flat(lin.weight());
+    let want = flat_f32(&lin.forward(&x)?);
+    let w = flat_f32(lin.weight());
     let s: Vec<f32> = (0..inp)
         .map(|j| {
             let ax = (0..rows).fold(0f32, |m, t| m.max(xs[t * inp + j].abs()));
@@ -369,8 +348,8 @@ fn smoothing_tames_an_outlier_channel() -> TestResult {
     let smooth = QuantLinear::from_linear_smoothed(&lin, &s, &QuantConfig::w8a8())?;
     let err = |y: Vec<f32>| 1.0 - cosine(&y, &want);
     let (e_plain, e_smooth) = (
-        err(flat(&plain.forward(&x)?)),
-        err(flat(&smooth.forward(&x)?)),
+        err(flat_f32(&plain.forward(&x)?)),
+        err(flat_f32(&smooth.forward(&x)?)),
     );
     eprintln!("1 - cosine: plain {e_plain:.2e}, smoothed {e_smooth:.2e}");
     assert!(
@@ -396,7 +375,7 @@ fn half_precision_inputs_give_the_same_dtype() -> TestResult {
             assert_eq!(y.dims(), &[6, 40]);
             // The half input widens exactly to f32; the f32 result is rounded once.
             let via_f32 = q.forward(&x.to_dtype(DType::F32)?)?.to_dtype(dt)?;
-            assert_eq!(flat(&y), flat(&via_f32), "{dt:?}");
+            assert_eq!(flat_f32(&y), flat_f32(&via_f32), "{dt:?}");
         }
     }
     Ok(())
@@ -407,21 +386,24 @@ fn leading_dims_and_layouts() -> TestResult {
     let lin = linear(12, 48, true, 22);
     let q = QuantLinear::from_linear(&lin, &QuantConfig::w8a8())?;
     let xs = gaussian(2 * 3 * 48, 23);
-    let y2 = flat(&q.forward(&tensor(xs.clone(), &[6, 48]))?);
+    let y2 = flat_f32(&q.forward(&tensor(xs.clone(), &[6, 48]))?);
     let y3 = q.forward(&tensor(xs.clone(), &[2, 3, 48]))?;
     assert_eq!(y3.dims(), &[2, 3, 12]);
-    assert_eq!(flat(&y3), y2);
+    assert_eq!(flat_f32(&y3), y2);
     let y4 = q.forward(&tensor(xs.clone(), &[1, 2, 3, 48]))?;
     assert_eq!(y4.dims(), &[1, 2, 3, 12]);
-    assert_eq!(flat(&y4), y2);
+    assert_eq!(flat_f32(&y4), y2);
     // A non-contiguous input (a transposed view) gives the same rows.
     let xt = tensor(xs.clone(), &[48, 6]).t()?;
     assert!(!xt.is_contiguous());
     let contiguous = xt.contiguous()?;
-    assert_eq!(flat(&q.forward(&xt)?), flat(&q.forward(&contiguous)?));
+    assert_eq!(
+        flat_f32(&q.forward(&xt)?),
+        flat_f32(&q.forward(&contiguous)?)
+    );
     // So does a narrowed view with an offset.
     let rows = tensor(xs, &[6, 48]).narrow(0, 2, 3)?;
-    assert_eq!(flat(&q.forward(&rows)?), y2[2 * 12..5 * 12].to_vec());
+    assert_eq!(flat_f32(&q.forward(&rows)?), y2[2 * 12..5 * 12].to_vec());
     Ok(())
 }
 
@@ -450,7 +432,7 @@ fn same_result_on_one_and_two_threads() -> TestResult {
                 .num_threads(threads)
                 .build()
                 .unwrap();
-            pool.install(|| flat(&q.forward(&x).unwrap()))
+            pool.install(|| flat_f32(&q.forward(&x).unwrap()))
         };
         let one = run(1);
         assert_bits_eq(&run(2), &one, "2 threads vs 1");
@@ -684,7 +666,7 @@ fn parts_round_trip_to_an_identical_layer() -> TestResult {
         let q = QuantLinear::from_linear_smoothed(&lin, &s, &cfg)?;
         let back = QuantLinear::from_parts(q.to_parts())?;
         assert_eq!(back.to_parts(), q.to_parts());
-        assert_eq!(flat(&back.forward(&x)?), flat(&q.forward(&x)?));
+        assert_eq!(flat_f32(&back.forward(&x)?), flat_f32(&q.forward(&x)?));
         assert_eq!(back.size_bytes(), q.size_bytes());
     }
     Ok(())
@@ -724,7 +706,10 @@ fn traits_and_debug() {
     // Clones share the weights and compute the same thing.
     let c = q.clone();
     let x = tensor(gaussian(8, 37), &[1, 8]);
-    assert_eq!(flat(&c.forward(&x).unwrap()), flat(&q.forward(&x).unwrap()));
+    assert_eq!(
+        flat_f32(&c.forward(&x).unwrap()),
+        flat_f32(&q.forward(&x).unwrap())
+    );
 }
 
 #[test]
@@ -760,7 +745,7 @@ fn drops_into_a_candle_nn_sequential_model() -> TestResult {
     // Downstream candle ops take the output like any tensor.
     let probs = candle_nn::ops::softmax_last_dim(&got)?;
     assert_eq!(probs.dims(), &[4, 5, 10]);
-    assert!(cosine(&flat(&got), &flat(&want)) >= 0.999);
+    assert!(cosine(&flat_f32(&got), &flat_f32(&want)) >= 0.999);
     // An empty batch flows through the whole model.
     let empty = q_model.forward(&Tensor::zeros((0, 32), DType::F32, &CPU)?)?;
     assert_eq!(empty.dims(), &[0, 10]);
@@ -805,7 +790,7 @@ fn per_tensor_scale_is_the_global_amax_on_the_parallel_path() -> TestResult {
             assert_eq!(qa.values[i], want, "element {i}");
         }
         let got = pool.install(|| q.forward(&x))?;
-        assert_bits_eq(&flat(&got), &reference(&q, &x), "per-tensor forward");
+        assert_bits_eq(&flat_f32(&got), &reference(&q, &x), "per-tensor forward");
     }
     Ok(())
 }

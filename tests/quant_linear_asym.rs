@@ -5,32 +5,15 @@
 use candle_compress::kernels::gemm::PackedW4;
 use candle_compress::nn::{ActivationQuant, QuantConfig, QuantLinear, QuantLinearParts};
 use candle_compress::Error;
-use candle_core::{Device, Module, Tensor};
+use candle_core::Module;
+
+mod common;
+
+use common::compare::bits;
+use common::rng::uniform;
+use common::tensors::{flat_f32, tensor};
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
-
-const CPU: Device = Device::Cpu;
-
-/// Deterministic values in [-1, 1) (xorshift64*).
-fn uniform(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s >> 12;
-            s ^= s << 25;
-            s ^= s >> 27;
-            ((s.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
-        .collect()
-}
-
-fn tensor(values: Vec<f32>, dims: &[usize]) -> Tensor {
-    Tensor::from_vec(values, dims, &CPU).unwrap()
-}
-
-fn flat(t: &Tensor) -> Vec<f32> {
-    t.flatten_all().unwrap().to_vec1().unwrap()
-}
 
 /// Weights whose groups are far from centred on 0 (what asymmetric grids are for).
 fn shifted_weights(out: usize, inp: usize, seed: u64) -> Vec<f32> {
@@ -118,9 +101,9 @@ fn asymmetric_grid_beats_symmetric_on_shifted_weights() -> TestResult {
     let (out, inp) = (16, 256);
     let w = tensor(shifted_weights(out, inp, 2), &[out, inp]);
     let x = tensor(uniform(4 * inp, 3), &[4, inp]);
-    let want = flat(&x.matmul(&w.t()?)?);
+    let want = flat_f32(&x.matmul(&w.t()?)?);
     let err = |cfg: QuantConfig| -> Result<f64, Box<dyn std::error::Error>> {
-        let y = flat(&QuantLinear::new(&w, None, &cfg)?.forward(&x)?);
+        let y = flat_f32(&QuantLinear::new(&w, None, &cfg)?.forward(&x)?);
         Ok(y.iter()
             .zip(&want)
             .map(|(a, b)| f64::from(a - b).powi(2))
@@ -167,8 +150,7 @@ fn output_is_the_integer_formula_with_offsets_bit_for_bit() -> TestResult {
             want[t * out + o] = (sum + off) * qa.scales[t] + b[o];
         }
     }
-    let got = flat(&q.forward(&x)?);
-    let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+    let got = flat_f32(&q.forward(&x)?);
     assert_eq!(bits(&got), bits(&want));
     Ok(())
 }
@@ -186,8 +168,8 @@ fn weight_only_path_uses_the_offsets() -> TestResult {
     )?;
     let x = tensor(uniform(3 * inp, 9), &[3, inp]);
     let deq = tensor(q.dequantized_weights(), &[out, inp]);
-    let want = flat(&x.matmul(&deq.t()?)?.broadcast_add(&b)?);
-    let got = flat(&q.forward(&x)?);
+    let want = flat_f32(&x.matmul(&deq.t()?)?.broadcast_add(&b)?);
+    let got = flat_f32(&q.forward(&x)?);
     for (g, w) in got.iter().zip(&want) {
         assert!((g - w).abs() <= 1e-5 * (1.0 + w.abs()), "{g} vs {w}");
     }
@@ -212,7 +194,7 @@ fn parts_round_trip_sizes_and_debug() -> TestResult {
     let back = QuantLinear::from_parts(parts.clone())?;
     assert_eq!(back.to_parts(), parts);
     let x = tensor(uniform(2 * inp, 12), &[2, inp]);
-    assert_eq!(flat(&back.forward(&x)?), flat(&q.forward(&x)?));
+    assert_eq!(flat_f32(&back.forward(&x)?), flat_f32(&q.forward(&x)?));
     let packed = PackedW4::pack_asym(
         &parts.weights,
         &parts.scales,

@@ -15,29 +15,21 @@ use candle_compress::{Error, Result};
 use candle_core::{DType, Device, Module, Tensor, D};
 use candle_nn::{LayerNorm, Linear, RmsNorm};
 
-/// splitmix64 + Box–Muller: deterministic normal samples without extra dependencies.
-struct Rng(u64);
+mod common;
 
-impl Rng {
-    fn uniform(&mut self) -> f64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        ((z ^ (z >> 31)) >> 11) as f64 / (1u64 << 53) as f64
-    }
+use common::rng::SplitMix64;
 
-    fn normal(&mut self) -> f32 {
-        let (u, v) = (self.uniform().max(1e-12), self.uniform());
-        ((-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()) as f32
-    }
-
+/// This file's builders on the shared generator (splitmix64 + Box–Muller normals).
+impl SplitMix64 {
+    /// A tensor of shape `dims` of normals scaled by `std`.
     fn tensor(&mut self, dims: &[usize], std: f32) -> Tensor {
         let n: usize = dims.iter().product();
         let v: Vec<f32> = (0..n).map(|_| self.normal() * std).collect();
         Tensor::from_vec(v, dims, &Device::Cpu).unwrap()
     }
 
+    /// A `Linear` `[out, inp]`: weights are normals scaled by `1/√inp`, then, when `bias`,
+    /// a bias of normals scaled by 0.1.
     fn linear(&mut self, out: usize, inp: usize, bias: bool) -> Linear {
         let w = self.tensor(&[out, inp], 1.0 / (inp as f32).sqrt());
         let b = bias.then(|| self.tensor(&[out], 0.1));
@@ -47,7 +39,7 @@ impl Rng {
 
 /// Norm weights ~ 1 ± 0.1 with the given channels ×50: the LayerNorm-weight outliers
 /// that make activation outlier channels in OPT-style models.
-fn outlier_gamma(rng: &mut Rng, d: usize, outliers: &[usize]) -> Tensor {
+fn outlier_gamma(rng: &mut SplitMix64, d: usize, outliers: &[usize]) -> Tensor {
     let mut g: Vec<f32> = (0..d).map(|_| 1.0 + 0.1 * rng.normal()).collect();
     for &c in outliers {
         g[c] *= 50.0;
@@ -80,7 +72,7 @@ const OUTLIERS: [usize; 4] = [3, 17, 40, 61];
 
 #[test]
 fn layer_norm_fold_is_exact() -> Result<()> {
-    let mut rng = Rng(1);
+    let mut rng = SplitMix64(1);
     let d = 64;
     let ln = LayerNorm::new(
         outlier_gamma(&mut rng, d, &OUTLIERS),
@@ -122,7 +114,7 @@ fn layer_norm_fold_is_exact() -> Result<()> {
 
 #[test]
 fn rms_norm_fold_is_exact() -> Result<()> {
-    let mut rng = Rng(2);
+    let mut rng = SplitMix64(2);
     let d = 64;
     let rn = RmsNorm::new(outlier_gamma(&mut rng, d, &OUTLIERS), 1e-6);
     let gate = rng.linear(96, d, false);
@@ -145,7 +137,7 @@ fn rms_norm_fold_is_exact() -> Result<()> {
 
 #[test]
 fn shared_input_of_three_linears_is_exact_and_uses_the_joint_weight_max() -> Result<()> {
-    let mut rng = Rng(3);
+    let mut rng = SplitMix64(3);
     let d = 64;
     let ln = LayerNorm::new(
         outlier_gamma(&mut rng, d, &OUTLIERS),
@@ -206,7 +198,7 @@ impl PostLn {
 
 #[test]
 fn post_ln_block_stays_exact_and_the_naive_fold_is_caught() -> Result<()> {
-    let mut rng = Rng(4);
+    let mut rng = SplitMix64(4);
     let d = 64;
     let ln1 = LayerNorm::new(
         outlier_gamma(&mut rng, d, &OUTLIERS),
@@ -290,7 +282,7 @@ fn post_ln_block_stays_exact_and_the_naive_fold_is_caught() -> Result<()> {
 
 #[test]
 fn no_preceding_norm_puts_the_division_in_the_layer() -> Result<()> {
-    let mut rng = Rng(5);
+    let mut rng = SplitMix64(5);
     let lin = rng.linear(32, 64, true);
     let mut x = rng.tensor(&[10, 64], 1.0).to_vec2::<f32>()?;
     for row in &mut x {
@@ -316,7 +308,7 @@ struct OutlierLayer {
 /// 256 tokens × 512 channels of N(0, 1) activations whose channels 3, 17, 40, 61 are ×50
 /// on every token (the LLM.int8 / SmoothQuant observation), and a 512 → 512 linear layer.
 fn outlier_layer() -> OutlierLayer {
-    let mut rng = Rng(42);
+    let mut rng = SplitMix64(42);
     let (tokens, d) = (256, 512);
     let mut x: Vec<f32> = (0..tokens * d).map(|_| rng.normal()).collect();
     for t in 0..tokens {
@@ -518,7 +510,7 @@ impl Block {
 
 #[test]
 fn calibrated_transformer_block() -> Result<()> {
-    let mut rng = Rng(7);
+    let mut rng = SplitMix64(7);
     let (d, ff, heads) = (128, 512, 4);
     let outl = [5usize, 50, 77, 100];
     let ln1 = LayerNorm::new(
@@ -643,7 +635,7 @@ fn calibrated_transformer_block() -> Result<()> {
 
 #[test]
 fn bad_input_is_refused() -> Result<()> {
-    let mut rng = Rng(9);
+    let mut rng = SplitMix64(9);
     let lin = rng.linear(8, 16, false);
     let lin12 = rng.linear(8, 12, false);
     let x = rng.tensor(&[4, 16], 1.0);
