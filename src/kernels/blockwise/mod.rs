@@ -42,6 +42,8 @@ use super::error::{expect_len, expect_positive, KernelError};
 mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
+#[cfg(target_arch = "x86_64")]
+mod generic;
 mod scalar;
 
 /// Quantizes `x` to int8 in blocks of `block` values with one f16 scale per block.
@@ -279,24 +281,14 @@ fn dequantize_u4_unchecked_on(
     group: usize,
     out: &mut [f32],
 ) -> Option<()> {
-    match isa {
-        Isa::Scalar => {
-            scalar::dequantize_u4_lut(packed, lut, scales, group, out);
-            Some(())
-        }
+    match Kernels::on(isa)? {
+        Kernels::Scalar => scalar::dequantize_u4_lut(packed, lut, scales, group, out),
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => {
-            Avx2::detect().map(|cpu| avx2::dequantize_u4_lut(cpu, packed, lut, scales, group, out))
-        }
+        Kernels::Avx2(cpu) => avx2::dequantize_u4_lut(cpu, packed, lut, scales, group, out),
         #[cfg(target_arch = "x86_64")]
-        Isa::AvxVnni => AvxVnni::detect()
-            .and(Avx2::detect())
-            .map(|cpu| avx2::dequantize_u4_lut(cpu, packed, lut, scales, group, out)),
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx512Vnni => Avx512Vnni::detect()
-            .map(|cpu| avx512::dequantize_u4_lut(cpu, packed, lut, scales, group, out)),
-        _ => None,
+        Kernels::Avx512(cpu) => avx512::dequantize_u4_lut(cpu, packed, lut, scales, group, out),
     }
+    Some(())
 }
 
 /// Dequantizes asymmetric (affine) 8- or 4-bit codes with a zero point and a scale per
@@ -459,24 +451,18 @@ fn dequantize_affine_unchecked_on(
     group: usize,
     out: &mut [f32],
 ) -> Option<()> {
-    match isa {
-        Isa::Scalar => {
-            scalar::dequantize_affine(codes, bits, zero_points, scales, group, out);
-            Some(())
+    match Kernels::on(isa)? {
+        Kernels::Scalar => scalar::dequantize_affine(codes, bits, zero_points, scales, group, out),
+        #[cfg(target_arch = "x86_64")]
+        Kernels::Avx2(cpu) => {
+            avx2::dequantize_affine(cpu, codes, bits, zero_points, scales, group, out)
         }
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => Avx2::detect()
-            .map(|cpu| avx2::dequantize_affine(cpu, codes, bits, zero_points, scales, group, out)),
-        #[cfg(target_arch = "x86_64")]
-        Isa::AvxVnni => AvxVnni::detect()
-            .and(Avx2::detect())
-            .map(|cpu| avx2::dequantize_affine(cpu, codes, bits, zero_points, scales, group, out)),
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx512Vnni => Avx512Vnni::detect().map(|cpu| {
+        Kernels::Avx512(cpu) => {
             avx512::dequantize_affine(cpu, codes, bits, zero_points, scales, group, out)
-        }),
-        _ => None,
+        }
     }
+    Some(())
 }
 
 /// The instruction set the blockwise kernels run on in this process: [`Isa::Avx512Vnni`]
@@ -549,20 +535,13 @@ fn quantize_unchecked_on(
     q: &mut [i8],
     scales: &mut [f16],
 ) -> Option<Result<(), usize>> {
-    match isa {
-        Isa::Scalar => Some(scalar::quantize_i8_blocks(x, block, q, scales)),
+    Some(match Kernels::on(isa)? {
+        Kernels::Scalar => scalar::quantize_i8_blocks(x, block, q, scales),
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => Avx2::detect().map(|cpu| avx2::quantize_i8_blocks(cpu, x, block, q, scales)),
+        Kernels::Avx2(cpu) => avx2::quantize_i8_blocks(cpu, x, block, q, scales),
         #[cfg(target_arch = "x86_64")]
-        Isa::AvxVnni => AvxVnni::detect()
-            .and(Avx2::detect())
-            .map(|cpu| avx2::quantize_i8_blocks(cpu, x, block, q, scales)),
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx512Vnni => {
-            Avx512Vnni::detect().map(|cpu| avx512::quantize_i8_blocks(cpu, x, block, q, scales))
-        }
-        _ => None,
-    }
+        Kernels::Avx512(cpu) => avx512::quantize_i8_blocks(cpu, x, block, q, scales),
+    })
 }
 
 fn dequantize_unchecked_on(
@@ -572,24 +551,40 @@ fn dequantize_unchecked_on(
     block: usize,
     out: &mut [f32],
 ) -> Option<()> {
-    match isa {
-        Isa::Scalar => {
-            scalar::dequantize_i8_blocks(q, scales, block, out);
-            Some(())
-        }
+    match Kernels::on(isa)? {
+        Kernels::Scalar => scalar::dequantize_i8_blocks(q, scales, block, out),
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => {
-            Avx2::detect().map(|cpu| avx2::dequantize_i8_blocks(cpu, q, scales, block, out))
-        }
+        Kernels::Avx2(cpu) => avx2::dequantize_i8_blocks(cpu, q, scales, block, out),
         #[cfg(target_arch = "x86_64")]
-        Isa::AvxVnni => AvxVnni::detect()
-            .and(Avx2::detect())
-            .map(|cpu| avx2::dequantize_i8_blocks(cpu, q, scales, block, out)),
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx512Vnni => {
-            Avx512Vnni::detect().map(|cpu| avx512::dequantize_i8_blocks(cpu, q, scales, block, out))
+        Kernels::Avx512(cpu) => avx512::dequantize_i8_blocks(cpu, q, scales, block, out),
+    }
+    Some(())
+}
+
+/// The kernel family an [`Isa`] runs, holding the detection token that allows it.
+#[derive(Clone, Copy)]
+enum Kernels {
+    Scalar,
+    #[cfg(target_arch = "x86_64")]
+    Avx2(Avx2),
+    #[cfg(target_arch = "x86_64")]
+    Avx512(Avx512Vnni),
+}
+
+impl Kernels {
+    /// The kernels of `isa`, or `None` when this CPU lacks it or there are none for it
+    /// (NEON, AMX). AVX-VNNI CPUs run the AVX2 kernels: these use no VNNI instruction.
+    fn on(isa: Isa) -> Option<Kernels> {
+        match isa {
+            Isa::Scalar => Some(Kernels::Scalar),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => Avx2::detect().map(Kernels::Avx2),
+            #[cfg(target_arch = "x86_64")]
+            Isa::AvxVnni => AvxVnni::detect().and(Avx2::detect()).map(Kernels::Avx2),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512Vnni => Avx512Vnni::detect().map(Kernels::Avx512),
+            _ => None,
         }
-        _ => None,
     }
 }
 
