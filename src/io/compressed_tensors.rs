@@ -61,14 +61,14 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
-use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
-use safetensors::tensor::{Dtype, View};
+use safetensors::tensor::Dtype;
 use serde_json::{json, Value};
 
+use super::part::Part;
 use super::reader::SafetensorsReader;
 use super::{bytes_to_f16, bytes_to_f32, bytes_to_i8};
 use crate::error::{Error, Result};
@@ -222,36 +222,6 @@ pub fn unpack_row_int32(words: &[i32], len: usize) -> Vec<i8> {
         .collect()
 }
 
-#[derive(Debug)]
-struct Part {
-    dtype: Dtype,
-    shape: Vec<usize>,
-    data: Vec<u8>,
-}
-
-impl View for &Part {
-    fn dtype(&self) -> Dtype {
-        self.dtype
-    }
-    fn shape(&self) -> &[usize] {
-        &self.shape
-    }
-    fn data(&self) -> Cow<'_, [u8]> {
-        Cow::Borrowed(&self.data)
-    }
-    fn data_len(&self) -> usize {
-        self.data.len()
-    }
-}
-
-fn f32_part(shape: Vec<usize>, v: &[f32]) -> Part {
-    Part {
-        dtype: Dtype::F32,
-        shape,
-        data: v.iter().flat_map(|x| x.to_le_bytes()).collect(),
-    }
-}
-
 /// Builds a compressed-tensors checkpoint from [`QuantLinear`]s (all of one format) and
 /// float tensors (embeddings, norms, layers listed in `ignore`).
 #[derive(Debug, Default)]
@@ -388,15 +358,11 @@ impl CtWriter {
             CtFormat::IntQuantized => {
                 self.insert(
                     format!("{prefix}.weight"),
-                    Part {
-                        dtype: Dtype::I8,
-                        shape: vec![out, inp],
-                        data: p.weights.iter().map(|&q| q as u8).collect(),
-                    },
+                    Part::i8(vec![out, inp], &p.weights),
                 )?;
                 self.insert(
                     format!("{prefix}.weight_scale"),
-                    f32_part(vec![out, 1], &p.scales),
+                    Part::f32(vec![out, 1], &p.scales),
                 )?;
             }
             CtFormat::PackQuantized { group } => {
@@ -415,7 +381,7 @@ impl CtWriter {
                 )?;
                 self.insert(
                     format!("{prefix}.weight_scale"),
-                    f32_part(vec![out, inp.div_ceil(group)], &p.scales),
+                    Part::f32(vec![out, inp.div_ceil(group)], &p.scales),
                 )?;
                 let dims = [out as i32, inp as i32];
                 self.insert(
@@ -429,10 +395,13 @@ impl CtWriter {
             }
         }
         if let Some(b) = &p.bias {
-            self.insert(format!("{prefix}.bias"), f32_part(vec![out], b))?;
+            self.insert(format!("{prefix}.bias"), Part::f32(vec![out], b))?;
         }
         if let ActivationQuant::Static { scale } = acts {
-            self.insert(format!("{prefix}.input_scale"), f32_part(vec![1], &[scale]))?;
+            self.insert(
+                format!("{prefix}.input_scale"),
+                Part::f32(vec![1], &[scale]),
+            )?;
         }
         self.format = Some(format);
         self.activations = Some(acts);
@@ -458,7 +427,7 @@ impl CtWriter {
             .flatten_all()?
             .to_dtype(DType::F32)?
             .to_vec1::<f32>()?;
-        self.insert(name.to_string(), f32_part(tensor.dims().to_vec(), &values))
+        self.insert(name.to_string(), Part::f32(tensor.dims().to_vec(), &values))
     }
 
     /// Lists a layer prefix as not quantized (the config's `ignore`); add its float

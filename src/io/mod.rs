@@ -23,6 +23,8 @@ pub mod gguf;
 pub mod gguf_loader;
 pub mod gguf_reader;
 pub mod loader;
+mod part;
+mod part_writer;
 pub mod reader;
 pub mod safetensors;
 
@@ -30,6 +32,7 @@ use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
+use part_writer::PartWriter;
 
 /// Runs `write` on a fresh temporary file beside `path`, syncs it and renames it over
 /// `path`. On any error the temporary file is removed and `path` is untouched.
@@ -111,55 +114,25 @@ pub fn remove_temp_files() -> usize {
         .count()
 }
 
-/// Writes tensors as a safetensors file at `path` through [`write_atomically`] (so the
-/// file gets the usual permissions, and a failure leaves nothing at `path`), streaming
-/// each tensor's bytes. Tensors are laid out like the `safetensors` crate does: by
-/// decreasing dtype alignment, then by name, so every tensor starts aligned for its dtype.
-pub(crate) fn write_safetensors<V: ::safetensors::tensor::View>(
+/// Writes in-memory parts as a safetensors file at `path` through a [`PartWriter`]
+/// (a temporary sibling renamed into place, so a failure leaves nothing at `path`).
+/// Tensors are laid out like the `safetensors` crate does: by decreasing dtype alignment,
+/// then by name, so every tensor starts aligned for its dtype.
+///
+/// # Errors
+/// As [`PartWriter::create`] and [`PartWriter::finish`].
+pub(crate) fn write_safetensors(
     path: &Path,
-    tensors: Vec<(&str, V)>,
+    mut parts: Vec<(&str, &part::Part)>,
     metadata: std::collections::HashMap<String, String>,
 ) -> Result<()> {
-    let mut tensors = tensors;
-    tensors.sort_by(|(ln, l), (rn, r)| r.dtype().cmp(&l.dtype()).then(ln.cmp(rn)));
-    let mut infos = Vec::with_capacity(tensors.len());
-    let mut offset = 0usize;
-    for (name, t) in &tensors {
-        let n = t.data_len();
-        infos.push((
-            name.to_string(),
-            ::safetensors::tensor::TensorInfo {
-                dtype: t.dtype(),
-                shape: t.shape().to_vec(),
-                data_offsets: (offset, offset + n),
-            },
-        ));
-        offset += n;
+    part_writer::sort_for_alignment(&mut parts);
+    let slots: Vec<part_writer::Slot> = parts.iter().map(|(n, p)| p.slot(n)).collect();
+    let mut writer = PartWriter::create(path, &slots, metadata)?;
+    for (name, p) in &parts {
+        writer.write_part(name, &p.data)?;
     }
-    let header = ::safetensors::tensor::Metadata::new(Some(metadata), infos)?;
-    let mut header = serde_json::to_string(&header)?.into_bytes();
-    header.resize(header.len().next_multiple_of(8), b' ');
-    if header.len() > reader::MAX_HEADER_SIZE {
-        return Err(Error::invalid(
-            "safetensors header",
-            format!(
-                "{} bytes exceeds the maximum {}",
-                header.len(),
-                reader::MAX_HEADER_SIZE
-            ),
-        ));
-    }
-    write_atomically(path, |file| {
-        use std::io::Write;
-        let mut w = std::io::BufWriter::with_capacity(1 << 20, file);
-        w.write_all(&(header.len() as u64).to_le_bytes())?;
-        w.write_all(&header)?;
-        for (_, t) in &tensors {
-            w.write_all(&t.data())?;
-        }
-        w.flush()?;
-        Ok(())
-    })
+    writer.finish()
 }
 
 /// Little-endian bytes → `i8` values (one per byte).

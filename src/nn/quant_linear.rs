@@ -173,7 +173,14 @@ pub enum ActivationQuant {
 /// What to quantize and how: weights ([`WeightQuant`]) and activations
 /// ([`ActivationQuant`]). Build it from a preset, [`QuantConfig::w8a8`] or
 /// [`QuantConfig::w4a8`], then optionally [`QuantConfig::with_activations`].
+///
+/// Serialises in the one form our files store it in (`{"weights": "int4-grouped",
+/// "group": 64, "activations": "per-token"}`, see [`crate::io::safetensors`]).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(
+    into = "crate::io::safetensors::QuantConfigRepr",
+    try_from = "crate::io::safetensors::QuantConfigRepr"
+)]
 pub struct QuantConfig {
     weights: WeightQuant,
     activations: ActivationQuant,
@@ -228,6 +235,15 @@ impl QuantConfig {
         };
         cfg.validate()?;
         Ok(cfg)
+    }
+
+    /// A config of these modes, unchecked: what deserialization builds (validate it with
+    /// [`QuantConfig::validate`] before use).
+    pub(crate) fn from_modes_unchecked(weights: WeightQuant, activations: ActivationQuant) -> Self {
+        Self {
+            weights,
+            activations,
+        }
     }
 
     /// The same weights with another activation mode.

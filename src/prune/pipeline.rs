@@ -36,7 +36,6 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
-use std::io::Read;
 use std::path::Path;
 
 use candle_core::{DType, Device, Shape, Tensor};
@@ -51,6 +50,8 @@ use super::skip::SkipRules;
 use super::storage::{StorageKind, StoredTensor};
 use crate::error::{Error, Result};
 use crate::input::FloatData;
+use crate::io::reader::SafetensorsReader;
+use crate::io::safetensors::plain_candle_dtype;
 use crate::scheme::Scheme;
 
 /// One step of a [`Pipeline`].
@@ -763,16 +764,26 @@ impl Pipeline {
         Ok(())
     }
 
-    /// Loads a safetensors file with candle's loader and runs the pipeline on it.
+    /// Loads a safetensors file through the crate's validating reader
+    /// ([`SafetensorsReader`]: header checked once, then one tensor's bytes at a time,
+    /// each converted by candle's own safetensors conversion) and runs the pipeline on it.
     ///
     /// # Errors
-    /// I/O and parse errors from candle's loader; those of [`Pipeline::run`].
+    /// The reader's errors ([`SafetensorsReader::open`], [`SafetensorsReader::read`]);
+    /// candle's for a dtype it cannot hold; those of [`Pipeline::run`].
     pub fn run_safetensors(
         &self,
         path: impl AsRef<Path>,
         device: &Device,
     ) -> Result<PipelineOutput> {
-        let tensors = candle_core::safetensors::load(path.as_ref(), device)?;
+        use candle_core::safetensors::Load;
+        let reader = SafetensorsReader::open(path)?;
+        let mut tensors = HashMap::new();
+        for name in reader.names() {
+            let raw = reader.read(&name)?;
+            let view = safetensors::tensor::TensorView::new(raw.dtype, raw.shape, &raw.data)?;
+            tensors.insert(name, view.load(device)?);
+        }
         self.run(&tensors)
     }
 
@@ -898,13 +909,27 @@ impl Pipeline {
         self.predict(items, Some(&counts))
     }
 
-    /// [`Pipeline::estimate`] for a safetensors file, reading only its JSON header.
+    /// [`Pipeline::estimate`] for a safetensors file, reading only its header (through
+    /// the crate's validating [`SafetensorsReader`]).
     ///
     /// # Errors
-    /// [`Error::Io`]; [`Error::Corrupt`] for a malformed header;
-    /// [`Error::Unsupported`] for a dtype candle does not know.
+    /// The reader's errors ([`SafetensorsReader::open`]: I/O, a truncated or corrupt
+    /// header); [`Error::Unsupported`] for a dtype other than U8, U32, I64, F16, BF16, F32
+    /// and F64.
     pub fn estimate_safetensors(&self, path: impl AsRef<Path>) -> Result<Estimate> {
-        self.estimate(read_safetensors_shapes(path.as_ref())?)
+        let reader = SafetensorsReader::open(path)?;
+        let mut names = reader.names();
+        names.sort();
+        let mut items = Vec::with_capacity(names.len());
+        for name in names {
+            let Some(info) = reader.info(&name) else {
+                continue;
+            };
+            let dtype = plain_candle_dtype(info.dtype, &name)?;
+            let shape = Shape::from(info.shape.clone());
+            items.push((name, shape, dtype));
+        }
+        self.estimate(items)
     }
 }
 
@@ -995,71 +1020,6 @@ fn apply_stage(
         }
     }
     changed
-}
-
-/// The largest safetensors header read (the `safetensors` crate's own limit, 100 MB).
-const MAX_SAFETENSORS_HEADER: usize = 100_000_000;
-
-fn read_safetensors_shapes(path: &Path) -> Result<Vec<(String, Shape, DType)>> {
-    let corrupt = |reason: String| Error::Corrupt {
-        what: format!("safetensors header of {}", path.display()),
-        reason,
-    };
-    let mut f = std::fs::File::open(path)?;
-    let mut len = [0u8; 8];
-    f.read_exact(&mut len)?;
-    let n = usize::try_from(u64::from_le_bytes(len))
-        .ok()
-        .filter(|&n| n <= MAX_SAFETENSORS_HEADER)
-        .ok_or_else(|| {
-            corrupt(format!(
-                "header length {} above the 100 MB limit",
-                u64::from_le_bytes(len)
-            ))
-        })?;
-    let mut header = vec![0u8; n];
-    f.read_exact(&mut header)?;
-    let json: serde_json::Value = serde_json::from_slice(&header)?;
-    let obj = json
-        .as_object()
-        .ok_or_else(|| corrupt("header is not a JSON object".into()))?;
-    let mut out = Vec::new();
-    for (name, info) in obj {
-        if name == "__metadata__" {
-            continue;
-        }
-        let dtype = info
-            .get("dtype")
-            .and_then(|d| d.as_str())
-            .ok_or_else(|| corrupt(format!("tensor {name}: no dtype")))?;
-        let dtype = match dtype {
-            "F32" => DType::F32,
-            "F16" => DType::F16,
-            "BF16" => DType::BF16,
-            "F64" => DType::F64,
-            "U8" => DType::U8,
-            "U32" => DType::U32,
-            "I64" => DType::I64,
-            other => {
-                return Err(Error::Unsupported {
-                    what: "safetensors dtype",
-                    found: other.to_string(),
-                    supported: "F32, F16, BF16, F64, U8, U32, I64".into(),
-                })
-            }
-        };
-        let shape = info
-            .get("shape")
-            .and_then(|s| s.as_array())
-            .and_then(|a| {
-                a.iter()
-                    .map(|d| d.as_u64().and_then(|d| usize::try_from(d).ok()))
-                    .collect::<Option<Vec<usize>>>()
-            })
-            .ok_or_else(|| corrupt(format!("tensor {name}: bad shape")))?;
-        out.push((name.clone(), Shape::from(shape), dtype));
-    }
-    Ok(out)
 }
 
 fn count_nonzeros(t: &Tensor) -> Result<usize> {
