@@ -15,9 +15,10 @@
 //!   weights, so a GGUF `llama` file must be run with the interleaved form;
 //! - grouped-query attention (`n_head` query heads share `n_kv_head` key/value heads,
 //!   query head `h` reads key/value head `h / (n_head / n_kv_head)`) with a KV cache; the
-//!   scale, causal mask and softmax (f32) are one in-place pass over the scores
-//!   (`ops::causal_softmax`), and SwiGLU's `silu(gate) · up` is one in-place pass too
-//!   (`ops::silu_mul`), both on `candle_compress::kernels::act`;
+//!   whole attention (scores, scale, causal mask, softmax, weighted values; f32) is one
+//!   fused kernel over the cache (`ops::attend`, `ops::attend_prompt`), and SwiGLU's
+//!   `silu(gate) · up` is one in-place pass (`ops::silu_mul`), both on
+//!   `candle_compress::kernels::act`;
 //! - `output_norm`, then the LM head `output.weight`, or the token embedding when the file
 //!   has no `output.weight` (tied embeddings).
 //!
@@ -524,7 +525,7 @@ impl Llama {
             let n = candle_nn::ops::rms_norm(&x, &b.attn_norm, self.cfg.eps as f32)?;
             seen(Kind::Qkv, &n)?;
             let a = b.attention(&n, &cos, &sin, &self.cfg, &mut seen)?;
-            x = (x + a)?;
+            x = ops::add_in_place(x, &a)?;
             let n = candle_nn::ops::rms_norm(&x, &b.ffn_norm, self.cfg.eps as f32)?;
             seen(Kind::GateUp, &n)?;
             let mut h = ops::silu_mul(b.gate.forward(&n)?, &b.up.forward(&n)?)?;
@@ -532,7 +533,7 @@ impl Llama {
                 h = r.apply(&h)?;
             }
             seen(Kind::Down, &h)?;
-            x = (x + b.down.forward(&h)?)?;
+            x = ops::add_in_place(x, &b.down.forward(&h)?)?;
         }
         self.pos += t;
         candle_nn::ops::rms_norm(&x, &self.norm, self.cfg.eps as f32)
@@ -567,39 +568,16 @@ impl Block {
         let (k, v) = self.cache.append(&k, &v)?;
         let past = k.dim(1)? - t;
         // The n_rep query heads of one key/value head are consecutive: fold them into the
-        // row dimension, [n_kv, n_rep·t, hd], so one batched matmul per KV head does GQA
-        // without copying the keys and values n_rep times. Long prompts go QUERY_CHUNK
-        // queries at a time: a chunk reads only the keys up to its last position (the
-        // rest are masked anyway), which saves up to half the work and keeps the score
-        // matrix small. The scale, mask and softmax run in place on the scores.
+        // row dimension, [n_kv, n_rep·t, hd], so the kernels do GQA without copying the
+        // keys and values n_rep times, reading the cache's views in place. A decode step's
+        // few queries go row by row; a prompt's in register blocks of rows.
         let rep = cfg.n_head / cfg.n_kv_head;
         let scale = 1.0 / (hd as f32).sqrt();
-        let q = q.reshape((cfg.n_kv_head, rep, t, hd))?;
-        let mut chunks = Vec::with_capacity(t.div_ceil(QUERY_CHUNK));
-        for c0 in (0..t).step_by(QUERY_CHUNK) {
-            let c = QUERY_CHUNK.min(t - c0);
-            let kv_len = past + c0 + c;
-            let qc = if c == t {
-                q.reshape((cfg.n_kv_head, rep * t, hd))?
-            } else {
-                q.narrow(2, c0, c)?
-                    .contiguous()?
-                    .reshape((cfg.n_kv_head, rep * c, hd))?
-            };
-            let (kc, vc) = (k.narrow(1, 0, kv_len)?, v.narrow(1, 0, kv_len)?);
-            let y = if c <= ATTEND_MAX_QUERIES {
-                ops::attend(&qc, &kc, &vc, scale, rep, past + c0)?
-            } else {
-                let att = ops::causal_softmax(qc.matmul(&kc.t()?)?, scale, rep, past + c0)?;
-                att.matmul(&vc)?
-            };
-            // [n_kv, rep·c, hd] -> [n_kv, rep, c, hd]
-            chunks.push(y.reshape((cfg.n_kv_head, rep, c, hd))?);
-        }
-        let y = if chunks.len() == 1 {
-            chunks.swap_remove(0)
+        let q = q.reshape((cfg.n_kv_head, rep * t, hd))?;
+        let y = if t <= ATTEND_MAX_QUERIES {
+            ops::attend(&q, &k, &v, scale, rep, past)?
         } else {
-            Tensor::cat(&chunks, 2)?
+            ops::attend_prompt(&q, &k, &v, scale, rep, past)?
         };
         let y = y
             .reshape((cfg.n_head, t, hd))?
@@ -610,11 +588,8 @@ impl Block {
     }
 }
 
-/// Queries per step of the attention of a long prompt (see `Block::attention`).
-const QUERY_CHUNK: usize = 128;
-
-/// Up to this many queries (a decode step, a short continuation) the attention runs as
-/// one fused pass (`ops::attend`) instead of two matmuls and a softmax.
+/// Up to this many queries (a decode step, a short continuation) the attention runs row
+/// by row (`ops::attend`); longer runs of queries in register blocks (`ops::attend_prompt`).
 const ATTEND_MAX_QUERIES: usize = 8;
 
 /// `cos`, `sin` of `pos · base^(-2i/hd)`, `[max_seq, hd/2]` each (candle's layout for

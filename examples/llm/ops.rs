@@ -3,14 +3,17 @@
 //! just produced (no output allocation):
 //!
 //! - [`silu_mul`]: SwiGLU's `silu(gate) · up`, written into `gate`;
-//! - [`causal_softmax`]: the attention's scale, causal mask and softmax in one pass over
-//!   the score matrix, so no mask tensor and no scaled copy are built;
+//! - [`add_in_place`]: the residual stream's `x + y`, written into `x`;
 //! - [`attend`]: the whole attention of a few queries (a decode step) over the KV cache's
 //!   strided views, in one pass without matmul calls: a generic GEMM's set-up costs more
-//!   than the few thousand multiply-adds of a one-token step.
+//!   than the few thousand multiply-adds of a one-token step;
+//! - [`attend_prompt`]: the same for a prompt's many queries, with the query rows of a
+//!   KV head in register blocks (`attend_blocked`): no score tensor, no mask, and every
+//!   key and value load shared by a block of rows.
 
-use candle_compress::kernels::act::{attend_rows, silu_mul_in_place, softmax_rows, KvLayout};
-use candle_core::{CpuStorage, CustomOp3, InplaceOp1, InplaceOp2, Layout, Result, Shape, Tensor};
+use candle_compress::kernels::act::{attend_blocked, attend_rows, silu_mul_in_place, KvLayout};
+use candle_core::{CpuStorage, CustomOp3, InplaceOp2, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
 
 /// The f32 slice of a contiguous CPU storage, or an error naming `op`.
 fn f32_slice<'a>(op: &str, s: &'a mut CpuStorage, l: &Layout) -> Result<&'a mut [f32]> {
@@ -37,23 +40,66 @@ impl InplaceOp2 for SiluMul {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<()> {
-        if l1.shape() != l2.shape() {
-            candle_core::bail!(
-                "silu_mul: gate {:?} and up {:?} differ",
-                l1.shape(),
-                l2.shape()
-            );
-        }
-        let gate = f32_slice("silu_mul", s1, l1)?;
-        let (a, b) = l2
-            .contiguous_offsets()
-            .ok_or_else(|| candle_core::Error::Msg("silu_mul: up is not contiguous".into()))?;
-        let up = match s2 {
-            CpuStorage::F32(v) => &v[a..b],
-            _ => candle_core::bail!("silu_mul: up is not f32"),
-        };
+        let (gate, up) = pair("silu_mul", s1, l1, s2, l2)?;
         silu_mul_in_place(gate, up).map_err(|e| candle_core::Error::Msg(e.to_string()))
     }
+}
+
+/// The f32 data of an in-place op's two operands: the first written, the second read;
+/// both contiguous, of one shape.
+fn pair<'a>(
+    op: &str,
+    s1: &'a mut CpuStorage,
+    l1: &Layout,
+    s2: &'a CpuStorage,
+    l2: &Layout,
+) -> Result<(&'a mut [f32], &'a [f32])> {
+    if l1.shape() != l2.shape() {
+        candle_core::bail!("{op}: {:?} and {:?} differ", l1.shape(), l2.shape());
+    }
+    let x = f32_slice(op, s1, l1)?;
+    let (a, b) = l2
+        .contiguous_offsets()
+        .ok_or_else(|| candle_core::Error::Msg(format!("{op}: the operand is not contiguous")))?;
+    match s2 {
+        CpuStorage::F32(v) => Ok((x, &v[a..b])),
+        _ => candle_core::bail!("{op}: the operand is not f32"),
+    }
+}
+
+struct AddInPlace;
+
+impl InplaceOp2 for AddInPlace {
+    fn name(&self) -> &'static str {
+        "add_in_place"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &mut CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<()> {
+        let (x, y) = pair("add_in_place", s1, l1, s2, l2)?;
+        x.par_chunks_mut(ADD_CHUNK)
+            .zip(y.par_chunks(ADD_CHUNK))
+            .for_each(|(x, y)| x.iter_mut().zip(y).for_each(|(x, &y)| *x += y));
+        Ok(())
+    }
+}
+
+/// Elements per rayon task of [`add_in_place`].
+const ADD_CHUNK: usize = 32 * 1024;
+
+/// `x ← x + y` in place (the residual stream); returns `x`. Both contiguous f32 of one
+/// shape; `x` must not share its storage with another live tensor. Why not `x + y`:
+/// candle's element-wise ops split large tensors over a thread pool of their own beside
+/// rayon's, and on a machine with as many threads as cores the two pools' waiting
+/// threads take turns with the working ones; this runs on the caller's rayon pool.
+pub fn add_in_place(x: Tensor, y: &Tensor) -> Result<Tensor> {
+    x.inplace_op2(y, &AddInPlace)?;
+    Ok(x)
 }
 
 /// `gate ← silu(gate) · up` in place; returns `gate`. Both contiguous f32 of one shape;
@@ -64,51 +110,13 @@ pub fn silu_mul(gate: Tensor, up: &Tensor) -> Result<Tensor> {
     Ok(gate)
 }
 
-/// Scale, causal limit and softmax of attention score rows in place.
-struct CausalSoftmax<'a> {
-    scale: f32,
-    /// Columns each row (over all heads) may use.
-    limits: &'a [usize],
-}
-
-impl InplaceOp1 for CausalSoftmax<'_> {
-    fn name(&self) -> &'static str {
-        "causal_softmax"
-    }
-
-    fn cpu_fwd(&self, s: &mut CpuStorage, l: &Layout) -> Result<()> {
-        let cols = l.dims().last().copied().unwrap_or(1);
-        let scores = f32_slice("causal_softmax", s, l)?;
-        softmax_rows(scores, cols, self.limits, self.scale)
-            .map_err(|e| candle_core::Error::Msg(e.to_string()))
-    }
-}
-
-/// Softmax of `scores` `[heads, rep · c, kv_len]` (the `rep` query heads of one KV head
-/// stacked, `c` queries each) scaled by `scale`, where query `i` of the chunk sees the
-/// first `first + i + 1` keys (`first` = the keys before the chunk's first query) and
-/// the rest become exact zeros. In place; returns `scores` (a fresh matmul output).
-pub fn causal_softmax(scores: Tensor, scale: f32, rep: usize, first: usize) -> Result<Tensor> {
-    let (heads, rows, kv_len) = scores.dims3()?;
-    if rep == 0 || rows % rep != 0 {
-        candle_core::bail!("causal_softmax: {rows} rows are not {rep} heads of queries");
-    }
-    let c = rows / rep;
-    let limits: Vec<usize> = (0..heads * rows)
-        .map(|r| (first + r % c + 1).min(kv_len))
-        .collect();
-    scores.inplace_op1(&CausalSoftmax {
-        scale,
-        limits: &limits,
-    })?;
-    Ok(scores)
-}
-
-/// `softmax(q·kᵀ·scale, causal) · v` of a few queries; see [`attend`].
+/// `softmax(q·kᵀ·scale, causal) · v`; see [`attend`] and [`attend_prompt`].
 struct Attend {
     scale: f32,
     rep: usize,
     first: usize,
+    /// `attend_blocked` (many rows) rather than `attend_rows` (a few).
+    blocked: bool,
 }
 
 /// The f32 data of `s` from a layout's start, with the layout's (heads, rows) strides:
@@ -171,7 +179,12 @@ impl CustomOp3 for Attend {
             .map(|r| (self.first + r % c + 1).min(kv_len))
             .collect();
         let mut out = vec![0f32; heads * rows * hd];
-        attend_rows(q, hd, keys, values, kv, &limits, self.scale, &mut out)
+        let run = if self.blocked {
+            attend_blocked
+        } else {
+            attend_rows
+        };
+        run(q, hd, keys, values, kv, &limits, self.scale, &mut out)
             .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
         Ok((CpuStorage::F32(out), Shape::from((heads, rows, hd))))
     }
@@ -181,9 +194,8 @@ impl CustomOp3 for Attend {
 /// KV head stacked, `c` queries each, contiguous) over `k`, `v` (`[heads, kv_len, hd]`,
 /// the same strides with a contiguous last dimension, such as the KV cache's views):
 /// query `i` of the chunk sees the first `first + i + 1` keys, scores scaled by
-/// `scale`. Returns `[heads, rep · c, hd]`: the function of [`causal_softmax`] between
-/// two matmuls (its sums in another order), in one pass for the few queries of a decode
-/// step.
+/// `scale`. Returns `[heads, rep · c, hd]`: `softmax(q·kᵀ·scale, causal) · v` in one
+/// pass over the cache (`attend_rows`), for the few queries of a decode step.
 pub fn attend(
     q: &Tensor,
     k: &Tensor,
@@ -192,5 +204,30 @@ pub fn attend(
     rep: usize,
     first: usize,
 ) -> Result<Tensor> {
-    q.apply_op3_no_bwd(k, v, &Attend { scale, rep, first })
+    let op = Attend {
+        scale,
+        rep,
+        first,
+        blocked: false,
+    };
+    q.apply_op3_no_bwd(k, v, &op)
+}
+
+/// [`attend`] for a prompt's many queries (same arguments and result; sums in the order
+/// of `attend_blocked`, so the last bits differ from [`attend`]'s).
+pub fn attend_prompt(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    scale: f32,
+    rep: usize,
+    first: usize,
+) -> Result<Tensor> {
+    let op = Attend {
+        scale,
+        rep,
+        first,
+        blocked: true,
+    };
+    q.apply_op3_no_bwd(k, v, &op)
 }

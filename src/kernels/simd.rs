@@ -7,7 +7,8 @@
 //! function that has the features enabled. The methods are `unsafe` only because of those
 //! features: every memory access goes through a bounds-checked slice.
 //!
-//! Implemented for `__m256` (AVX2 + F16C, 8 lanes) and `__m512` (AVX-512 F/BW, 16 lanes).
+//! Implemented for `__m256` (AVX2 + F16C, and FMA for [`F32Vector::mul_add`]; 8 lanes) and
+//! `__m512` (AVX-512 F/BW, 16 lanes).
 //! The operations are chosen so that one generic algorithm gives the same bits on every
 //! ISA: IEEE lane arithmetic, exact conversions, and comparisons and rounding that are
 //! defined per lane.
@@ -109,6 +110,27 @@ pub(crate) trait F32Vector: Copy {
     /// # Safety
     /// As [`F32Vector::splat`].
     unsafe fn div(self, other: Self) -> Self;
+    /// Lane-wise IEEE `−`.
+    ///
+    /// # Safety
+    /// As [`F32Vector::splat`].
+    unsafe fn sub(self, other: Self) -> Self;
+    /// Lane-wise `self · a + b` with one rounding (FMA, like `f32::mul_add`).
+    ///
+    /// # Safety
+    /// As [`F32Vector::splat`].
+    unsafe fn mul_add(self, a: Self, b: Self) -> Self;
+    /// Lane-wise `if self > other { self } else { other }` (the `maxps` rule: `other` when
+    /// either is NaN).
+    ///
+    /// # Safety
+    /// As [`F32Vector::splat`].
+    unsafe fn max(self, other: Self) -> Self;
+    /// `self` in the lanes where `m` is true, `other` elsewhere.
+    ///
+    /// # Safety
+    /// As [`F32Vector::splat`].
+    unsafe fn select(m: Self::Mask, yes: Self, no: Self) -> Self;
     /// Converts to i32 rounding toward zero; lanes outside the i32 range and NaN give
     /// `i32::MIN` (the x86 "integer indefinite").
     ///
@@ -168,7 +190,7 @@ pub(crate) trait F32Vector: Copy {
     }
 }
 
-/// AVX2 + F16C: 8 lanes.
+/// AVX2 + F16C (+ FMA for `mul_add`): 8 lanes.
 impl F32Vector for __m256 {
     const LANES: usize = 8;
     type I32 = __m256i;
@@ -269,6 +291,26 @@ impl F32Vector for __m256 {
     unsafe fn div(self, other: Self) -> Self {
         // SAFETY: AVX guaranteed by the caller.
         unsafe { _mm256_div_ps(self, other) }
+    }
+    #[inline(always)]
+    unsafe fn sub(self, other: Self) -> Self {
+        // SAFETY: AVX guaranteed by the caller.
+        unsafe { _mm256_sub_ps(self, other) }
+    }
+    #[inline(always)]
+    unsafe fn mul_add(self, a: Self, b: Self) -> Self {
+        // SAFETY: FMA guaranteed by the caller.
+        unsafe { _mm256_fmadd_ps(self, a, b) }
+    }
+    #[inline(always)]
+    unsafe fn max(self, other: Self) -> Self {
+        // SAFETY: AVX guaranteed by the caller.
+        unsafe { _mm256_max_ps(self, other) }
+    }
+    #[inline(always)]
+    unsafe fn select(m: __m256, yes: Self, no: Self) -> Self {
+        // SAFETY: AVX guaranteed by the caller.
+        unsafe { _mm256_blendv_ps(no, yes, m) }
     }
     #[inline(always)]
     unsafe fn trunc_i32(self) -> __m256i {
@@ -429,6 +471,26 @@ impl F32Vector for __m512 {
     unsafe fn div(self, other: Self) -> Self {
         // SAFETY: AVX-512 F guaranteed by the caller.
         unsafe { _mm512_div_ps(self, other) }
+    }
+    #[inline(always)]
+    unsafe fn sub(self, other: Self) -> Self {
+        // SAFETY: AVX-512 F guaranteed by the caller.
+        unsafe { _mm512_sub_ps(self, other) }
+    }
+    #[inline(always)]
+    unsafe fn mul_add(self, a: Self, b: Self) -> Self {
+        // SAFETY: AVX-512 F guaranteed by the caller.
+        unsafe { _mm512_fmadd_ps(self, a, b) }
+    }
+    #[inline(always)]
+    unsafe fn max(self, other: Self) -> Self {
+        // SAFETY: AVX-512 F guaranteed by the caller.
+        unsafe { _mm512_max_ps(self, other) }
+    }
+    #[inline(always)]
+    unsafe fn select(m: __mmask16, yes: Self, no: Self) -> Self {
+        // SAFETY: AVX-512 F guaranteed by the caller.
+        unsafe { _mm512_mask_blend_ps(m, no, yes) }
     }
     #[inline(always)]
     unsafe fn trunc_i32(self) -> __m512i {

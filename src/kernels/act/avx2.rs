@@ -5,6 +5,7 @@
 
 use core::arch::x86_64::*;
 
+use super::blocked::{self, Block, ExpVector, Scratch};
 use super::scalar::{AttendRow, EXP_HI, EXP_LO, EXP_POLY, LN2_HI, LN2_LO, LOG2E};
 use crate::kernels::detect::Avx2;
 
@@ -59,6 +60,7 @@ fn tail_mask(n: usize) -> __m256i {
 
 /// `scalar::exp` on 8 lanes.
 #[target_feature(enable = "avx2,fma")]
+#[inline]
 fn exp8(x: __m256) -> __m256 {
     let xc = _mm256_min_ps(
         _mm256_set1_ps(EXP_HI),
@@ -315,4 +317,32 @@ unsafe fn axpy_block<const N: usize>(
         // SAFETY: lanes `i0 + k · 8..` of `out`, masked to `d`.
         unsafe { _mm256_maskstore_ps(o.add(i0 + k * LANES), masks[k], acc[k]) };
     }
+}
+
+impl ExpVector for __m256 {
+    #[inline(always)]
+    unsafe fn exp(self) -> Self {
+        // SAFETY: AVX2 and FMA guaranteed by the caller.
+        unsafe { exp8(self) }
+    }
+}
+
+/// See [`super::attend_blocked`] and `blocked.rs`; the caller guarantees the block's
+/// contract there (`d` a multiple of 8, at most 32 rows, limits below `2^24`).
+pub(crate) fn attend_block(
+    _cpu: Avx2,
+    b: &Block,
+    s: &mut Scratch,
+    out: &mut [f32],
+) -> Option<usize> {
+    // SAFETY: the token proves AVX2 and FMA.
+    unsafe { attend_block_steps(b, s, out) }
+}
+
+/// # Safety
+/// The CPU must support AVX2 and FMA.
+#[target_feature(enable = "avx2,fma")]
+unsafe fn attend_block_steps(b: &Block, s: &mut Scratch, out: &mut [f32]) -> Option<usize> {
+    // SAFETY: the features are enabled here.
+    unsafe { blocked::attend_block::<__m256>(b, s, out) }
 }

@@ -4,6 +4,7 @@
 
 use core::arch::x86_64::*;
 
+use super::blocked::{self, Block, ExpVector, Scratch};
 use super::scalar::{AttendRow, EXP_HI, EXP_LO, EXP_POLY, LN2_HI, LN2_LO, LOG2E};
 use crate::kernels::detect::Avx512Vnni;
 
@@ -56,6 +57,7 @@ fn tail_mask(n: usize) -> __mmask16 {
 
 /// `scalar::exp` on 16 lanes.
 #[target_feature(enable = "avx512f,fma")]
+#[inline]
 fn exp16(x: __m512) -> __m512 {
     let xc = _mm512_min_ps(
         _mm512_set1_ps(EXP_HI),
@@ -305,4 +307,32 @@ unsafe fn axpy_block<const N: usize>(
         // SAFETY: lanes `i0 + k · 16..` of `out`, masked to `d`.
         unsafe { _mm512_mask_storeu_ps(o.add(i0 + k * LANES), masks[k], acc[k]) };
     }
+}
+
+impl ExpVector for __m512 {
+    #[inline(always)]
+    unsafe fn exp(self) -> Self {
+        // SAFETY: AVX-512 F and FMA guaranteed by the caller.
+        unsafe { exp16(self) }
+    }
+}
+
+/// See [`super::attend_blocked`] and `blocked.rs`; the caller guarantees the block's
+/// contract there (`d` a multiple of 16, at most 64 rows, limits below `2^24`).
+pub(crate) fn attend_block(
+    _cpu: Avx512Vnni,
+    b: &Block,
+    s: &mut Scratch,
+    out: &mut [f32],
+) -> Option<usize> {
+    // SAFETY: the token proves AVX-512 F/BW and FMA.
+    unsafe { attend_block_steps(b, s, out) }
+}
+
+/// # Safety
+/// The CPU must support AVX-512 F/BW and FMA.
+#[target_feature(enable = "avx512f,avx512bw,fma")]
+unsafe fn attend_block_steps(b: &Block, s: &mut Scratch, out: &mut [f32]) -> Option<usize> {
+    // SAFETY: the features are enabled here.
+    unsafe { blocked::attend_block::<__m512>(b, s, out) }
 }

@@ -1,6 +1,7 @@
 //! The f32 element-wise and row operations around an LLM's linear layers: `exp`, SwiGLU's
 //! `silu(gate) · up`, a row softmax with a causal limit per row (attention scores), and
-//! the whole attention of a few query rows over a KV cache ([`attend_rows`]).
+//! the whole attention of a few query rows over a KV cache ([`attend_rows`]) or of a
+//! prompt's many rows ([`attend_blocked`]).
 //!
 //! Why: in a decoder whose linears run on the integer kernels, these operations are what
 //! is left of a prefill's time; candle's CPU versions call a scalar `expf` per element
@@ -56,6 +57,7 @@ macro_rules! by_vecs {
 mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
+mod blocked;
 mod scalar;
 
 /// Elements per rayon task of the element-wise kernels (and the least work per task of
@@ -298,6 +300,217 @@ pub fn attend_rows_on(
         return Ok(None);
     }
     run_attend(OP, isa, q, d, keys, values, kv, limits, scale, out).map(Some)
+}
+
+/// The function of [`attend_rows`] computed for many query rows at once, as a prompt's
+/// attention needs: the rows of one KV head go through in blocks whose rows share every
+/// key and value load (see `blocked.rs`), so the work runs at the multiply-add rate
+/// where [`attend_rows`] is bound by reading the cache once per row.
+///
+/// Same arguments, contract and errors as [`attend_rows`]. The sums run in another
+/// order: each score is one FMA chain over the elements, the softmax's sum one chain over
+/// the keys (see `scalar::attend_row_chained`), so the results differ from
+/// [`attend_rows`]' in the last bits, and are the same on every ISA, thread count and
+/// block split. Scratch memory per thread: about `(limit + d) × 64` floats. Best for
+/// tens of rows or more per KV head; for a decode step's few rows [`attend_rows`] is
+/// faster.
+///
+/// # Errors
+/// As [`attend_rows`].
+///
+/// ```
+/// use candle_compress::kernels::act::{attend_blocked, KvLayout};
+/// // One KV head with two positions of width 2; two causal queries.
+/// let keys = [1.0f32, 0.0, 0.0, 1.0];
+/// let values = [10.0f32, 0.0, 0.0, 20.0];
+/// let kv = KvLayout { heads: 1, len: 2, head_stride: 4, row_stride: 2 };
+/// let mut out = [0.0f32; 4];
+/// attend_blocked(&[0.0; 4], 2, &keys, &values, kv, &[1, 2], 1.0, &mut out).unwrap();
+/// assert_eq!(out, [10.0, 0.0, 5.0, 10.0]);
+/// assert!(attend_blocked(&[0.0; 4], 2, &keys, &values, kv, &[1, 3], 1.0, &mut out).is_err());
+/// ```
+#[allow(clippy::too_many_arguments)]
+pub fn attend_blocked(
+    q: &[f32],
+    d: usize,
+    keys: &[f32],
+    values: &[f32],
+    kv: KvLayout,
+    limits: &[usize],
+    scale: f32,
+    out: &mut [f32],
+) -> Result<(), KernelError> {
+    const OP: &str = "attend_blocked";
+    check_attend(OP, q, d, keys, values, kv, limits, scale, out)?;
+    let a = Attention {
+        q,
+        d,
+        keys,
+        values,
+        kv,
+        limits,
+        scale,
+    };
+    run_blocked(OP, kernel_isa(), &a, out)
+}
+
+/// [`attend_blocked`] on a chosen instruction set; `Ok(None)` (nothing written) when this
+/// CPU lacks `isa` or there is no kernel for it.
+///
+/// # Errors
+/// As [`attend_blocked`]; the argument errors whether or not the CPU has `isa`.
+#[allow(clippy::too_many_arguments)]
+pub fn attend_blocked_on(
+    isa: Isa,
+    q: &[f32],
+    d: usize,
+    keys: &[f32],
+    values: &[f32],
+    kv: KvLayout,
+    limits: &[usize],
+    scale: f32,
+    out: &mut [f32],
+) -> Result<Option<()>, KernelError> {
+    const OP: &str = "attend_blocked_on";
+    check_attend(OP, q, d, keys, values, kv, limits, scale, out)?;
+    if !available(isa) {
+        return Ok(None);
+    }
+    let a = Attention {
+        q,
+        d,
+        keys,
+        values,
+        kv,
+        limits,
+        scale,
+    };
+    run_blocked(OP, isa, &a, out).map(Some)
+}
+
+/// The checked arguments of [`attend_blocked`].
+struct Attention<'a> {
+    q: &'a [f32],
+    d: usize,
+    keys: &'a [f32],
+    values: &'a [f32],
+    kv: KvLayout,
+    limits: &'a [usize],
+    scale: f32,
+}
+
+/// Query rows per block of [`attend_blocked`] on `isa`: four vectors of lanes.
+fn block_rows(isa: Isa) -> usize {
+    match isa {
+        Isa::Avx2 => 32,
+        _ => 64,
+    }
+}
+
+/// One block of [`attend_blocked`] (rows `r0..`, one KV head) on `isa` (available,
+/// checked by the callers); the flat row index of its first non-finite row. Widths that
+/// are not whole vectors and positions from `2^24` on take the scalar twin.
+fn attend_block(
+    isa: Isa,
+    b: &blocked::Block,
+    scratch: &mut (blocked::Scratch, Vec<f32>),
+    out: &mut [f32],
+) -> Option<usize> {
+    let long = b.limits.iter().any(|&n| n >= 1 << 24);
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512Vnni if b.d.is_multiple_of(16) && !long => {
+            if let Some(cpu) = Avx512Vnni::detect() {
+                return avx512::attend_block(cpu, b, &mut scratch.0, out);
+            }
+        }
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 if b.d.is_multiple_of(8) && !long => {
+            if let Some(cpu) = Avx2::detect() {
+                return avx2::attend_block(cpu, b, &mut scratch.0, out);
+            }
+        }
+        _ => {}
+    }
+    let scores = &mut scratch.1;
+    let mut bad = None;
+    for (r, (o, &len)) in out.chunks_mut(b.d).zip(b.limits).enumerate() {
+        let row = scalar::AttendRow {
+            q: &b.q[r * b.d..(r + 1) * b.d],
+            keys: b.keys,
+            values: b.values,
+            stride: b.stride,
+            scale: b.scale,
+        };
+        scores.resize(len, 0.0);
+        let sum = scalar::attend_row_chained(&row, scores, o);
+        if bad.is_none() && !sum.is_finite() {
+            bad = Some(r);
+        }
+    }
+    bad
+}
+
+/// Runs the blocks of [`attend_blocked`] (arguments checked): each KV head's rows in
+/// blocks of [`block_rows`], the blocks shared between rayon's threads when the work is
+/// at least [`PAR_CHUNK`] multiply-adds per thread; reports the first non-finite row.
+fn run_blocked(
+    op: &'static str,
+    isa: Isa,
+    a: &Attention,
+    out: &mut [f32],
+) -> Result<(), KernelError> {
+    let (rows, d) = (a.limits.len(), a.d);
+    if rows == 0 {
+        return Ok(());
+    }
+    let per_head = rows / a.kv.heads;
+    let width = block_rows(isa);
+    let blocks: Vec<(usize, &mut [f32])> = out
+        .chunks_mut(per_head * d)
+        .enumerate()
+        .flat_map(|(h, oh)| {
+            oh.chunks_mut(width * d)
+                .enumerate()
+                .map(move |(i, ob)| (h * per_head + i * width, ob))
+        })
+        .collect();
+    let one = |scratch: &mut (blocked::Scratch, Vec<f32>), (r0, ob): (usize, &mut [f32])| {
+        let n = ob.len() / d;
+        let base = (r0 / per_head) * a.kv.head_stride;
+        let b = blocked::Block {
+            q: &a.q[r0 * d..(r0 + n) * d],
+            d,
+            keys: &a.keys[base.min(a.keys.len())..],
+            values: &a.values[base.min(a.values.len())..],
+            stride: a.kv.row_stride,
+            limits: &a.limits[r0..r0 + n],
+            scale: a.scale,
+        };
+        attend_block(isa, &b, scratch, ob).map(|r| r0 + r)
+    };
+    let work = a.limits.iter().sum::<usize>().saturating_mul(2 * d);
+    let bad = if work < 2 * PAR_CHUNK || rayon::current_num_threads() < 2 || blocks.len() < 2 {
+        let mut scratch = Default::default();
+        blocks
+            .into_iter()
+            .filter_map(|blk| one(&mut scratch, blk))
+            .min()
+    } else {
+        blocks
+            .into_par_iter()
+            .map_init(Default::default, one)
+            .flatten()
+            .min()
+    };
+    match bad {
+        None => Ok(()),
+        Some(r) => Err(KernelError::NonFinite {
+            op,
+            what: "attention score (from a NaN or infinite input, or beyond the f32 range) in the row starting",
+            index: r * d,
+        }),
+    }
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -170,3 +170,40 @@ pub(crate) fn attend_row(a: &AttendRow, scores: &mut [f32], out: &mut [f32]) -> 
     }
     sum
 }
+
+/// One query row's attention in the order of the blocked kernels (`blocked.rs`, see
+/// [`super::attend_blocked`]): `scores[j] = q·k_j` as one `mul_add` chain in increasing
+/// element order from 0; `m = max_j scale·s_j` (the `maxps` rule, increasing `j` from
+/// −∞); `e_j = exp(scale·s_j − m)` (left in `scores`) summed in one chain in increasing
+/// `j` from 0; `out = (Σ_j e_j · v_j) · (1 / sum)` with one `mul_add` chain per element
+/// in increasing `j` from 0. Returns the sum (not finite when the scores were not; 0 for
+/// an empty row, whose output is zeros).
+pub(crate) fn attend_row_chained(a: &AttendRow, scores: &mut [f32], out: &mut [f32]) -> f32 {
+    let d = a.q.len();
+    for (j, s) in scores.iter_mut().enumerate() {
+        let k = &a.keys[j * a.stride..][..d];
+        *s =
+            a.q.iter()
+                .zip(k)
+                .fold(0.0, |acc, (&x, &y)| x.mul_add(y, acc));
+    }
+    let m = scores
+        .iter()
+        .fold(f32::NEG_INFINITY, |m, &s| max_op(m, s * a.scale));
+    let mut sum = 0f32;
+    for s in scores.iter_mut() {
+        *s = exp(*s * a.scale - m);
+        sum += *s;
+    }
+    out.fill(0.0);
+    for (j, &e) in scores.iter().enumerate() {
+        for (o, &x) in out.iter_mut().zip(&a.values[j * a.stride..][..d]) {
+            *o = e.mul_add(x, *o);
+        }
+    }
+    let inv = if scores.is_empty() { 0.0 } else { 1.0 / sum };
+    for o in out.iter_mut() {
+        *o *= inv;
+    }
+    sum
+}

@@ -574,3 +574,237 @@ fn attend_argument_errors() {
         "overflow"
     );
 }
+
+/// Causal limits of `heads × per` query rows, `per = rep · c` per KV head: query head
+/// `h` of a KV head, query `i` sees `past + i + 1` keys (capped at `len`); with `holes`,
+/// every seventh row sees nothing.
+fn causal_limits(
+    heads: usize,
+    rep: usize,
+    c: usize,
+    past: usize,
+    len: usize,
+    holes: bool,
+) -> Vec<usize> {
+    (0..heads * rep * c)
+        .map(|r| {
+            if holes && r % 7 == 3 {
+                0
+            } else {
+                (past + r % c + 1).min(len)
+            }
+        })
+        .collect()
+}
+
+/// The blocked scalar twin against an f64 evaluation of the same formula.
+#[test]
+fn attend_blocked_scalar_matches_f64() {
+    let (heads, rep, c, d) = (2, 3, 5, 48);
+    let (past, cap) = (31, 40);
+    let len = past + c;
+    let (keys, vals, kv) = kv_case(heads, cap, len, d, 15);
+    let q: Vec<f32> = values(heads * rep * c * d, 1.0, 19)
+        .into_iter()
+        .map(|x| x.clamp(-1.0, 1.0))
+        .collect();
+    let limits = causal_limits(heads, rep, c, past, len, true);
+    let mut out = vec![0f32; q.len()];
+    attend_blocked_on(
+        Isa::Scalar,
+        &q,
+        d,
+        &keys,
+        &vals,
+        kv,
+        &limits,
+        0.125,
+        &mut out,
+    )
+    .unwrap()
+    .unwrap();
+    let per = rep * c;
+    for (r, &lim) in limits.iter().enumerate() {
+        let base = r / per * cap * d;
+        let s: Vec<f64> = (0..lim)
+            .map(|j| {
+                let dot: f64 = (0..d)
+                    .map(|i| q[r * d + i] as f64 * keys[base + j * d + i] as f64)
+                    .sum();
+                dot * 0.125
+            })
+            .collect();
+        let m = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+        let e: Vec<f64> = s.iter().map(|x| (x - m).exp()).collect();
+        let z: f64 = e.iter().sum();
+        for i in 0..d {
+            let want: f64 = (0..lim)
+                .map(|j| e[j] / z * vals[base + j * d + i] as f64)
+                .sum();
+            let got = out[r * d + i] as f64;
+            assert!(
+                (got - want).abs() <= 1e-5 * (1.0 + want.abs()),
+                "row {r} el {i}: {got} vs {want}"
+            );
+        }
+    }
+}
+
+/// Every SIMD ISA gives the blocked scalar twin's bits: widths that are and are not whole
+/// vectors (1 to 8 vectors: every value tile), rows per KV head around the block sizes
+/// (32 and 64) and the score tiles, causal limits with and without a cached past, rows
+/// that see nothing, extremes; and the per-row kernel agrees to within rounding.
+#[test]
+fn simd_attend_blocked_matches_scalar_bit_for_bit() {
+    let isas = simd_isas("simd_attend_blocked_matches_scalar_bit_for_bit");
+    let mut case = 0u64;
+    for d in [1, 7, 8, 16, 24, 32, 48, 64, 80, 128] {
+        for (rep, c) in [
+            (1, 1),
+            (3, 1),
+            (1, 5),
+            (2, 9),
+            (1, 17),
+            (3, 11),
+            (1, 31),
+            (1, 32),
+            (1, 33),
+            (2, 32),
+            (1, 63),
+            (1, 64),
+            (1, 65),
+            (3, 40),
+            (1, 130),
+        ] {
+            case += 1;
+            let heads = 1 + (case % 3) as usize;
+            let past = [0, 1, 7, 20][(case % 4) as usize];
+            let len = past + c;
+            let (keys, vals, kv) = kv_case(heads, len + 2, len, d, case * 31);
+            let extremes = case.is_multiple_of(9);
+            let q: Vec<f32> = values(heads * rep * c * d, 1.0, case + 5)
+                .into_iter()
+                .map(|x| if extremes { x } else { x.clamp(-1.0, 1.0) })
+                .collect();
+            let limits = causal_limits(heads, rep, c, past, len, case.is_multiple_of(2));
+            let run = |isa: Isa| {
+                let mut out = vec![0f32; q.len()];
+                let r = attend_blocked_on(isa, &q, d, &keys, &vals, kv, &limits, 0.3, &mut out);
+                (r, out)
+            };
+            let (scalar, want) = run(Isa::Scalar);
+            let what = format!("d={d} rep={rep} c={c} heads={heads} past={past}");
+            if !extremes {
+                scalar.as_ref().expect(&what);
+                let mut rows = vec![0f32; q.len()];
+                attend_rows(&q, d, &keys, &vals, kv, &limits, 0.3, &mut rows).unwrap();
+                for (i, (&a, &b)) in want.iter().zip(&rows).enumerate() {
+                    assert!(
+                        (a - b).abs() <= 2e-5 * (1.0 + b.abs()),
+                        "{what} [{i}]: {a} vs {b}"
+                    );
+                }
+            }
+            for &isa in &isas {
+                let (r, got) = run(isa);
+                assert_eq!(r.is_ok(), scalar.is_ok(), "{isa:?} {what}");
+                assert_eq!(
+                    r.as_ref().err().and_then(|e| e.non_finite_index()),
+                    scalar.as_ref().err().and_then(|e| e.non_finite_index()),
+                    "{isa:?} {what}"
+                );
+                assert_eq!(bits_nan_eq(&got), bits_nan_eq(&want), "{isa:?} {what}");
+            }
+        }
+    }
+}
+
+/// Splitting the blocks over threads changes no bit; a non-finite key is reported with
+/// the first row that sees it, on every ISA.
+#[test]
+fn attend_blocked_parallel_split_and_bad_rows() {
+    let (heads, rep, c, cap, d) = (3, 3, 100, 260, 64);
+    let past = 150;
+    let len = past + c;
+    let (mut keys, vals, kv) = kv_case(heads, cap, len, d, 21);
+    let q: Vec<f32> = values(heads * rep * c * d, 1.0, 22)
+        .into_iter()
+        .map(|x| x.clamp(-1.0, 1.0))
+        .collect();
+    let limits = causal_limits(heads, rep, c, past, len, false);
+    let run = |threads: usize, isa: Isa, keys: &[f32]| {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        pool.install(|| {
+            let mut out = vec![0f32; q.len()];
+            let r = attend_blocked_on(isa, &q, d, keys, &vals, kv, &limits, 0.125, &mut out);
+            (r.map(|x| x.is_some()), bits(&out))
+        })
+    };
+    let (r1, b1) = run(1, Isa::Scalar, &keys);
+    assert_eq!(r1, Ok(true));
+    let mut isas = simd_isas("attend_blocked_parallel_split_and_bad_rows");
+    isas.push(Isa::Scalar);
+    for &isa in &isas {
+        for t in [1, 2, 3, 8] {
+            let (r, b) = run(t, isa, &keys);
+            assert_eq!(r, Ok(true));
+            assert_eq!(b, b1, "{isa:?} threads={t}");
+        }
+    }
+    // Head 1, position past + 10: the first row of head 1 that sees it is query 10 of
+    // its first query head.
+    keys[cap * d + (past + 10) * d + 5] = f32::NAN;
+    for &isa in &isas {
+        for t in [1, 3] {
+            let e = run(t, isa, &keys).0.unwrap_err();
+            assert_eq!(
+                e.non_finite_index(),
+                Some((rep * c + 10) * d),
+                "{isa:?} threads={t}"
+            );
+        }
+    }
+}
+
+#[test]
+fn attend_blocked_argument_errors() {
+    let kv = KvLayout {
+        heads: 1,
+        len: 2,
+        head_stride: 8,
+        row_stride: 4,
+    };
+    let (k, v) = ([0f32; 8], [0f32; 8]);
+    let mut out = [0f32; 4];
+    let q = [0f32; 4];
+    assert!(attend_blocked(&q, 4, &k, &v, kv, &[2], 1.0, &mut out).is_ok());
+    for (what, r) in [
+        (
+            "d = 0",
+            attend_blocked(&q, 0, &k, &v, kv, &[2], 1.0, &mut out),
+        ),
+        (
+            "limit",
+            attend_blocked(&q, 4, &k, &v, kv, &[3], 1.0, &mut out),
+        ),
+        (
+            "short keys",
+            attend_blocked(&q, 4, &k[..7], &v, kv, &[2], 1.0, &mut out),
+        ),
+        (
+            "q length",
+            attend_blocked(&q[..3], 4, &k, &v, kv, &[2], 1.0, &mut out),
+        ),
+        (
+            "scale",
+            attend_blocked(&q, 4, &k, &v, kv, &[2], f32::INFINITY, &mut out),
+        ),
+    ] {
+        assert!(r.is_err(), "{what}");
+    }
+    let two = KvLayout { heads: 2, ..kv };
+    assert!(attend_blocked(&q, 4, &k, &v, two, &[2], 1.0, &mut out).is_err());
+}
