@@ -16,7 +16,7 @@
 //! - grouped-query attention (`n_head` query heads share `n_kv_head` key/value heads,
 //!   query head `h` reads key/value head `h / (n_head / n_kv_head)`) with a KV cache; the
 //!   whole attention (scores, scale, causal mask, softmax, weighted values; f32) is one
-//!   fused kernel over the cache (`ops::attend`, `ops::attend_prompt`), and SwiGLU's
+//!   fused kernel over the cache (`ops::attend`), and SwiGLU's
 //!   `silu(gate) · up` is one in-place pass (`ops::silu_mul`), both on
 //!   `candle_compress::kernels::act`;
 //! - `output_norm`, then the LM head `output.weight`, or the token embedding when the file
@@ -574,11 +574,7 @@ impl Block {
         let rep = cfg.n_head / cfg.n_kv_head;
         let scale = 1.0 / (hd as f32).sqrt();
         let q = q.reshape((cfg.n_kv_head, rep * t, hd))?;
-        let y = if t <= ATTEND_MAX_QUERIES {
-            ops::attend(&q, &k, &v, scale, rep, past)?
-        } else {
-            ops::attend_prompt(&q, &k, &v, scale, rep, past)?
-        };
+        let y = ops::attend(&q, &k, &v, scale, rep, past)?;
         let y = y
             .reshape((cfg.n_head, t, hd))?
             .transpose(0, 1)?
@@ -587,10 +583,6 @@ impl Block {
         self.o.forward(&y)
     }
 }
-
-/// Up to this many queries (a decode step, a short continuation) the attention runs row
-/// by row (`ops::attend`); longer runs of queries in register blocks (`ops::attend_prompt`).
-const ATTEND_MAX_QUERIES: usize = 8;
 
 /// `cos`, `sin` of `pos · base^(-2i/hd)`, `[max_seq, hd/2]` each (candle's layout for
 /// `rope_i`), computed as candle-transformers computes them (f32 powers, an f32 matmul).

@@ -4,12 +4,11 @@
 //!
 //! - [`silu_mul`]: SwiGLU's `silu(gate) · up`, written into `gate`;
 //! - [`add_in_place`]: the residual stream's `x + y`, written into `x`;
-//! - [`attend`]: the whole attention of a few queries (a decode step) over the KV cache's
-//!   strided views, in one pass without matmul calls: a generic GEMM's set-up costs more
-//!   than the few thousand multiply-adds of a one-token step;
-//! - [`attend_prompt`]: the same for a prompt's many queries, with the query rows of a
-//!   KV head in register blocks (`attend_blocked`): no score tensor, no mask, and every
-//!   key and value load shared by a block of rows.
+//! - [`attend`]: the whole attention over the KV cache's strided views in one fused pass
+//!   without matmul calls: row by row for a decode step's few queries (a generic GEMM's
+//!   set-up costs more than the few thousand multiply-adds of a one-token step), with the
+//!   query rows of a KV head in register blocks for a prompt's many (no score tensor, no
+//!   mask, every key and value load shared by a block of rows).
 
 use candle_compress::kernels::act::{attend_blocked, attend_rows, silu_mul_in_place, KvLayout};
 use candle_core::{CpuStorage, CustomOp3, InplaceOp2, Layout, Result, Shape, Tensor};
@@ -110,7 +109,7 @@ pub fn silu_mul(gate: Tensor, up: &Tensor) -> Result<Tensor> {
     Ok(gate)
 }
 
-/// `softmax(q·kᵀ·scale, causal) · v`; see [`attend`] and [`attend_prompt`].
+/// `softmax(q·kᵀ·scale, causal) · v`; see [`attend`].
 struct Attend {
     scale: f32,
     rep: usize,
@@ -195,7 +194,9 @@ impl CustomOp3 for Attend {
 /// the same strides with a contiguous last dimension, such as the KV cache's views):
 /// query `i` of the chunk sees the first `first + i + 1` keys, scores scaled by
 /// `scale`. Returns `[heads, rep · c, hd]`: `softmax(q·kᵀ·scale, causal) · v` in one
-/// pass over the cache (`attend_rows`), for the few queries of a decode step.
+/// fused kernel over the cache: `attend_rows` (row by row) for up to
+/// [`ATTEND_MAX_QUERIES`] queries, a decode step; `attend_blocked` (query rows in register
+/// blocks; its sums in another order, so the last bits differ) for a prompt.
 pub fn attend(
     q: &Tensor,
     k: &Tensor,
@@ -204,30 +205,16 @@ pub fn attend(
     rep: usize,
     first: usize,
 ) -> Result<Tensor> {
+    let c = q.dim(1)? / rep.max(1);
     let op = Attend {
         scale,
         rep,
         first,
-        blocked: false,
+        blocked: c > ATTEND_MAX_QUERIES,
     };
     q.apply_op3_no_bwd(k, v, &op)
 }
 
-/// [`attend`] for a prompt's many queries (same arguments and result; sums in the order
-/// of `attend_blocked`, so the last bits differ from [`attend`]'s).
-pub fn attend_prompt(
-    q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
-    scale: f32,
-    rep: usize,
-    first: usize,
-) -> Result<Tensor> {
-    let op = Attend {
-        scale,
-        rep,
-        first,
-        blocked: true,
-    };
-    q.apply_op3_no_bwd(k, v, &op)
-}
+/// Up to this many queries per query head (a decode step, a short continuation) the
+/// attention runs row by row; longer runs of queries in register blocks.
+pub const ATTEND_MAX_QUERIES: usize = 8;

@@ -390,6 +390,46 @@ fn kv_case(
     (keys, vals, kv)
 }
 
+/// Checks `out` against an f64 evaluation of causal attention: row `r` reads KV head
+/// `r / per` of a cache with `cap` positions and sees its first `limits[r]` keys.
+#[allow(clippy::too_many_arguments)]
+fn assert_matches_f64(
+    q: &[f32],
+    keys: &[f32],
+    vals: &[f32],
+    limits: &[usize],
+    per: usize,
+    cap: usize,
+    d: usize,
+    scale: f64,
+    out: &[f32],
+) {
+    for (r, &lim) in limits.iter().enumerate() {
+        let base = r / per * cap * d;
+        let s: Vec<f64> = (0..lim)
+            .map(|j| {
+                let dot: f64 = (0..d)
+                    .map(|i| q[r * d + i] as f64 * keys[base + j * d + i] as f64)
+                    .sum();
+                dot * scale
+            })
+            .collect();
+        let m = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+        let e: Vec<f64> = s.iter().map(|x| (x - m).exp()).collect();
+        let z: f64 = e.iter().sum();
+        for i in 0..d {
+            let want: f64 = (0..lim)
+                .map(|j| e[j] / z * vals[base + j * d + i] as f64)
+                .sum();
+            let got = out[r * d + i] as f64;
+            assert!(
+                (got - want).abs() <= 1e-5 * (1.0 + want.abs()),
+                "row {r} el {i}: {got} vs {want}"
+            );
+        }
+    }
+}
+
 /// The scalar twin against an f64 evaluation of the same formula.
 #[test]
 fn attend_scalar_matches_f64() {
@@ -414,30 +454,7 @@ fn attend_scalar_matches_f64() {
     )
     .unwrap()
     .unwrap();
-    for (r, &lim) in limits.iter().enumerate() {
-        let base = r / per * cap * d;
-        let s: Vec<f64> = (0..lim)
-            .map(|j| {
-                (0..d)
-                    .map(|i| q[r * d + i] as f64 * keys[base + j * d + i] as f64)
-                    .sum::<f64>()
-                    * 0.125
-            })
-            .collect();
-        let m = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-        let e: Vec<f64> = s.iter().map(|x| (x - m).exp()).collect();
-        let z: f64 = e.iter().sum();
-        for i in 0..d {
-            let want: f64 = (0..lim)
-                .map(|j| e[j] / z * vals[base + j * d + i] as f64)
-                .sum();
-            let got = out[r * d + i] as f64;
-            assert!(
-                (got - want).abs() <= 1e-5 * (1.0 + want.abs()),
-                "row {r} el {i}: {got} vs {want}"
-            );
-        }
-    }
+    assert_matches_f64(&q, &keys, &vals, &limits, per, cap, d, 0.125, &out);
 }
 
 /// Every SIMD ISA gives the scalar twin's bits: widths around the vector lengths and the
@@ -623,31 +640,7 @@ fn attend_blocked_scalar_matches_f64() {
     )
     .unwrap()
     .unwrap();
-    let per = rep * c;
-    for (r, &lim) in limits.iter().enumerate() {
-        let base = r / per * cap * d;
-        let s: Vec<f64> = (0..lim)
-            .map(|j| {
-                let dot: f64 = (0..d)
-                    .map(|i| q[r * d + i] as f64 * keys[base + j * d + i] as f64)
-                    .sum();
-                dot * 0.125
-            })
-            .collect();
-        let m = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-        let e: Vec<f64> = s.iter().map(|x| (x - m).exp()).collect();
-        let z: f64 = e.iter().sum();
-        for i in 0..d {
-            let want: f64 = (0..lim)
-                .map(|j| e[j] / z * vals[base + j * d + i] as f64)
-                .sum();
-            let got = out[r * d + i] as f64;
-            assert!(
-                (got - want).abs() <= 1e-5 * (1.0 + want.abs()),
-                "row {r} el {i}: {got} vs {want}"
-            );
-        }
-    }
+    assert_matches_f64(&q, &keys, &vals, &limits, rep * c, cap, d, 0.125, &out);
 }
 
 /// Every SIMD ISA gives the blocked scalar twin's bits: widths that are and are not whole
