@@ -115,7 +115,7 @@ pub(crate) unsafe fn attend_block<V: ExpVector>(
     unsafe {
         scores::<V>(b, nb, kmax, qt, st);
         max_columns::<V>(b.scale, w, kmax, lim, st, max);
-        exp_columns::<V>(b.scale, nb, kmax, lim, max, st, sums);
+        exp_columns::<V>(b.scale, w, kmax, lim, max, st, sums);
         weighted_values::<V>(b, w, st, sums, out);
     }
     sums[..rows].iter().position(|x| !x.is_finite())
@@ -227,7 +227,7 @@ unsafe fn max_columns<V: ExpVector>(
 #[inline(always)]
 unsafe fn exp_columns<V: ExpVector>(
     scale: f32,
-    nb: usize,
+    w: usize,
     kmax: usize,
     lim: &[f32],
     max: &[f32],
@@ -235,7 +235,6 @@ unsafe fn exp_columns<V: ExpVector>(
     sums: &mut [f32],
 ) {
     let l = V::LANES;
-    let w = nb * l;
     // SAFETY: `V`'s features (caller).
     unsafe {
         let (sc, one, zero) = (V::splat(scale), V::splat(1.0), V::splat(0.0));

@@ -272,9 +272,16 @@ pub fn attend_rows(
     scale: f32,
     out: &mut [f32],
 ) -> Result<(), KernelError> {
-    const OP: &str = "attend_rows";
-    check_attend(OP, q, d, keys, values, kv, limits, scale, out)?;
-    run_attend(OP, kernel_isa(), q, d, keys, values, kv, limits, scale, out)
+    let a = Attention {
+        q,
+        d,
+        keys,
+        values,
+        kv,
+        limits,
+        scale,
+    };
+    attend_entry("attend_rows", None, &a, out, run_attend).map(|_| ())
 }
 
 /// [`attend_rows`] on a chosen instruction set; `Ok(None)` (nothing written) when this
@@ -294,12 +301,16 @@ pub fn attend_rows_on(
     scale: f32,
     out: &mut [f32],
 ) -> Result<Option<()>, KernelError> {
-    const OP: &str = "attend_rows_on";
-    check_attend(OP, q, d, keys, values, kv, limits, scale, out)?;
-    if !available(isa) {
-        return Ok(None);
-    }
-    run_attend(OP, isa, q, d, keys, values, kv, limits, scale, out).map(Some)
+    let a = Attention {
+        q,
+        d,
+        keys,
+        values,
+        kv,
+        limits,
+        scale,
+    };
+    attend_entry("attend_rows_on", Some(isa), &a, out, run_attend)
 }
 
 /// The function of [`attend_rows`] computed for many query rows at once, as a prompt's
@@ -340,8 +351,6 @@ pub fn attend_blocked(
     scale: f32,
     out: &mut [f32],
 ) -> Result<(), KernelError> {
-    const OP: &str = "attend_blocked";
-    check_attend(OP, q, d, keys, values, kv, limits, scale, out)?;
     let a = Attention {
         q,
         d,
@@ -351,7 +360,7 @@ pub fn attend_blocked(
         limits,
         scale,
     };
-    run_blocked(OP, kernel_isa(), &a, out)
+    attend_entry("attend_blocked", None, &a, out, run_blocked).map(|_| ())
 }
 
 /// [`attend_blocked`] on a chosen instruction set; `Ok(None)` (nothing written) when this
@@ -371,11 +380,6 @@ pub fn attend_blocked_on(
     scale: f32,
     out: &mut [f32],
 ) -> Result<Option<()>, KernelError> {
-    const OP: &str = "attend_blocked_on";
-    check_attend(OP, q, d, keys, values, kv, limits, scale, out)?;
-    if !available(isa) {
-        return Ok(None);
-    }
     let a = Attention {
         q,
         d,
@@ -385,10 +389,11 @@ pub fn attend_blocked_on(
         limits,
         scale,
     };
-    run_blocked(OP, isa, &a, out).map(Some)
+    attend_entry("attend_blocked_on", Some(isa), &a, out, run_blocked)
 }
 
-/// The checked arguments of [`attend_blocked`].
+/// The arguments of [`attend_rows`] and [`attend_blocked`].
+#[derive(Clone, Copy)]
 struct Attention<'a> {
     q: &'a [f32],
     d: usize,
@@ -397,6 +402,25 @@ struct Attention<'a> {
     kv: KvLayout,
     limits: &'a [usize],
     scale: f32,
+}
+
+/// The entry path of both attention kernels: checks the arguments (whether or not the
+/// CPU has `isa`), then runs `run` on `isa` (`None`: this process's [`kernel_isa`]);
+/// `Ok(None)`, nothing written, when the CPU lacks a requested `isa`.
+fn attend_entry(
+    op: &'static str,
+    isa: Option<Isa>,
+    a: &Attention,
+    out: &mut [f32],
+    run: fn(&'static str, Isa, &Attention, &mut [f32]) -> Result<(), KernelError>,
+) -> Result<Option<()>, KernelError> {
+    check_attend(op, a, out)?;
+    let isa = match isa {
+        None => kernel_isa(),
+        Some(isa) if available(isa) => isa,
+        Some(_) => return Ok(None),
+    };
+    run(op, isa, a, out).map(Some)
 }
 
 /// Query rows per block of [`attend_blocked`] on `isa`: four vectors of lanes.
@@ -513,18 +537,16 @@ fn run_blocked(
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn check_attend(
-    op: &'static str,
-    q: &[f32],
-    d: usize,
-    keys: &[f32],
-    values: &[f32],
-    kv: KvLayout,
-    limits: &[usize],
-    scale: f32,
-    out: &[f32],
-) -> Result<(), KernelError> {
+fn check_attend(op: &'static str, a: &Attention, out: &[f32]) -> Result<(), KernelError> {
+    let Attention {
+        q,
+        d,
+        keys,
+        values,
+        kv,
+        limits,
+        scale,
+    } = *a;
     if d == 0 {
         return Err(KernelError::invalid(op, "d", "must be at least 1".into()));
     }
@@ -586,19 +608,21 @@ fn attend_row(isa: Isa, a: &scalar::AttendRow, scores: &mut [f32], out: &mut [f3
 
 /// Runs the rows of [`attend_rows`] (arguments checked), in parallel when the work is
 /// at least [`PAR_CHUNK`] multiply-adds per thread; reports the first non-finite row.
-#[allow(clippy::too_many_arguments)]
 fn run_attend(
     op: &'static str,
     isa: Isa,
-    q: &[f32],
-    d: usize,
-    keys: &[f32],
-    values: &[f32],
-    kv: KvLayout,
-    limits: &[usize],
-    scale: f32,
+    a: &Attention,
     out: &mut [f32],
 ) -> Result<(), KernelError> {
+    let Attention {
+        q,
+        d,
+        keys,
+        values,
+        kv,
+        limits,
+        scale,
+    } = *a;
     let rows = limits.len();
     if rows == 0 {
         return Ok(());
