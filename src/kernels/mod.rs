@@ -18,7 +18,6 @@ pub mod gemm;
 pub mod halfconv;
 pub(crate) mod hugepage;
 pub mod peak;
-#[cfg(target_arch = "x86_64")]
 mod simd;
 
 pub use detect::{active_isa, features, CpuFeatures, Isa, UnknownIsa, ISA_ENV};

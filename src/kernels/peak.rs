@@ -8,6 +8,7 @@
 //! as 2 per multiply-add (GOPS, GFLOPS), as for matmuls. On AMX CPUs the int8 probe of
 //! [`Isa::Amx`] runs `tdpbssd` on 6 independent 16 × 16 i32 accumulator tiles.
 
+#[cfg(target_arch = "x86_64")]
 use std::time::Instant;
 
 use super::detect::{features, Isa};
@@ -101,6 +102,7 @@ pub fn measure() -> Peaks {
 }
 
 /// Seconds to GOPS for `ops` operations.
+#[cfg(target_arch = "x86_64")]
 fn gops(ops: usize, t: Instant) -> f64 {
     ops as f64 / t.elapsed().as_secs_f64() / 1e9
 }

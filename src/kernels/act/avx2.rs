@@ -5,8 +5,9 @@
 
 use core::arch::x86_64::*;
 
-use super::blocked::{self, Block, ExpVector, Scratch};
-use super::scalar::{AttendRow, EXP_HI, EXP_LO, EXP_POLY, LN2_HI, LN2_LO, LOG2E};
+use super::blocked::{self, Block, Scratch};
+use super::generic;
+use super::scalar::AttendRow;
 use crate::kernels::detect::Avx2;
 
 /// f32 lanes per vector; two vectors make `scalar::LANES`.
@@ -32,21 +33,14 @@ pub(crate) fn exp_in_place(_cpu: Avx2, x: &mut [f32]) {
     unsafe { exp_steps(x) }
 }
 
-/// Whole vectors through `exp8`, the tail through the scalar twin (the same operations).
+/// `generic::exp_in_place` on `__m256`.
 ///
 /// # Safety
 /// The CPU must support avx2,fma.
 #[target_feature(enable = "avx2,fma")]
 unsafe fn exp_steps(x: &mut [f32]) {
-    let p = x.as_mut_ptr();
-    let full = x.len() / LANES * LANES;
-    for i in (0..full).step_by(LANES) {
-        // SAFETY: `i + LANES <= x.len()`; unaligned load and store.
-        unsafe { _mm256_storeu_ps(p.add(i), exp8(_mm256_loadu_ps(p.add(i)))) };
-    }
-    for v in &mut x[full..] {
-        *v = super::scalar::exp(*v);
-    }
+    // SAFETY: the enabled features cover `__m256`'s operations.
+    unsafe { generic::exp_in_place::<__m256>(x) }
 }
 
 /// All-ones in lanes `0..n` (`n <= 8`), zero elsewhere.
@@ -62,64 +56,16 @@ fn tail_mask(n: usize) -> __m256i {
 #[target_feature(enable = "avx2,fma")]
 #[inline]
 fn exp8(x: __m256) -> __m256 {
-    let xc = _mm256_min_ps(
-        _mm256_set1_ps(EXP_HI),
-        _mm256_max_ps(_mm256_set1_ps(EXP_LO), x),
-    );
-    let n = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm256_mul_ps(
-        xc,
-        _mm256_set1_ps(LOG2E),
-    ));
-    let r = _mm256_fmadd_ps(n, _mm256_set1_ps(-LN2_HI), xc);
-    let r = _mm256_fmadd_ps(n, _mm256_set1_ps(-LN2_LO), r);
-    let mut p = _mm256_set1_ps(EXP_POLY[0]);
-    for c in &EXP_POLY[1..] {
-        p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(*c));
-    }
-    let z = _mm256_mul_ps(r, r);
-    let y = _mm256_add_ps(_mm256_fmadd_ps(p, z, r), _mm256_set1_ps(1.0));
-    let bits = _mm256_slli_epi32::<23>(_mm256_add_epi32(
-        _mm256_cvtps_epi32(n),
-        _mm256_set1_epi32(127),
-    ));
-    let e = _mm256_mul_ps(y, _mm256_castsi256_ps(bits));
-    let under = _mm256_cmp_ps::<_CMP_LT_OQ>(x, _mm256_set1_ps(EXP_LO));
-    _mm256_blendv_ps(e, _mm256_setzero_ps(), under)
-}
-
-/// `scalar::silu_mul` on 8 lanes.
-#[target_feature(enable = "avx2,fma")]
-fn silu_mul8(g: __m256, u: __m256) -> __m256 {
-    let e = exp8(_mm256_sub_ps(_mm256_setzero_ps(), g));
-    _mm256_mul_ps(_mm256_div_ps(g, _mm256_add_ps(_mm256_set1_ps(1.0), e)), u)
+    // SAFETY: the enabled features cover `__m256`'s operations.
+    unsafe { generic::exp::<__m256>(x) }
 }
 
 /// # Safety
 /// The CPU must support AVX2 and FMA; `gate.len() == up.len()`.
 #[target_feature(enable = "avx2,fma")]
 unsafe fn silu_mul_steps(gate: &mut [f32], up: &[f32]) {
-    let n = gate.len();
-    let (g, u) = (gate.as_mut_ptr(), up.as_ptr());
-    let mut i = 0;
-    while i + LANES <= n {
-        // SAFETY: `i + 8 <= n` for both slices; unaligned loads and stores.
-        unsafe {
-            let y = silu_mul8(_mm256_loadu_ps(g.add(i)), _mm256_loadu_ps(u.add(i)));
-            _mm256_storeu_ps(g.add(i), y);
-        }
-        i += LANES;
-    }
-    if i < n {
-        let m = tail_mask(n - i);
-        // SAFETY: `vmaskmovps` touches only lanes `i..n`, in bounds.
-        unsafe {
-            let y = silu_mul8(
-                _mm256_maskload_ps(g.add(i), m),
-                _mm256_maskload_ps(u.add(i), m),
-            );
-            _mm256_maskstore_ps(g.add(i), m, y);
-        }
-    }
+    // SAFETY: the enabled features cover `__m256`'s operations.
+    unsafe { generic::silu_mul_in_place::<__m256>(gate, up) }
 }
 
 /// Horizontal maximum of the 16 lanes `a ‖ b` by halves (`scalar::reduce`).
@@ -316,14 +262,6 @@ unsafe fn axpy_block<const N: usize>(
     for k in 0..N {
         // SAFETY: lanes `i0 + k · 8..` of `out`, masked to `d`.
         unsafe { _mm256_maskstore_ps(o.add(i0 + k * LANES), masks[k], acc[k]) };
-    }
-}
-
-impl ExpVector for __m256 {
-    #[inline(always)]
-    unsafe fn exp(self) -> Self {
-        // SAFETY: AVX2 and FMA guaranteed by the caller.
-        unsafe { exp8(self) }
     }
 }
 

@@ -4,8 +4,9 @@
 
 use core::arch::x86_64::*;
 
-use super::blocked::{self, Block, ExpVector, Scratch};
-use super::scalar::{AttendRow, EXP_HI, EXP_LO, EXP_POLY, LN2_HI, LN2_LO, LOG2E};
+use super::blocked::{self, Block, Scratch};
+use super::generic;
+use super::scalar::AttendRow;
 use crate::kernels::detect::Avx512Vnni;
 
 /// f32 lanes per vector (equal to `scalar::LANES`).
@@ -32,21 +33,14 @@ pub(crate) fn exp_in_place(_cpu: Avx512Vnni, x: &mut [f32]) {
     unsafe { exp_steps(x) }
 }
 
-/// Whole vectors through `exp16`, the tail through the scalar twin (the same operations).
+/// `generic::exp_in_place` on `__m512`.
 ///
 /// # Safety
 /// The CPU must support avx512f,fma.
 #[target_feature(enable = "avx512f,fma")]
 unsafe fn exp_steps(x: &mut [f32]) {
-    let p = x.as_mut_ptr();
-    let full = x.len() / LANES * LANES;
-    for i in (0..full).step_by(LANES) {
-        // SAFETY: `i + LANES <= x.len()`; unaligned load and store.
-        unsafe { _mm512_storeu_ps(p.add(i), exp16(_mm512_loadu_ps(p.add(i)))) };
-    }
-    for v in &mut x[full..] {
-        *v = super::scalar::exp(*v);
-    }
+    // SAFETY: the enabled features cover `__m512`'s operations.
+    unsafe { generic::exp_in_place::<__m512>(x) }
 }
 
 /// Lanes `0..n` of a mask (`n <= 16`).
@@ -59,63 +53,16 @@ fn tail_mask(n: usize) -> __mmask16 {
 #[target_feature(enable = "avx512f,fma")]
 #[inline]
 fn exp16(x: __m512) -> __m512 {
-    let xc = _mm512_min_ps(
-        _mm512_set1_ps(EXP_HI),
-        _mm512_max_ps(_mm512_set1_ps(EXP_LO), x),
-    );
-    let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
-        _mm512_mul_ps(xc, _mm512_set1_ps(LOG2E)),
-    );
-    let r = _mm512_fmadd_ps(n, _mm512_set1_ps(-LN2_HI), xc);
-    let r = _mm512_fmadd_ps(n, _mm512_set1_ps(-LN2_LO), r);
-    let mut p = _mm512_set1_ps(EXP_POLY[0]);
-    for c in &EXP_POLY[1..] {
-        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(*c));
-    }
-    let z = _mm512_mul_ps(r, r);
-    let y = _mm512_add_ps(_mm512_fmadd_ps(p, z, r), _mm512_set1_ps(1.0));
-    let bits = _mm512_slli_epi32::<23>(_mm512_add_epi32(
-        _mm512_cvtps_epi32(n),
-        _mm512_set1_epi32(127),
-    ));
-    let e = _mm512_mul_ps(y, _mm512_castsi512_ps(bits));
-    let under = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(x, _mm512_set1_ps(EXP_LO));
-    _mm512_mask_mov_ps(e, under, _mm512_setzero_ps())
-}
-
-/// `scalar::silu_mul` on 16 lanes.
-#[target_feature(enable = "avx512f,fma")]
-fn silu_mul16(g: __m512, u: __m512) -> __m512 {
-    let e = exp16(_mm512_sub_ps(_mm512_setzero_ps(), g));
-    _mm512_mul_ps(_mm512_div_ps(g, _mm512_add_ps(_mm512_set1_ps(1.0), e)), u)
+    // SAFETY: the enabled features cover `__m512`'s operations.
+    unsafe { generic::exp::<__m512>(x) }
 }
 
 /// # Safety
 /// The CPU must support AVX-512F and FMA; `gate.len() == up.len()`.
 #[target_feature(enable = "avx512f,fma")]
 unsafe fn silu_mul_steps(gate: &mut [f32], up: &[f32]) {
-    let n = gate.len();
-    let (g, u) = (gate.as_mut_ptr(), up.as_ptr());
-    let mut i = 0;
-    while i + LANES <= n {
-        // SAFETY: `i + 16 <= n` for both slices; unaligned loads and stores.
-        unsafe {
-            let y = silu_mul16(_mm512_loadu_ps(g.add(i)), _mm512_loadu_ps(u.add(i)));
-            _mm512_storeu_ps(g.add(i), y);
-        }
-        i += LANES;
-    }
-    if i < n {
-        let m = tail_mask(n - i);
-        // SAFETY: masked loads and stores touch only lanes `i..n`, in bounds.
-        unsafe {
-            let y = silu_mul16(
-                _mm512_maskz_loadu_ps(m, g.add(i)),
-                _mm512_maskz_loadu_ps(m, u.add(i)),
-            );
-            _mm512_mask_storeu_ps(g.add(i), m, y);
-        }
-    }
+    // SAFETY: the enabled features cover `__m512`'s operations.
+    unsafe { generic::silu_mul_in_place::<__m512>(gate, up) }
 }
 
 /// Horizontal maximum by halves (`scalar::reduce` with `max_op`): 16 → 8 → 4 → 2 → 1.
@@ -306,14 +253,6 @@ unsafe fn axpy_block<const N: usize>(
     for k in 0..N {
         // SAFETY: lanes `i0 + k · 16..` of `out`, masked to `d`.
         unsafe { _mm512_mask_storeu_ps(o.add(i0 + k * LANES), masks[k], acc[k]) };
-    }
-}
-
-impl ExpVector for __m512 {
-    #[inline(always)]
-    unsafe fn exp(self) -> Self {
-        // SAFETY: AVX-512 F and FMA guaranteed by the caller.
-        unsafe { exp16(self) }
     }
 }
 

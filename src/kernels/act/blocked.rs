@@ -1,5 +1,6 @@
 //! The attention of many query rows at once ([`super::attend_blocked`]), written once over
-//! [`F32Vector`] and instantiated per ISA in `avx2.rs` (8 lanes) and `avx512.rs` (16).
+//! [`F32Vector`] and instantiated per ISA in `avx2.rs` (8 lanes), `avx512.rs` (16) and
+//! `neon.rs` (4).
 //!
 //! Why: a prompt's attention is two matrix products per head (`q·kᵀ`, then `p·v`) around
 //! a causal softmax. Done one query row at a time ([`super::attend_rows`]) every key and
@@ -26,19 +27,11 @@
 //! of `LANES` and every limit is below `2^24` (the lane masks compare positions as f32).
 //!
 //! Every function here is `#[inline(always)]` and `unsafe` only for the CPU features of
-//! its vector type; the `#[target_feature]` entry points in `avx2.rs` and `avx512.rs`
-//! are where it is compiled. Slice accesses are bounds-checked.
+//! its vector type; the `#[target_feature]` entry points in `avx2.rs`, `avx512.rs` and
+//! `neon.rs` are where it is compiled. Slice accesses are bounds-checked.
 
+use super::generic::exp;
 use crate::kernels::simd::F32Vector;
-
-/// [`F32Vector`] plus the activation kernels' `exp` (`scalar::exp` on every lane).
-pub(crate) trait ExpVector: F32Vector {
-    /// `scalar::exp` of every lane.
-    ///
-    /// # Safety
-    /// The CPU must have the implementing ISA's features.
-    unsafe fn exp(self) -> Self;
-}
 
 /// The rows of one block: consecutive query rows that share a KV head.
 pub(crate) struct Block<'a> {
@@ -86,7 +79,7 @@ fn prefix(v: &mut Vec<f32>, n: usize) -> &mut [f32] {
 /// limits below `2^24` are the callers' contract; a violation panics or gives wrong
 /// bits, never reads out of bounds.)
 #[inline(always)]
-pub(crate) unsafe fn attend_block<V: ExpVector>(
+pub(crate) unsafe fn attend_block<V: F32Vector>(
     b: &Block,
     s: &mut Scratch,
     out: &mut [f32],
@@ -124,7 +117,7 @@ pub(crate) unsafe fn attend_block<V: ExpVector>(
 /// `st[j · w + r] = q_r·k_j` for `j < kmax` (`w = nb · LANES`), in register tiles sized
 /// for the ISA's register file (32 vector registers for 16 lanes, 16 for 8).
 #[inline(always)]
-unsafe fn scores<V: ExpVector>(b: &Block, nb: usize, kmax: usize, qt: &[f32], st: &mut [f32]) {
+unsafe fn scores<V: F32Vector>(b: &Block, nb: usize, kmax: usize, qt: &[f32], st: &mut [f32]) {
     let wide = V::LANES >= 16;
     // SAFETY: `V`'s features (caller).
     unsafe {
@@ -143,7 +136,7 @@ unsafe fn scores<V: ExpVector>(b: &Block, nb: usize, kmax: usize, qt: &[f32], st
 
 /// [`scores`] with `NB` vectors of rows: tiles of `RK` keys, then single keys.
 #[inline(always)]
-unsafe fn score_tiles<V: ExpVector, const NB: usize, const RK: usize>(
+unsafe fn score_tiles<V: F32Vector, const NB: usize, const RK: usize>(
     b: &Block,
     kmax: usize,
     qt: &[f32],
@@ -165,7 +158,7 @@ unsafe fn score_tiles<V: ExpVector, const NB: usize, const RK: usize>(
 
 /// The scores of keys `j0..j0 + RK` for the `NB · LANES` lanes of rows.
 #[inline(always)]
-unsafe fn score_tile<V: ExpVector, const NB: usize, const RK: usize>(
+unsafe fn score_tile<V: F32Vector, const NB: usize, const RK: usize>(
     b: &Block,
     j0: usize,
     qt: &[f32],
@@ -200,7 +193,7 @@ unsafe fn score_tile<V: ExpVector, const NB: usize, const RK: usize>(
 
 /// Each lane's `max_{j < limit} scale · s_j` (from −∞, increasing `j`) into `max`.
 #[inline(always)]
-unsafe fn max_columns<V: ExpVector>(
+unsafe fn max_columns<V: F32Vector>(
     scale: f32,
     w: usize,
     kmax: usize,
@@ -225,7 +218,7 @@ unsafe fn max_columns<V: ExpVector>(
 /// `e = exp(scale · s − max)` down each lane's column of `st` (`kmax` keys), in place,
 /// `+0` from the lane's limit on; the lanes' sums (from 0, increasing `j`) into `sums`.
 #[inline(always)]
-unsafe fn exp_columns<V: ExpVector>(
+unsafe fn exp_columns<V: F32Vector>(
     scale: f32,
     w: usize,
     kmax: usize,
@@ -242,7 +235,7 @@ unsafe fn exp_columns<V: ExpVector>(
             let (limit, m) = (V::load(lim, c), V::load(max, c));
             let (mut sum, mut j) = (zero, zero);
             for at in (c..kmax * w).step_by(w) {
-                let e = V::load(st, at).mul(sc).sub(m).exp();
+                let e = exp(V::load(st, at).mul(sc).sub(m));
                 let e = e.zero_unless(j.lt(limit));
                 e.store(st, at);
                 sum = sum.add(e);
@@ -256,7 +249,7 @@ unsafe fn exp_columns<V: ExpVector>(
 /// `out_r = (Σ_{j < limit_r} e[j][r] · v_j) · (1 / sum_r)` for the block's rows (zeros
 /// for a row that sees nothing), `d` in chunks of `NV` vectors, rows in tiles of `R`.
 #[inline(always)]
-unsafe fn weighted_values<V: ExpVector>(
+unsafe fn weighted_values<V: F32Vector>(
     b: &Block,
     w: usize,
     st: &[f32],
@@ -299,7 +292,7 @@ struct Values<'a> {
 /// [`weighted_values`] for vectors `c..c + NV` of every row: tiles of `R` rows, then
 /// single rows.
 #[inline(always)]
-unsafe fn value_rows<V: ExpVector, const NV: usize, const R: usize>(
+unsafe fn value_rows<V: F32Vector, const NV: usize, const R: usize>(
     t: &Values,
     c: usize,
     out: &mut [f32],
@@ -322,7 +315,7 @@ unsafe fn value_rows<V: ExpVector, const NV: usize, const R: usize>(
 /// Vectors `c..c + NV` of rows `r0..r0 + R`: the keys every one of these rows sees run
 /// unmasked, the few beyond the smallest limit row by row; then `· (1 / sum)`.
 #[inline(always)]
-unsafe fn value_tile<V: ExpVector, const NV: usize, const R: usize>(
+unsafe fn value_tile<V: F32Vector, const NV: usize, const R: usize>(
     t: &Values,
     c: usize,
     r0: usize,

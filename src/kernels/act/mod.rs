@@ -19,8 +19,9 @@
 //!
 //! Safe entry points check their arguments ([`KernelError`], never a panic) and run the
 //! kernel for this process's ISA ([`kernel_isa`], detected once and cached): AVX-512F on
-//! CPUs with the AVX-512 kernels, AVX2 + FMA on other x86_64 CPUs, otherwise the scalar
-//! twin in `scalar.rs` (aarch64 included). `scalar.rs` is the definition of correct: the
+//! CPUs with the AVX-512 kernels, AVX2 + FMA on other x86_64 CPUs, NEON on aarch64 (`exp`,
+//! SwiGLU and the blocked attention; the softmax and [`attend_rows`] run the scalar twin
+//! there), otherwise the scalar twin in `scalar.rs`. `scalar.rs` is the definition of correct: the
 //! SIMD versions perform the same operations in the same order (FMA where the scalar code
 //! calls `f32::mul_add`, the same 16-lane partial sums in the softmax) and are tested
 //! against it bit for bit. The `*_on(isa, ..)` forms run a chosen ISA (`Ok(None)` when the
@@ -30,6 +31,8 @@
 
 use rayon::prelude::*;
 
+#[cfg(target_arch = "aarch64")]
+use super::detect::Neon;
 use super::detect::{active_isa, Isa};
 #[cfg(target_arch = "x86_64")]
 use super::detect::{Avx2, Avx512Vnni};
@@ -58,6 +61,9 @@ mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
 mod blocked;
+mod generic;
+#[cfg(target_arch = "aarch64")]
+mod neon;
 mod scalar;
 
 /// Elements per rayon task of the element-wise kernels (and the least work per task of
@@ -67,12 +73,14 @@ const PAR_CHUNK: usize = 16 * 1024;
 
 /// The instruction set these kernels run on in this process: [`Isa::Avx512Vnni`] (its
 /// AVX-512F part) when that is the active ISA or AMX is, [`Isa::Avx2`] on other x86_64
-/// CPUs with AVX2, otherwise [`Isa::Scalar`].
+/// CPUs with AVX2, [`Isa::Neon`] on aarch64 (where the softmax and [`attend_rows`] run
+/// the scalar twin), otherwise [`Isa::Scalar`].
 pub fn kernel_isa() -> Isa {
     match active_isa() {
         Isa::Avx512Vnni | Isa::Amx => Isa::Avx512Vnni,
         Isa::Avx2 | Isa::AvxVnni => Isa::Avx2,
-        Isa::Scalar | Isa::Neon => Isa::Scalar,
+        Isa::Neon => Isa::Neon,
+        Isa::Scalar => Isa::Scalar,
     }
 }
 
@@ -426,6 +434,7 @@ fn attend_entry(
 /// Query rows per block of [`attend_blocked`] on `isa`: four vectors of lanes.
 fn block_rows(isa: Isa) -> usize {
     match isa {
+        Isa::Neon => 16,
         Isa::Avx2 => 32,
         _ => 64,
     }
@@ -452,6 +461,12 @@ fn attend_block(
         Isa::Avx2 if b.d.is_multiple_of(8) && !long => {
             if let Some(cpu) = Avx2::detect() {
                 return avx2::attend_block(cpu, b, &mut scratch.0, out);
+            }
+        }
+        #[cfg(target_arch = "aarch64")]
+        Isa::Neon if b.d.is_multiple_of(4) && !long => {
+            if let Some(cpu) = Neon::detect() {
+                return neon::attend_block(cpu, b, &mut scratch.0, out);
             }
         }
         _ => {}
@@ -724,6 +739,8 @@ fn available(isa: Isa) -> bool {
         Isa::Avx2 => Avx2::detect().is_some(),
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512Vnni => Avx512Vnni::detect().is_some(),
+        #[cfg(target_arch = "aarch64")]
+        Isa::Neon => Neon::detect().is_some(),
         _ => false,
     }
 }
@@ -739,6 +756,11 @@ fn silu_chunk(isa: Isa, gate: &mut [f32], up: &[f32]) {
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => match Avx2::detect() {
             Some(cpu) => avx2::silu_mul_in_place(cpu, gate, up),
+            None => scalar::silu_mul_in_place(gate, up),
+        },
+        #[cfg(target_arch = "aarch64")]
+        Isa::Neon => match Neon::detect() {
+            Some(cpu) => neon::silu_mul_in_place(cpu, gate, up),
             None => scalar::silu_mul_in_place(gate, up),
         },
         _ => scalar::silu_mul_in_place(gate, up),
@@ -766,6 +788,11 @@ fn run_exp(isa: Isa, x: &mut [f32]) {
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => match Avx2::detect() {
             Some(cpu) => avx2::exp_in_place(cpu, x),
+            None => x.iter_mut().for_each(|v| *v = scalar::exp(*v)),
+        },
+        #[cfg(target_arch = "aarch64")]
+        Isa::Neon => match Neon::detect() {
+            Some(cpu) => neon::exp_in_place(cpu, x),
             None => x.iter_mut().for_each(|v| *v = scalar::exp(*v)),
         },
         _ => x.iter_mut().for_each(|v| *v = scalar::exp(*v)),

@@ -47,7 +47,7 @@ fn values(n: usize, span: f32, seed: u64) -> Vec<f32> {
 /// The SIMD ISAs this module has, each with whether this CPU runs it (a skipped one is
 /// reported, never passed silently).
 fn simd_isas(test: &str) -> Vec<Isa> {
-    [Isa::Avx2, Isa::Avx512Vnni]
+    [Isa::Avx2, Isa::Avx512Vnni, Isa::Neon]
         .into_iter()
         .filter(|&isa| {
             let ok = available(isa);

@@ -2,6 +2,8 @@
 //! scale per group, computed in f64 (the formula of `quant::affine`).
 
 use super::checks::check_affine;
+#[cfg(target_arch = "aarch64")]
+use super::neon;
 #[cfg(target_arch = "x86_64")]
 use super::{avx2, avx512};
 use super::{kernel_isa, scalar, Kernels};
@@ -148,6 +150,10 @@ fn dequantize_affine_unchecked_on(
         #[cfg(target_arch = "x86_64")]
         Kernels::Avx512(cpu) => {
             avx512::dequantize_affine(cpu, codes, bits, zero_points, scales, group, out)
+        }
+        #[cfg(target_arch = "aarch64")]
+        Kernels::Neon(cpu) => {
+            neon::dequantize_affine(cpu, codes, bits, zero_points, scales, group, out)
         }
     }
     Some(())

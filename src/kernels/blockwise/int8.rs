@@ -5,6 +5,8 @@
 use half::f16;
 
 use super::checks::check_i8;
+#[cfg(target_arch = "aarch64")]
+use super::neon;
 #[cfg(target_arch = "x86_64")]
 use super::{avx2, avx512};
 use super::{kernel_isa, scalar, Kernels};
@@ -118,7 +120,7 @@ pub fn dequantize_i8_blocks_to_vec(
 
 /// [`quantize_i8_blocks`] on a chosen instruction set, for tests and benchmarks that compare
 /// kernels. Returns `Ok(None)` (nothing written) when this CPU lacks `isa` or there is no
-/// kernel for it ([`Isa::Neon`]); [`Isa::AvxVnni`] runs the AVX2 kernels.
+/// kernel for it ([`Isa::Amx`]); [`Isa::AvxVnni`] runs the AVX2 kernels.
 ///
 /// # Errors
 /// As [`quantize_i8_blocks`]; the argument errors whether or not the CPU has `isa`.
@@ -179,6 +181,8 @@ fn quantize_unchecked_on(
         Kernels::Avx2(cpu) => avx2::quantize_i8_blocks(cpu, x, block, q, scales),
         #[cfg(target_arch = "x86_64")]
         Kernels::Avx512(cpu) => avx512::quantize_i8_blocks(cpu, x, block, q, scales),
+        #[cfg(target_arch = "aarch64")]
+        Kernels::Neon(cpu) => neon::quantize_i8_blocks(cpu, x, block, q, scales),
     })
 }
 
@@ -195,6 +199,8 @@ fn dequantize_unchecked_on(
         Kernels::Avx2(cpu) => avx2::dequantize_i8_blocks(cpu, q, scales, block, out),
         #[cfg(target_arch = "x86_64")]
         Kernels::Avx512(cpu) => avx512::dequantize_i8_blocks(cpu, q, scales, block, out),
+        #[cfg(target_arch = "aarch64")]
+        Kernels::Neon(cpu) => neon::dequantize_i8_blocks(cpu, q, scales, block, out),
     }
     Some(())
 }

@@ -33,6 +33,8 @@
 //! [`KernelError`]: crate::kernels::KernelError
 #![warn(clippy::undocumented_unsafe_blocks, clippy::missing_safety_doc)]
 
+#[cfg(target_arch = "aarch64")]
+use super::detect::Neon;
 use super::detect::{active_isa, Isa};
 #[cfg(target_arch = "x86_64")]
 use super::detect::{Avx2, Avx512Vnni, AvxVnni};
@@ -43,9 +45,10 @@ mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
 mod checks;
-#[cfg(target_arch = "x86_64")]
 mod generic;
 mod int8;
+#[cfg(target_arch = "aarch64")]
+mod neon;
 mod scalar;
 #[cfg(test)]
 mod tests;
@@ -61,13 +64,13 @@ pub use u4_lut::{dequantize_u4_lut, dequantize_u4_lut_on, dequantize_u4_lut_to_v
 /// The instruction set the blockwise kernels run on in this process: [`Isa::Avx512Vnni`]
 /// when the CPU reaches the crate's AVX-512 level (F/BW/VL + VNNI; these kernels use only
 /// F/BW/VL), [`Isa::Avx2`] on AVX2 + FMA + F16C CPUs (including AVX-VNNI ones and AVX-512
-/// CPUs without VNNI), otherwise [`Isa::Scalar`] (also on aarch64: there is no NEON version
-/// of these kernels yet).
+/// CPUs without VNNI), [`Isa::Neon`] on aarch64, otherwise [`Isa::Scalar`].
 pub fn kernel_isa() -> Isa {
     match active_isa() {
         Isa::Avx512Vnni | Isa::Amx => Isa::Avx512Vnni,
         Isa::Avx2 | Isa::AvxVnni => Isa::Avx2,
-        Isa::Scalar | Isa::Neon => Isa::Scalar,
+        Isa::Neon => Isa::Neon,
+        Isa::Scalar => Isa::Scalar,
     }
 }
 
@@ -79,11 +82,13 @@ enum Kernels {
     Avx2(Avx2),
     #[cfg(target_arch = "x86_64")]
     Avx512(Avx512Vnni),
+    #[cfg(target_arch = "aarch64")]
+    Neon(Neon),
 }
 
 impl Kernels {
     /// The kernels of `isa`, or `None` when this CPU lacks it or there are none for it
-    /// (NEON, AMX). AVX-VNNI CPUs run the AVX2 kernels: these use no VNNI instruction.
+    /// (AMX). AVX-VNNI CPUs run the AVX2 kernels: these use no VNNI instruction.
     fn on(isa: Isa) -> Option<Kernels> {
         match isa {
             Isa::Scalar => Some(Kernels::Scalar),
@@ -93,6 +98,8 @@ impl Kernels {
             Isa::AvxVnni => AvxVnni::detect().and(Avx2::detect()).map(Kernels::Avx2),
             #[cfg(target_arch = "x86_64")]
             Isa::Avx512Vnni => Avx512Vnni::detect().map(Kernels::Avx512),
+            #[cfg(target_arch = "aarch64")]
+            Isa::Neon => Neon::detect().map(Kernels::Neon),
             _ => None,
         }
     }

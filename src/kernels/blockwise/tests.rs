@@ -141,7 +141,7 @@ fn dequantize_multiplies_by_f16_scale() {
 const BLOCKS: [usize; 11] = [1, 3, 7, 8, 16, 31, 32, 33, 64, 65, 256];
 
 /// The SIMD instruction sets with blockwise kernels, with their vector width in f32.
-const SIMD: [(Isa, usize); 2] = [(Isa::Avx2, 8), (Isa::Avx512Vnni, 16)];
+const SIMD: [(Isa, usize); 3] = [(Isa::Avx2, 8), (Isa::Avx512Vnni, 16), (Isa::Neon, 4)];
 
 /// Runs `isa` and scalar on `x`, asserting identical q bytes, scale bits and
 /// dequantized bits (or the same error index). Returns false if the CPU lacks `isa`.

@@ -48,7 +48,9 @@ pub(crate) struct W4Tile {
     pub scales: *const f32,
     /// Floats between panels' scales (`groups · 16`).
     pub ldscale: usize,
-    /// `8 · Σ_{k in g} qx[r, k]` for row 0, group 0 (`groups` per row).
+    /// `8 · Σ_{k in g} qx[r, k]` for row 0, group 0 (`groups` per row; read by the x86
+    /// microkernels only).
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     pub xcorr: *const i32,
     /// Number of groups.
     pub groups: usize,

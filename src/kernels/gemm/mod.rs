@@ -375,6 +375,8 @@ impl GemmKernels {
         self.isa_from(rows, AMX_MIN_ROWS_W4)
     }
 
+    // The row counts only matter on x86_64 (the AMX threshold).
+    #[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
     fn isa_from(&self, rows: usize, min_rows: usize) -> Isa {
         match self.path {
             #[cfg(target_arch = "x86_64")]
@@ -385,6 +387,7 @@ impl GemmKernels {
 
     /// The AMX tile table these kernels use for `rows` rows, if any (the default AMX path
     /// from `min_rows` rows).
+    #[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
     fn amx_table(&self, rows: usize, min_rows: usize) -> Option<&'static amx_driver::AmxKernels> {
         match self.path {
             #[cfg(target_arch = "x86_64")]

@@ -1,194 +1,9 @@
-//! A vector of f32 lanes: the operations the kernels written once per algorithm (not once
-//! per register width) are built from, implemented for each ISA's register.
-//!
-//! An algorithm is a generic `#[inline(always)] unsafe fn` over [`F32Vector`] (see
-//! `blockwise/generic.rs`); each ISA instantiates it inside a `#[target_feature]` function,
-//! so after inlining every operation below compiles to the instruction it names, in a
-//! function that has the features enabled. The methods are `unsafe` only because of those
-//! features: every memory access goes through a bounds-checked slice.
-//!
-//! Implemented for `__m256` (AVX2 + F16C, and FMA for [`F32Vector::mul_add`]; 8 lanes) and
-//! `__m512` (AVX-512 F/BW, 16 lanes).
-//! The operations are chosen so that one generic algorithm gives the same bits on every
-//! ISA: IEEE lane arithmetic, exact conversions, and comparisons and rounding that are
-//! defined per lane.
+//! [`F32Vector`] for x86_64's `__m256` (AVX2 + F16C + FMA, 8 lanes) and `__m512`
+//! (AVX-512 F/BW, 16 lanes).
 
 use core::arch::x86_64::*;
 
-/// The largest f32 below 0.5: `trunc(v + copysign(HALF_DOWN, v))` rounds half away from
-/// zero (see [`F32Vector::round_half_away`]).
-const HALF_DOWN: f32 = 0.499_999_97;
-
-/// A vector of [`F32Vector::LANES`] f32 lanes with its i32 and mask companions.
-///
-/// Every method is `unsafe` for one reason: the CPU must have the implementing ISA's
-/// features (callers are `#[target_feature]` functions reached through a detection token).
-/// Slice arguments are read or written at `[i..i + LANES]` (or the stated width) and
-/// panic when that range is out of bounds, like slice indexing.
-pub(crate) trait F32Vector: Copy {
-    /// f32 lanes per vector.
-    const LANES: usize;
-    /// [`Self::LANES`] i32 lanes.
-    type I32: Copy;
-    /// One boolean per lane, from a comparison.
-    type Mask: Copy;
-
-    /// Every lane `v`.
-    ///
-    /// # Safety
-    /// The CPU must have the implementing ISA's features (for every method of the trait).
-    unsafe fn splat(v: f32) -> Self;
-    /// Loads `x[i..i + LANES]`.
-    ///
-    /// # Safety
-    /// As [`F32Vector::splat`].
-    unsafe fn load(x: &[f32], i: usize) -> Self;
-    /// Stores the lanes into `out[i..i + LANES]`.
-    ///
-    /// # Safety
-    /// As [`F32Vector::splat`].
-    unsafe fn store(self, out: &mut [f32], i: usize);
-    /// Loads `q[i..i + LANES]` converted to f32 (exact).
-    ///
-    /// # Safety
-    /// As [`F32Vector::splat`].
-    unsafe fn load_i8(q: &[i8], i: usize) -> Self;
-    /// Loads the f16 bit patterns `h[i..i + LANES]` converted to f32 (exact, like
-    /// `f32::from(half::f16)`; NaN payloads kept).
-    ///
-    /// # Safety
-    /// As [`F32Vector::splat`].
-    unsafe fn load_f16(h: &[u16], i: usize) -> Self;
-    /// Stores the lanes rounded to f16 (nearest even, like `half::f16::from_f32`) as bit
-    /// patterns into `out[i..i + LANES]`.
-    ///
-    /// # Safety
-    /// As [`F32Vector::splat`].
-    unsafe fn store_f16(self, out: &mut [u16], i: usize);
-
-    /// Clears the sign bit of every lane (`f32::abs`, NaN stays NaN).
-    ///
-    /// # Safety
-    /// As [`F32Vector::splat`].
-    unsafe fn abs(self) -> Self;
-    /// Keeps only the sign bit of every lane (`-0.0` or `+0.0`).
-    ///
-    /// # Safety
-    /// As [`F32Vector::splat`].
-    unsafe fn sign(self) -> Self;
-    /// Bitwise or.
-    ///
-    /// # Safety
-    /// As [`F32Vector::splat`].
-    unsafe fn or(self, other: Self) -> Self;
-    /// Lane-wise maximum of the bit patterns read as i32. On sign-cleared lanes
-    /// ([`F32Vector::abs`]) this is the f32 maximum with NaN above +Inf, whatever the
-    /// operand order (unlike `maxps`).
-    ///
-    /// # Safety
-    /// As [`F32Vector::splat`].
-    unsafe fn max_bits(self, other: Self) -> Self;
-    /// The largest lane bit pattern read as i32, returned as u32 (the lanes are expected
-    /// to be sign-cleared, so the value is their [`F32Vector::max_bits`] maximum).
-    ///
-    /// # Safety
-    /// As [`F32Vector::splat`].
-    unsafe fn reduce_max_bits(self) -> u32;
-
-    /// Lane-wise IEEE `+`.
-    ///
-    /// # Safety
-    /// As [`F32Vector::splat`].
-    unsafe fn add(self, other: Self) -> Self;
-    /// Lane-wise IEEE `·` (never fused with a following add).
-    ///
-    /// # Safety
-    /// As [`F32Vector::splat`].
-    unsafe fn mul(self, other: Self) -> Self;
-    /// Lane-wise IEEE `/`.
-    ///
-    /// # Safety
-    /// As [`F32Vector::splat`].
-    unsafe fn div(self, other: Self) -> Self;
-    /// Lane-wise IEEE `−`.
-    ///
-    /// # Safety
-    /// As [`F32Vector::splat`].
-    unsafe fn sub(self, other: Self) -> Self;
-    /// Lane-wise `self · a + b` with one rounding (FMA, like `f32::mul_add`).
-    ///
-    /// # Safety
-    /// As [`F32Vector::splat`].
-    unsafe fn mul_add(self, a: Self, b: Self) -> Self;
-    /// Lane-wise `if self > other { self } else { other }` (the `maxps` rule: `other` when
-    /// either is NaN).
-    ///
-    /// # Safety
-    /// As [`F32Vector::splat`].
-    unsafe fn max(self, other: Self) -> Self;
-    /// `self` in the lanes where `m` is true, `other` elsewhere.
-    ///
-    /// # Safety
-    /// As [`F32Vector::splat`].
-    unsafe fn select(m: Self::Mask, yes: Self, no: Self) -> Self;
-    /// Converts to i32 rounding toward zero; lanes outside the i32 range and NaN give
-    /// `i32::MIN` (the x86 "integer indefinite").
-    ///
-    /// # Safety
-    /// As [`F32Vector::splat`].
-    unsafe fn trunc_i32(self) -> Self::I32;
-
-    /// `self != other` per lane, false when either is NaN.
-    ///
-    /// # Safety
-    /// As [`F32Vector::splat`].
-    unsafe fn ne(self, other: Self) -> Self::Mask;
-    /// `self < other` per lane, false when either is NaN.
-    ///
-    /// # Safety
-    /// As [`F32Vector::splat`].
-    unsafe fn lt(self, other: Self) -> Self::Mask;
-    /// The lanes where `m` is true, `+0.0` elsewhere.
-    ///
-    /// # Safety
-    /// As [`F32Vector::splat`].
-    unsafe fn zero_unless(self, m: Self::Mask) -> Self;
-    /// `m` as bits: bit `j` is lane `j`.
-    ///
-    /// # Safety
-    /// As [`F32Vector::splat`].
-    unsafe fn mask_bits(m: Self::Mask) -> u32;
-
-    /// Stores i32 lanes in `[-128, 127]` as i8 into `out[i..i + LANES]` (exact in that
-    /// range; outside it the ISAs differ).
-    ///
-    /// # Safety
-    /// As [`F32Vector::splat`].
-    unsafe fn store_i8(v: Self::I32, out: &mut [i8], i: usize);
-    /// Stores four vectors of i32 lanes in `[-128, 127]` as i8, `v[k]` into
-    /// `out[i + k·LANES..]`, `4·LANES` bytes in all (the fast form of four
-    /// [`F32Vector::store_i8`]).
-    ///
-    /// # Safety
-    /// As [`F32Vector::splat`].
-    unsafe fn store_i8x4(v: [Self::I32; 4], out: &mut [i8], i: usize);
-
-    /// Rounds each lane half away from zero (`f32::round`) and converts to i32:
-    /// `trunc(v + copysign(0.49999997, v))`.
-    ///
-    /// Exact for `|v| < 2^23`: below 0.5 the sum stays below 1 (at most `1 - 2^-24`); at 0.5
-    /// it is `1 - 2^-25`, a tie that rounds to even, 1.0; from 0.5 up the fraction `f` of `v`
-    /// is a multiple of `ulp(v) >= 2^-24`, so `f + 0.49999997` is below `1 - ulp/2` when
-    /// `f < 0.5` and at least `1 - 2^-25` (rounding to 1) when `f >= 0.5`.
-    ///
-    /// # Safety
-    /// As [`F32Vector::splat`].
-    #[inline(always)]
-    unsafe fn round_half_away(self) -> Self::I32 {
-        // SAFETY: the caller guarantees the features of `Self`'s ISA.
-        unsafe { self.add(self.sign().or(Self::splat(HALF_DOWN))).trunc_i32() }
-    }
-}
+use super::F32Vector;
 
 /// AVX2 + F16C (+ FMA for `mul_add`): 8 lanes.
 impl F32Vector for __m256 {
@@ -306,6 +121,24 @@ impl F32Vector for __m256 {
     unsafe fn max(self, other: Self) -> Self {
         // SAFETY: AVX guaranteed by the caller.
         unsafe { _mm256_max_ps(self, other) }
+    }
+    #[inline(always)]
+    unsafe fn min(self, other: Self) -> Self {
+        // SAFETY: AVX guaranteed by the caller.
+        unsafe { _mm256_min_ps(self, other) }
+    }
+    #[inline(always)]
+    unsafe fn round_even(self) -> Self {
+        // SAFETY: AVX guaranteed by the caller.
+        unsafe { _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(self) }
+    }
+    #[inline(always)]
+    unsafe fn pow2(self) -> Self {
+        // SAFETY: AVX2 guaranteed by the caller.
+        unsafe {
+            let n = _mm256_add_epi32(_mm256_cvtps_epi32(self), _mm256_set1_epi32(127));
+            _mm256_castsi256_ps(_mm256_slli_epi32::<23>(n))
+        }
     }
     #[inline(always)]
     unsafe fn select(m: __m256, yes: Self, no: Self) -> Self {
@@ -486,6 +319,24 @@ impl F32Vector for __m512 {
     unsafe fn max(self, other: Self) -> Self {
         // SAFETY: AVX-512 F guaranteed by the caller.
         unsafe { _mm512_max_ps(self, other) }
+    }
+    #[inline(always)]
+    unsafe fn min(self, other: Self) -> Self {
+        // SAFETY: AVX-512 F guaranteed by the caller.
+        unsafe { _mm512_min_ps(self, other) }
+    }
+    #[inline(always)]
+    unsafe fn round_even(self) -> Self {
+        // SAFETY: AVX-512 F guaranteed by the caller.
+        unsafe { _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(self) }
+    }
+    #[inline(always)]
+    unsafe fn pow2(self) -> Self {
+        // SAFETY: AVX-512 F guaranteed by the caller.
+        unsafe {
+            let n = _mm512_add_epi32(_mm512_cvtps_epi32(self), _mm512_set1_epi32(127));
+            _mm512_castsi512_ps(_mm512_slli_epi32::<23>(n))
+        }
     }
     #[inline(always)]
     unsafe fn select(m: __mmask16, yes: Self, no: Self) -> Self {

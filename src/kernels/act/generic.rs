@@ -1,0 +1,69 @@
+//! The activation kernels written once over [`F32Vector`]: `exp` (every ISA's, the AVX2 and
+//! AVX-512 kernels included) and the element-wise loops of the ISAs without hand-written
+//! ones (NEON), whose tails run the scalar twin.
+//!
+//! Every function is `#[inline(always)]` and `unsafe` only for the CPU features of its
+//! vector type; the `#[target_feature]` functions of `avx2.rs`, `avx512.rs` and `neon.rs`
+//! are where it is compiled. Slice accesses are bounds-checked.
+
+use super::scalar::{self, EXP_HI, EXP_LO, EXP_POLY, LN2_HI, LN2_LO, LOG2E};
+use crate::kernels::simd::F32Vector;
+
+/// `scalar::exp` on every lane: the same clamps, the same FMA chain, `2^n` from the
+/// exponent bits, `+0` below [`EXP_LO`].
+///
+/// # Safety
+/// The CPU must have `V`'s features.
+#[inline(always)]
+pub(crate) unsafe fn exp<V: F32Vector>(x: V) -> V {
+    // SAFETY: `V`'s features (caller).
+    unsafe {
+        let xc = V::splat(EXP_HI).min(V::splat(EXP_LO).max(x));
+        let n = xc.mul(V::splat(LOG2E)).round_even();
+        let r = n.mul_add(V::splat(-LN2_HI), xc);
+        let r = n.mul_add(V::splat(-LN2_LO), r);
+        let mut p = V::splat(EXP_POLY[0]);
+        for c in &EXP_POLY[1..] {
+            p = p.mul_add(r, V::splat(*c));
+        }
+        let y = p.mul_add(r.mul(r), r).add(V::splat(1.0));
+        let e = y.mul(n.pow2());
+        V::select(x.lt(V::splat(EXP_LO)), V::splat(0.0), e)
+    }
+}
+
+/// See [`super::exp_in_place`]: whole vectors through [`exp`], the tail through the
+/// scalar twin.
+///
+/// # Safety
+/// The CPU must have `V`'s features.
+#[inline(always)]
+pub(crate) unsafe fn exp_in_place<V: F32Vector>(x: &mut [f32]) {
+    let full = x.len() / V::LANES * V::LANES;
+    for i in (0..full).step_by(V::LANES) {
+        // SAFETY: `V`'s features (caller).
+        unsafe { exp(V::load(x, i)).store(x, i) };
+    }
+    for v in &mut x[full..] {
+        *v = scalar::exp(*v);
+    }
+}
+
+/// See [`super::silu_mul_in_place`] (`scalar::silu_mul` per element); lengths already
+/// checked by the caller.
+///
+/// # Safety
+/// The CPU must have `V`'s features.
+#[inline(always)]
+pub(crate) unsafe fn silu_mul_in_place<V: F32Vector>(gate: &mut [f32], up: &[f32]) {
+    let full = gate.len() / V::LANES * V::LANES;
+    for i in (0..full).step_by(V::LANES) {
+        // SAFETY: `V`'s features (caller).
+        unsafe {
+            let (g, u) = (V::load(gate, i), V::load(up, i));
+            let e = exp(V::splat(0.0).sub(g));
+            g.div(V::splat(1.0).add(e)).mul(u).store(gate, i);
+        }
+    }
+    scalar::silu_mul_in_place(&mut gate[full..], &up[full..]);
+}

@@ -1,0 +1,238 @@
+//! [`F32Vector`] for aarch64 NEON's `float32x4_t` (4 lanes).
+//!
+//! NEON's own rules differ from the x86 ones the trait states in four places, and each is
+//! spelled out here so the generic algorithms give their scalar twins' bits: `fmax`
+//! returns NaN where `maxps` returns its second operand (so [`F32Vector::max`] and
+//! [`F32Vector::min`] are a compare and a select), `fcvtzs` saturates where `cvttps2dq`
+//! gives `i32::MIN` (so [`F32Vector::trunc_i32`] masks), `fcmeq`'s complement is true on
+//! NaN (so [`F32Vector::ne`] is `<` or `>`), and there is no lane movemask (so
+//! [`F32Vector::mask_bits`] adds lane weights). The f16 conversions are the base-ISA
+//! `fcvtl`/`fcvtn` instructions in `asm!`: Rust's NEON f16 intrinsics are not stable.
+
+use core::arch::aarch64::*;
+use core::arch::asm;
+
+use super::F32Vector;
+
+/// NEON: 4 lanes. Every instruction used is in the aarch64 base Advanced SIMD set.
+impl F32Vector for float32x4_t {
+    const LANES: usize = 4;
+    type I32 = int32x4_t;
+    /// All-ones or all-zeros lanes (`fcmgt` and friends).
+    type Mask = uint32x4_t;
+
+    #[inline(always)]
+    unsafe fn splat(v: f32) -> Self {
+        // SAFETY: NEON guaranteed by the caller.
+        unsafe { vdupq_n_f32(v) }
+    }
+    #[inline(always)]
+    unsafe fn load(x: &[f32], i: usize) -> Self {
+        let v: &[f32; 4] = x[i..i + 4].try_into().expect("4 values");
+        // SAFETY: `v` is 4 readable f32 (16 bytes); `ld1` has no alignment requirement.
+        unsafe { vld1q_f32(v.as_ptr()) }
+    }
+    #[inline(always)]
+    unsafe fn store(self, out: &mut [f32], i: usize) {
+        let dst: &mut [f32; 4] = (&mut out[i..i + 4]).try_into().expect("4 values");
+        // SAFETY: `dst` is 4 writable f32 (16 bytes); `st1` has no alignment requirement.
+        unsafe { vst1q_f32(dst.as_mut_ptr(), self) }
+    }
+    #[inline(always)]
+    unsafe fn load_i8(q: &[i8], i: usize) -> Self {
+        let src: &[i8; 4] = q[i..i + 4].try_into().expect("4 bytes");
+        let word = u32::from_le_bytes(src.map(|b| b as u8));
+        // SAFETY: register-only operations; NEON guaranteed by the caller.
+        unsafe {
+            let w = vmovl_s8(vcreate_s8(u64::from(word)));
+            vcvtq_f32_s32(vmovl_s16(vget_low_s16(w)))
+        }
+    }
+    #[inline(always)]
+    unsafe fn load_f16(h: &[u16], i: usize) -> Self {
+        let src: &[u16; 4] = h[i..i + 4].try_into().expect("4 halves");
+        // SAFETY: `src` is 4 readable u16 (8 bytes); `ld1` has no alignment requirement.
+        // `fcvtl` is a register-only base NEON instruction.
+        unsafe {
+            let v = vld1_u16(src.as_ptr());
+            let out: float32x4_t;
+            asm!("fcvtl {out:v}.4s, {v:v}.4h", v = in(vreg) v, out = lateout(vreg) out,
+                options(pure, nomem, nostack, preserves_flags));
+            out
+        }
+    }
+    #[inline(always)]
+    unsafe fn store_f16(self, out: &mut [u16], i: usize) {
+        let dst: &mut [u16; 4] = (&mut out[i..i + 4]).try_into().expect("4 halves");
+        // SAFETY: `dst` is 4 writable u16 (8 bytes); `st1` has no alignment requirement.
+        // `fcvtn` is a register-only base NEON instruction; it rounds by FPCR, which Rust
+        // code runs with at round-to-nearest-even.
+        unsafe {
+            let h: uint16x4_t;
+            asm!("fcvtn {h:v}.4h, {v:v}.4s", v = in(vreg) self, h = lateout(vreg) h,
+                options(pure, nomem, nostack, preserves_flags));
+            vst1_u16(dst.as_mut_ptr(), h)
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn abs(self) -> Self {
+        // SAFETY: NEON guaranteed by the caller.
+        unsafe { bits(vandq_u32(lanes(self), vdupq_n_u32(0x7fff_ffff))) }
+    }
+    #[inline(always)]
+    unsafe fn sign(self) -> Self {
+        // SAFETY: NEON guaranteed by the caller.
+        unsafe { bits(vandq_u32(lanes(self), vdupq_n_u32(0x8000_0000))) }
+    }
+    #[inline(always)]
+    unsafe fn or(self, other: Self) -> Self {
+        // SAFETY: NEON guaranteed by the caller.
+        unsafe { bits(vorrq_u32(lanes(self), lanes(other))) }
+    }
+    #[inline(always)]
+    unsafe fn max_bits(self, other: Self) -> Self {
+        // SAFETY: NEON guaranteed by the caller.
+        unsafe {
+            let m = vmaxq_s32(vreinterpretq_s32_f32(self), vreinterpretq_s32_f32(other));
+            vreinterpretq_f32_s32(m)
+        }
+    }
+    #[inline(always)]
+    unsafe fn reduce_max_bits(self) -> u32 {
+        // SAFETY: NEON guaranteed by the caller.
+        unsafe { vmaxvq_s32(vreinterpretq_s32_f32(self)) as u32 }
+    }
+
+    #[inline(always)]
+    unsafe fn add(self, other: Self) -> Self {
+        // SAFETY: NEON guaranteed by the caller.
+        unsafe { vaddq_f32(self, other) }
+    }
+    #[inline(always)]
+    unsafe fn mul(self, other: Self) -> Self {
+        // SAFETY: NEON guaranteed by the caller.
+        unsafe { vmulq_f32(self, other) }
+    }
+    #[inline(always)]
+    unsafe fn div(self, other: Self) -> Self {
+        // SAFETY: NEON guaranteed by the caller.
+        unsafe { vdivq_f32(self, other) }
+    }
+    #[inline(always)]
+    unsafe fn sub(self, other: Self) -> Self {
+        // SAFETY: NEON guaranteed by the caller.
+        unsafe { vsubq_f32(self, other) }
+    }
+    #[inline(always)]
+    unsafe fn mul_add(self, a: Self, b: Self) -> Self {
+        // SAFETY: NEON guaranteed by the caller.
+        unsafe { vfmaq_f32(b, self, a) }
+    }
+    #[inline(always)]
+    unsafe fn max(self, other: Self) -> Self {
+        // SAFETY: NEON guaranteed by the caller.
+        unsafe { vbslq_f32(vcgtq_f32(self, other), self, other) }
+    }
+    #[inline(always)]
+    unsafe fn min(self, other: Self) -> Self {
+        // SAFETY: NEON guaranteed by the caller.
+        unsafe { vbslq_f32(vcltq_f32(self, other), self, other) }
+    }
+    #[inline(always)]
+    unsafe fn round_even(self) -> Self {
+        // SAFETY: NEON guaranteed by the caller.
+        unsafe { vrndnq_f32(self) }
+    }
+    #[inline(always)]
+    unsafe fn pow2(self) -> Self {
+        // SAFETY: NEON guaranteed by the caller.
+        unsafe {
+            let n = vaddq_s32(vcvtnq_s32_f32(self), vdupq_n_s32(127));
+            vreinterpretq_f32_s32(vshlq_n_s32::<23>(n))
+        }
+    }
+    #[inline(always)]
+    unsafe fn select(m: uint32x4_t, yes: Self, no: Self) -> Self {
+        // SAFETY: NEON guaranteed by the caller.
+        unsafe { vbslq_f32(m, yes, no) }
+    }
+    #[inline(always)]
+    unsafe fn trunc_i32(self) -> int32x4_t {
+        // SAFETY: NEON guaranteed by the caller.
+        unsafe {
+            let t = vcvtq_s32_f32(self);
+            let in_range = vcltq_f32(vabsq_f32(self), vdupq_n_f32(2_147_483_648.0));
+            vbslq_s32(in_range, t, vdupq_n_s32(i32::MIN))
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn ne(self, other: Self) -> uint32x4_t {
+        // SAFETY: NEON guaranteed by the caller.
+        unsafe { vorrq_u32(vcltq_f32(self, other), vcgtq_f32(self, other)) }
+    }
+    #[inline(always)]
+    unsafe fn lt(self, other: Self) -> uint32x4_t {
+        // SAFETY: NEON guaranteed by the caller.
+        unsafe { vcltq_f32(self, other) }
+    }
+    #[inline(always)]
+    unsafe fn zero_unless(self, m: uint32x4_t) -> Self {
+        // SAFETY: NEON guaranteed by the caller.
+        unsafe { bits(vandq_u32(lanes(self), m)) }
+    }
+    #[inline(always)]
+    unsafe fn mask_bits(m: uint32x4_t) -> u32 {
+        const WEIGHTS: [u32; 4] = [1, 2, 4, 8];
+        // SAFETY: `WEIGHTS` is 4 readable u32; NEON guaranteed by the caller.
+        unsafe { vaddvq_u32(vandq_u32(m, vld1q_u32(WEIGHTS.as_ptr()))) }
+    }
+
+    #[inline(always)]
+    unsafe fn store_i8(v: int32x4_t, out: &mut [i8], i: usize) {
+        let dst: &mut [i8; 4] = (&mut out[i..i + 4]).try_into().expect("4 bytes");
+        // SAFETY: register-only operations; NEON guaranteed by the caller. The saturating
+        // narrowings (`sqxtn`) are exact for the values allowed.
+        let word = unsafe {
+            let h = vqmovn_s32(v);
+            let b = vqmovn_s16(vcombine_s16(h, h));
+            vget_lane_u32::<0>(vreinterpret_u32_s8(b))
+        };
+        *dst = word.to_le_bytes().map(|b| b as i8);
+    }
+    #[inline(always)]
+    unsafe fn store_i8x4(v: [int32x4_t; 4], out: &mut [i8], i: usize) {
+        let dst: &mut [i8; 16] = (&mut out[i..i + 16]).try_into().expect("16 bytes");
+        // SAFETY: `dst` is 16 writable bytes; `st1` has no alignment requirement. NEON
+        // guaranteed by the caller.
+        unsafe {
+            let lo = vcombine_s16(vqmovn_s32(v[0]), vqmovn_s32(v[1]));
+            let hi = vcombine_s16(vqmovn_s32(v[2]), vqmovn_s32(v[3]));
+            vst1q_s8(
+                dst.as_mut_ptr(),
+                vcombine_s8(vqmovn_s16(lo), vqmovn_s16(hi)),
+            )
+        }
+    }
+}
+
+/// The lanes' bit patterns.
+///
+/// # Safety
+/// NEON must be available.
+#[inline(always)]
+unsafe fn lanes(v: float32x4_t) -> uint32x4_t {
+    // SAFETY: NEON guaranteed by the caller.
+    unsafe { vreinterpretq_u32_f32(v) }
+}
+
+/// Bit patterns as f32 lanes.
+///
+/// # Safety
+/// NEON must be available.
+#[inline(always)]
+unsafe fn bits(v: uint32x4_t) -> float32x4_t {
+    // SAFETY: NEON guaranteed by the caller.
+    unsafe { vreinterpretq_f32_u32(v) }
+}
