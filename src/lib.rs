@@ -43,9 +43,10 @@
 //! - GPUs: everything runs on candle's CPU device.
 //! - Training with quantized weights (no quantization-aware training, no gradients through
 //!   [`QuantLinear`]).
-//! - aarch64 beyond the GEMM: the W8A8/W4A8 kernels and their row quantization have NEON
-//!   versions; the blockwise quantizers and the half conversions run their scalar
-//!   kernels there.
+//! - NEON versions of the row softmax, the row attention and the half conversions: on
+//!   aarch64 these run their scalar kernels (the W8A8/W4A8 kernels and their row
+//!   quantization, the blockwise quantizers and decoders, `exp`, SwiGLU and the blocked
+//!   attention have NEON versions).
 //!
 //! # Errors and input policy
 //!
