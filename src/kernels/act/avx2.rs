@@ -5,7 +5,6 @@
 
 use core::arch::x86_64::*;
 
-use super::blocked::{self, Block, Scratch};
 use super::generic;
 use super::scalar::AttendRow;
 use crate::kernels::detect::Avx2;
@@ -13,34 +12,12 @@ use crate::kernels::detect::Avx2;
 /// f32 lanes per vector; two vectors make `scalar::LANES`.
 const LANES: usize = 8;
 
-/// See [`super::silu_mul_in_place`]; lengths already checked by the caller.
-pub(crate) fn silu_mul_in_place(_cpu: Avx2, gate: &mut [f32], up: &[f32]) {
-    debug_assert_eq!(gate.len(), up.len());
-    // SAFETY: holding an `Avx2` token proves AVX2 and FMA; the lengths are equal.
-    unsafe { silu_mul_steps(gate, up) }
-}
-
 /// See [`super::scalar::softmax_row`]; `len <= row.len()` checked by the caller.
 pub(crate) fn softmax_row(_cpu: Avx2, row: &mut [f32], len: usize, scale: f32) -> f32 {
     debug_assert!(len <= row.len());
-    // SAFETY: as in `silu_mul_in_place`; `len <= row.len()`.
+    // SAFETY: holding the token proves the features `softmax_steps` enables; `len <=
+    // row.len()`.
     unsafe { softmax_steps(row, len, scale) }
-}
-
-/// See [`super::exp_in_place`].
-pub(crate) fn exp_in_place(_cpu: Avx2, x: &mut [f32]) {
-    // SAFETY: holding the token proves the CPU features `exp_steps` enables.
-    unsafe { exp_steps(x) }
-}
-
-/// `generic::exp_in_place` on `__m256`.
-///
-/// # Safety
-/// The CPU must support avx2,fma.
-#[target_feature(enable = "avx2,fma")]
-unsafe fn exp_steps(x: &mut [f32]) {
-    // SAFETY: the enabled features cover `__m256`'s operations.
-    unsafe { generic::exp_in_place::<__m256>(x) }
 }
 
 /// All-ones in lanes `0..n` (`n <= 8`), zero elsewhere.
@@ -58,14 +35,6 @@ fn tail_mask(n: usize) -> __m256i {
 fn exp8(x: __m256) -> __m256 {
     // SAFETY: the enabled features cover `__m256`'s operations.
     unsafe { generic::exp::<__m256>(x) }
-}
-
-/// # Safety
-/// The CPU must support AVX2 and FMA; `gate.len() == up.len()`.
-#[target_feature(enable = "avx2,fma")]
-unsafe fn silu_mul_steps(gate: &mut [f32], up: &[f32]) {
-    // SAFETY: the enabled features cover `__m256`'s operations.
-    unsafe { generic::silu_mul_in_place::<__m256>(gate, up) }
 }
 
 /// Horizontal maximum of the 16 lanes `a ‖ b` by halves (`scalar::reduce`).
@@ -265,22 +234,6 @@ unsafe fn axpy_block<const N: usize>(
     }
 }
 
-/// See [`super::attend_blocked`] and `blocked.rs`; the caller guarantees the block's
-/// contract there (`d` a multiple of 8, at most 32 rows, limits below `2^24`).
-pub(crate) fn attend_block(
-    _cpu: Avx2,
-    b: &Block,
-    s: &mut Scratch,
-    out: &mut [f32],
-) -> Option<usize> {
-    // SAFETY: the token proves AVX2 and FMA.
-    unsafe { attend_block_steps(b, s, out) }
-}
-
-/// # Safety
-/// The CPU must support AVX2 and FMA.
-#[target_feature(enable = "avx2,fma")]
-unsafe fn attend_block_steps(b: &Block, s: &mut Scratch, out: &mut [f32]) -> Option<usize> {
-    // SAFETY: the features are enabled here.
-    unsafe { blocked::attend_block::<__m256>(b, s, out) }
-}
+// The `Avx2` token proves avx2,fma,f16c (`detect.rs`), which cover every `__m256` operation
+// of the generic kernels.
+generic::act_kernels!(Avx2, __m256, "avx2,fma,f16c");

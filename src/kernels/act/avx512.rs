@@ -4,7 +4,6 @@
 
 use core::arch::x86_64::*;
 
-use super::blocked::{self, Block, Scratch};
 use super::generic;
 use super::scalar::AttendRow;
 use crate::kernels::detect::Avx512Vnni;
@@ -12,35 +11,12 @@ use crate::kernels::detect::Avx512Vnni;
 /// f32 lanes per vector (equal to `scalar::LANES`).
 const LANES: usize = 16;
 
-/// See [`super::silu_mul_in_place`]; lengths already checked by the caller.
-pub(crate) fn silu_mul_in_place(_cpu: Avx512Vnni, gate: &mut [f32], up: &[f32]) {
-    debug_assert_eq!(gate.len(), up.len());
-    // SAFETY: holding an `Avx512Vnni` token proves AVX-512F (and AVX2/FMA); the lengths
-    // are equal.
-    unsafe { silu_mul_steps(gate, up) }
-}
-
 /// See [`super::scalar::softmax_row`]; `len <= row.len()` checked by the caller.
 pub(crate) fn softmax_row(_cpu: Avx512Vnni, row: &mut [f32], len: usize, scale: f32) -> f32 {
     debug_assert!(len <= row.len());
-    // SAFETY: as in `silu_mul_in_place`; `len <= row.len()`.
+    // SAFETY: holding the token proves the features `softmax_steps` enables; `len <=
+    // row.len()`.
     unsafe { softmax_steps(row, len, scale) }
-}
-
-/// See [`super::exp_in_place`].
-pub(crate) fn exp_in_place(_cpu: Avx512Vnni, x: &mut [f32]) {
-    // SAFETY: holding the token proves the CPU features `exp_steps` enables.
-    unsafe { exp_steps(x) }
-}
-
-/// `generic::exp_in_place` on `__m512`.
-///
-/// # Safety
-/// The CPU must support avx512f,fma.
-#[target_feature(enable = "avx512f,fma")]
-unsafe fn exp_steps(x: &mut [f32]) {
-    // SAFETY: the enabled features cover `__m512`'s operations.
-    unsafe { generic::exp_in_place::<__m512>(x) }
 }
 
 /// Lanes `0..n` of a mask (`n <= 16`).
@@ -55,14 +31,6 @@ fn tail_mask(n: usize) -> __mmask16 {
 fn exp16(x: __m512) -> __m512 {
     // SAFETY: the enabled features cover `__m512`'s operations.
     unsafe { generic::exp::<__m512>(x) }
-}
-
-/// # Safety
-/// The CPU must support AVX-512F and FMA; `gate.len() == up.len()`.
-#[target_feature(enable = "avx512f,fma")]
-unsafe fn silu_mul_steps(gate: &mut [f32], up: &[f32]) {
-    // SAFETY: the enabled features cover `__m512`'s operations.
-    unsafe { generic::silu_mul_in_place::<__m512>(gate, up) }
 }
 
 /// Horizontal maximum by halves (`scalar::reduce` with `max_op`): 16 → 8 → 4 → 2 → 1.
@@ -256,22 +224,6 @@ unsafe fn axpy_block<const N: usize>(
     }
 }
 
-/// See [`super::attend_blocked`] and `blocked.rs`; the caller guarantees the block's
-/// contract there (`d` a multiple of 16, at most 64 rows, limits below `2^24`).
-pub(crate) fn attend_block(
-    _cpu: Avx512Vnni,
-    b: &Block,
-    s: &mut Scratch,
-    out: &mut [f32],
-) -> Option<usize> {
-    // SAFETY: the token proves AVX-512 F/BW and FMA.
-    unsafe { attend_block_steps(b, s, out) }
-}
-
-/// # Safety
-/// The CPU must support AVX-512 F/BW and FMA.
-#[target_feature(enable = "avx512f,avx512bw,fma")]
-unsafe fn attend_block_steps(b: &Block, s: &mut Scratch, out: &mut [f32]) -> Option<usize> {
-    // SAFETY: the features are enabled here.
-    unsafe { blocked::attend_block::<__m512>(b, s, out) }
-}
+// The `Avx512Vnni` token proves avx512f,avx512bw,fma (`detect.rs`), which cover every `__m512` operation
+// of the generic kernels.
+generic::act_kernels!(Avx512Vnni, __m512, "avx512f,avx512bw,fma");

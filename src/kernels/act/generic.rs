@@ -67,3 +67,29 @@ pub(crate) unsafe fn silu_mul_in_place<V: F32Vector>(gate: &mut [f32], up: &[f32
     }
     scalar::silu_mul_in_place(&mut gate[full..], &up[full..]);
 }
+
+/// Emits one ISA's entry points of the generic activation kernels in the invoking module:
+/// `exp_in_place`, `silu_mul_in_place` and `attend_block` (`blocked.rs`), each a safe
+/// function taking the ISA's detection token around a `#[target_feature]` instantiation
+/// for `$vec`.
+///
+/// The invoking module vouches that holding `$token` proves every feature in `$feat`, and
+/// that `$feat` covers `$vec`'s [`F32Vector`] operations.
+macro_rules! act_kernels {
+    ($token:ty, $vec:ty, $feat:literal) => {
+        $crate::kernels::simd::target_feature_entries!($token, $feat;
+            /// See [`super::exp_in_place`].
+            exp_in_place(x: &mut [f32]) = super::generic::exp_in_place::<$vec>;
+            /// See [`super::silu_mul_in_place`]; lengths already checked by the caller.
+            silu_mul_in_place(gate: &mut [f32], up: &[f32])
+                = super::generic::silu_mul_in_place::<$vec>;
+            /// See [`super::attend_blocked`] and `blocked.rs`; the caller guarantees the
+            /// block's contract there (`d` a multiple of the lanes, at most four vectors
+            /// of rows, limits below `2^24`).
+            attend_block(b: &super::blocked::Block, s: &mut super::blocked::Scratch,
+                out: &mut [f32]) -> Option<usize>
+                = super::blocked::attend_block::<$vec>;
+        );
+    };
+}
+pub(super) use act_kernels;

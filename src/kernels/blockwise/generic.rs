@@ -393,41 +393,23 @@ pub(super) unsafe fn dequantize_affine<V: CodeVector>(
 /// that `$feat` covers `$vec`'s [`F32Vector`] and [`CodeVector`] operations.
 macro_rules! blockwise_kernels {
     ($token:ty, $vec:ty, $feat:literal) => {
-        $crate::kernels::blockwise::generic::blockwise_kernels!(@each $token, $feat;
+        $crate::kernels::simd::target_feature_entries!($token, $feat;
             /// See [`super::quantize_i8_blocks`]; lengths already checked by the caller.
             quantize_i8_blocks(x: &[f32], block: usize, q: &mut [i8], scales: &mut [::half::f16])
                 -> Result<(), usize>
-                = quantize::<$vec, { <$vec as $crate::kernels::simd::F32Vector>::LANES }>;
+                = super::generic::quantize::<$vec, { <$vec as $crate::kernels::simd::F32Vector>::LANES }>;
             /// See [`super::dequantize_i8_blocks`]; lengths already checked by the caller.
             dequantize_i8_blocks(q: &[i8], scales: &[::half::f16], block: usize, out: &mut [f32])
-                = dequantize::<$vec, { <$vec as $crate::kernels::simd::F32Vector>::LANES }>;
+                = super::generic::dequantize::<$vec, { <$vec as $crate::kernels::simd::F32Vector>::LANES }>;
             /// See [`super::dequantize_u4_lut`]; lengths already checked by the caller.
             dequantize_u4_lut(packed: &[u8], lut: &[f32; 16], scales: &[f32], group: usize,
                 out: &mut [f32])
-                = dequantize_u4::<$vec>;
+                = super::generic::dequantize_u4::<$vec>;
             /// See [`super::dequantize_affine`]; arguments already checked by the caller.
             dequantize_affine(codes: &[u8], bits: u8, zero_points: &[f32], scales: &[f32],
                 group: usize, out: &mut [f32])
-                = dequantize_affine::<$vec>;
+                = super::generic::dequantize_affine::<$vec>;
         );
     };
-    (@each $token:ty, $feat:literal; $(
-        $(#[$doc:meta])*
-        $name:ident($($arg:ident: $ty:ty),*) $(-> $ret:ty)? = $kernel:ident::<$($gen:tt),*>;
-    )*) => {$(
-        $(#[$doc])*
-        pub(crate) fn $name(_cpu: $token, $($arg: $ty),*) $(-> $ret)? {
-            /// # Safety
-            /// The CPU must have the enabled features; arguments as checked by the caller.
-            #[target_feature(enable = $feat)]
-            unsafe fn kernel($($arg: $ty),*) $(-> $ret)? {
-                // SAFETY: the enabled features cover the vector type's operations (see
-                // the macro).
-                unsafe { super::generic::$kernel::<$($gen),*>($($arg),*) }
-            }
-            // SAFETY: the token proves the features `kernel` enables (see the macro).
-            unsafe { kernel($($arg),*) }
-        }
-    )*};
 }
 pub(super) use blockwise_kernels;

@@ -209,6 +209,35 @@ pub(crate) trait F32Vector: Copy {
     }
 }
 
+/// Emits, in the invoking module, one safe entry point per listed kernel: a function
+/// taking the ISA's detection token (`$token`) and the kernel's arguments, around a
+/// `#[target_feature(enable = $feat)]` function that calls `$kernel` (a generic algorithm
+/// instantiated for the ISA's vector type, e.g. `super::generic::exp_in_place::<__m256>`).
+///
+/// The invoking module vouches that holding `$token` proves every feature in `$feat`, and
+/// that `$feat` covers the operations of the vector type the kernels are instantiated for.
+macro_rules! target_feature_entries {
+    ($token:ty, $feat:literal; $(
+        $(#[$doc:meta])*
+        $name:ident($($arg:ident: $ty:ty),*) $(-> $ret:ty)? = $kernel:path;
+    )*) => {$(
+        $(#[$doc])*
+        pub(crate) fn $name(_cpu: $token, $($arg: $ty),*) $(-> $ret)? {
+            /// # Safety
+            /// The CPU must have the enabled features; arguments as checked by the caller.
+            #[target_feature(enable = $feat)]
+            unsafe fn kernel($($arg: $ty),*) $(-> $ret)? {
+                // SAFETY: the enabled features cover the vector type's operations (see
+                // the macro).
+                unsafe { $kernel($($arg),*) }
+            }
+            // SAFETY: the token proves the features `kernel` enables (see the macro).
+            unsafe { kernel($($arg),*) }
+        }
+    )*};
+}
+pub(crate) use target_feature_entries;
+
 #[cfg(target_arch = "aarch64")]
 mod neon;
 #[cfg(target_arch = "x86_64")]
