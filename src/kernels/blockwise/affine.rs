@@ -2,10 +2,6 @@
 //! scale per group, computed in f64 (the formula of `quant::affine`).
 
 use super::checks::check_affine;
-#[cfg(target_arch = "aarch64")]
-use super::neon;
-#[cfg(target_arch = "x86_64")]
-use super::{avx2, avx512};
 use super::{kernel_isa, scalar, Kernels};
 use crate::kernels::detect::Isa;
 use crate::kernels::error::KernelError;
@@ -141,20 +137,6 @@ fn dequantize_affine_unchecked_on(
     group: usize,
     out: &mut [f32],
 ) -> Option<()> {
-    match Kernels::on(isa)? {
-        Kernels::Scalar => scalar::dequantize_affine(codes, bits, zero_points, scales, group, out),
-        #[cfg(target_arch = "x86_64")]
-        Kernels::Avx2(cpu) => {
-            avx2::dequantize_affine(cpu, codes, bits, zero_points, scales, group, out)
-        }
-        #[cfg(target_arch = "x86_64")]
-        Kernels::Avx512(cpu) => {
-            avx512::dequantize_affine(cpu, codes, bits, zero_points, scales, group, out)
-        }
-        #[cfg(target_arch = "aarch64")]
-        Kernels::Neon(cpu) => {
-            neon::dequantize_affine(cpu, codes, bits, zero_points, scales, group, out)
-        }
-    }
+    Kernels::on(isa)?.dequantize_affine(codes, bits, zero_points, scales, group, out);
     Some(())
 }

@@ -5,7 +5,6 @@
 use core::arch::x86_64::*;
 
 use super::generic::{blockwise_kernels, CodeVector};
-use crate::kernels::detect::Avx2;
 
 impl CodeVector for __m256 {
     /// Entries 0..8 and 8..16.
@@ -99,6 +98,6 @@ unsafe fn affine4(q: __m128i, m: __m256d, s: __m256d) -> __m128 {
     }
 }
 
-// An `Avx2` token proves AVX2 + FMA + F16C (`detect.rs`): every `__m256` operation above
-// and in `kernels::simd` needs only these.
-blockwise_kernels!(Avx2, __m256, "avx2,fma,f16c");
+// `Kernels::on` hands this table out with an `Avx2` token, which proves AVX2 + FMA + F16C
+// (`detect.rs`): every `__m256` operation above and in `kernels::simd` needs only these.
+blockwise_kernels!(__m256, "avx2,fma,f16c");

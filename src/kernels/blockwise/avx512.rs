@@ -6,7 +6,6 @@ use core::arch::x86_64::*;
 
 use super::avx2::nibbles;
 use super::generic::{blockwise_kernels, CodeVector};
-use crate::kernels::detect::Avx512Vnni;
 
 impl CodeVector for __m512 {
     /// The whole table in one register.
@@ -77,11 +76,8 @@ unsafe fn affine8(q: __m256i, m: __m512d, s: __m512d) -> __m256 {
     }
 }
 
-// An `Avx512Vnni` token proves AVX-512 F/BW/VL/VNNI and AVX2 + FMA + F16C (`detect.rs`);
-// the `__m512` operations above and in `kernels::simd` need F and BW only (VL and the
-// AVX2 features are enabled for the 128/256-bit helpers; VNNI is not used).
-blockwise_kernels!(
-    Avx512Vnni,
-    __m512,
-    "avx512f,avx512bw,avx512vl,avx2,fma,f16c"
-);
+// `Kernels::on` hands this table out with an `Avx512Vnni` token, which proves AVX-512
+// F/BW/VL/VNNI and AVX2 + FMA + F16C (`detect.rs`); the `__m512` operations above and in
+// `kernels::simd` need F and BW only (VL and the AVX2 features are enabled for the
+// 128/256-bit helpers; VNNI is not used).
+blockwise_kernels!(__m512, "avx512f,avx512bw,avx512vl,avx2,fma,f16c");

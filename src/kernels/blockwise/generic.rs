@@ -384,32 +384,89 @@ pub(super) unsafe fn dequantize_affine<V: CodeVector>(
     }
 }
 
-/// Emits one ISA's blockwise entry points in the invoking module: `quantize_i8_blocks`,
-/// `dequantize_i8_blocks`, `dequantize_u4_lut` and `dequantize_affine`, each a safe
-/// function taking the ISA's detection token (`$token`) around a `#[target_feature]`
-/// instantiation of this file's kernel for `$vec`.
+/// Emits one ISA's blockwise kernel table in the invoking module: `static TABLE:
+/// super::Table`, whose entries are `#[target_feature(enable = $feat)]` instantiations of
+/// this file's kernels for `$vec` (`quantize_i8_blocks`, `dequantize_i8_blocks`,
+/// `dequantize_u4_lut`, `dequantize_affine`; arguments as checked by the entry points).
 ///
-/// The invoking module vouches that holding `$token` proves every feature in `$feat`, and
-/// that `$feat` covers `$vec`'s [`F32Vector`] and [`CodeVector`] operations.
+/// The invoking module vouches that `$feat` covers `$vec`'s [`F32Vector`] and
+/// [`CodeVector`] operations, and `Kernels::on` hands the table out only on a CPU with
+/// `$feat`.
 macro_rules! blockwise_kernels {
-    ($token:ty, $vec:ty, $feat:literal) => {
-        $crate::kernels::simd::target_feature_entries!($token, $feat;
-            /// See [`super::quantize_i8_blocks`]; lengths already checked by the caller.
-            quantize_i8_blocks(x: &[f32], block: usize, q: &mut [i8], scales: &mut [::half::f16])
-                -> Result<(), usize>
-                = super::generic::quantize::<$vec, { <$vec as $crate::kernels::simd::F32Vector>::LANES }>;
-            /// See [`super::dequantize_i8_blocks`]; lengths already checked by the caller.
-            dequantize_i8_blocks(q: &[i8], scales: &[::half::f16], block: usize, out: &mut [f32])
-                = super::generic::dequantize::<$vec, { <$vec as $crate::kernels::simd::F32Vector>::LANES }>;
-            /// See [`super::dequantize_u4_lut`]; lengths already checked by the caller.
-            dequantize_u4_lut(packed: &[u8], lut: &[f32; 16], scales: &[f32], group: usize,
-                out: &mut [f32])
-                = super::generic::dequantize_u4::<$vec>;
-            /// See [`super::dequantize_affine`]; arguments already checked by the caller.
-            dequantize_affine(codes: &[u8], bits: u8, zero_points: &[f32], scales: &[f32],
-                group: usize, out: &mut [f32])
-                = super::generic::dequantize_affine::<$vec>;
-        );
+    ($vec:ty, $feat:literal) => {
+        /// # Safety
+        /// The CPU must have the enabled features.
+        #[target_feature(enable = $feat)]
+        unsafe fn quantize_i8_blocks(
+            x: &[f32],
+            block: usize,
+            q: &mut [i8],
+            scales: &mut [::half::f16],
+        ) -> Result<(), usize> {
+            const G: usize = <$vec as $crate::kernels::simd::F32Vector>::LANES;
+            // SAFETY: the enabled features cover the vector type's operations.
+            unsafe { super::generic::quantize::<$vec, G>(x, block, q, scales) }
+        }
+
+        /// # Safety
+        /// As `quantize_i8_blocks`.
+        #[target_feature(enable = $feat)]
+        unsafe fn dequantize_i8_blocks(
+            q: &[i8],
+            scales: &[::half::f16],
+            block: usize,
+            out: &mut [f32],
+        ) {
+            const G: usize = <$vec as $crate::kernels::simd::F32Vector>::LANES;
+            // SAFETY: the enabled features cover the vector type's operations.
+            unsafe { super::generic::dequantize::<$vec, G>(q, scales, block, out) }
+        }
+
+        /// # Safety
+        /// As `quantize_i8_blocks`.
+        #[target_feature(enable = $feat)]
+        unsafe fn dequantize_u4_lut(
+            packed: &[u8],
+            lut: &[f32; 16],
+            scales: &[f32],
+            group: usize,
+            out: &mut [f32],
+        ) {
+            // SAFETY: the enabled features cover the vector type's operations.
+            unsafe { super::generic::dequantize_u4::<$vec>(packed, lut, scales, group, out) }
+        }
+
+        /// # Safety
+        /// As `quantize_i8_blocks`.
+        #[target_feature(enable = $feat)]
+        unsafe fn dequantize_affine(
+            codes: &[u8],
+            bits: u8,
+            zero_points: &[f32],
+            scales: &[f32],
+            group: usize,
+            out: &mut [f32],
+        ) {
+            // SAFETY: the enabled features cover the vector type's operations.
+            unsafe {
+                super::generic::dequantize_affine::<$vec>(
+                    codes,
+                    bits,
+                    zero_points,
+                    scales,
+                    group,
+                    out,
+                )
+            }
+        }
+
+        /// This ISA's kernels (see `blockwise_kernels!`).
+        pub(super) static TABLE: super::Table = super::Table {
+            quantize_i8_blocks,
+            dequantize_i8_blocks,
+            dequantize_u4_lut,
+            dequantize_affine,
+        };
     };
 }
 pub(super) use blockwise_kernels;

@@ -5,10 +5,6 @@
 use half::f16;
 
 use super::checks::check_i8;
-#[cfg(target_arch = "aarch64")]
-use super::neon;
-#[cfg(target_arch = "x86_64")]
-use super::{avx2, avx512};
 use super::{kernel_isa, scalar, Kernels};
 use crate::kernels::detect::Isa;
 use crate::kernels::error::KernelError;
@@ -175,15 +171,7 @@ fn quantize_unchecked_on(
     q: &mut [i8],
     scales: &mut [f16],
 ) -> Option<Result<(), usize>> {
-    Some(match Kernels::on(isa)? {
-        Kernels::Scalar => scalar::quantize_i8_blocks(x, block, q, scales),
-        #[cfg(target_arch = "x86_64")]
-        Kernels::Avx2(cpu) => avx2::quantize_i8_blocks(cpu, x, block, q, scales),
-        #[cfg(target_arch = "x86_64")]
-        Kernels::Avx512(cpu) => avx512::quantize_i8_blocks(cpu, x, block, q, scales),
-        #[cfg(target_arch = "aarch64")]
-        Kernels::Neon(cpu) => neon::quantize_i8_blocks(cpu, x, block, q, scales),
-    })
+    Some(Kernels::on(isa)?.quantize_i8_blocks(x, block, q, scales))
 }
 
 fn dequantize_unchecked_on(
@@ -193,14 +181,6 @@ fn dequantize_unchecked_on(
     block: usize,
     out: &mut [f32],
 ) -> Option<()> {
-    match Kernels::on(isa)? {
-        Kernels::Scalar => scalar::dequantize_i8_blocks(q, scales, block, out),
-        #[cfg(target_arch = "x86_64")]
-        Kernels::Avx2(cpu) => avx2::dequantize_i8_blocks(cpu, q, scales, block, out),
-        #[cfg(target_arch = "x86_64")]
-        Kernels::Avx512(cpu) => avx512::dequantize_i8_blocks(cpu, q, scales, block, out),
-        #[cfg(target_arch = "aarch64")]
-        Kernels::Neon(cpu) => neon::dequantize_i8_blocks(cpu, q, scales, block, out),
-    }
+    Kernels::on(isa)?.dequantize_i8_blocks(q, scales, block, out);
     Some(())
 }

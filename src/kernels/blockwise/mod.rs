@@ -35,6 +35,8 @@
 
 #[cfg(target_arch = "aarch64")]
 use super::detect::Neon;
+use half::f16;
+
 use super::detect::{active_isa, Isa};
 #[cfg(target_arch = "x86_64")]
 use super::detect::{Avx2, Avx512Vnni, AvxVnni};
@@ -74,33 +76,98 @@ pub fn kernel_isa() -> Isa {
     }
 }
 
-/// The kernel family an [`Isa`] runs, holding the detection token that allows it.
-#[derive(Clone, Copy)]
-enum Kernels {
-    Scalar,
-    #[cfg(target_arch = "x86_64")]
-    Avx2(Avx2),
-    #[cfg(target_arch = "x86_64")]
-    Avx512(Avx512Vnni),
-    #[cfg(target_arch = "aarch64")]
-    Neon(Neon),
+/// One ISA's blockwise kernels: each SIMD module's `TABLE` (emitted by
+/// `blockwise_kernels!`: its `#[target_feature]` functions) and [`SCALAR`]. Calling a SIMD
+/// entry is sound only on a CPU with the table's features, so tables are reached only
+/// through [`Kernels::on`], which detects them first.
+struct Table {
+    quantize_i8_blocks: QuantizeI8,
+    dequantize_i8_blocks: DequantizeI8,
+    dequantize_u4_lut: DequantizeU4Lut,
+    dequantize_affine: DequantizeAffine,
 }
+
+/// `(x, block, q, scales)`: see [`quantize_i8_blocks`].
+type QuantizeI8 = unsafe fn(&[f32], usize, &mut [i8], &mut [f16]) -> Result<(), usize>;
+/// `(q, scales, block, out)`: see [`dequantize_i8_blocks`].
+type DequantizeI8 = unsafe fn(&[i8], &[f16], usize, &mut [f32]);
+/// `(packed, lut, scales, group, out)`: see [`dequantize_u4_lut`].
+type DequantizeU4Lut = unsafe fn(&[u8], &[f32; 16], &[f32], usize, &mut [f32]);
+/// `(codes, bits, zero_points, scales, group, out)`: see [`dequantize_affine`].
+type DequantizeAffine = unsafe fn(&[u8], u8, &[f32], &[f32], usize, &mut [f32]);
+
+/// The scalar kernels (the definition of correct), on every CPU.
+static SCALAR: Table = Table {
+    quantize_i8_blocks: scalar::quantize_i8_blocks,
+    dequantize_i8_blocks: scalar::dequantize_i8_blocks,
+    dequantize_u4_lut: scalar::dequantize_u4_lut,
+    dequantize_affine: scalar::dequantize_affine,
+};
+
+/// The table of an ISA this CPU has: the proof that its entries may run (only
+/// [`Kernels::on`] makes one). Its methods are the kernels, arguments already checked by
+/// the entry points (the kernels rely on the rules of `checks.rs`).
+#[derive(Clone, Copy)]
+struct Kernels(&'static Table);
 
 impl Kernels {
     /// The kernels of `isa`, or `None` when this CPU lacks it or there are none for it
-    /// (AMX). AVX-VNNI CPUs run the AVX2 kernels: these use no VNNI instruction.
+    /// (AMX). AVX-VNNI CPUs run the AVX2 kernels: these use no VNNI instruction. The one
+    /// place with the per-ISA (and per-architecture) choice of the blockwise kernels.
     fn on(isa: Isa) -> Option<Kernels> {
-        match isa {
-            Isa::Scalar => Some(Kernels::Scalar),
+        let table = match isa {
+            Isa::Scalar => Some(&SCALAR),
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 => Avx2::detect().map(Kernels::Avx2),
+            Isa::Avx2 => Avx2::detect().map(|_| &avx2::TABLE),
             #[cfg(target_arch = "x86_64")]
-            Isa::AvxVnni => AvxVnni::detect().and(Avx2::detect()).map(Kernels::Avx2),
+            Isa::AvxVnni => AvxVnni::detect().and(Avx2::detect()).map(|_| &avx2::TABLE),
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx512Vnni => Avx512Vnni::detect().map(Kernels::Avx512),
+            Isa::Avx512Vnni => Avx512Vnni::detect().map(|_| &avx512::TABLE),
             #[cfg(target_arch = "aarch64")]
-            Isa::Neon => Neon::detect().map(Kernels::Neon),
+            Isa::Neon => Neon::detect().map(|_| &neon::TABLE),
             _ => None,
-        }
+        };
+        table.map(Kernels)
+    }
+
+    fn quantize_i8_blocks(
+        self,
+        x: &[f32],
+        block: usize,
+        q: &mut [i8],
+        scales: &mut [f16],
+    ) -> Result<(), usize> {
+        // SAFETY: `on` made `self` only after detecting the table's features.
+        unsafe { (self.0.quantize_i8_blocks)(x, block, q, scales) }
+    }
+
+    fn dequantize_i8_blocks(self, q: &[i8], scales: &[f16], block: usize, out: &mut [f32]) {
+        // SAFETY: as in `quantize_i8_blocks`.
+        unsafe { (self.0.dequantize_i8_blocks)(q, scales, block, out) }
+    }
+
+    fn dequantize_u4_lut(
+        self,
+        packed: &[u8],
+        lut: &[f32; 16],
+        scales: &[f32],
+        group: usize,
+        out: &mut [f32],
+    ) {
+        // SAFETY: as in `quantize_i8_blocks`.
+        unsafe { (self.0.dequantize_u4_lut)(packed, lut, scales, group, out) }
+    }
+
+    fn dequantize_affine(
+        self,
+        codes: &[u8],
+        bits: u8,
+        zero_points: &[f32],
+        scales: &[f32],
+        group: usize,
+        out: &mut [f32],
+    ) {
+        // SAFETY: as in `quantize_i8_blocks`.
+        unsafe { (self.0.dequantize_affine)(codes, bits, zero_points, scales, group, out) }
     }
 }

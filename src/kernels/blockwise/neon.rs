@@ -5,7 +5,6 @@
 use core::arch::aarch64::*;
 
 use super::generic::{blockwise_kernels, CodeVector};
-use crate::kernels::detect::Neon;
 
 impl CodeVector for float32x4_t {
     /// The table's 64 bytes in four registers.
@@ -102,6 +101,6 @@ unsafe fn affine2(q: int32x2_t, m: float64x2_t, s: float64x2_t) -> float32x2_t {
     }
 }
 
-// A `Neon` token proves Advanced SIMD, which every operation above and in `kernels::simd`
-// needs (and nothing more).
-blockwise_kernels!(Neon, float32x4_t, "neon");
+// `Kernels::on` hands this table out with a `Neon` token, which proves Advanced SIMD:
+// every operation above and in `kernels::simd` needs only that.
+blockwise_kernels!(float32x4_t, "neon");

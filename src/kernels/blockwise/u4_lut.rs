@@ -2,10 +2,6 @@
 //! `q + 8`): two codes per byte through a 16-entry table, one f32 scale per group.
 
 use super::checks::check_u4;
-#[cfg(target_arch = "aarch64")]
-use super::neon;
-#[cfg(target_arch = "x86_64")]
-use super::{avx2, avx512};
 use super::{kernel_isa, scalar, Kernels};
 use crate::kernels::detect::Isa;
 use crate::kernels::error::KernelError;
@@ -125,14 +121,6 @@ fn dequantize_u4_unchecked_on(
     group: usize,
     out: &mut [f32],
 ) -> Option<()> {
-    match Kernels::on(isa)? {
-        Kernels::Scalar => scalar::dequantize_u4_lut(packed, lut, scales, group, out),
-        #[cfg(target_arch = "x86_64")]
-        Kernels::Avx2(cpu) => avx2::dequantize_u4_lut(cpu, packed, lut, scales, group, out),
-        #[cfg(target_arch = "x86_64")]
-        Kernels::Avx512(cpu) => avx512::dequantize_u4_lut(cpu, packed, lut, scales, group, out),
-        #[cfg(target_arch = "aarch64")]
-        Kernels::Neon(cpu) => neon::dequantize_u4_lut(cpu, packed, lut, scales, group, out),
-    }
+    Kernels::on(isa)?.dequantize_u4_lut(packed, lut, scales, group, out);
     Some(())
 }
