@@ -413,14 +413,15 @@ struct Attention<'a> {
 }
 
 /// The entry path of both attention kernels: checks the arguments (whether or not the
-/// CPU has `isa`), then runs `run` on `isa` (`None`: this process's [`kernel_isa`]);
-/// `Ok(None)`, nothing written, when the CPU lacks a requested `isa`.
+/// CPU has `isa`), then runs `run` on `isa` (`None`: this process's [`kernel_isa`]) and
+/// turns the first non-finite row it reports into [`KernelError::NonFinite`]; `Ok(None)`,
+/// nothing written, when the CPU lacks a requested `isa`.
 fn attend_entry(
     op: &'static str,
     isa: Option<Isa>,
     a: &Attention,
     out: &mut [f32],
-    run: fn(&'static str, Isa, &Attention, &mut [f32]) -> Result<(), KernelError>,
+    run: fn(Isa, &Attention, &mut [f32]) -> Option<usize>,
 ) -> Result<Option<()>, KernelError> {
     check_attend(op, a, out)?;
     let isa = match isa {
@@ -428,7 +429,14 @@ fn attend_entry(
         Some(isa) if available(isa) => isa,
         Some(_) => return Ok(None),
     };
-    run(op, isa, a, out).map(Some)
+    match run(isa, a, out) {
+        None => Ok(Some(())),
+        Some(r) => Err(KernelError::NonFinite {
+            op,
+            what: "attention score (from a NaN or infinite input, or beyond the f32 range) in the row starting",
+            index: r * a.d,
+        }),
+    }
 }
 
 /// Query rows per block of [`attend_blocked`] on `isa`: four vectors of lanes.
@@ -492,16 +500,11 @@ fn attend_block(
 
 /// Runs the blocks of [`attend_blocked`] (arguments checked): each KV head's rows in
 /// blocks of [`block_rows`], the blocks shared between rayon's threads when the work is
-/// at least [`PAR_CHUNK`] multiply-adds per thread; reports the first non-finite row.
-fn run_blocked(
-    op: &'static str,
-    isa: Isa,
-    a: &Attention,
-    out: &mut [f32],
-) -> Result<(), KernelError> {
+/// at least [`PAR_CHUNK`] multiply-adds per thread; returns the first non-finite row.
+fn run_blocked(isa: Isa, a: &Attention, out: &mut [f32]) -> Option<usize> {
     let (rows, d) = (a.limits.len(), a.d);
     if rows == 0 {
-        return Ok(());
+        return None;
     }
     let per_head = rows / a.kv.heads;
     let width = block_rows(isa);
@@ -529,7 +532,7 @@ fn run_blocked(
         attend_block(isa, &b, scratch, ob).map(|r| r0 + r)
     };
     let work = a.limits.iter().sum::<usize>().saturating_mul(2 * d);
-    let bad = if work < 2 * PAR_CHUNK || rayon::current_num_threads() < 2 || blocks.len() < 2 {
+    if work < 2 * PAR_CHUNK || rayon::current_num_threads() < 2 || blocks.len() < 2 {
         let mut scratch = Default::default();
         blocks
             .into_iter()
@@ -541,14 +544,6 @@ fn run_blocked(
             .map_init(Default::default, one)
             .flatten()
             .min()
-    };
-    match bad {
-        None => Ok(()),
-        Some(r) => Err(KernelError::NonFinite {
-            op,
-            what: "attention score (from a NaN or infinite input, or beyond the f32 range) in the row starting",
-            index: r * d,
-        }),
     }
 }
 
@@ -622,13 +617,8 @@ fn attend_row(isa: Isa, a: &scalar::AttendRow, scores: &mut [f32], out: &mut [f3
 }
 
 /// Runs the rows of [`attend_rows`] (arguments checked), in parallel when the work is
-/// at least [`PAR_CHUNK`] multiply-adds per thread; reports the first non-finite row.
-fn run_attend(
-    op: &'static str,
-    isa: Isa,
-    a: &Attention,
-    out: &mut [f32],
-) -> Result<(), KernelError> {
+/// at least [`PAR_CHUNK`] multiply-adds per thread; returns the first non-finite row.
+fn run_attend(isa: Isa, a: &Attention, out: &mut [f32]) -> Option<usize> {
     let Attention {
         q,
         d,
@@ -640,7 +630,7 @@ fn run_attend(
     } = *a;
     let rows = limits.len();
     if rows == 0 {
-        return Ok(());
+        return None;
     }
     let per_head = rows / kv.heads;
     let one = |r: usize, o: &mut [f32], scores: &mut Vec<f32>| -> Option<usize> {
@@ -659,7 +649,7 @@ fn run_attend(
         (!sum.is_finite()).then_some(r)
     };
     let work = limits.iter().sum::<usize>().saturating_mul(2 * d);
-    let bad = if work < 2 * PAR_CHUNK || rayon::current_num_threads() < 2 {
+    if work < 2 * PAR_CHUNK || rayon::current_num_threads() < 2 {
         let mut scores = Vec::new();
         out.chunks_mut(d)
             .enumerate()
@@ -671,14 +661,6 @@ fn run_attend(
             .map_init(Vec::new, |scores, (r, o)| one(r, o, scores))
             .flatten()
             .min()
-    };
-    match bad {
-        None => Ok(()),
-        Some(r) => Err(KernelError::NonFinite {
-            op,
-            what: "attention score (from a NaN or infinite input, or beyond the f32 range) in the row starting",
-            index: r * d,
-        }),
     }
 }
 
