@@ -40,14 +40,15 @@ pub(crate) fn print_table(command: &Command, report: &Value) -> std::io::Result<
         format!("[{}]", dims.join(", "))
     };
     let text = |v: &Value| v.as_str().map_or("-".to_string(), str::to_string);
+    // The name column: as wide as the longest tensor name, at least 6.
+    let width = tensors
+        .iter()
+        .map(|t| t["name"].as_str().map_or(0, str::len))
+        .max()
+        .unwrap_or(4)
+        .max(6);
     match command {
         Command::Quantize { .. } | Command::Inspect { .. } => {
-            let width = tensors
-                .iter()
-                .map(|t| t["name"].as_str().map_or(0, str::len))
-                .max()
-                .unwrap_or(4)
-                .max(6);
             let kind_key = if matches!(command, Command::Inspect { .. }) {
                 "kind"
             } else {
@@ -92,12 +93,6 @@ pub(crate) fn print_table(command: &Command, report: &Value) -> std::io::Result<
             }
         }
         Command::Eval { .. } => {
-            let width = tensors
-                .iter()
-                .map(|t| t["name"].as_str().map_or(0, str::len))
-                .max()
-                .unwrap_or(4)
-                .max(6);
             writeln!(
                 out,
                 "{:<width$}  {:>12}  {:>10}  {:>10}",
