@@ -57,7 +57,7 @@ use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use candle_compress::io::loader::{LoadQuantLinear, QuantLoader};
+use candle_compress::io::loader::{quant_linear, QuantLoader};
 use candle_compress::nn::awq::DEFAULT_AWQ_GRID;
 use candle_compress::nn::gptq::{GptqConfig, GroupScales, DEFAULT_SCALES};
 use candle_compress::nn::sequential::{quantize_sequential, LayerQuantizer, SequentialModel};
@@ -1375,10 +1375,10 @@ fn run(dir: &Path) -> AnyResult<()> {
     let loader = QuantLoader::quantize_on_load(&model_path, QuantConfig::w8a8())?;
     let loaded = Encoder::build(&weights, |i, k, _| {
         let (inp, out) = k.dims();
-        let q = QuantLinear::load(
-            &loader.pp(format!("encoder.layer.{i}.{}", k.path())),
+        let q = quant_linear(
             inp,
             out,
+            loader.pp(format!("encoder.layer.{i}.{}", k.path())),
         )?;
         let bytes = q.size_bytes();
         Ok((Box::new(q) as Box<dyn Module>, bytes))

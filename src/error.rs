@@ -164,9 +164,45 @@ pub enum Error {
         /// The shape (or count) it was computed from, formatted.
         shape: String,
     },
+
+    /// Another error, with the file (and tensor) it happened in put in front of its
+    /// message: what the file-to-file conversions of [`crate::convert`] return, so one
+    /// line says where. [`Error::root`] gives the error inside.
+    #[error("{what}: {source}")]
+    Within {
+        /// Where, e.g. `"model.safetensors: tensor fc1.weight"`.
+        what: String,
+        /// What went wrong there.
+        source: Box<Error>,
+    },
 }
 
 impl Error {
+    /// This error with `what` (a file, a tensor) put in front of its message, as
+    /// [`Error::Within`].
+    ///
+    /// ```
+    /// use candle_compress::Error;
+    /// let e = Error::Missing { what: "tensor", name: "fc.weight".into() }.within("model.safetensors");
+    /// assert_eq!(e.to_string(), "model.safetensors: missing tensor: fc.weight");
+    /// assert!(matches!(e.root(), Error::Missing { .. }));
+    /// ```
+    pub fn within(self, what: impl std::fmt::Display) -> Self {
+        Error::Within {
+            what: what.to_string(),
+            source: Box::new(self),
+        }
+    }
+
+    /// The error under any [`Error::Within`] context: what kind of failure it was.
+    pub fn root(&self) -> &Error {
+        let mut e = self;
+        while let Error::Within { source, .. } = e {
+            e = source;
+        }
+        e
+    }
+
     /// Shorthand for [`Error::InvalidArgument`].
     pub(crate) fn invalid(name: &'static str, reason: impl Into<String>) -> Self {
         Error::InvalidArgument {

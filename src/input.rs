@@ -287,6 +287,7 @@ mod tests {
         let e = FloatData::from_tensor(&t, "test").unwrap_err();
         assert!(e.to_string().contains("out of f32 range"), "{e}");
         assert!(e.to_string().contains("3.5e38"), "{e}");
+        assert!(e.to_string().contains("flat index 1"), "{e}");
         // Rounds to f32::MAX: representable.
         let t = Tensor::new(
             &[f64::from(f32::MAX) * (1.0 + 2f64.powi(-25))],

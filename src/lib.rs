@@ -35,6 +35,8 @@
 //! - **Neuron statistics** ([`sparse`]): hot/cold neurons and the hot-first FFN order.
 //! - **Files** ([`io`]): our safetensors layout, the [`io::loader::QuantLoader`],
 //!   compressed-tensors interop and GGUF export.
+//! - **File conversions** ([`convert`]): quantize, prune, compare, inspect and export
+//!   whole checkpoints one tensor at a time — what the CLI runs.
 //! - **Kernels** ([`kernels`]): the only module allowed `unsafe_code`;
 //!   [`kernels::active_isa`] says which instruction set runs.
 //!
@@ -72,8 +74,9 @@
 
 pub mod codec;
 pub mod compressor;
+pub mod convert;
 pub mod error;
-pub mod input;
+mod input;
 pub mod io;
 #[allow(unsafe_code)]
 pub mod kernels;

@@ -4,7 +4,7 @@
 
 use candle_compress::io::gguf::{write_gguf, GgufTensor, GgufType};
 use candle_compress::io::gguf_reader::GgufFile;
-use candle_compress::io::loader::{LoadQuantLinear, QuantLoader};
+use candle_compress::io::loader::{quant_linear, QuantLoader};
 use candle_compress::nn::{QuantConfig, QuantLinear};
 use candle_compress::Error;
 use candle_core::quantized::gguf_file::{self, Value};
@@ -163,13 +163,13 @@ fn q4_0_loads_as_w4_g32_bit_exact() -> Res {
         )?],
     )?;
     let vb = QuantLoader::from_gguf(&path, QuantConfig::w4a8(32)?)?;
-    let back = QuantLinear::load(&vb.pp("fc"), 128, 16)?;
+    let back = quant_linear(128, 16, vb.pp("fc"))?;
     let back_parts = back.to_parts();
     assert_eq!(back_parts.weights, parts.weights, "codes unchanged");
     let want: Vec<f32> = scales.iter().map(|s| s.to_f32()).collect();
     assert_eq!(back_parts.scales, want, "scales unchanged (f16 widened)");
     assert!(matches!(
-        QuantLinear::load(&vb.pp("fc"), 128, 17),
+        quant_linear(128, 17, vb.pp("fc")),
         Err(Error::ShapeMismatch { .. })
     ));
 
@@ -179,7 +179,7 @@ fn q4_0_loads_as_w4_g32_bit_exact() -> Res {
     let reference = x.matmul(&deq.t()?)?;
     for cfg in [QuantConfig::w8a8(), QuantConfig::w4a8(128)?] {
         let vb = QuantLoader::from_gguf(&path, cfg)?;
-        let y = QuantLinear::load(&vb.pp("fc"), 128, 16)?.forward(&x)?;
+        let y = quant_linear(128, 16, vb.pp("fc"))?.forward(&x)?;
         let err = (y - &reference)?.abs()?.max_all()?.to_scalar::<f32>()?;
         let mag = reference.abs()?.max_all()?.to_scalar::<f32>()?;
         assert!(err < 0.15 * mag, "{cfg:?}: err {err} vs max {mag}");
@@ -196,7 +196,7 @@ fn q8_0_requantizes_per_channel_closely() -> Res {
     let file = GgufFile::from_bytes(cursor.into_inner())?;
     let deq = file.tensor_f32("fc.weight")?;
     let vb = QuantLoader::from_gguf_file(file, QuantConfig::w8a8())?;
-    let layer = QuantLinear::load(&vb.pp("fc"), 64, 8)?;
+    let layer = quant_linear(64, 8, vb.pp("fc"))?;
     let x = Tensor::randn(0f32, 1., (4, 64), &Device::Cpu)?;
     let reference = x.matmul(&deq.t()?)?;
     let err = (layer.forward(&x)? - &reference)?
@@ -370,7 +370,7 @@ fn smollm2_gguf_loads() -> Res {
     let reference = x.matmul(&deq.t()?)?;
     for cfg in [QuantConfig::w8a8(), QuantConfig::w4a8(32)?] {
         let vb = QuantLoader::from_gguf(&path, cfg)?.pp("blk.0");
-        let y = QuantLinear::load(&vb.pp("ffn_gate"), 576, 1536)?.forward(&x)?;
+        let y = quant_linear(576, 1536, vb.pp("ffn_gate"))?.forward(&x)?;
         let err = (y - &reference)?.sqr()?.mean_all()?.to_scalar::<f32>()?;
         let pow = reference.sqr()?.mean_all()?.to_scalar::<f32>()?;
         assert!(err < 0.02 * pow, "{cfg:?}: mse {err} vs power {pow}");
@@ -408,7 +408,7 @@ fn q4_1_and_q4_0_load_as_asym_g32_bit_exact() -> Res {
             let (q, d, m) = file.q4_1_blocks("fc.weight")?;
             let vb =
                 QuantLoader::from_gguf_file(GgufFile::from_bytes(candle_gguf(&w, dtype)?)?, cfg)?;
-            let layer = QuantLinear::load(&vb.pp("fc"), 128, 16)?;
+            let layer = quant_linear(128, 16, vb.pp("fc"))?;
             let parts = layer.to_parts();
             let codes: Vec<i8> = q.iter().map(|&v| v as i8 - 8).collect();
             assert_eq!(parts.weights, codes);
@@ -428,7 +428,7 @@ fn q4_1_and_q4_0_load_as_asym_g32_bit_exact() -> Res {
             );
         }
         let vb = QuantLoader::from_gguf_file(file, cfg)?;
-        let layer = QuantLinear::load(&vb.pp("fc"), 128, 16)?;
+        let layer = quant_linear(128, 16, vb.pp("fc"))?;
         assert!(layer.weight_scales().iter().all(|&s| s >= 0.0));
         if dtype == GgmlDType::Q4_1 {
             assert_eq!(bits(&layer.dequantized_weights()), bits(&deq));
@@ -455,7 +455,7 @@ fn q4_1_and_q4_0_load_as_asym_g32_bit_exact() -> Res {
         let file = GgufFile::from_bytes(candle_gguf(&w, dtype)?)?;
         let deq = file.tensor_f32("fc.weight")?;
         let vb = QuantLoader::from_gguf_file(file, cfg)?;
-        let layer = QuantLinear::load(&vb.pp("fc"), 128, 16)?;
+        let layer = quant_linear(128, 16, vb.pp("fc"))?;
         assert_eq!(layer.config().weights(), cfg.weights());
         let d = Tensor::from_vec(layer.dequantized_weights(), (16, 128), &Device::Cpu)?;
         let err = (d - &deq)?.abs()?.max_all()?.to_scalar::<f32>()?;
@@ -482,7 +482,7 @@ fn smollm2_q4_1_loads_exactly_as_asym_g32() -> Res {
         ("ffn_up", 576, 1536),
         ("ffn_down", 1536, 576),
     ] {
-        let layer = QuantLinear::load(&vb.pp(name), inp, out)?;
+        let layer = quant_linear(inp, out, vb.pp(name))?;
         let deq = file
             .tensor_f32(&format!("blk.0.{name}.weight"))?
             .flatten_all()?
@@ -507,7 +507,7 @@ fn q4_0_with_negative_scales_loads_unchanged_into_w4_g32() -> Res {
         .flatten_all()?
         .to_vec1::<f32>()?;
     let vb = QuantLoader::from_gguf_file(file, QuantConfig::w4a8(32)?)?;
-    let layer = QuantLinear::load(&vb.pp("fc"), 128, 16)?;
+    let layer = quant_linear(128, 16, vb.pp("fc"))?;
     let parts = layer.to_parts();
     assert_eq!(parts.weights, codes);
     let want: Vec<f32> = scales.iter().map(|s| s.to_f32()).collect();
@@ -533,7 +533,7 @@ fn asym_g32_layer_exports_as_q4_1_and_reads_back() -> Res {
     let file = GgufFile::from_bytes(original.clone())?;
     let raw = file.tensor_bytes("fc.weight")?;
     let cfg = QuantConfig::w4a8_asym(32)?;
-    let layer = QuantLinear::load(&QuantLoader::from_gguf_file(file, cfg)?.pp("fc"), 96, 8)?;
+    let layer = quant_linear(96, 8, QuantLoader::from_gguf_file(file, cfg)?.pp("fc"))?;
     let t = GgufTensor::from_quant_linear("fc.weight", &layer)?;
     assert_eq!(t.ty(), GgufType::Q4_1);
     assert_eq!(t.data(), &raw[..], "the file's own blocks");
@@ -547,7 +547,7 @@ fn asym_g32_layer_exports_as_q4_1_and_reads_back() -> Res {
         .flatten_all()?
         .to_vec1::<f32>()?;
     assert_eq!(bits(&deq), bits(&layer.dequantized_weights()));
-    let again = QuantLinear::load(&QuantLoader::from_gguf_file(back, cfg)?.pp("fc"), 96, 8)?;
+    let again = quant_linear(96, 8, QuantLoader::from_gguf_file(back, cfg)?.pp("fc"))?;
     assert_eq!(again.to_parts(), layer.to_parts());
     // candle's own reader agrees.
     let mut cursor = std::io::Cursor::new(ours(

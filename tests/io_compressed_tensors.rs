@@ -2,7 +2,7 @@
 //! config fields; a checkpoint built by hand from the spec loads into matching QuantLinears.
 
 use candle_compress::io::compressed_tensors::{CtCheckpoint, CtWriter};
-use candle_compress::io::loader::{LoadQuantLinear, QuantLoader};
+use candle_compress::io::loader::{quant_linear, QuantLoader};
 use candle_compress::nn::{QuantConfig, QuantLinear};
 use candle_compress::quant::metrics::compare_slices;
 use candle_compress::{Error, Result};
@@ -157,7 +157,7 @@ fn written_checkpoints_load_back_bit_identical() -> Result<()> {
             dir.path().join("model.safetensors"),
             dir.path().join("config.json"),
         )?;
-        let layer = QuantLinear::load(&vb.pp("model.layers.0.mlp").pp("down_proj"), 256, 64)?;
+        let layer = quant_linear(256, 64, vb.pp("model.layers.0.mlp").pp("down_proj"))?;
         let bias = Tensor::new(&[0.5f32; 64], &Device::Cpu)?;
         let direct = QuantLinear::new(&sine_matrix(64, 256, 1.)?, Some(&bias), &cfg)?;
         assert_eq!(layer.to_parts(), direct.to_parts());

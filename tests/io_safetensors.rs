@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use candle_compress::io::loader::{LoadQuantLinear, QuantLoader};
+use candle_compress::io::loader::{quant_linear, QuantLoader};
 use candle_compress::io::safetensors::{
     load, save, CompressedFile, CompressedWriter, ItemKind, Loaded, KEY_LAYERS, KEY_TENSORS,
 };
@@ -176,7 +176,7 @@ fn the_file_reads_with_the_safetensors_crate_as_documented() -> Result<()> {
     Ok(())
 }
 
-/// A small model written once against `QuantLinear::load`.
+/// A small model written once against `quant_linear`.
 struct Mlp {
     up: QuantLinear,
     down: QuantLinear,
@@ -185,8 +185,8 @@ struct Mlp {
 impl Mlp {
     fn load(vb: &QuantLoader) -> Result<Self> {
         Ok(Self {
-            up: QuantLinear::load(&vb.pp("up"), 96, 128)?,
-            down: QuantLinear::load(&vb.pp("down"), 128, 96)?,
+            up: quant_linear(96, 128, vb.pp("up"))?,
+            down: quant_linear(128, 96, vb.pp("down"))?,
         })
     }
 
@@ -229,7 +229,7 @@ fn quantized_model_reloads_with_bit_identical_outputs() -> Result<()> {
     assert_eq!(bits(&a), bits(&b));
     assert_eq!(vb.pp("model").get(&[96], "norm")?.dims(), &[96]);
     assert!(matches!(
-        QuantLinear::load(&vb.pp("model.mlp.up"), 96, 64),
+        quant_linear(96, 64, vb.pp("model.mlp.up")),
         Err(Error::ShapeMismatch { .. })
     ));
     Ok(())
@@ -250,7 +250,7 @@ fn quantize_on_load_matches_quantizing_in_memory() -> Result<()> {
     )?;
     for cfg in [QuantConfig::w8a8(), QuantConfig::w4a8(32)?] {
         let vb = QuantLoader::quantize_on_load(&path, cfg)?;
-        let loaded = QuantLinear::load(&vb.pp("fc"), 64, 32)?;
+        let loaded = quant_linear(64, 32, vb.pp("fc"))?;
         let direct = QuantLinear::new(&w, Some(&b), &cfg)?;
         assert_eq!(loaded.to_parts(), direct.to_parts());
     }

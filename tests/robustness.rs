@@ -3,7 +3,6 @@
 //! guards; each failed (panicked, aborted or passed a wrong value) before the fix.
 
 use candle_compress::codec::ActivationCodec;
-use candle_compress::input::FloatData;
 use candle_compress::nn::smooth::{smooth, NormUse, Preceding, SmoothFactors};
 use candle_compress::prune::{BitmaskSparse, NmSparse, StoredTensor};
 use candle_compress::quant::dynamic::DynamicQuant;
@@ -295,9 +294,6 @@ fn p15_smooth_refuses_a_fold_that_overflows_a_norm() -> R {
 fn p15_f64_beyond_f32_is_an_out_of_range_error() -> R {
     let dev = Device::Cpu;
     let x = Tensor::new(&[1.0f64, -1e39, 2.0], &dev)?;
-    let e = FloatData::from_tensor(&x, "test").expect_err("1e39 does not fit f32");
-    assert!(e.to_string().contains("out of f32 range"), "{e}");
-    assert!(e.to_string().contains("flat index 1"), "{e}");
     for scheme in Scheme::ALL_DEFAULT {
         let e = scheme.compress(&x).expect_err("compress");
         assert!(e.to_string().contains("out of f32 range"), "{scheme}: {e}");

@@ -33,7 +33,7 @@
 //!
 //! ```
 //! use candle_compress::io::gguf::{save_gguf, GgufTensor, GgufType};
-//! use candle_compress::io::loader::{LoadQuantLinear, QuantLoader};
+//! use candle_compress::io::loader::{quant_linear, QuantLoader};
 //! use candle_compress::nn::{QuantConfig, QuantLinear};
 //! use candle_core::{Device, Tensor};
 //!
@@ -48,7 +48,7 @@
 //!
 //! let vb = QuantLoader::from_gguf(&path, QuantConfig::w8a8())?;
 //! let blk = vb.pp("blk.0");
-//! let q = QuantLinear::load(&blk.pp("attn_q"), 64, 8)?;
+//! let q = quant_linear(64, 8, blk.pp("attn_q"))?;
 //! assert_eq!(q.out_features(), 8);
 //! assert_eq!(blk.get(&[64], "attn_norm.weight")?.dims(), &[64]);
 //! # Ok::<(), Box<dyn std::error::Error>>(())

@@ -9,10 +9,11 @@
 //!   it and drops the float copy, so no more than one f32 weight is held at a time;
 //! - a compressed-tensors checkpoint ([`QuantLoader::from_compressed_tensors`]).
 //!
-//! Model code is written once against [`LoadQuantLinear::load`]:
+//! Model code is written once against [`quant_linear`] (candle-nn's `linear` for
+//! quantized layers):
 //!
 //! ```
-//! use candle_compress::io::loader::{LoadQuantLinear, QuantLoader};
+//! use candle_compress::io::loader::{quant_linear, QuantLoader};
 //! use candle_compress::io::safetensors::CompressedWriter;
 //! use candle_compress::nn::{QuantConfig, QuantLinear};
 //! use candle_core::{Device, Module, Tensor};
@@ -21,8 +22,8 @@
 //! impl Mlp {
 //!     fn load(vb: &QuantLoader) -> candle_compress::Result<Self> {
 //!         Ok(Self {
-//!             fc1: QuantLinear::load(&vb.pp("fc1"), 64, 32)?,
-//!             fc2: QuantLinear::load(&vb.pp("fc2"), 32, 8)?,
+//!             fc1: quant_linear(64, 32, vb.pp("fc1"))?,
+//!             fc2: quant_linear(32, 8, vb.pp("fc2"))?,
 //!         })
 //!     }
 //! }
@@ -138,7 +139,7 @@ impl QuantLoader {
     /// As [`SafetensorsReader::open`]; [`Error::InvalidArgument`] for an invalid config.
     ///
     /// ```
-    /// use candle_compress::io::loader::{LoadQuantLinear, QuantLoader};
+    /// use candle_compress::io::loader::{quant_linear, QuantLoader};
     /// use candle_compress::nn::{QuantConfig, QuantLinear};
     /// use candle_core::{Device, Tensor};
     /// let dir = tempfile::tempdir()?;
@@ -146,7 +147,7 @@ impl QuantLoader {
     /// let w = Tensor::randn(0f32, 1., (4, 64), &Device::Cpu)?;
     /// candle_core::safetensors::save(&[("fc.weight", w)].into_iter().collect(), &path)?;
     /// let vb = QuantLoader::quantize_on_load(&path, QuantConfig::w4a8(64)?)?;
-    /// let fc = QuantLinear::load(&vb.pp("fc"), 64, 4)?;
+    /// let fc = quant_linear(64, 4, vb.pp("fc"))?;
     /// assert_eq!(fc.out_features(), 4);
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
@@ -430,31 +431,25 @@ fn read_float_tensor(reader: &SafetensorsReader, name: &str, device: &Device) ->
     Ok(Tensor::from_vec(values, shape, device)?)
 }
 
-/// The `QuantLinear::load(loader, in, out)` constructor model code calls, mirroring
-/// `candle_nn::linear(in, out, vb)`.
-pub trait LoadQuantLinear: Sized {
-    /// Loads the layer at the loader's current scope.
-    ///
-    /// # Errors
-    /// As [`QuantLoader::quant_linear`].
-    ///
-    /// ```
-    /// use candle_compress::io::loader::{LoadQuantLinear, QuantLoader};
-    /// use candle_compress::io::safetensors::{CompressedFile, CompressedWriter};
-    /// use candle_compress::nn::{QuantConfig, QuantLinear};
-    /// let w = candle_core::Tensor::randn(0f32, 1., (4, 16), &candle_core::Device::Cpu)?;
-    /// let mut writer = CompressedWriter::new();
-    /// writer.add_quant_linear("fc", &QuantLinear::new(&w, None, &QuantConfig::w8a8())?)?;
-    /// let vb = QuantLoader::from_file(CompressedFile::from_bytes(writer.to_bytes()?)?);
-    /// let fc = QuantLinear::load(&vb.pp("fc"), 16, 4)?;
-    /// assert_eq!(fc.in_features(), 16);
-    /// # Ok::<(), Box<dyn std::error::Error>>(())
-    /// ```
-    fn load(loader: &QuantLoader, in_features: usize, out_features: usize) -> Result<Self>;
-}
-
-impl LoadQuantLinear for QuantLinear {
-    fn load(loader: &QuantLoader, in_features: usize, out_features: usize) -> Result<Self> {
-        loader.quant_linear(in_features, out_features, "")
-    }
+/// Loads the quantized linear layer at `vb`'s scope and checks it is `[out_dim, in_dim]`:
+/// `candle_nn::linear(in_dim, out_dim, vb)` for quantized models, so model code written
+/// against candle-nn changes one call.
+///
+/// # Errors
+/// As [`QuantLoader::quant_linear`].
+///
+/// ```
+/// use candle_compress::io::loader::{quant_linear, QuantLoader};
+/// use candle_compress::io::safetensors::{CompressedFile, CompressedWriter};
+/// use candle_compress::nn::{QuantConfig, QuantLinear};
+/// let w = candle_core::Tensor::randn(0f32, 1., (4, 16), &candle_core::Device::Cpu)?;
+/// let mut writer = CompressedWriter::new();
+/// writer.add_quant_linear("fc", &QuantLinear::new(&w, None, &QuantConfig::w8a8())?)?;
+/// let vb = QuantLoader::from_file(CompressedFile::from_bytes(writer.to_bytes()?)?);
+/// let fc = quant_linear(16, 4, vb.pp("fc"))?;
+/// assert_eq!(fc.in_features(), 16);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub fn quant_linear(in_dim: usize, out_dim: usize, vb: QuantLoader) -> Result<QuantLinear> {
+    vb.quant_linear(in_dim, out_dim, "")
 }

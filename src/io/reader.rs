@@ -349,6 +349,45 @@ impl SafetensorsReader {
 }
 
 impl SafetensorsReader {
+    /// Reads tensor `name` as a candle CPU tensor in its own dtype (F32 through
+    /// [`SafetensorsReader::read_f32`], which makes no second copy of the bytes).
+    ///
+    /// # Errors
+    /// [`Error::Missing`] when there is no tensor `name`; [`Error::Unsupported`] for
+    /// dtypes candle cannot hold (I8, I16, BOOL, ...); I/O errors.
+    ///
+    /// ```
+    /// use candle_compress::io::reader::SafetensorsReader;
+    /// use safetensors::tensor::{Dtype, TensorView};
+    /// let data = vec![7u8, 9];
+    /// let bytes = safetensors::serialize([("t", TensorView::new(Dtype::U8, vec![2], &data)?)], None)?;
+    /// let t = SafetensorsReader::from_bytes(bytes)?.read_tensor("t")?;
+    /// assert_eq!(t.to_vec1::<u8>()?, vec![7, 9]);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn read_tensor(&self, name: &str) -> Result<candle_core::Tensor> {
+        use candle_core::{Device, Tensor};
+        let dtype = self
+            .info(name)
+            .ok_or_else(|| Error::Missing {
+                what: "tensor",
+                name: name.to_string(),
+            })?
+            .dtype;
+        if dtype == Dtype::F32 {
+            let (shape, values) = self.read_f32(name)?;
+            return Ok(Tensor::from_vec(values, shape, &Device::Cpu)?);
+        }
+        let candle = crate::io::safetensors::plain_candle_dtype(dtype, name)?;
+        let raw = self.read(name)?;
+        Ok(Tensor::from_raw_buffer(
+            &raw.data,
+            candle,
+            &raw.shape,
+            &Device::Cpu,
+        )?)
+    }
+
     /// Reads float tensor `name` (F32, F16, BF16 or F64) straight into row-major `f32`
     /// values, converting in chunks of at most [`READ_CHUNK`] bytes, so the only large
     /// allocation is the returned vector (no second copy of the raw bytes).

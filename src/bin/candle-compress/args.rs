@@ -25,8 +25,9 @@ pub(crate) enum Command {
     /// Quantize every float tensor of rank >= 2 of a safetensors file.
     ///
     /// SCHEME is a tensor scheme (int8[:block], affine8[:group], affine4[:group],
-    /// int4[:group], nf4[:block]; default size 64) or a layer scheme (w8a8, w4a8[:group])
-    /// that turns every `<p>.weight` of rank 2 (with `<p>.bias`) into a QuantLinear.
+    /// int4[:group], nf4[:block]; default size 64) or a layer scheme (w8a8, w4a8[:group],
+    /// w4a8-asym[:group]) that turns every `<p>.weight` of rank 2 (with `<p>.bias`) into a
+    /// QuantLinear.
     Quantize {
         /// Input safetensors file (F32, F16, BF16 or F64 tensors).
         input: PathBuf,

@@ -1,11 +1,9 @@
-//! How a command fails: [`Failure`], one line naming the file (and tensor) plus a stable
-//! `kind` for `--json`, and the helpers that attach that context to library errors.
+//! How a command fails: [`Failure`], one line naming the file (and tensor: the library's
+//! conversions put them in front of the message) plus a stable `kind` for `--json`.
 //! Every subcommand returns a [`CliResult`]; `main` turns a failure into stderr (or a
 //! JSON error object) and exit code 1.
 
-use std::path::Path;
-
-use candle_compress::{Error, Result};
+use candle_compress::Error;
 
 /// An [`Error::InvalidArgument`] (the library's constructor is crate-private).
 pub(crate) fn invalid(name: &'static str, reason: impl Into<String>) -> Error {
@@ -27,7 +25,7 @@ pub(crate) type CliResult<T> = std::result::Result<T, Failure>;
 
 impl From<Error> for Failure {
     fn from(e: Error) -> Self {
-        let kind = match &e {
+        let kind = match e.root() {
             Error::ShapeMismatch { .. } => "shape_mismatch",
             Error::UnsupportedDType { .. } => "unsupported_dtype",
             Error::NonFinite { .. } => "non_finite",
@@ -67,22 +65,4 @@ impl From<candle_core::Error> for Failure {
     fn from(e: candle_core::Error) -> Self {
         Error::Candle(e).into()
     }
-}
-
-impl Failure {
-    /// Puts `what` (a file, a tensor) in front of the message.
-    pub(crate) fn within(mut self, what: impl std::fmt::Display) -> Self {
-        self.message = format!("{what}: {}", self.message);
-        self
-    }
-}
-
-/// Names the file in every error of `r`.
-pub(crate) fn in_file<T>(path: &Path, r: Result<T>) -> CliResult<T> {
-    r.map_err(|e| Failure::from(e).within(path.display()))
-}
-
-/// Names the tensor and its file in every error of `r`.
-pub(crate) fn in_tensor<T>(path: &Path, name: &str, r: Result<T>) -> CliResult<T> {
-    r.map_err(|e| Failure::from(e).within(format_args!("{}: tensor {name}", path.display())))
 }

@@ -22,7 +22,6 @@ mod prune;
 mod quantize;
 mod signal;
 mod table;
-mod tensors;
 
 use std::io::Write;
 use std::process::ExitCode;

@@ -237,6 +237,39 @@ impl QuantLinear {
         w
     }
 
+    /// The weight of the function the layer computes, `y = x·Wᵀ + b`, dequantized: an f32
+    /// `[out, in]` tensor on the CPU, with any smoothing undone (the stored
+    /// `W · diag(s)` of [`QuantLinear::dequantized_weights`] divided by `s` again). What
+    /// candle's `QMatMul::dequantize_f16` is to a `QMatMul`: for comparing with the original
+    /// weight or running float math. Allocates.
+    ///
+    /// ```
+    /// use candle_compress::{QuantConfig, QuantLinear};
+    /// use candle_core::{Device, Tensor};
+    /// let w = Tensor::randn(0f32, 1., (8, 64), &Device::Cpu)?;
+    /// let q = QuantLinear::new(&w, None, &QuantConfig::w4a8_asym(32)?)?;
+    /// let back = q.dequantize_weight()?;
+    /// assert_eq!(back.dims(), &[8, 64]);
+    /// let err = (back - &w)?.abs()?.max_all()?.to_scalar::<f32>()?;
+    /// assert!(err < 0.5); // half a 4-bit step of a unit normal's range
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    /// Only candle's, building the tensor.
+    pub fn dequantize_weight(&self) -> Result<Tensor> {
+        let mut w = self.dequantized_weights();
+        if let (Some(s), true) = (&self.smooth, self.in_features > 0) {
+            for row in w.chunks_exact_mut(self.in_features) {
+                for (v, &sk) in row.iter_mut().zip(s.iter()) {
+                    *v /= sk;
+                }
+            }
+        }
+        let shape = (self.out_features, self.in_features);
+        Ok(Tensor::from_vec(w, shape, &candle_core::Device::Cpu)?)
+    }
+
     /// The bias, in f32.
     pub fn bias(&self) -> Option<&[f32]> {
         self.bias.as_deref()
