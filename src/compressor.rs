@@ -39,6 +39,11 @@ pub trait Compressor {
 
 /// A compressed tensor: knows its original shape and dtype, its true size, and how to
 /// decompress itself.
+///
+/// A format supplies only its numerics and its parts — [`Compressed::to_f32_vec`] and
+/// [`Compressed::payload_bytes`] (and [`Compressed::tag_bytes`] when its tag is not a
+/// scheme's) — besides its shape and dtype; decompression to a tensor and the size
+/// bookkeeping are written once, here.
 pub trait Compressed {
     /// The shape of the original tensor.
     fn shape(&self) -> &Shape;
@@ -46,12 +51,41 @@ pub trait Compressed {
     /// The dtype of the original tensor; decompression returns this dtype.
     fn original_dtype(&self) -> DType;
 
-    /// Decompresses to a tensor on `device` in the original shape and dtype.
-    fn decompress(&self, device: &Device) -> Result<Tensor>;
+    /// The decoded values, row-major, in f32 (finite for every value a quantizer built
+    /// from finite input).
+    fn to_f32_vec(&self) -> Vec<f32>;
 
-    /// Every byte held: payload, scales, zero points, plus the shape (8 bytes per
-    /// dimension) and the dtype tag (1 byte).
-    fn size_bytes(&self) -> usize;
+    /// Bytes of the encoded values alone: codes, scales, zero points, masks — everything
+    /// [`Compressed::size_bytes`] counts but the shape and the tag.
+    fn payload_bytes(&self) -> usize;
+
+    /// Bytes of the tag that names the format: a scheme's
+    /// ([`SCHEME_BYTES`](crate::quant::SCHEME_BYTES)) unless the format says otherwise.
+    fn tag_bytes(&self) -> usize {
+        crate::quant::SCHEME_BYTES
+    }
+
+    /// Decompresses to a tensor on `device` in the original shape and dtype.
+    ///
+    /// # Errors
+    /// Candle's, building the tensor.
+    fn decompress(&self, device: &Device) -> Result<Tensor> {
+        crate::input::tensor_from_f32(
+            self.to_f32_vec(),
+            self.shape(),
+            self.original_dtype(),
+            device,
+        )
+    }
+
+    /// Every byte held: [`Compressed::payload_bytes`], the shape (8 bytes per dimension
+    /// and 1 for the dtype, [`header_bytes`]) and [`Compressed::tag_bytes`]; saturates at
+    /// `usize::MAX`.
+    fn size_bytes(&self) -> usize {
+        self.payload_bytes()
+            .saturating_add(header_bytes(self.shape()))
+            .saturating_add(self.tag_bytes())
+    }
 
     /// The size of the original tensor: element count × original dtype size (saturating
     /// at `usize::MAX`; a value that exists in memory never comes near it).

@@ -307,17 +307,6 @@ impl CompressedTensor {
         }
     }
 
-    /// Decodes to row-major f32 values.
-    #[must_use]
-    pub fn to_f32_vec(&self) -> Vec<f32> {
-        match self {
-            CompressedTensor::Int8(t) => t.to_f32_vec(),
-            CompressedTensor::Affine(t) => t.to_f32_vec(),
-            CompressedTensor::Int4(t) => t.to_f32_vec(),
-            CompressedTensor::Nf4(t) => t.to_f32_vec(),
-        }
-    }
-
     fn inner(&self) -> &dyn Compressed {
         match self {
             CompressedTensor::Int8(t) => t,
@@ -337,12 +326,16 @@ impl Compressed for CompressedTensor {
         self.inner().original_dtype()
     }
 
-    fn decompress(&self, device: &Device) -> Result<Tensor> {
-        self.inner().decompress(device)
+    fn to_f32_vec(&self) -> Vec<f32> {
+        self.inner().to_f32_vec()
     }
 
-    fn size_bytes(&self) -> usize {
-        self.inner().size_bytes()
+    fn payload_bytes(&self) -> usize {
+        self.inner().payload_bytes()
+    }
+
+    fn tag_bytes(&self) -> usize {
+        self.inner().tag_bytes()
     }
 }
 

@@ -4,6 +4,7 @@
 use std::path::Path;
 
 use super::{in_file, in_tensor, is_float};
+use crate::compressor::Compressed;
 use crate::error::{Error, Result};
 use crate::io::reader::SafetensorsReader;
 use crate::io::safetensors::{CompressedFile, ItemKind};

@@ -230,10 +230,18 @@ impl BitmaskSparse {
     pub fn values(&self) -> &SparseValues {
         &self.values
     }
+}
+
+impl Compressed for BitmaskSparse {
+    fn shape(&self) -> &Shape {
+        &self.shape
+    }
+    fn original_dtype(&self) -> DType {
+        self.dtype
+    }
 
     /// Row-major dense values (zeros where the mask is clear).
-    #[must_use]
-    pub fn to_f32_vec(&self) -> Vec<f32> {
+    fn to_f32_vec(&self) -> Vec<f32> {
         let kept = self.values.decode(self.dtype);
         let mut out = vec![0f32; self.shape.elem_count()];
         let mut it = kept.into_iter();
@@ -244,20 +252,14 @@ impl BitmaskSparse {
         }
         out
     }
-}
 
-impl Compressed for BitmaskSparse {
-    fn shape(&self) -> &Shape {
-        &self.shape
+    /// The mask and the kept values.
+    fn payload_bytes(&self) -> usize {
+        self.mask.len() + self.values.size_bytes()
     }
-    fn original_dtype(&self) -> DType {
-        self.dtype
-    }
-    fn decompress(&self, device: &Device) -> Result<Tensor> {
-        tensor_from_f32(self.to_f32_vec(), &self.shape, self.dtype, device)
-    }
-    fn size_bytes(&self) -> usize {
-        self.mask.len() + self.values.size_bytes() + header_bytes(&self.shape) + SPARSE_TAG_BYTES
+
+    fn tag_bytes(&self) -> usize {
+        SPARSE_TAG_BYTES
     }
 }
 
@@ -407,10 +409,18 @@ impl NmSparse {
     pub fn values(&self) -> &SparseValues {
         &self.values
     }
+}
+
+impl Compressed for NmSparse {
+    fn shape(&self) -> &Shape {
+        &self.shape
+    }
+    fn original_dtype(&self) -> DType {
+        self.dtype
+    }
 
     /// Row-major dense values.
-    #[must_use]
-    pub fn to_f32_vec(&self) -> Vec<f32> {
+    fn to_f32_vec(&self) -> Vec<f32> {
         let kept = self.values.decode(self.dtype);
         let total = self.shape.elem_count();
         let mut out = vec![0f32; total];
@@ -428,23 +438,14 @@ impl NmSparse {
         }
         out
     }
-}
 
-impl Compressed for NmSparse {
-    fn shape(&self) -> &Shape {
-        &self.shape
+    /// The packed indices and the kept values.
+    fn payload_bytes(&self) -> usize {
+        self.indices.len() + self.values.size_bytes()
     }
-    fn original_dtype(&self) -> DType {
-        self.dtype
-    }
-    fn decompress(&self, device: &Device) -> Result<Tensor> {
-        tensor_from_f32(self.to_f32_vec(), &self.shape, self.dtype, device)
-    }
-    fn size_bytes(&self) -> usize {
-        self.indices.len()
-            + self.values.size_bytes()
-            + header_bytes(&self.shape)
-            + 3 * SPARSE_TAG_BYTES
+
+    fn tag_bytes(&self) -> usize {
+        3 * SPARSE_TAG_BYTES
     }
 }
 

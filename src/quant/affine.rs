@@ -36,9 +36,9 @@ use candle_core::{DType, Device, Shape, Tensor};
 
 use super::int4::{check_packed, pack_nibbles};
 use super::{check_block, check_header, check_part_len, check_same_block};
-use crate::compressor::{header_bytes, Compressed, Compressor};
+use crate::compressor::{Compressed, Compressor};
 use crate::error::{Error, Num, Result};
-use crate::input::{check_finite, tensor_from_f32, with_f32_slice};
+use crate::input::{check_finite, with_f32_slice};
 use crate::kernels::blockwise::dequantize_affine_to_vec;
 
 /// Affine quantizer: `bits` (4 or 8) per value, f32 scale and zero point per group of
@@ -289,23 +289,6 @@ impl AffineTensor {
             .take(n)
             .collect()
     }
-
-    /// Decodes to row-major f32 values: `zero_point + q · scale` per element, computed in
-    /// f64, clamped to the finite f32 range (the rounding of `S` may push the top level of a
-    /// group ending at `±f32::MAX` a few ulps past it), then rounded once to f32.
-    #[must_use]
-    pub fn to_f32_vec(&self) -> Vec<f32> {
-        // Lengths were validated at construction, so the kernel cannot refuse them.
-        dequantize_affine_to_vec(
-            &self.codes,
-            self.bits,
-            &self.zero_points,
-            &self.scales,
-            self.group_size,
-            self.shape.elem_count(),
-        )
-        .expect("AffineTensor lengths are validated at construction")
-    }
 }
 
 impl Compressed for AffineTensor {
@@ -317,18 +300,25 @@ impl Compressed for AffineTensor {
         self.dtype
     }
 
-    fn decompress(&self, device: &Device) -> Result<Tensor> {
-        tensor_from_f32(self.to_f32_vec(), &self.shape, self.dtype, device)
+    /// Decodes to row-major f32 values: `zero_point + q · scale` per element, computed in
+    /// f64, clamped to the finite f32 range (the rounding of `S` may push the top level of a
+    /// group ending at `±f32::MAX` a few ulps past it), then rounded once to f32.
+    fn to_f32_vec(&self) -> Vec<f32> {
+        // Lengths were validated at construction, so the kernel cannot refuse them.
+        dequantize_affine_to_vec(
+            &self.codes,
+            self.bits,
+            &self.zero_points,
+            &self.scales,
+            self.group_size,
+            self.shape.elem_count(),
+        )
+        .expect("AffineTensor lengths are validated at construction")
     }
 
-    /// `codes.len() + 4 · scales.len() + 4 · zero_points.len() + header_bytes(shape) +
-    /// SCHEME_BYTES`.
-    fn size_bytes(&self) -> usize {
-        self.codes.len()
-            + 4 * self.scales.len()
-            + 4 * self.zero_points.len()
-            + header_bytes(&self.shape)
-            + super::SCHEME_BYTES
+    /// `codes.len() + 4 · scales.len() + 4 · zero_points.len()`.
+    fn payload_bytes(&self) -> usize {
+        self.codes.len() + 4 * self.scales.len() + 4 * self.zero_points.len()
     }
 }
 

@@ -44,9 +44,9 @@ use candle_core::{DType, Device, Shape, Tensor};
 use half::f16;
 
 use super::{check_block, check_header, check_part_len, check_same_block};
-use crate::compressor::{header_bytes, Compressed, Compressor};
+use crate::compressor::{Compressed, Compressor};
 use crate::error::{Error, Num, Result};
-use crate::input::{tensor_from_f32, with_f32_slice};
+use crate::input::with_f32_slice;
 use crate::kernels::blockwise::{dequantize_i8_blocks_to_vec, quantize_i8_blocks};
 
 /// The GGML Q8_0 block size: `BlockwiseInt8::new(32)` produces Q8_0's bytes.
@@ -228,14 +228,6 @@ impl BlockwiseInt8Tensor {
         &self.scales
     }
 
-    /// Decodes to row-major f32 values: `q · scale` per element.
-    #[must_use]
-    pub fn to_f32_vec(&self) -> Vec<f32> {
-        // Lengths were validated at construction, so the kernel cannot refuse them.
-        dequantize_i8_blocks_to_vec(&self.codes, &self.scales, self.block_size)
-            .expect("BlockwiseInt8Tensor lengths are validated at construction")
-    }
-
     /// The value as GGML Q8_0 blocks — per block of 32, the f16 scale (little endian) then
     /// the 32 codes, 34 bytes — exactly what candle's `QTensor::data()` holds for
     /// `GgmlDType::Q8_0`.
@@ -273,13 +265,16 @@ impl Compressed for BlockwiseInt8Tensor {
         self.dtype
     }
 
-    fn decompress(&self, device: &Device) -> Result<Tensor> {
-        tensor_from_f32(self.to_f32_vec(), &self.shape, self.dtype, device)
+    /// Decodes to row-major f32 values: `q · scale` per element.
+    fn to_f32_vec(&self) -> Vec<f32> {
+        // Lengths were validated at construction, so the kernel cannot refuse them.
+        dequantize_i8_blocks_to_vec(&self.codes, &self.scales, self.block_size)
+            .expect("BlockwiseInt8Tensor lengths are validated at construction")
     }
 
-    /// `codes.len() + 2 · scales.len() + header_bytes(shape) + SCHEME_BYTES`.
-    fn size_bytes(&self) -> usize {
-        self.codes.len() + 2 * self.scales.len() + header_bytes(&self.shape) + super::SCHEME_BYTES
+    /// `codes.len() + 2 · scales.len()` (f16 scales).
+    fn payload_bytes(&self) -> usize {
+        self.codes.len() + 2 * self.scales.len()
     }
 }
 

@@ -58,14 +58,13 @@
 
 use candle_core::{DType, Device, Shape, Tensor};
 
-use crate::compressor::{header_bytes, Compressed, Compressor};
+use crate::compressor::{Compressed, Compressor};
 use crate::error::{Error, Result};
-use crate::input::{tensor_from_f32, with_f32_slice};
+use crate::input::with_f32_slice;
 use crate::kernels::gemm::{quantize_rows_i8, quantize_rows_i8_with_scales};
 use crate::quant::int4::{pack_nibbles, unpack_nibbles};
 use crate::quant::metrics::{compare_slices, ErrorStats};
 use crate::quant::scale::{max_abs, select_abs_percentile, symmetric_scale, ScaleMode};
-use crate::quant::SCHEME_BYTES;
 
 const OP: &str = "DynamicQuant::quantize";
 
@@ -391,36 +390,12 @@ impl DynamicTensor {
         }
     }
 
-    /// The dequantized values `q · scale`, row-major.
-    #[must_use]
-    pub fn to_f32_vec(&self) -> Vec<f32> {
-        let codes = self.codes();
-        let n = codes.len();
-        if n == 0 {
-            return Vec::new();
-        }
-        let row_len = match self.quant.granularity {
-            Granularity::PerTensor => n,
-            Granularity::PerRow => n / self.scales.len().max(1),
-        };
-        codes
-            .chunks_exact(row_len.max(1))
-            .zip(&self.scales)
-            // `scale = amax / qmax` rounds, so `qmax · scale` may land one ulp past
-            // `f32::MAX` for rows reaching it: clamp to keep a finite input finite.
-            .flat_map(|(row, &s)| {
-                row.iter()
-                    .map(move |&q| (f32::from(q) * s).clamp(-f32::MAX, f32::MAX))
-            })
-            .collect()
-    }
-
     /// Dequantizes to a tensor of the original shape and dtype on `device`.
     ///
     /// # Errors
     /// Candle errors from building the tensor.
     pub fn dequantize(&self, device: &Device) -> Result<Tensor> {
-        tensor_from_f32(self.to_f32_vec(), &self.shape, self.dtype, device)
+        Compressed::decompress(self, device)
     }
 
     /// Error metrics (MAE, MSE, max error, SQNR, cosine) of the dequantized values
@@ -453,16 +428,36 @@ impl Compressed for DynamicTensor {
         self.dtype
     }
 
-    fn decompress(&self, device: &Device) -> Result<Tensor> {
-        self.dequantize(device)
+    /// The dequantized values `q · scale`, row-major.
+    fn to_f32_vec(&self) -> Vec<f32> {
+        let codes = self.codes();
+        let n = codes.len();
+        if n == 0 {
+            return Vec::new();
+        }
+        let row_len = match self.quant.granularity {
+            Granularity::PerTensor => n,
+            Granularity::PerRow => n / self.scales.len().max(1),
+        };
+        codes
+            .chunks_exact(row_len.max(1))
+            .zip(&self.scales)
+            // `scale = amax / qmax` rounds, so `qmax · scale` may land one ulp past
+            // `f32::MAX` for rows reaching it: clamp to keep a finite input finite.
+            .flat_map(|(row, &s)| {
+                row.iter()
+                    .map(move |&q| (f32::from(q) * s).clamp(-f32::MAX, f32::MAX))
+            })
+            .collect()
     }
 
-    fn size_bytes(&self) -> usize {
-        let payload = match &self.codes {
+    /// The codes (int8, or packed int4) and the f32 scales.
+    fn payload_bytes(&self) -> usize {
+        let codes = match &self.codes {
             Codes::I8(q) => q.len(),
             Codes::Packed4(p) => p.len(),
         };
-        payload + 4 * self.scales.len() + header_bytes(&self.shape) + SCHEME_BYTES
+        codes + 4 * self.scales.len()
     }
 }
 

@@ -29,9 +29,9 @@ use candle_core::{DType, Device, Shape, Tensor};
 use half::f16;
 
 use super::{check_block, check_header, check_part_len, check_same_block, f16_round_up};
-use crate::compressor::{header_bytes, Compressed, Compressor};
+use crate::compressor::{Compressed, Compressor};
 use crate::error::{Error, Num, Result};
-use crate::input::{check_finite, tensor_from_f32, with_f32_slice};
+use crate::input::{check_finite, with_f32_slice};
 use crate::kernels::blockwise::dequantize_u4_lut_to_vec;
 
 /// Packs 4-bit codes two per byte: `codes[2i]` in the low nibble, `codes[2i + 1]` in the high
@@ -284,10 +284,19 @@ impl SymmetricInt4Tensor {
             .take(n)
             .collect()
     }
+}
+
+impl Compressed for SymmetricInt4Tensor {
+    fn shape(&self) -> &Shape {
+        &self.shape
+    }
+
+    fn original_dtype(&self) -> DType {
+        self.dtype
+    }
 
     /// Decodes to row-major f32 values: `q · scale` per element.
-    #[must_use]
-    pub fn to_f32_vec(&self) -> Vec<f32> {
+    fn to_f32_vec(&self) -> Vec<f32> {
         // Nibble k holds q = k - 8; one f32 multiply per value, as in the formula.
         let lut: [f32; 16] = std::array::from_fn(|k| k as f32 - 8.0);
         let scales: Vec<f32> = self.scales.iter().map(|&s| f32::from(s)).collect();
@@ -301,24 +310,10 @@ impl SymmetricInt4Tensor {
         )
         .expect("SymmetricInt4Tensor lengths are validated at construction")
     }
-}
 
-impl Compressed for SymmetricInt4Tensor {
-    fn shape(&self) -> &Shape {
-        &self.shape
-    }
-
-    fn original_dtype(&self) -> DType {
-        self.dtype
-    }
-
-    fn decompress(&self, device: &Device) -> Result<Tensor> {
-        tensor_from_f32(self.to_f32_vec(), &self.shape, self.dtype, device)
-    }
-
-    /// `packed.len() + 2 · scales.len() + header_bytes(shape) + SCHEME_BYTES`.
-    fn size_bytes(&self) -> usize {
-        self.packed.len() + 2 * self.scales.len() + header_bytes(&self.shape) + super::SCHEME_BYTES
+    /// `packed.len() + 2 · scales.len()` (f16 scales).
+    fn payload_bytes(&self) -> usize {
+        self.packed.len() + 2 * self.scales.len()
     }
 }
 

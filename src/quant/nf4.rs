@@ -33,9 +33,9 @@ use candle_core::{DType, Device, Shape, Tensor};
 
 use super::int4::{check_packed, pack_nibbles, unpack_nibbles};
 use super::{check_block, check_header, check_part_len, check_same_block};
-use crate::compressor::{header_bytes, Compressed, Compressor};
+use crate::compressor::{Compressed, Compressor};
 use crate::error::{Error, Num, Result};
-use crate::input::{check_finite, tensor_from_f32, with_f32_slice};
+use crate::input::{check_finite, with_f32_slice};
 use crate::kernels::blockwise::dequantize_u4_lut_to_vec;
 
 /// The 16 NF4 levels, ascending (QLoRA, appendix E; bitsandbytes' `NF4` table). Index 7 is
@@ -249,20 +249,6 @@ impl Nf4Tensor {
         // The packing was validated at construction, so this cannot fail.
         unpack_nibbles(&self.packed, self.shape.elem_count()).unwrap_or_default()
     }
-
-    /// Decodes to row-major f32 values: `NF4_CODE_BOOK[q] · absmax` per element.
-    #[must_use]
-    pub fn to_f32_vec(&self) -> Vec<f32> {
-        // Lengths were validated at construction, so the kernel cannot refuse them.
-        dequantize_u4_lut_to_vec(
-            &self.packed,
-            &NF4_CODE_BOOK,
-            &self.absmax,
-            self.block_size,
-            self.shape.elem_count(),
-        )
-        .expect("Nf4Tensor lengths are validated at construction")
-    }
 }
 
 impl Compressed for Nf4Tensor {
@@ -274,13 +260,22 @@ impl Compressed for Nf4Tensor {
         self.dtype
     }
 
-    fn decompress(&self, device: &Device) -> Result<Tensor> {
-        tensor_from_f32(self.to_f32_vec(), &self.shape, self.dtype, device)
+    /// Decodes to row-major f32 values: `NF4_CODE_BOOK[q] · absmax` per element.
+    fn to_f32_vec(&self) -> Vec<f32> {
+        // Lengths were validated at construction, so the kernel cannot refuse them.
+        dequantize_u4_lut_to_vec(
+            &self.packed,
+            &NF4_CODE_BOOK,
+            &self.absmax,
+            self.block_size,
+            self.shape.elem_count(),
+        )
+        .expect("Nf4Tensor lengths are validated at construction")
     }
 
-    /// `packed.len() + 4 · absmax.len() + header_bytes(shape) + SCHEME_BYTES`.
-    fn size_bytes(&self) -> usize {
-        self.packed.len() + 4 * self.absmax.len() + header_bytes(&self.shape) + super::SCHEME_BYTES
+    /// `packed.len() + 4 · absmax.len()`.
+    fn payload_bytes(&self) -> usize {
+        self.packed.len() + 4 * self.absmax.len()
     }
 }
 
