@@ -636,3 +636,74 @@ fn row_quantization_near_half_integers_matches_division() {
         }
     }
 }
+
+/// The vector widths' edges (0, 1, 7, 8, 15, 16, 17, 33, ... columns: empty rows, tails
+/// alone, one vector ± 1 of each ISA, a 4-vector step ± 1) with exact ties (`s = 1`),
+/// magnitudes around `2^23`, `2^24` and `f32::MAX` under given scales that push `y / s`
+/// far past ±127 or to ±Inf, and a NaN/±Inf at every position: every ISA equals the
+/// scalar twin bit for bit, errors included.
+#[test]
+fn row_quantization_edge_lengths_every_isa() {
+    let kernels = simd_kernels("row_quantization_edge_lengths_every_isa");
+    let big = [
+        8_388_607.5f32,
+        8_388_608.0,
+        16_777_215.0,
+        16_777_216.0,
+        3e38,
+        f32::MAX,
+    ];
+    for cols in [0usize, 1, 7, 8, 15, 16, 17, 31, 32, 33, 63, 64, 65, 129] {
+        let rows = 3;
+        // Row 0: amax 127 (s = 1), k + 0.5 ties of both signs; row 1: large magnitudes;
+        // row 2: tiny values.
+        let x: Vec<f32> = (0..rows * cols)
+            .map(|i| {
+                let c = i % cols.max(1);
+                match i / cols.max(1) {
+                    0 if c == 0 => 127.0,
+                    0 => (c as f32 % 127.0 - 63.0) + 0.5,
+                    1 => big[c % big.len()] * if c % 2 == 0 { 1.0 } else { -1.0 },
+                    _ => f32::from_bits(c as u32 + 1) * if c % 3 == 0 { -1.0 } else { 1.0 },
+                }
+            })
+            .collect();
+        let smooth: Vec<f32> = (0..cols)
+            .map(|c| if c % 4 == 0 { 1.0 } else { 0.5 })
+            .collect();
+        let given = [1.0f32, 1e-30, f32::MIN_POSITIVE];
+        for sm in [None, Some(&smooth[..])] {
+            let (mut q0, mut s0) = (vec![0i8; rows * cols], vec![0f32; rows]);
+            scalar()
+                .quantize_rows_i8(&x, cols, sm, &mut q0, &mut s0)
+                .unwrap();
+            let mut g0 = vec![0i8; rows * cols];
+            scalar()
+                .quantize_rows_i8_with_scales(&x, cols, sm, &given, &mut g0)
+                .unwrap();
+            for kern in &kernels {
+                let (mut q, mut s) = (vec![9i8; rows * cols], vec![9f32; rows]);
+                kern.quantize_rows_i8(&x, cols, sm, &mut q, &mut s).unwrap();
+                assert_eq!(q, q0, "{} cols={cols}", kern.name());
+                assert_eq!(bits(&s), bits(&s0), "{} cols={cols}", kern.name());
+                let mut g = vec![9i8; rows * cols];
+                kern.quantize_rows_i8_with_scales(&x, cols, sm, &given, &mut g)
+                    .unwrap();
+                assert_eq!(g, g0, "{} cols={cols} (given scales)", kern.name());
+            }
+        }
+        for at in 0..rows * cols {
+            for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+                let mut x = x.clone();
+                x[at] = bad;
+                for kern in std::iter::once(scalar()).chain(kernels.iter().copied()) {
+                    let (mut q, mut s) = (vec![0i8; rows * cols], vec![0f32; rows]);
+                    let r = nf(kern.quantize_rows_i8(&x, cols, None, &mut q, &mut s));
+                    assert_eq!(r, Err(Some(at)), "{} cols={cols}", kern.name());
+                    let r = nf(kern.quantize_rows_i8_with_scales(&x, cols, None, &given, &mut q));
+                    assert_eq!(r, Err(Some(at)), "{} cols={cols} (given)", kern.name());
+                }
+            }
+        }
+    }
+}

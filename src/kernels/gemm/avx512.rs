@@ -1,5 +1,6 @@
 //! AVX-512 VNNI kernels on zmm registers: `vpdpbusd` (u8 × s8 → i32, 4 products per
-//! lane, no saturation) over the 64-byte panel lines, plus the fused row quantization.
+//! lane, no saturation) over the 64-byte panel lines, plus the `__m512` instantiation of
+//! the fused row quantization (`row_quant.rs`).
 //!
 //! W8: activations enter as `qx + 128` (u8) and the driver subtracts `128·Σ w` (exact).
 //! W4: the nibbles `w + 8` (u8, 0..=15) are the unsigned operand and the raw activations
@@ -9,7 +10,6 @@
 use std::arch::x86_64::*;
 
 use super::driver::{CTile, Tile, W4Kernel, W4Tile, W4TileFn, W8Finish, W8Kernel, W8TileFn, LDC};
-use super::scalar;
 
 /// Bytes ahead of the current weight step that the W8 tile prefetches (64 steps): the
 /// hardware prefetcher alone leaves batch-8 layers whose weights come from DRAM
@@ -196,62 +196,7 @@ pub(crate) static W4: W4Kernel = W4Kernel {
     tile: w4_table,
 };
 
-/// `round_half_away(v)` clamped to [-127, 127] as i32 lanes, bit-equal to
-/// `scalar::quantize_one` for finite `v`: `t = trunc(v)`, `d = v - t` (exact), `t ± 1`
-/// where `|d| ≥ 0.5`.
-#[inline(always)]
-unsafe fn round_clamp(v: __m512) -> __m512i {
-    // SAFETY: register-only AVX-512 F operations; the caller guarantees the features.
-    unsafe {
-        let t = _mm512_roundscale_ps::<{ _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC }>(v);
-        round_clamp_from(v, t, _mm512_abs_ps(_mm512_sub_ps(v, t)))
-    }
-}
-
-/// [`round_clamp`] given `t = trunc(v)` and `d = |v - t|`.
-#[inline(always)]
-unsafe fn round_clamp_from(v: __m512, t: __m512, d: __m512) -> __m512i {
-    // SAFETY: register-only AVX-512 F operations; the caller guarantees the features.
-    unsafe {
-        let big = _mm512_cmp_ps_mask::<_CMP_GE_OQ>(d, _mm512_set1_ps(0.5));
-        // ±1.0 with v's sign, by integer ops: the float and/or forms need AVX-512 DQ,
-        // which these functions do not enable (they would become out-of-line calls).
-        let sign = _mm512_and_si512(_mm512_castps_si512(v), _mm512_set1_epi32(i32::MIN));
-        let one = _mm512_castsi512_ps(_mm512_or_si512(sign, _mm512_set1_epi32(0x3F80_0000)));
-        let r = _mm512_mask_add_ps(t, big, t, one);
-        let r = _mm512_min_ps(
-            _mm512_max_ps(r, _mm512_set1_ps(-127.0)),
-            _mm512_set1_ps(127.0),
-        );
-        _mm512_cvttps_epi32(r)
-    }
-}
-
-/// Distance from a half-integer below which [`quant16`] falls back to dividing.
-///
-/// Why multiplying by `inv = fl(1/s)` is then exact: for normal `s`, `inv` is normal with
-/// relative error ≤ 2⁻²⁴, and `|y/s| ≤ 127·(1 + 2⁻²³)` because `s = fl(amax/127)` (given
-/// scales promise no such bound, so they always divide). So
-/// `|fl(y·inv) − y/s| ≤ 128·(2⁻²³ + 2⁻⁴⁸) < 2⁻¹⁶·1.01` and `|fl(y/s) − y/s| ≤ 2⁻¹⁸`:
-/// the two quotients differ by less than 2⁻¹⁵. If `fl(y·inv)` is at least 2⁻¹⁴ away from
-/// every half-integer, both lie strictly between the same two half-integers and round to
-/// the same integer. `d − 0.5` is exact for `d ∈ [0.25, 1)` (Sterbenz) and far from the
-/// guard below that.
-const HALF_GUARD: f32 = 1.0 / 16384.0;
-
-/// Loads `y = x[c..c+n] (* smooth[c..c+n])`, `n ≤ 16` lanes (the rest 0).
-#[inline(always)]
-unsafe fn load_y(x: *const f32, s: Option<*const f32>, m: __mmask16) -> __m512 {
-    // SAFETY: the caller guarantees the masked lanes are readable.
-    unsafe {
-        let y = _mm512_maskz_loadu_ps(m, x);
-        match s {
-            Some(s) => _mm512_mul_ps(y, _mm512_maskz_loadu_ps(m, s)),
-            None => y,
-        }
-    }
-}
-
+/// The first `min(n, 16)` lanes (masked loads and stores of a tile's last columns).
 fn mask(n: usize) -> __mmask16 {
     if n >= 16 {
         0xFFFF
@@ -260,193 +205,7 @@ fn mask(n: usize) -> __mmask16 {
     }
 }
 
-/// Flat index of the first non-finite smoothed value of a row (scalar scan).
-fn first_bad(xr: &[f32], smooth: Option<&[f32]>, row_start: usize) -> usize {
-    let c = (0..xr.len())
-        .find(|&c| !scalar::smoothed(xr[c], smooth, c).is_finite())
-        .expect("a non-finite lane was detected in this row");
-    row_start + c
-}
-
-/// The divisor of a row: `s`, and `1/s` when the faster multiply is exact (see
-/// [`HALF_GUARD`]): `s` normal and `|y/s| ≤ 128` for the row, which holds for computed
-/// scales; given scales pass `inv: None`.
-#[derive(Clone, Copy)]
-struct Divisor {
-    s: __m512,
-    inv: Option<__m512>,
-}
-
-/// `round_clamp(y / s)` of the 16 lanes at offset `c` (masked by `m`), bit-equal to the
-/// division. A function, not a closure: closures do not inherit the caller's target
-/// features, so the intrinsics in one become out-of-line calls.
-#[inline(always)]
-unsafe fn quant16(
-    x: *const f32,
-    sm: Option<*const f32>,
-    c: usize,
-    div: Divisor,
-    m: __mmask16,
-) -> __m512i {
-    // SAFETY: the caller guarantees the masked lanes are readable and the features.
-    unsafe {
-        let y = load_y(x.add(c), sm.map(|s| s.add(c)), m);
-        if let Some(inv) = div.inv {
-            let v = _mm512_mul_ps(y, inv);
-            let t = _mm512_roundscale_ps::<{ _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC }>(v);
-            let d = _mm512_abs_ps(_mm512_sub_ps(v, t));
-            let off = _mm512_abs_ps(_mm512_sub_ps(d, _mm512_set1_ps(0.5)));
-            if _mm512_cmp_ps_mask::<_CMP_LT_OQ>(off, _mm512_set1_ps(HALF_GUARD)) == 0 {
-                return round_clamp_from(v, t, d);
-            }
-        }
-        round_clamp(_mm512_div_ps(y, div.s))
-    }
-}
-
-/// `|y|` of the 16 lanes at offset `c` (masked by `m`); see [`quant16`].
-#[inline(always)]
-unsafe fn abs16(x: *const f32, sm: Option<*const f32>, c: usize, m: __mmask16) -> __m512 {
-    // SAFETY: the caller guarantees the masked lanes are readable and the features.
-    unsafe { _mm512_abs_ps(load_y(x.add(c), sm.map(|s| s.add(c)), m)) }
-}
-
-/// Quantizes one finite row with scale `s` (`s == 0` gives zeros).
-///
-/// `computed` says `s` is the row's own `amax / 127`, so `|y/s| ≤ 128` and the exact
-/// reciprocal multiply of [`quant16`] may be used when `s` is normal.
-#[inline(always)]
-unsafe fn quantize_row(xr: &[f32], smooth: Option<&[f32]>, s: f32, computed: bool, qr: &mut [i8]) {
-    if s == 0.0 {
-        qr.fill(0);
-        return;
-    }
-    // SAFETY: full-vector accesses stay below `n`; the tail is masked to the row's
-    // `n = xr.len()` (= `qr.len()`) elements.
-    unsafe {
-        let vs = Divisor {
-            s: _mm512_set1_ps(s),
-            // (not `bool::then`: a closure would not inline the intrinsic)
-            inv: if computed && s.is_normal() {
-                Some(_mm512_set1_ps(1.0 / s))
-            } else {
-                None
-            },
-        };
-        let (x, sm, q) = (xr.as_ptr(), smooth.map(|s| s.as_ptr()), qr.as_mut_ptr());
-        let n = xr.len();
-        // 64 values a step, narrowed in registers (values are already in [-127, 127], so
-        // the saturating packs are exact) and stored as one vector: a narrowing store to
-        // memory (`vpmovsdb m, zmm`) is several times slower on some cores.
-        let order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
-        let mut c = 0;
-        while c + 64 <= n {
-            let ab = _mm512_packs_epi32(
-                quant16(x, sm, c, vs, 0xFFFF),
-                quant16(x, sm, c + 16, vs, 0xFFFF),
-            );
-            let cd = _mm512_packs_epi32(
-                quant16(x, sm, c + 32, vs, 0xFFFF),
-                quant16(x, sm, c + 48, vs, 0xFFFF),
-            );
-            // Per 128-bit lane l: a[4l..4l+4] b[4l..] c[4l..] d[4l..]; regroup the dwords.
-            let v = _mm512_permutexvar_epi32(order, _mm512_packs_epi16(ab, cd));
-            _mm512_storeu_si512(q.add(c).cast(), v);
-            c += 64;
-        }
-        while c < n {
-            let m = mask(n - c);
-            _mm512_mask_cvtsepi32_storeu_epi8(q.add(c).cast(), m, quant16(x, sm, c, vs, m));
-            c += 16;
-        }
-    }
-}
-
-/// `max |y|` over a row (`y` = `x` or `x·smooth`), or `Err(())` if some `y` is not finite.
-#[inline(always)]
-unsafe fn row_absmax(xr: &[f32], smooth: Option<&[f32]>) -> Result<f32, ()> {
-    // SAFETY: full-vector loads stay below `n = xr.len()` (= `smooth.len()`); the tail
-    // is masked.
-    unsafe {
-        let (x, sm, n) = (xr.as_ptr(), smooth.map(|s| s.as_ptr()), xr.len());
-        let inf = _mm512_set1_ps(f32::INFINITY);
-        let mut vmax = [_mm512_setzero_ps(); 4];
-        let mut c = 0;
-        // Four independent maxima, one finiteness test per 64 values (`|y| < inf` is
-        // false for NaN and ±inf).
-        while c + 64 <= n {
-            let mut finite: __mmask16 = 0xFFFF;
-            for (j, m) in vmax.iter_mut().enumerate() {
-                let y = abs16(x, sm, c + 16 * j, 0xFFFF);
-                finite &= _mm512_cmp_ps_mask::<_CMP_LT_OQ>(y, inf);
-                *m = _mm512_max_ps(*m, y);
-            }
-            if finite != 0xFFFF {
-                return Err(());
-            }
-            c += 64;
-        }
-        while c < n {
-            let y = abs16(x, sm, c, mask(n - c));
-            if _mm512_cmp_ps_mask::<_CMP_LT_OQ>(y, inf) != 0xFFFF {
-                return Err(());
-            }
-            vmax[0] = _mm512_max_ps(vmax[0], y);
-            c += 16;
-        }
-        let m = _mm512_max_ps(
-            _mm512_max_ps(vmax[0], vmax[1]),
-            _mm512_max_ps(vmax[2], vmax[3]),
-        );
-        Ok(_mm512_reduce_max_ps(m))
-    }
-}
-
-/// Fused per-row quantization (zmm); same results as `scalar::quantize_rows_i8`.
-///
-/// # Safety
-/// AVX-512 F/BW/VL must be available; slice lengths as checked by the safe entry point
-/// (`x.len() == q.len() == scales.len() * cols`, `smooth.len() == cols`, `cols > 0`).
-#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-pub(crate) unsafe fn quantize_rows_i8(
-    x: &[f32],
-    cols: usize,
-    smooth: Option<&[f32]>,
-    q: &mut [i8],
-    scales: &mut [f32],
-) -> Result<(), usize> {
-    for (r, scale) in scales.iter_mut().enumerate() {
-        let xr = &x[r * cols..(r + 1) * cols];
-        // SAFETY: features guaranteed by the caller; `smooth` is `cols` long.
-        let amax =
-            unsafe { row_absmax(xr, smooth) }.map_err(|()| first_bad(xr, smooth, r * cols))?;
-        let s = amax / 127.0;
-        *scale = s;
-        // SAFETY: features guaranteed by the caller; `qr` is as long as `xr`.
-        unsafe { quantize_row(xr, smooth, s, true, &mut q[r * cols..(r + 1) * cols]) };
-    }
-    Ok(())
-}
-
-/// Per-row quantization with given scales (zmm); same results as the scalar twin.
-///
-/// # Safety
-/// As [`quantize_rows_i8`], with `scales` finite and ≥ 0.
-#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-pub(crate) unsafe fn quantize_rows_i8_with_scales(
-    x: &[f32],
-    cols: usize,
-    smooth: Option<&[f32]>,
-    scales: &[f32],
-    q: &mut [i8],
-) -> Result<(), usize> {
-    for (r, &s) in scales.iter().enumerate() {
-        let xr = &x[r * cols..(r + 1) * cols];
-        // SAFETY: features guaranteed by the caller; `smooth` and `qr` are `cols` long.
-        unsafe {
-            row_absmax(xr, smooth).map_err(|()| first_bad(xr, smooth, r * cols))?;
-            quantize_row(xr, smooth, s, false, &mut q[r * cols..(r + 1) * cols]);
-        }
-    }
-    Ok(())
-}
+// The gemm dispatch calls these only on paths whose detection proves AVX-512 F/BW/VL:
+// every `__m512` operation of `kernels::simd` needs only F/BW. Computed scales use the
+// exact reciprocal multiply (`row_quant.rs`): `vdivps zmm` costs more than it.
+super::row_quant::row_quant_kernels!(__m512, "avx512f,avx512bw,avx512vl", true);

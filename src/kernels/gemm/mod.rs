@@ -73,6 +73,10 @@
 //! | `neon` | aarch64 NEON | `ld4` + `smlal`/`smlal2` by lane on i16 (raw i8 `qx`) | 4 × 16 |
 //! | `scalar` | any | i64 loops, the reference | — |
 //!
+//! The row quantization is one algorithm over the crate's f32 vector trait
+//! (`row_quant.rs`), instantiated for ymm (every x86 set but the zmm ones), zmm
+//! (`avx512-vnni` and the AMX sets) and NEON.
+//!
 //! Edge tiles (fewer rows or panels) are separate monomorphised kernels from a table. A
 //! panel group's weights stay in L2 while all row blocks stream past them; batch 1 reads
 //! every weight byte once. Work above ~4M multiply-adds is split into rayon tasks over
@@ -128,6 +132,8 @@ mod driver;
 mod neon;
 mod offsets;
 mod pack;
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+mod row_quant;
 mod scalar;
 #[cfg(target_arch = "x86_64")]
 mod ymm;
@@ -473,7 +479,7 @@ impl GemmKernels {
             Path::Avx512Vnni | Path::Amx | Path::AmxTiles | Path::AmxEmulatedAvx512 => unsafe {
                 avx512::quantize_rows_i8(x, cols, smooth, q, scales)
             },
-            // SAFETY: every other x86 path implies AVX2 (+FMA); lengths checked above.
+            // SAFETY: every other x86 path implies AVX2 (+FMA +F16C); lengths checked above.
             #[cfg(target_arch = "x86_64")]
             Path::Avx2 | Path::AvxVnni | Path::Avx512VnniYmm => unsafe {
                 avx2::quantize_rows_i8(x, cols, smooth, q, scales)
@@ -522,7 +528,7 @@ impl GemmKernels {
             Path::Avx512Vnni | Path::Amx | Path::AmxTiles | Path::AmxEmulatedAvx512 => unsafe {
                 avx512::quantize_rows_i8_with_scales(x, cols, smooth, scales, q)
             },
-            // SAFETY: AVX2 (+FMA) detected for these paths; lengths and scales checked.
+            // SAFETY: AVX2 (+FMA +F16C) detected for these paths; lengths and scales checked.
             #[cfg(target_arch = "x86_64")]
             Path::Avx2 | Path::AvxVnni | Path::Avx512VnniYmm => unsafe {
                 avx2::quantize_rows_i8_with_scales(x, cols, smooth, scales, q)

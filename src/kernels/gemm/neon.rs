@@ -1,6 +1,6 @@
 //! aarch64 NEON kernels (baseline Armv8-A Advanced SIMD, present on every aarch64 CPU):
 //! widening multiply-accumulate by lane (`smlal` / `smlal2` on i16 operands), plus the
-//! fused row quantization.
+//! `float32x4_t` instantiation of the fused row quantization (`row_quant.rs`).
 //!
 //! A k4 step of a panel (16 channels × 4 inputs, channel-major, see `pack.rs`) is
 //! de-interleaved into four vectors `w[kk][0..16]`, one per input `kk` (`ld4` for int8;
@@ -24,7 +24,6 @@
 use std::arch::aarch64::*;
 
 use super::driver::{CTile, Tile, W4Kernel, W4Tile, W4TileFn, W8Kernel, W8TileFn, LDC};
-use super::scalar;
 
 /// One k4 step of one panel as i16: `w[kk][h]` holds channels `8h..8h + 8` of input `kk`.
 type StepI16 = [[int16x8_t; 2]; 4];
@@ -260,144 +259,6 @@ pub(crate) static W4: W4Kernel = W4Kernel {
     tile: w4_table,
 };
 
-/// `y = x · smooth` for 4 lanes at `x` (and `s`).
-///
-/// # Safety
-/// NEON; 4 readable floats at `x` (and at `s`).
-#[inline(always)]
-unsafe fn load_y(x: *const f32, s: Option<*const f32>) -> float32x4_t {
-    // SAFETY: the caller guarantees the 4-float ranges and NEON.
-    unsafe {
-        let y = vld1q_f32(x);
-        match s {
-            Some(s) => vmulq_f32(y, vld1q_f32(s)),
-            None => y,
-        }
-    }
-}
-
-/// Returns `Err(flat index)` of the first non-finite smoothed value of the row, else the
-/// row's `max |y|` (max is exact and order-free on finite values, like the scalar fold).
-///
-/// # Safety
-/// NEON; `smooth` (if any) as long as `xr`.
-#[inline(always)]
-unsafe fn row_amax(xr: &[f32], smooth: Option<&[f32]>, row_start: usize) -> Result<f32, usize> {
-    let body = xr.len() / 4 * 4;
-    let bad = || {
-        let c = (0..xr.len())
-            .find(|&c| !scalar::smoothed(xr[c], smooth, c).is_finite())
-            .expect("a non-finite lane was detected in this row");
-        row_start + c
-    };
-    // SAFETY: full 4-lane chunks inside `xr` and `smooth`; NEON guaranteed by the caller.
-    let mut amax = unsafe {
-        let inf = vdupq_n_f32(f32::INFINITY);
-        let mut vmax = vdupq_n_f32(0.0);
-        for c in (0..body).step_by(4) {
-            let y = vabsq_f32(load_y(
-                xr.as_ptr().add(c),
-                smooth.map(|s| s.as_ptr().add(c)),
-            ));
-            // `|y| < inf` is false for ±Inf and NaN.
-            if vminvq_u32(vcltq_f32(y, inf)) == 0 {
-                return Err(bad());
-            }
-            vmax = vmaxq_f32(vmax, y);
-        }
-        vmaxvq_f32(vmax)
-    };
-    for (c, &v) in xr.iter().enumerate().skip(body) {
-        let y = scalar::smoothed(v, smooth, c);
-        if !y.is_finite() {
-            return Err(row_start + c);
-        }
-        amax = amax.max(y.abs());
-    }
-    Ok(amax)
-}
-
-/// Quantizes one finite row with scale `s`: `clamp(round_half_away(y / s), -127, 127)`
-/// with an IEEE division and `frinta` (ties away from zero, as `f32::round`); the tail
-/// (< 8) runs the scalar formula, the same IEEE operations.
-///
-/// # Safety
-/// NEON; `smooth` (if any) and `qr` as long as `xr`.
-#[inline(always)]
-unsafe fn quantize_row(xr: &[f32], smooth: Option<&[f32]>, s: f32, qr: &mut [i8]) {
-    if s == 0.0 {
-        qr.fill(0);
-        return;
-    }
-    let body = xr.len() / 8 * 8;
-    // SAFETY: full 8-lane chunks inside `xr`, `smooth` and `qr`; NEON guaranteed.
-    unsafe {
-        let (vs, lo, hi) = (vdupq_n_f32(s), vdupq_n_f32(-127.0), vdupq_n_f32(127.0));
-        // Integral values in [-127, 127]: the conversion and narrowing are exact.
-        let q4 = |y: float32x4_t| {
-            let r = vminq_f32(vmaxq_f32(vrndaq_f32(vdivq_f32(y, vs)), lo), hi);
-            vmovn_s32(vcvtq_s32_f32(r))
-        };
-        for c in (0..body).step_by(8) {
-            let y0 = load_y(xr.as_ptr().add(c), smooth.map(|s| s.as_ptr().add(c)));
-            let y1 = load_y(
-                xr.as_ptr().add(c + 4),
-                smooth.map(|s| s.as_ptr().add(c + 4)),
-            );
-            vst1_s8(
-                qr.as_mut_ptr().add(c),
-                vmovn_s16(vcombine_s16(q4(y0), q4(y1))),
-            );
-        }
-    }
-    for c in body..xr.len() {
-        qr[c] = scalar::quantize_one(scalar::smoothed(xr[c], smooth, c), s);
-    }
-}
-
-/// Fused per-row quantization; same results as `scalar::quantize_rows_i8`.
-///
-/// # Safety
-/// NEON must be available; lengths as checked by the safe entry point.
-#[target_feature(enable = "neon")]
-pub(crate) unsafe fn quantize_rows_i8(
-    x: &[f32],
-    cols: usize,
-    smooth: Option<&[f32]>,
-    q: &mut [i8],
-    scales: &mut [f32],
-) -> Result<(), usize> {
-    for (r, scale) in scales.iter_mut().enumerate() {
-        let xr = &x[r * cols..(r + 1) * cols];
-        // SAFETY: NEON guaranteed by the caller; `smooth` has `cols` values.
-        let amax = unsafe { row_amax(xr, smooth, r * cols)? };
-        let s = amax / 127.0;
-        *scale = s;
-        // SAFETY: NEON guaranteed by the caller; `q`'s row is as long as `xr`.
-        unsafe { quantize_row(xr, smooth, s, &mut q[r * cols..(r + 1) * cols]) };
-    }
-    Ok(())
-}
-
-/// Per-row quantization with given scales; same results as the scalar twin.
-///
-/// # Safety
-/// As [`quantize_rows_i8`], with `scales` finite and ≥ 0.
-#[target_feature(enable = "neon")]
-pub(crate) unsafe fn quantize_rows_i8_with_scales(
-    x: &[f32],
-    cols: usize,
-    smooth: Option<&[f32]>,
-    scales: &[f32],
-    q: &mut [i8],
-) -> Result<(), usize> {
-    for (r, &s) in scales.iter().enumerate() {
-        let xr = &x[r * cols..(r + 1) * cols];
-        // SAFETY: NEON guaranteed by the caller; `smooth` and `q`'s row have `cols` values.
-        unsafe {
-            row_amax(xr, smooth, r * cols)?;
-            quantize_row(xr, smooth, s, &mut q[r * cols..(r + 1) * cols]);
-        }
-    }
-    Ok(())
-}
+// The gemm dispatch calls these only on the `Path::Neon` path, made after NEON was
+// detected: every `float32x4_t` operation of `kernels::simd` needs only Advanced SIMD.
+super::row_quant::row_quant_kernels!(float32x4_t, "neon", false);

@@ -20,6 +20,9 @@
 /// zero (see [`F32Vector::round_half_away`]).
 const HALF_DOWN: f32 = 0.499_999_97;
 
+/// The widest [`F32Vector::LANES`] (`__m512`), for stack buffers of one vector.
+const MAX_LANES: usize = 16;
+
 /// A vector of [`F32Vector::LANES`] f32 lanes with its i32 and mask companions.
 ///
 /// Every method is `unsafe` for one reason: the CPU must have the implementing ISA's
@@ -54,18 +57,52 @@ pub(crate) trait F32Vector: Copy {
     /// # Safety
     /// As [`F32Vector::splat`].
     unsafe fn load_i8(q: &[i8], i: usize) -> Self;
-    /// Loads the f16 bit patterns `h[i..i + LANES]` converted to f32 (exact, like
-    /// `f32::from(half::f16)`; NaN payloads kept).
+    /// Loads the little-endian f16 values in `bytes[2·i..2·(i + LANES)]` converted to f32
+    /// (exact, like `f32::from(half::f16)`; NaN payloads kept). Bytes, not `&[u16]`: the
+    /// half-precision codec reads an unaligned wire buffer (`halfconv`).
     ///
     /// # Safety
     /// As [`F32Vector::splat`].
-    unsafe fn load_f16(h: &[u16], i: usize) -> Self;
-    /// Stores the lanes rounded to f16 (nearest even, like `half::f16::from_f32`) as bit
-    /// patterns into `out[i..i + LANES]`.
+    unsafe fn load_f16_le(bytes: &[u8], i: usize) -> Self;
+    /// Stores the lanes rounded to f16 (nearest even, like `half::f16::from_f32`; beyond
+    /// ±65504 they become ±Inf, NaN stays NaN) as little-endian bytes into
+    /// `out[2·i..2·(i + LANES)]`.
     ///
     /// # Safety
     /// As [`F32Vector::splat`].
-    unsafe fn store_f16(self, out: &mut [u16], i: usize);
+    unsafe fn store_f16_le(self, out: &mut [u8], i: usize);
+    /// [`F32Vector::load_f16_le`] from the f16 bit patterns `h[i..i + LANES]` (a group's
+    /// scales: one vector per group, so the byte copy costs nothing measurable).
+    ///
+    /// # Safety
+    /// As [`F32Vector::splat`].
+    #[inline(always)]
+    unsafe fn load_f16(h: &[u16], i: usize) -> Self {
+        const { assert!(Self::LANES <= MAX_LANES) };
+        let mut bytes = [0u8; 2 * MAX_LANES];
+        for (b, v) in bytes.chunks_exact_mut(2).zip(&h[i..i + Self::LANES]) {
+            b.copy_from_slice(&v.to_le_bytes());
+        }
+        // SAFETY: the caller guarantees the features of `Self`'s ISA.
+        unsafe { Self::load_f16_le(&bytes[..2 * Self::LANES], 0) }
+    }
+    /// [`F32Vector::store_f16_le`] into the f16 bit patterns `out[i..i + LANES]`.
+    ///
+    /// # Safety
+    /// As [`F32Vector::splat`].
+    #[inline(always)]
+    unsafe fn store_f16(self, out: &mut [u16], i: usize) {
+        const { assert!(Self::LANES <= MAX_LANES) };
+        let mut bytes = [0u8; 2 * MAX_LANES];
+        // SAFETY: the caller guarantees the features of `Self`'s ISA.
+        unsafe { self.store_f16_le(&mut bytes[..2 * Self::LANES], 0) };
+        for (o, b) in out[i..i + Self::LANES]
+            .iter_mut()
+            .zip(bytes.chunks_exact(2))
+        {
+            *o = u16::from_le_bytes([b[0], b[1]]);
+        }
+    }
 
     /// Clears the sign bit of every lane (`f32::abs`, NaN stays NaN).
     ///
@@ -139,6 +176,11 @@ pub(crate) trait F32Vector: Copy {
     /// # Safety
     /// As [`F32Vector::splat`].
     unsafe fn round_even(self) -> Self;
+    /// Rounds each lane toward zero (`f32::trunc`; NaN and infinities unchanged).
+    ///
+    /// # Safety
+    /// As [`F32Vector::splat`].
+    unsafe fn trunc(self) -> Self;
     /// `2^n` for lanes holding an integer `n` in `-126..=127` (built from the exponent
     /// bits: `((n + 127) << 23)`); other lanes give unspecified bits.
     ///
@@ -195,10 +237,12 @@ pub(crate) trait F32Vector: Copy {
     /// Rounds each lane half away from zero (`f32::round`) and converts to i32:
     /// `trunc(v + copysign(0.49999997, v))`.
     ///
-    /// Exact for `|v| < 2^23`: below 0.5 the sum stays below 1 (at most `1 - 2^-24`); at 0.5
-    /// it is `1 - 2^-25`, a tie that rounds to even, 1.0; from 0.5 up the fraction `f` of `v`
-    /// is a multiple of `ulp(v) >= 2^-24`, so `f + 0.49999997` is below `1 - ulp/2` when
-    /// `f < 0.5` and at least `1 - 2^-25` (rounding to 1) when `f >= 0.5`.
+    /// Exact for `|v| < 2^23` (outside that range the ISAs may differ: NEON overrides this
+    /// with `fcvtas`, which rounds half away directly). Below 0.5 the sum stays below 1 (at
+    /// most `1 - 2^-24`); at 0.5 it is `1 - 2^-25`, a tie that rounds to even, 1.0; from 0.5
+    /// up the fraction `f` of `v` is a multiple of `ulp(v) >= 2^-24`, so `f + 0.49999997`
+    /// is below `1 - ulp/2` when `f < 0.5` and at least `1 - 2^-25` (rounding to 1) when
+    /// `f >= 0.5`.
     ///
     /// # Safety
     /// As [`F32Vector::splat`].

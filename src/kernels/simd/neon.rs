@@ -6,7 +6,9 @@
 //! [`F32Vector::min`] are a compare and a select), `fcvtzs` saturates where `cvttps2dq`
 //! gives `i32::MIN` (so [`F32Vector::trunc_i32`] masks), `fcmeq`'s complement is true on
 //! NaN (so [`F32Vector::ne`] is `<` or `>`), and there is no lane movemask (so
-//! [`F32Vector::mask_bits`] adds lane weights). The f16 conversions are the base-ISA
+//! [`F32Vector::mask_bits`] adds lane weights). [`F32Vector::round_half_away`] is
+//! overridden with `fcvtas` (ties away, straight to i32), one instruction for the trait's
+//! add-and-truncate. The f16 conversions are the base-ISA
 //! `fcvtl`/`fcvtn` instructions in `asm!`: Rust's NEON f16 intrinsics are not stable.
 
 use core::arch::aarch64::*;
@@ -49,12 +51,15 @@ impl F32Vector for float32x4_t {
         }
     }
     #[inline(always)]
-    unsafe fn load_f16(h: &[u16], i: usize) -> Self {
-        let src: &[u16; 4] = h[i..i + 4].try_into().expect("4 halves");
-        // SAFETY: `src` is 4 readable u16 (8 bytes); `ld1` has no alignment requirement.
-        // `fcvtl` is a register-only base NEON instruction.
+    unsafe fn load_f16_le(bytes: &[u8], i: usize) -> Self {
+        let src: &[u8; 8] = bytes[2 * i..2 * i + 8].try_into().expect("4 halves");
+        // The u64 of the 8 bytes holds lane `k` in bits `16k..16k + 16` (`vcreate`),
+        // whatever the target's byte order; on little-endian aarch64 this is one `ldr d`.
+        let word = u64::from_le_bytes(*src);
+        // SAFETY: register-only operations; `fcvtl` is a base NEON instruction and NEON is
+        // guaranteed by the caller.
         unsafe {
-            let v = vld1_u16(src.as_ptr());
+            let v = vcreate_u16(word);
             let out: float32x4_t;
             asm!("fcvtl {out:v}.4s, {v:v}.4h", v = in(vreg) v, out = lateout(vreg) out,
                 options(pure, nomem, nostack, preserves_flags));
@@ -62,17 +67,18 @@ impl F32Vector for float32x4_t {
         }
     }
     #[inline(always)]
-    unsafe fn store_f16(self, out: &mut [u16], i: usize) {
-        let dst: &mut [u16; 4] = (&mut out[i..i + 4]).try_into().expect("4 halves");
-        // SAFETY: `dst` is 4 writable u16 (8 bytes); `st1` has no alignment requirement.
-        // `fcvtn` is a register-only base NEON instruction; it rounds by FPCR, which Rust
-        // code runs with at round-to-nearest-even.
-        unsafe {
+    unsafe fn store_f16_le(self, out: &mut [u8], i: usize) {
+        let dst: &mut [u8; 8] = (&mut out[2 * i..2 * i + 8]).try_into().expect("4 halves");
+        // SAFETY: register-only operations; `fcvtn` is a base NEON instruction (NEON
+        // guaranteed by the caller); it rounds by FPCR, which Rust code runs with at
+        // round-to-nearest-even.
+        let word = unsafe {
             let h: uint16x4_t;
             asm!("fcvtn {h:v}.4h, {v:v}.4s", v = in(vreg) self, h = lateout(vreg) h,
                 options(pure, nomem, nostack, preserves_flags));
-            vst1_u16(dst.as_mut_ptr(), h)
-        }
+            vget_lane_u64::<0>(vreinterpret_u64_u16(h))
+        };
+        *dst = word.to_le_bytes();
     }
 
     #[inline(always)]
@@ -145,6 +151,11 @@ impl F32Vector for float32x4_t {
         unsafe { vrndnq_f32(self) }
     }
     #[inline(always)]
+    unsafe fn trunc(self) -> Self {
+        // SAFETY: NEON guaranteed by the caller.
+        unsafe { vrndq_f32(self) }
+    }
+    #[inline(always)]
     unsafe fn pow2(self) -> Self {
         // SAFETY: NEON guaranteed by the caller.
         unsafe {
@@ -165,6 +176,14 @@ impl F32Vector for float32x4_t {
             let in_range = vcltq_f32(vabsq_f32(self), vdupq_n_f32(2_147_483_648.0));
             vbslq_s32(in_range, t, vdupq_n_s32(i32::MIN))
         }
+    }
+
+    /// `fcvtas`: round to nearest, ties away from zero, straight to i32 (exact for every
+    /// `|v| < 2^31`, so it meets the trait's `|v| < 2^23` contract; saturating beyond).
+    #[inline(always)]
+    unsafe fn round_half_away(self) -> int32x4_t {
+        // SAFETY: NEON guaranteed by the caller.
+        unsafe { vcvtaq_s32_f32(self) }
     }
 
     #[inline(always)]

@@ -37,17 +37,17 @@ impl F32Vector for __m256 {
         unsafe { _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(src.as_ptr().cast()))) }
     }
     #[inline(always)]
-    unsafe fn load_f16(h: &[u16], i: usize) -> Self {
-        let src: &[u16; 8] = h[i..i + 8].try_into().expect("8 halves");
-        // SAFETY: `src` is 8 readable u16 (16 bytes); `loadu` has no alignment requirement.
-        // F16C guaranteed by the caller.
+    unsafe fn load_f16_le(bytes: &[u8], i: usize) -> Self {
+        let src: &[u8; 16] = bytes[2 * i..2 * i + 16].try_into().expect("8 halves");
+        // SAFETY: `src` is 16 readable bytes; `loadu` has no alignment requirement. F16C
+        // guaranteed by the caller.
         unsafe { _mm256_cvtph_ps(_mm_loadu_si128(src.as_ptr().cast())) }
     }
     #[inline(always)]
-    unsafe fn store_f16(self, out: &mut [u16], i: usize) {
-        let dst: &mut [u16; 8] = (&mut out[i..i + 8]).try_into().expect("8 halves");
-        // SAFETY: `dst` is 8 writable u16 (16 bytes); `storeu` has no alignment
-        // requirement. F16C guaranteed by the caller.
+    unsafe fn store_f16_le(self, out: &mut [u8], i: usize) {
+        let dst: &mut [u8; 16] = (&mut out[2 * i..2 * i + 16]).try_into().expect("8 halves");
+        // SAFETY: `dst` is 16 writable bytes; `storeu` has no alignment requirement. F16C
+        // guaranteed by the caller.
         unsafe {
             let h = _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(self);
             _mm_storeu_si128(dst.as_mut_ptr().cast(), h)
@@ -131,6 +131,11 @@ impl F32Vector for __m256 {
     unsafe fn round_even(self) -> Self {
         // SAFETY: AVX guaranteed by the caller.
         unsafe { _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(self) }
+    }
+    #[inline(always)]
+    unsafe fn trunc(self) -> Self {
+        // SAFETY: AVX guaranteed by the caller.
+        unsafe { _mm256_round_ps::<{ _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC }>(self) }
     }
     #[inline(always)]
     unsafe fn pow2(self) -> Self {
@@ -235,17 +240,17 @@ impl F32Vector for __m512 {
         unsafe { _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(src.as_ptr().cast()))) }
     }
     #[inline(always)]
-    unsafe fn load_f16(h: &[u16], i: usize) -> Self {
-        let src: &[u16; 16] = h[i..i + 16].try_into().expect("16 halves");
-        // SAFETY: `src` is 16 readable u16 (32 bytes); `loadu` has no alignment
-        // requirement. AVX-512 F guaranteed by the caller.
+    unsafe fn load_f16_le(bytes: &[u8], i: usize) -> Self {
+        let src: &[u8; 32] = bytes[2 * i..2 * i + 32].try_into().expect("16 halves");
+        // SAFETY: `src` is 32 readable bytes; `loadu` has no alignment requirement.
+        // AVX-512 F guaranteed by the caller.
         unsafe { _mm512_cvtph_ps(_mm256_loadu_si256(src.as_ptr().cast())) }
     }
     #[inline(always)]
-    unsafe fn store_f16(self, out: &mut [u16], i: usize) {
-        let dst: &mut [u16; 16] = (&mut out[i..i + 16]).try_into().expect("16 halves");
-        // SAFETY: `dst` is 16 writable u16 (32 bytes); `storeu` has no alignment
-        // requirement. AVX-512 F guaranteed by the caller.
+    unsafe fn store_f16_le(self, out: &mut [u8], i: usize) {
+        let dst: &mut [u8; 32] = (&mut out[2 * i..2 * i + 32]).try_into().expect("16 halves");
+        // SAFETY: `dst` is 32 writable bytes; `storeu` has no alignment requirement.
+        // AVX-512 F guaranteed by the caller.
         unsafe {
             let h = _mm512_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(self);
             _mm256_storeu_si256(dst.as_mut_ptr().cast(), h)
@@ -329,6 +334,11 @@ impl F32Vector for __m512 {
     unsafe fn round_even(self) -> Self {
         // SAFETY: AVX-512 F guaranteed by the caller.
         unsafe { _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(self) }
+    }
+    #[inline(always)]
+    unsafe fn trunc(self) -> Self {
+        // SAFETY: AVX-512 F guaranteed by the caller.
+        unsafe { _mm512_roundscale_ps::<{ _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC }>(self) }
     }
     #[inline(always)]
     unsafe fn pow2(self) -> Self {
