@@ -10,13 +10,24 @@
 
 #![warn(clippy::undocumented_unsafe_blocks, clippy::missing_safety_doc)]
 
+// The kernel families are public for the benches, the examples and the integration tests
+// (which compare every ISA against its scalar twin through them), but they are not the
+// crate's API: users reach the kernels through `QuantLinear`, the quantizers and the codecs.
+// Hidden from the docs, so the documented surface is what a candle user needs; the ISA
+// choice (`active_isa`, `Isa`, `features`) and `KernelError` stay documented below.
+#[doc(hidden)]
 pub mod act;
+#[doc(hidden)]
 pub mod blockwise;
+#[doc(hidden)]
 pub mod detect;
 mod error;
+#[doc(hidden)]
 pub mod gemm;
+#[doc(hidden)]
 pub mod halfconv;
 pub(crate) mod hugepage;
+#[doc(hidden)]
 pub mod peak;
 mod simd;
 

@@ -3,7 +3,7 @@
 //! `GgmlDType::Q8_0` blocks ([`BlockwiseInt8Tensor::to_ggml_q8_0_bytes`]).
 //!
 //! Per block of `block_size` values (default 64; the last block may be shorter), computed
-//! by [`kernels::blockwise`](crate::kernels::blockwise) (SIMD chosen at run time):
+//! by the blockwise SIMD kernels (the ISA chosen at run time):
 //!
 //! ```text
 //! amax = max |x|     d = amax / 127  (f32)      id = 1/d  (0 when d = 0)

@@ -17,7 +17,7 @@
 //! ```
 //!
 //! Int8 goes through the same fused kernel as [`QuantLinear`](crate::nn::QuantLinear)'s
-//! activations ([`kernels::gemm::quantize_rows_i8`](crate::kernels::gemm::quantize_rows_i8)
+//! activations (`kernels::gemm::quantize_rows_i8`
 //! for `MaxAbs`, `quantize_rows_i8_with_scales` for percentiles), so int8 per-row `MaxAbs`
 //! codes are bit-identical to what a `QuantLinear` feeds its matmul. Int4 codes (never −8,
 //! so the range is symmetric) are stored as nibbles `q + 8`, two per byte, by

@@ -12,7 +12,7 @@ use crate::error::{Error, Result};
 use crate::input::with_f32_slice;
 
 /// A linear layer `y = x · Wᵀ + b` with int8 or int4 weights and int8 activations, run by
-/// the integer kernels of [`crate::kernels::gemm`]. See the [module docs](super) for the
+/// the crate's integer GEMM kernels. See the [module docs](super) for the
 /// numerics, smoothing and the error policy.
 ///
 /// It holds only the packed integer weights, their scales, the optional bias and the

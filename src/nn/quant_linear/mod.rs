@@ -23,7 +23,7 @@
 //! **Weights, int8 (W8A8).** Symmetric, one scale per output channel (row of the
 //! `[out, in]` weight): `sw[o] = amax_k |w[o,k]| / 127`, `qw = round_half_away(w / sw)`,
 //! clamped to `[-127, 127]`; a zero row gets `sw = 0` and zero codes. This is the same
-//! fused kernel ([`kernels::gemm::quantize_rows_i8`]) that quantizes activations.
+//! fused kernel (`kernels::gemm::quantize_rows_i8`) that quantizes activations.
 //!
 //! **Weights, int4 (W4A8).** Symmetric, one scale per group of `group` consecutive input
 //! columns of an output row: `sw[o,g] = amax_group |w| / 7`,
@@ -48,13 +48,13 @@
 //! tensor (one `sx = amax / 127` for the whole input of the call), or a static scale from
 //! calibration (`qx = clamp(round_half_away(x / sx), -127, 127)`, so values beyond
 //! `127·sx` saturate), or not at all ([`ActivationQuant::Float`]: weight-only, the
-//! dequantized weights times the float input). Quantization is one fused pass of [`kernels::gemm`] (per tensor
+//! dequantized weights times the float input). Quantization is one fused pass of the GEMM's row quantization (per tensor
 //! adds a second pass when the batch has more than one row), split over rayon by rows for
 //! large inputs.
 //!
 //! **Output.** The integer accumulator `acc[t,o] = Σ_k qx[t,k]·qw[o,k]` is exact (i32,
 //! blocked into wider accumulators when `in_features` could overflow i32), and the float
-//! epilogue is the one documented in [`kernels::gemm`]: for W8A8
+//! epilogue is the one the GEMM kernels implement: for W8A8
 //! `y[t,o] = acc[t,o] as f32 · (sx[t] · sw[o]) + b[o]`, for W4A8 one integer accumulator
 //! per group, combined in f32 with the group scales. The same bits come out on every ISA.
 //!
@@ -82,8 +82,6 @@
 //! are enabled; the message is identical); call
 //! [`QuantLinear::try_forward`] to receive the typed [`Error`] instead.
 //!
-//! [`kernels::gemm`]: crate::kernels::gemm
-//! [`kernels::gemm::quantize_rows_i8`]: crate::kernels::gemm::quantize_rows_i8
 //! [`Error`]: crate::Error
 //! [`Error::NonFinite`]: crate::Error::NonFinite
 
