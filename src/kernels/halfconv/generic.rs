@@ -47,26 +47,29 @@ unsafe fn all_below<V: F32Vector>(v: [V; VECTORS], limit: f32) -> bool {
 #[inline(always)]
 pub(super) unsafe fn f32_to_f16_le<V: F32Vector>(x: &[f32], out: &mut [u8]) -> Result<(), usize> {
     let (l, step) = (V::LANES, VECTORS * V::LANES);
-    let mut i = 0;
-    while i + step <= x.len() {
+    let mut done = 0;
+    // Whole steps as exact chunks: their lengths are constants, so the vector accesses
+    // inside compile without bounds checks (indexed from `x`, the checks made an
+    // L2-resident round trip about 30% slower).
+    for (xs, os) in x.chunks_exact(step).zip(out.chunks_exact_mut(2 * step)) {
         // SAFETY: `V`'s features (caller).
         unsafe {
             let v = [
-                V::load(x, i),
-                V::load(x, i + l),
-                V::load(x, i + 2 * l),
-                V::load(x, i + 3 * l),
+                V::load(xs, 0),
+                V::load(xs, l),
+                V::load(xs, 2 * l),
+                V::load(xs, 3 * l),
             ];
             if !all_below(v, F16_OVERFLOW) {
                 break;
             }
             for (k, v) in v.into_iter().enumerate() {
-                v.store_f16_le(out, i + k * l);
+                v.store_f16_le(os, k * l);
             }
         }
-        i += step;
+        done += step;
     }
-    scalar::f32_to_f16_le(&x[i..], &mut out[2 * i..]).map_err(|e| i + e)
+    scalar::f32_to_f16_le(&x[done..], &mut out[2 * done..]).map_err(|e| done + e)
 }
 
 /// See [`super::f16_le_to_f32`]; lengths already checked by the caller
@@ -80,26 +83,26 @@ pub(super) unsafe fn f16_le_to_f32<V: F32Vector>(
     out: &mut [f32],
 ) -> Result<(), usize> {
     let (l, step) = (V::LANES, VECTORS * V::LANES);
-    let mut i = 0;
-    while i + step <= out.len() {
+    let mut done = 0;
+    for (bs, os) in bytes.chunks_exact(2 * step).zip(out.chunks_exact_mut(step)) {
         // SAFETY: `V`'s features (caller).
         unsafe {
             let v = [
-                V::load_f16_le(bytes, i),
-                V::load_f16_le(bytes, i + l),
-                V::load_f16_le(bytes, i + 2 * l),
-                V::load_f16_le(bytes, i + 3 * l),
+                V::load_f16_le(bs, 0),
+                V::load_f16_le(bs, l),
+                V::load_f16_le(bs, 2 * l),
+                V::load_f16_le(bs, 3 * l),
             ];
             if !all_below(v, f32::INFINITY) {
                 break;
             }
             for (k, v) in v.into_iter().enumerate() {
-                v.store(out, i + k * l);
+                v.store(os, k * l);
             }
         }
-        i += step;
+        done += step;
     }
-    scalar::f16_le_to_f32(&bytes[2 * i..], &mut out[i..]).map_err(|e| i + e)
+    scalar::f16_le_to_f32(&bytes[2 * done..], &mut out[done..]).map_err(|e| done + e)
 }
 
 /// Emits, in the invoking module, one ISA's conversions: `f32_to_f16_le(cpu, x, out)` and
