@@ -238,7 +238,7 @@ fn w4a8_simd_equals_scalar_all_shapes() {
     for &group in &[32usize, 64, 128, 8] {
         for &k in &[1usize, 7, 31, 33, 63, 65, 4095] {
             for &n in &[1usize, 3, 17, 33] {
-                for &rows in &[1usize, 3, 17] {
+                for &rows in &[1usize, 2, 3, 17] {
                     for extreme in [false, true] {
                         let qx: Vec<i8> = (0..rows * k)
                             .map(|i| {
@@ -287,6 +287,34 @@ fn w4a8_simd_equals_scalar_all_shapes() {
                     }
                 }
             }
+        }
+    }
+}
+
+/// Groups longer than 65 536 inputs: the few-row AVX-512 W4 tile sums its high nibbles
+/// times 16 in chunks of that length, so its chunk boundary must be exact. Extreme codes
+/// (`w = 7`, i.e. nibble 15, and `qx = ±127, -128`) make every partial sum as large as
+/// it gets; rows 1 and 2 run the few-row tile, 3 the general one.
+#[test]
+fn w4a8_groups_longer_than_a_chunk_stay_exact() {
+    let kernels = simd_kernels("w4a8_groups_longer_than_a_chunk_stay_exact");
+    let (group, n) = (2 * 65536 + 8192, 3);
+    let k = group + 40;
+    let w: Vec<i8> = (0..n * k).map(|i| if i % 5 == 0 { -8 } else { 7 }).collect();
+    let ws = vec![0.5f32; n * 2];
+    let p = PackedW4::pack(&w, &ws, n, k, group).unwrap();
+    for rows in [1usize, 2, 3] {
+        let qx: Vec<i8> = (0..rows * k).map(|i| [-128, 127, -127][i % 3]).collect();
+        let xs = vec![0.25f32; rows];
+        let mut want = vec![0f32; rows * n];
+        scalar()
+            .matmul_w4a8(&qx, &xs, rows, &p, None, &mut want)
+            .unwrap();
+        for kern in &kernels {
+            let mut got = vec![f32::NAN; rows * n];
+            kern.matmul_w4a8(&qx, &xs, rows, &p, None, &mut got)
+                .unwrap();
+            assert_eq!(bits(&got), bits(&want), "{} rows={rows}", kern.name());
         }
     }
 }
