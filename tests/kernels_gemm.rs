@@ -300,7 +300,9 @@ fn w4a8_groups_longer_than_a_chunk_stay_exact() {
     let kernels = simd_kernels("w4a8_groups_longer_than_a_chunk_stay_exact");
     let (group, n) = (2 * 65536 + 8192, 3);
     let k = group + 40;
-    let w: Vec<i8> = (0..n * k).map(|i| if i % 5 == 0 { -8 } else { 7 }).collect();
+    let w: Vec<i8> = (0..n * k)
+        .map(|i| if i % 5 == 0 { -8 } else { 7 })
+        .collect();
     let ws = vec![0.5f32; n * 2];
     let p = PackedW4::pack(&w, &ws, n, k, group).unwrap();
     for rows in [1usize, 2, 3] {

@@ -22,7 +22,10 @@ use super::amx_driver::{
     AmxKernels, GroupArgs, GroupFn, TileArgs, TileConfig, TileFn, C_STRIDE, GROUP_C, GROUP_C_BYTES,
     TILE_ROWS,
 };
+use super::avx512::{quantize_rows_i8, quantize_rows_i8_with_scales};
 use super::pack::NR;
+use super::table::{AmxUse, Table};
+use crate::kernels::detect::Isa;
 
 /// Bytes from C tile row 0 to the second row tile's C (16 rows of the C buffer).
 const C_ROW_TILE: usize = TILE_ROWS * C_STRIDE;
@@ -721,6 +724,34 @@ pub(crate) static AMX: AmxKernels = AmxKernels {
     unpack_w4: unpack_w4_avx512,
     combine_groups: combine_groups_avx512,
     finish_w8: Some(super::avx512::w8_finish),
+};
+
+/// AMX: tiles from `AMX_MIN_ROWS` rows (W4A8: `AMX_MIN_ROWS_W4`), the AVX-512 VNNI kernels below.
+pub(crate) static TABLE: Table = Table {
+    name: "amx",
+    isa: Isa::Amx,
+    quantize_rows: quantize_rows_i8,
+    quantize_rows_with_scales: quantize_rows_i8_with_scales,
+    w8: Some(&super::avx512::W8),
+    w4: Some(&super::avx512::W4),
+    amx: Some(AmxUse {
+        kernels: &AMX,
+        below: Some(Isa::Avx512Vnni),
+    }),
+};
+
+/// AMX tiles for every row count (tests, benches).
+pub(crate) static TABLE_TILES: Table = Table {
+    name: "amx-tiles",
+    isa: Isa::Amx,
+    quantize_rows: quantize_rows_i8,
+    quantize_rows_with_scales: quantize_rows_i8_with_scales,
+    w8: None,
+    w4: None,
+    amx: Some(AmxUse {
+        kernels: &AMX,
+        below: None,
+    }),
 };
 
 /// The `tdpbssd` peak of the calling thread's core: 6 independent accumulator tiles

@@ -24,6 +24,9 @@
 
 use std::cell::RefCell;
 
+use super::table::{AmxUse, Table};
+use crate::kernels::detect::Isa;
+
 use super::amx_driver::{
     combine_groups_generic, unpack_w4_generic, AmxKernels, GroupArgs, GroupFn, TileArgs,
     TileConfig, TileFn, C_STRIDE, GROUP_C_BYTES, TILE_ROWS,
@@ -354,6 +357,36 @@ pub(crate) static EMULATED_AVX512: AmxKernels = AmxKernels {
     unpack_w4: super::amx::unpack_w4_avx512,
     combine_groups: super::amx::combine_groups_avx512,
     finish_w8: Some(super::avx512::w8_finish),
+};
+
+/// The AMX driver on the emulated tiles, portable helpers (a test oracle).
+pub(crate) static TABLE: Table = Table {
+    name: "amx-emulated",
+    isa: Isa::Scalar,
+    quantize_rows: super::scalar::quantize_rows_i8,
+    quantize_rows_with_scales: super::scalar::quantize_rows_i8_with_scales,
+    w8: None,
+    w4: None,
+    amx: Some(AmxUse {
+        kernels: &EMULATED,
+        below: None,
+    }),
+};
+
+/// The AMX driver on the emulated tiles with the AMX table's AVX-512 helpers (a test
+/// oracle).
+#[cfg(target_arch = "x86_64")]
+pub(crate) static TABLE_AVX512: Table = Table {
+    name: "amx-emulated-avx512",
+    isa: Isa::Avx512Vnni,
+    quantize_rows: super::avx512::quantize_rows_i8,
+    quantize_rows_with_scales: super::avx512::quantize_rows_i8_with_scales,
+    w8: None,
+    w4: None,
+    amx: Some(AmxUse {
+        kernels: &EMULATED_AVX512,
+        below: None,
+    }),
 };
 
 #[cfg(test)]

@@ -10,7 +10,9 @@
 use std::arch::x86_64::*;
 
 use super::driver::{W4Kernel, W8Finish, W8Kernel, LDC};
+use super::table::Table;
 use super::ymm::{ymm_kernels, Dot4};
+use crate::kernels::detect::Isa;
 
 /// The AVX2 4-byte dot product (sign trick).
 pub(crate) struct MaddSign;
@@ -90,6 +92,7 @@ pub(crate) static W8: W8Kernel = W8Kernel {
     mr: 4,
     np: 1,
     shifted: false,
+    full_range: false,
     tile: w8_table,
     finish: Some(w8_finish),
 };
@@ -103,3 +106,14 @@ pub(crate) static W4: W4Kernel = W4Kernel {
 // The gemm dispatch calls these only on paths whose `Avx2` detection proves AVX2 + FMA +
 // F16C: every `__m256` operation of `kernels::simd` needs only these.
 super::row_quant::row_quant_kernels!(__m256, "avx2,fma,f16c", false);
+
+/// AVX2 + FMA: `vpmaddubsw` + `vpmaddwd` tiles (weights of -128 run the scalar kernel).
+pub(crate) static TABLE: Table = Table {
+    name: "avx2",
+    isa: Isa::Avx2,
+    quantize_rows: quantize_rows_i8,
+    quantize_rows_with_scales: quantize_rows_i8_with_scales,
+    w8: Some(&W8),
+    w4: Some(&W4),
+    amx: None,
+};

@@ -10,6 +10,8 @@
 use std::arch::x86_64::*;
 
 use super::driver::{CTile, Tile, W4Kernel, W4Tile, W4TileFn, W8Finish, W8Kernel, W8TileFn, LDC};
+use super::table::Table;
+use crate::kernels::detect::Isa;
 
 /// Bytes ahead of the current weight step that the W8 tile prefetches (64 steps): the
 /// hardware prefetcher alone leaves batch-8 layers whose weights come from DRAM
@@ -229,7 +231,13 @@ macro_rules! instantiate {
 
 instantiate!(w8_zmm, w8_tile, Tile, i32, "avx512f,avx512bw,avx512vnni");
 instantiate!(w4_zmm, w4_tile, W4Tile, f32, "avx512f,avx512bw,avx512vnni");
-instantiate!(w4_zmm_few_rows, w4_tile_few_rows, W4Tile, f32, "avx512f,avx512bw,avx512vnni");
+instantiate!(
+    w4_zmm_few_rows,
+    w4_tile_few_rows,
+    W4Tile,
+    f32,
+    "avx512f,avx512bw,avx512vnni"
+);
 
 fn w8_table(mr: usize, np: usize) -> W8TileFn {
     tile_table!(w8_zmm, W8TileFn, mr, np; 1 2 3 4 5 6 7 8; 1 2 3)
@@ -281,6 +289,7 @@ pub(crate) static W8: W8Kernel = W8Kernel {
     mr: 8,
     np: 3,
     shifted: true,
+    full_range: true,
     tile: w8_table,
     finish: Some(w8_finish),
 };
@@ -304,3 +313,14 @@ fn mask(n: usize) -> __mmask16 {
 // every `__m512` operation of `kernels::simd` needs only F/BW. Computed scales use the
 // exact reciprocal multiply (`row_quant.rs`): `vdivps zmm` costs more than it.
 super::row_quant::row_quant_kernels!(__m512, "avx512f,avx512bw,avx512vl", true);
+
+/// AVX-512 VNNI: zmm tiles and row quantization.
+pub(crate) static TABLE: Table = Table {
+    name: "avx512-vnni",
+    isa: Isa::Avx512Vnni,
+    quantize_rows: quantize_rows_i8,
+    quantize_rows_with_scales: quantize_rows_i8_with_scales,
+    w8: Some(&W8),
+    w4: Some(&W4),
+    amx: None,
+};

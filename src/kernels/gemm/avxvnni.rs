@@ -10,8 +10,11 @@
 
 use std::arch::x86_64::*;
 
+use super::avx2::{quantize_rows_i8, quantize_rows_i8_with_scales};
 use super::driver::{W4Kernel, W8Kernel};
+use super::table::Table;
 use super::ymm::{ymm_kernels, Dot4};
+use crate::kernels::detect::Isa;
 
 /// VEX `vpdpbusd` (AVX-VNNI).
 pub(crate) struct VexDot;
@@ -63,6 +66,7 @@ pub(crate) static W8_VEX: W8Kernel = W8Kernel {
     mr: 6,
     np: 1,
     shifted: true,
+    full_range: true,
     tile: w8_vex_table,
     finish: Some(super::avx2::w8_finish),
 };
@@ -77,6 +81,7 @@ pub(crate) static W8_EVEX: W8Kernel = W8Kernel {
     mr: 6,
     np: 1,
     shifted: true,
+    full_range: true,
     tile: w8_evex_table,
     finish: Some(super::avx2::w8_finish),
 };
@@ -85,4 +90,26 @@ pub(crate) static W4_EVEX: W4Kernel = W4Kernel {
     mr: 2,
     np: 1,
     tile: w4_evex_table,
+};
+
+/// AVX-VNNI: VEX `vpdpbusd` on ymm, the AVX2 row quantization.
+pub(crate) static TABLE_VEX: Table = Table {
+    name: "avx-vnni",
+    isa: Isa::AvxVnni,
+    quantize_rows: quantize_rows_i8,
+    quantize_rows_with_scales: quantize_rows_i8_with_scales,
+    w8: Some(&W8_VEX),
+    w4: Some(&W4_VEX),
+    amx: None,
+};
+
+/// The AVX-VNNI tiles with EVEX `vpdpbusd` (AVX-512 VNNI + VL), for AVX-512 CPUs.
+pub(crate) static TABLE_EVEX: Table = Table {
+    name: "avx512-vnni-ymm",
+    isa: Isa::Avx512Vnni,
+    quantize_rows: quantize_rows_i8,
+    quantize_rows_with_scales: quantize_rows_i8_with_scales,
+    w8: Some(&W8_EVEX),
+    w4: Some(&W4_EVEX),
+    amx: None,
 };

@@ -101,6 +101,9 @@ pub(crate) struct W8Kernel {
     /// `Σ (qx + 128)·w`: the driver subtracts `128 · Σ w`. Otherwise activations are fed
     /// as the raw i8 bytes.
     pub shifted: bool,
+    /// The kernels take weights of -128 (the AVX2 sign trick needs [-127, 127]; weights
+    /// with a -128 run the scalar kernel there).
+    pub full_range: bool,
     /// The microkernel for an `mr × np` tile (`1 ≤ mr ≤ self.mr`, `1 ≤ np ≤ self.np`).
     pub tile: fn(usize, usize) -> W8TileFn,
     /// The ISA's epilogue for single-block tiles; `None` runs [`finish_w8_generic`]. With

@@ -60,13 +60,14 @@
 //!
 //! Weights are packed once ([`PackedW8::pack`], [`PackedW4::pack`]) into panels of 16
 //! output channels × steps of 4 consecutive inputs — the `vpdpbusd` operand layout, which
-//! also serves the 256-bit kernels. [`GemmKernels`] is the run-time dispatch: detected
-//! once, cached, logged with `tracing`; the free functions use [`GemmKernels::active`],
-//! and tests or benches pick an ISA with [`GemmKernels::for_isa`].
+//! also serves the 256-bit kernels. [`GemmKernels`] is the run-time dispatch: a
+//! reference to one ISA module's static kernel table (`table.rs`), detected once, cached,
+//! logged with `tracing`; the free functions use [`GemmKernels::active`], and tests or
+//! benches pick an ISA with [`GemmKernels::for_isa`].
 //!
 //! | kernels | ISA | W8A8 dot product | tile (rows × channels) |
 //! |---|---|---|---|
-//! | `avx512-vnni` | AVX-512 F/BW/VL + VNNI | `vpdpbusd` zmm, `qx + 128` as u8, `- 128·Σw` | 8 × 48 (W4: 6 × 32) |
+//! | `avx512-vnni` | AVX-512 F/BW/VL + VNNI | `vpdpbusd` zmm, `qx + 128` as u8, `- 128·Σw` | 8 × 48 (W4: 6 × 32; 1–2 rows: low and high nibbles in separate sums, no unpacking shuffle) |
 //! | `avx-vnni` | AVX2 + AVX-VNNI | `vpdpbusd` ymm (VEX) | 6 × 16 (W4: 2 × 16) |
 //! | `avx512-vnni-ymm` | AVX-512 VNNI + VL | the `avx-vnni` tiles with EVEX `vpdpbusd` | 6 × 16 |
 //! | `avx2` | AVX2 + FMA | `vpmaddubsw` (`abs(qx)` × sign-moved `w`) + `vpmaddwd` | 4 × 16 (W4: 2 × 16) |
@@ -92,6 +93,8 @@ use std::sync::OnceLock;
 
 use super::detect::Isa;
 use super::error::{checked_mul, expect_len, KernelError};
+use amx_driver::AmxKernels;
+use table::{AmxUse, Table};
 
 // Expands `(mr, np)` to the monomorphised microkernel.
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
@@ -135,6 +138,7 @@ mod pack;
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 mod row_quant;
 mod scalar;
+mod table;
 #[cfg(target_arch = "x86_64")]
 mod ymm;
 
@@ -201,38 +205,6 @@ impl std::fmt::Display for IsaUnavailable {
 
 impl std::error::Error for IsaUnavailable {}
 
-/// Which kernel family runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Path {
-    Scalar,
-    /// AVX2 `vpmaddubsw` + `vpmaddwd` (sign trick), ymm.
-    #[cfg(target_arch = "x86_64")]
-    Avx2,
-    /// VEX `vpdpbusd`, ymm.
-    #[cfg(target_arch = "x86_64")]
-    AvxVnni,
-    /// EVEX `vpdpbusd`, zmm.
-    #[cfg(target_arch = "x86_64")]
-    Avx512Vnni,
-    /// EVEX `vpdpbusd` on ymm: the AVX-VNNI tiles, runnable on AVX-512 VNNI CPUs.
-    #[cfg(target_arch = "x86_64")]
-    Avx512VnniYmm,
-    /// aarch64 NEON `smlal`/`smlal2` by lane on widened i16 operands.
-    #[cfg(target_arch = "aarch64")]
-    Neon,
-    /// AMX tiles from [`AMX_MIN_ROWS`] rows (W4A8: [`AMX_MIN_ROWS_W4`]), AVX-512 VNNI below.
-    #[cfg(target_arch = "x86_64")]
-    Amx,
-    /// AMX tiles for every row count (tests, benches).
-    #[cfg(target_arch = "x86_64")]
-    AmxTiles,
-    /// The AMX driver on the scalar tile emulation, portable helpers (tests).
-    AmxEmulated,
-    /// The AMX driver on the tile emulation with the AMX table's AVX-512 helpers (tests).
-    #[cfg(target_arch = "x86_64")]
-    AmxEmulatedAvx512,
-}
-
 /// A set of integer GEMM kernels for one ISA. Holding one proves the CPU supports it.
 ///
 /// ```
@@ -242,10 +214,27 @@ enum Path {
 /// println!("gemm kernels: {}", k.name());
 /// assert!(GemmKernels::for_isa(Isa::Scalar).is_ok());
 /// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy)]
 pub struct GemmKernels {
-    path: Path,
+    table: &'static Table,
 }
+
+impl std::fmt::Debug for GemmKernels {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("GemmKernels")
+            .field(&self.table.name)
+            .finish()
+    }
+}
+
+/// Two values are equal when they run the same kernel set.
+impl PartialEq for GemmKernels {
+    fn eq(&self, other: &Self) -> bool {
+        std::ptr::eq(self.table, other.table)
+    }
+}
+
+impl Eq for GemmKernels {}
 
 static ACTIVE: OnceLock<GemmKernels> = OnceLock::new();
 
@@ -256,7 +245,9 @@ impl GemmKernels {
     pub fn active() -> GemmKernels {
         *ACTIVE.get_or_init(|| {
             let isa = super::detect::active_isa();
-            let k = GemmKernels::for_isa(isa).unwrap_or(GemmKernels { path: Path::Scalar });
+            let k = GemmKernels::for_isa(isa).unwrap_or(GemmKernels {
+                table: &scalar::TABLE,
+            });
             tracing::debug!(isa = %k.isa(), kernels = k.name(), "candle-compress gemm kernels selected");
             k
         })
@@ -265,22 +256,23 @@ impl GemmKernels {
     /// The kernels for `isa`, or `Err` when this CPU (or this build's target) lacks it.
     pub fn for_isa(isa: Isa) -> Result<GemmKernels, IsaUnavailable> {
         #[cfg(target_arch = "x86_64")]
-        use super::detect::{Avx2, Avx512Vnni, AvxVnni};
-        let path = match isa {
-            Isa::Scalar => Some(Path::Scalar),
+        use super::detect::{Amx, Avx2, Avx512Vnni, AvxVnni};
+        let table: Option<&'static Table> = match isa {
+            Isa::Scalar => Some(&scalar::TABLE),
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 => Avx2::detect().map(|_| Path::Avx2),
+            Isa::Avx2 => Avx2::detect().map(|_| &avx2::TABLE),
             #[cfg(target_arch = "x86_64")]
-            Isa::AvxVnni => AvxVnni::detect().map(|_| Path::AvxVnni),
+            Isa::AvxVnni => AvxVnni::detect().map(|_| &avxvnni::TABLE_VEX),
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx512Vnni => Avx512Vnni::detect().map(|_| Path::Avx512Vnni),
+            Isa::Avx512Vnni => Avx512Vnni::detect().map(|_| &avx512::TABLE),
             #[cfg(target_arch = "aarch64")]
-            Isa::Neon => super::detect::Neon::detect().map(|_| Path::Neon),
+            Isa::Neon => super::detect::Neon::detect().map(|_| &neon::TABLE),
             #[cfg(target_arch = "x86_64")]
-            Isa::Amx => super::detect::Amx::detect().map(|_| Path::Amx),
+            Isa::Amx => Amx::detect().map(|_| &amx::TABLE),
             _ => None,
         };
-        path.map(|path| GemmKernels { path })
+        table
+            .map(|table| GemmKernels { table })
             .ok_or(IsaUnavailable { isa })
     }
 
@@ -291,7 +283,7 @@ impl GemmKernels {
         #[cfg(target_arch = "x86_64")]
         if super::detect::Avx512Vnni::detect().is_some() {
             return Ok(GemmKernels {
-                path: Path::Avx512VnniYmm,
+                table: &avxvnni::TABLE_EVEX,
             });
         }
         Err(IsaUnavailable {
@@ -306,7 +298,7 @@ impl GemmKernels {
         #[cfg(target_arch = "x86_64")]
         if super::detect::Amx::detect().is_some() {
             return Ok(GemmKernels {
-                path: Path::AmxTiles,
+                table: &amx::TABLE_TILES,
             });
         }
         Err(IsaUnavailable { isa: Isa::Amx })
@@ -329,7 +321,7 @@ impl GemmKernels {
     /// ```
     pub fn amx_emulated() -> GemmKernels {
         GemmKernels {
-            path: Path::AmxEmulated,
+            table: &amx_emu::TABLE,
         }
     }
 
@@ -341,7 +333,7 @@ impl GemmKernels {
         #[cfg(target_arch = "x86_64")]
         if super::detect::Avx512Vnni::detect().is_some() {
             return Ok(GemmKernels {
-                path: Path::AmxEmulatedAvx512,
+                table: &amx_emu::TABLE_AVX512,
             });
         }
         Err(IsaUnavailable {
@@ -381,74 +373,30 @@ impl GemmKernels {
         self.isa_from(rows, AMX_MIN_ROWS_W4)
     }
 
-    // The row counts only matter on x86_64 (the AMX threshold).
-    #[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
     fn isa_from(&self, rows: usize, min_rows: usize) -> Isa {
-        match self.path {
-            #[cfg(target_arch = "x86_64")]
-            Path::Amx if rows < min_rows => Isa::Avx512Vnni,
-            _ => self.isa(),
+        match self.table.amx {
+            Some(AmxUse {
+                below: Some(isa), ..
+            }) if rows < min_rows => isa,
+            _ => self.table.isa,
         }
     }
 
-    /// The AMX tile table these kernels use for `rows` rows, if any (the default AMX path
-    /// from `min_rows` rows).
-    #[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
-    fn amx_table(&self, rows: usize, min_rows: usize) -> Option<&'static amx_driver::AmxKernels> {
-        match self.path {
-            #[cfg(target_arch = "x86_64")]
-            Path::Amx if rows >= min_rows => Some(&amx::AMX),
-            #[cfg(target_arch = "x86_64")]
-            Path::AmxTiles => Some(&amx::AMX),
-            #[cfg(target_arch = "x86_64")]
-            Path::AmxEmulatedAvx512 => Some(&amx_emu::EMULATED_AVX512),
-            Path::AmxEmulated => Some(&amx_emu::EMULATED),
-            _ => None,
-        }
+    /// The AMX tile entry points these kernels use for `rows` rows, if any (from
+    /// `min_rows` rows when the set switches to other kernels below that).
+    fn amx_for(&self, rows: usize, min_rows: usize) -> Option<&'static AmxKernels> {
+        let amx = self.table.amx.as_ref()?;
+        (amx.below.is_none() || rows >= min_rows).then_some(amx.kernels)
     }
 
     /// The ISA these kernels need.
     pub fn isa(&self) -> Isa {
-        match self.path {
-            Path::Scalar => Isa::Scalar,
-            #[cfg(target_arch = "x86_64")]
-            Path::Avx2 => Isa::Avx2,
-            #[cfg(target_arch = "x86_64")]
-            Path::AvxVnni => Isa::AvxVnni,
-            #[cfg(target_arch = "x86_64")]
-            Path::Avx512Vnni | Path::Avx512VnniYmm => Isa::Avx512Vnni,
-            #[cfg(target_arch = "aarch64")]
-            Path::Neon => Isa::Neon,
-            #[cfg(target_arch = "x86_64")]
-            Path::Amx | Path::AmxTiles => Isa::Amx,
-            Path::AmxEmulated => Isa::Scalar,
-            #[cfg(target_arch = "x86_64")]
-            Path::AmxEmulatedAvx512 => Isa::Avx512Vnni,
-        }
+        self.table.isa
     }
 
     /// A short name for logs and benchmark labels.
     pub fn name(&self) -> &'static str {
-        match self.path {
-            Path::Scalar => "scalar",
-            #[cfg(target_arch = "x86_64")]
-            Path::Avx2 => "avx2",
-            #[cfg(target_arch = "x86_64")]
-            Path::AvxVnni => "avx-vnni",
-            #[cfg(target_arch = "x86_64")]
-            Path::Avx512Vnni => "avx512-vnni",
-            #[cfg(target_arch = "x86_64")]
-            Path::Avx512VnniYmm => "avx512-vnni-ymm",
-            #[cfg(target_arch = "aarch64")]
-            Path::Neon => "neon",
-            #[cfg(target_arch = "x86_64")]
-            Path::Amx => "amx",
-            #[cfg(target_arch = "x86_64")]
-            Path::AmxTiles => "amx-tiles",
-            Path::AmxEmulated => "amx-emulated",
-            #[cfg(target_arch = "x86_64")]
-            Path::AmxEmulatedAvx512 => "amx-emulated-avx512",
-        }
+        self.table.name
     }
 
     /// [`quantize_rows_i8`] on these kernels.
@@ -469,26 +417,9 @@ impl GemmKernels {
             scales.fill(0.0);
             return Ok(());
         }
-        let res = match self.path {
-            Path::Scalar | Path::AmxEmulated => {
-                scalar::quantize_rows_i8(x, cols, smooth, q, scales)
-            }
-            // SAFETY: these paths exist only after detection of AVX-512 F/BW/VL/VNNI
-            // (AMX implies it); lengths were checked above and `cols > 0`.
-            #[cfg(target_arch = "x86_64")]
-            Path::Avx512Vnni | Path::Amx | Path::AmxTiles | Path::AmxEmulatedAvx512 => unsafe {
-                avx512::quantize_rows_i8(x, cols, smooth, q, scales)
-            },
-            // SAFETY: every other x86 path implies AVX2 (+FMA +F16C); lengths checked above.
-            #[cfg(target_arch = "x86_64")]
-            Path::Avx2 | Path::AvxVnni | Path::Avx512VnniYmm => unsafe {
-                avx2::quantize_rows_i8(x, cols, smooth, q, scales)
-            },
-            // SAFETY: a `Path::Neon` value exists only after NEON was detected; lengths
-            // were checked above and `cols > 0`.
-            #[cfg(target_arch = "aarch64")]
-            Path::Neon => unsafe { neon::quantize_rows_i8(x, cols, smooth, q, scales) },
-        };
+        // SAFETY: the table's features were detected when `self` was made (see
+        // `table.rs`); lengths were checked above and `cols > 0`.
+        let res = unsafe { (self.table.quantize_rows)(x, cols, smooth, q, scales) };
         res.map_err(|index| non_finite(OP, index))
     }
 
@@ -519,24 +450,9 @@ impl GemmKernels {
         if cols == 0 {
             return Ok(());
         }
-        let res = match self.path {
-            Path::Scalar | Path::AmxEmulated => {
-                scalar::quantize_rows_i8_with_scales(x, cols, smooth, scales, q)
-            }
-            // SAFETY: AVX-512 F/BW/VL detected for these paths; lengths and scales checked.
-            #[cfg(target_arch = "x86_64")]
-            Path::Avx512Vnni | Path::Amx | Path::AmxTiles | Path::AmxEmulatedAvx512 => unsafe {
-                avx512::quantize_rows_i8_with_scales(x, cols, smooth, scales, q)
-            },
-            // SAFETY: AVX2 (+FMA +F16C) detected for these paths; lengths and scales checked.
-            #[cfg(target_arch = "x86_64")]
-            Path::Avx2 | Path::AvxVnni | Path::Avx512VnniYmm => unsafe {
-                avx2::quantize_rows_i8_with_scales(x, cols, smooth, scales, q)
-            },
-            // SAFETY: NEON detected for this path; lengths and scales checked.
-            #[cfg(target_arch = "aarch64")]
-            Path::Neon => unsafe { neon::quantize_rows_i8_with_scales(x, cols, smooth, scales, q) },
-        };
+        // SAFETY: the table's features were detected when `self` was made; lengths and
+        // scales were checked above and `cols > 0`.
+        let res = unsafe { (self.table.quantize_rows_with_scales)(x, cols, smooth, scales, q) };
         res.map_err(|index| non_finite(OP, index))
     }
 
@@ -566,39 +482,20 @@ impl GemmKernels {
         if rows == 0 || w.out_features() == 0 {
             return Ok(());
         }
-        if let Some(t) = self.amx_table(rows, AMX_MIN_ROWS) {
-            // SAFETY: a table is returned only for paths whose features (AMX with its OS
-            // permission, or AVX-512 for the emulation's helpers) were detected, or for
-            // the portable emulation; lengths were checked above.
+        if let Some(t) = self.amx_for(rows, AMX_MIN_ROWS) {
+            // SAFETY: the table's features (AMX with its OS permission, or AVX-512 for
+            // the emulation's helpers, or none for the portable emulation) were detected
+            // when `self` was made; lengths were checked above.
             unsafe { amx_driver::matmul_w8a8(t, qx, x_scales, rows, w, bias, out.as_mut_ptr()) };
             return Ok(());
         }
-        #[cfg(target_arch = "x86_64")]
-        let kern = match self.path {
-            Path::Scalar | Path::AmxEmulated | Path::AmxEmulatedAvx512 | Path::AmxTiles => None,
-            Path::Avx2 if w.has_min() => None,
-            Path::Avx2 => Some(&avx2::W8),
-            Path::AvxVnni => Some(&avxvnni::W8_VEX),
-            Path::Avx512Vnni | Path::Amx => Some(&avx512::W8),
-            Path::Avx512VnniYmm => Some(&avxvnni::W8_EVEX),
-        };
-        #[cfg(target_arch = "aarch64")]
-        let kern = match self.path {
-            Path::Scalar | Path::AmxEmulated => None,
-            Path::Neon => Some(&neon::W8),
-        };
-        #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
-        let kern: Option<()> = None;
-        match kern {
-            None => scalar::matmul_w8a8(qx, x_scales, rows, w, bias, out),
-            // SAFETY: the kernel family was chosen from a path that exists only after its
-            // CPU features were detected; lengths were checked above.
-            #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
-            Some(k) => unsafe {
+        match self.table.w8 {
+            // SAFETY: the kernel family's features were detected when `self` was made;
+            // lengths were checked above; it takes every weight when `full_range`.
+            Some(k) if k.full_range || !w.has_min() => unsafe {
                 driver::matmul_w8a8(k, qx, x_scales, rows, w, bias, out.as_mut_ptr())
             },
-            #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
-            Some(()) => unreachable!(),
+            _ => scalar::matmul_w8a8(qx, x_scales, rows, w, bias, out),
         }
         Ok(())
     }
@@ -629,35 +526,17 @@ impl GemmKernels {
         if rows == 0 || w.out_features() == 0 {
             return Ok(());
         }
-        if let Some(t) = self.amx_table(rows, AMX_MIN_ROWS_W4) {
+        if let Some(t) = self.amx_for(rows, AMX_MIN_ROWS_W4) {
             // SAFETY: as in `matmul_w8a8`.
             unsafe { amx_driver::matmul_w4a8(t, qx, x_scales, rows, w, bias, out.as_mut_ptr()) };
             return Ok(());
         }
-        #[cfg(target_arch = "x86_64")]
-        let kern = match self.path {
-            Path::Scalar | Path::AmxEmulated | Path::AmxEmulatedAvx512 | Path::AmxTiles => None,
-            Path::Avx2 => Some(&avx2::W4),
-            Path::AvxVnni => Some(&avxvnni::W4_VEX),
-            Path::Avx512Vnni | Path::Amx => Some(&avx512::W4),
-            Path::Avx512VnniYmm => Some(&avxvnni::W4_EVEX),
-        };
-        #[cfg(target_arch = "aarch64")]
-        let kern = match self.path {
-            Path::Scalar | Path::AmxEmulated => None,
-            Path::Neon => Some(&neon::W4),
-        };
-        #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
-        let kern: Option<()> = None;
-        match kern {
-            None => scalar::matmul_w4a8(qx, x_scales, rows, w, bias, out),
+        match self.table.w4 {
             // SAFETY: as in `matmul_w8a8`.
-            #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
             Some(k) => unsafe {
                 driver::matmul_w4a8(k, qx, x_scales, rows, w, bias, out.as_mut_ptr())
             },
-            #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
-            Some(()) => unreachable!(),
+            None => scalar::matmul_w4a8(qx, x_scales, rows, w, bias, out),
         }
         Ok(())
     }

@@ -24,6 +24,8 @@
 use std::arch::aarch64::*;
 
 use super::driver::{CTile, Tile, W4Kernel, W4Tile, W4TileFn, W8Kernel, W8TileFn, LDC};
+use super::table::Table;
+use crate::kernels::detect::Isa;
 
 /// One k4 step of one panel as i16: `w[kk][h]` holds channels `8h..8h + 8` of input `kk`.
 type StepI16 = [[int16x8_t; 2]; 4];
@@ -247,6 +249,7 @@ pub(crate) static W8: W8Kernel = W8Kernel {
     mr: 4,
     np: 1,
     shifted: false,
+    full_range: true,
     tile: w8_table,
     finish: None,
 };
@@ -262,3 +265,14 @@ pub(crate) static W4: W4Kernel = W4Kernel {
 // The gemm dispatch calls these only on the `Path::Neon` path, made after NEON was
 // detected: every `float32x4_t` operation of `kernels::simd` needs only Advanced SIMD.
 super::row_quant::row_quant_kernels!(float32x4_t, "neon", false);
+
+/// aarch64 NEON: `smlal` tiles and row quantization.
+pub(crate) static TABLE: Table = Table {
+    name: "neon",
+    isa: Isa::Neon,
+    quantize_rows: quantize_rows_i8,
+    quantize_rows_with_scales: quantize_rows_i8_with_scales,
+    w8: Some(&W8),
+    w4: Some(&W4),
+    amx: None,
+};

@@ -111,7 +111,6 @@ pub struct PackedW8 {
     /// `kblocks * panels * NR` sums `Σ_{k in block} w[o, k]` (0 for padding channels).
     colsums: Vec<i32>,
     /// Whether any weight is -128 (the AVX2 sign trick needs weights in [-127, 127]).
-    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     has_min: bool,
 }
 
@@ -225,7 +224,6 @@ impl PackedW8 {
     pub(crate) fn colsums(&self, kb: usize) -> &[i32] {
         &self.colsums[kb * self.panels * NR..(kb + 1) * self.panels * NR]
     }
-    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     pub(crate) fn has_min(&self) -> bool {
         self.has_min
     }

@@ -8,6 +8,8 @@
 use super::finish_w8;
 use super::offsets::{finish_row_w4, group_sums, offset_row_scalar};
 use super::pack::{PackedW4, PackedW8, NR};
+use super::table::Table;
+use crate::kernels::detect::Isa;
 
 /// `y = x * smooth[c]` when smoothing, else `x`.
 #[inline(always)]
@@ -152,3 +154,14 @@ pub(crate) fn matmul_w4a8(
         finish_row_w4(&mut out[t * n..(t + 1) * n], &sums, off, x_scales[t], bias);
     }
 }
+
+/// The scalar reference: every kernel set must give its bits.
+pub(crate) static TABLE: Table = Table {
+    name: "scalar",
+    isa: Isa::Scalar,
+    quantize_rows: quantize_rows_i8,
+    quantize_rows_with_scales: quantize_rows_i8_with_scales,
+    w8: None,
+    w4: None,
+    amx: None,
+};
