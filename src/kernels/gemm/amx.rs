@@ -22,9 +22,9 @@ use super::amx_driver::{
     AmxKernels, GroupArgs, GroupFn, TileArgs, TileConfig, TileFn, C_STRIDE, GROUP_C, GROUP_C_BYTES,
     TILE_ROWS,
 };
-use super::avx512::{quantize_rows_i8, quantize_rows_i8_with_scales};
+use super::avx512::ROW_QUANT;
 use super::pack::NR;
-use super::table::{AmxUse, Table};
+use super::table::Table;
 use crate::kernels::detect::Isa;
 
 /// Bytes from C tile row 0 to the second row tile's C (16 rows of the C buffer).
@@ -727,32 +727,13 @@ pub(crate) static AMX: AmxKernels = AmxKernels {
 };
 
 /// AMX: tiles from `AMX_MIN_ROWS` rows (W4A8: `AMX_MIN_ROWS_W4`), the AVX-512 VNNI kernels below.
-pub(crate) static TABLE: Table = Table {
-    name: "amx",
-    isa: Isa::Amx,
-    quantize_rows: quantize_rows_i8,
-    quantize_rows_with_scales: quantize_rows_i8_with_scales,
-    w8: Some(&super::avx512::W8),
-    w4: Some(&super::avx512::W4),
-    amx: Some(AmxUse {
-        kernels: &AMX,
-        below: Some(Isa::Avx512Vnni),
-    }),
-};
+pub(crate) static TABLE: Table = Table::new("amx", Isa::Amx, ROW_QUANT)
+    .with_kernels(&super::avx512::W8, &super::avx512::W4)
+    .with_amx(&AMX, Some(Isa::Avx512Vnni));
 
 /// AMX tiles for every row count (tests, benches).
-pub(crate) static TABLE_TILES: Table = Table {
-    name: "amx-tiles",
-    isa: Isa::Amx,
-    quantize_rows: quantize_rows_i8,
-    quantize_rows_with_scales: quantize_rows_i8_with_scales,
-    w8: None,
-    w4: None,
-    amx: Some(AmxUse {
-        kernels: &AMX,
-        below: None,
-    }),
-};
+pub(crate) static TABLE_TILES: Table =
+    Table::new("amx-tiles", Isa::Amx, ROW_QUANT).with_amx(&AMX, None);
 
 /// The `tdpbssd` peak of the calling thread's core: 6 independent accumulator tiles
 /// (tmm0..6) fed by the same A (tmm6) and B (tmm7) tiles, `iters` rounds; returns

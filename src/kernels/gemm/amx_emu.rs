@@ -24,7 +24,7 @@
 
 use std::cell::RefCell;
 
-use super::table::{AmxUse, Table};
+use super::table::Table;
 use crate::kernels::detect::Isa;
 
 use super::amx_driver::{
@@ -360,34 +360,18 @@ pub(crate) static EMULATED_AVX512: AmxKernels = AmxKernels {
 };
 
 /// The AMX driver on the emulated tiles, portable helpers (a test oracle).
-pub(crate) static TABLE: Table = Table {
-    name: "amx-emulated",
-    isa: Isa::Scalar,
-    quantize_rows: super::scalar::quantize_rows_i8,
-    quantize_rows_with_scales: super::scalar::quantize_rows_i8_with_scales,
-    w8: None,
-    w4: None,
-    amx: Some(AmxUse {
-        kernels: &EMULATED,
-        below: None,
-    }),
-};
+pub(crate) static TABLE: Table =
+    Table::new("amx-emulated", Isa::Scalar, super::scalar::ROW_QUANT).with_amx(&EMULATED, None);
 
 /// The AMX driver on the emulated tiles with the AMX table's AVX-512 helpers (a test
 /// oracle).
 #[cfg(target_arch = "x86_64")]
-pub(crate) static TABLE_AVX512: Table = Table {
-    name: "amx-emulated-avx512",
-    isa: Isa::Avx512Vnni,
-    quantize_rows: super::avx512::quantize_rows_i8,
-    quantize_rows_with_scales: super::avx512::quantize_rows_i8_with_scales,
-    w8: None,
-    w4: None,
-    amx: Some(AmxUse {
-        kernels: &EMULATED_AVX512,
-        below: None,
-    }),
-};
+pub(crate) static TABLE_AVX512: Table = Table::new(
+    "amx-emulated-avx512",
+    Isa::Avx512Vnni,
+    super::avx512::ROW_QUANT,
+)
+.with_amx(&EMULATED_AVX512, None);
 
 #[cfg(test)]
 mod tests {

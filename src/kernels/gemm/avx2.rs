@@ -108,12 +108,4 @@ pub(crate) static W4: W4Kernel = W4Kernel {
 super::row_quant::row_quant_kernels!(__m256, "avx2,fma,f16c", false);
 
 /// AVX2 + FMA: `vpmaddubsw` + `vpmaddwd` tiles (weights of -128 run the scalar kernel).
-pub(crate) static TABLE: Table = Table {
-    name: "avx2",
-    isa: Isa::Avx2,
-    quantize_rows: quantize_rows_i8,
-    quantize_rows_with_scales: quantize_rows_i8_with_scales,
-    w8: Some(&W8),
-    w4: Some(&W4),
-    amx: None,
-};
+pub(crate) static TABLE: Table = Table::new("avx2", Isa::Avx2, ROW_QUANT).with_kernels(&W8, &W4);

@@ -105,22 +105,55 @@ unsafe fn w4_tile<const MR: usize, const NP: usize>(t: &W4Tile, c: &mut CTile<f3
                 a = a.add(4);
                 b = b.add(32);
             }
-            let mut sc = [_mm512_setzero_ps(); NP];
-            for (p, s) in sc.iter_mut().enumerate() {
-                *s = _mm512_loadu_ps(t.scales.add(p * t.ldscale + g * 16));
-            }
-            for r in 0..MR {
-                let corr = _mm512_set1_epi32(*t.xcorr.add(r * t.groups + g));
-                for p in 0..NP {
-                    let v = _mm512_cvtepi32_ps(_mm512_sub_epi32(acc[r][p], corr));
-                    sum[r][p] = _mm512_add_ps(sum[r][p], _mm512_mul_ps(v, sc[p]));
-                }
+            add_group(t, g, &acc, &mut sum);
+        }
+        store_sums(&sum, c);
+    }
+}
+
+/// `sum += (acc − 8·Σ_g qx) as f32 · scale_g` for group `g` of a W4 tile: the float
+/// combine of the twin, in group order.
+///
+/// # Safety
+/// AVX-512 F; `t` as for [`w4_tile`], `g < t.groups`, `MR` rows and `NP` panels inside it.
+#[inline(always)]
+unsafe fn add_group<const MR: usize, const NP: usize>(
+    t: &W4Tile,
+    g: usize,
+    acc: &[[__m512i; NP]; MR],
+    sum: &mut [[__m512; NP]; MR],
+) {
+    // SAFETY: `NP` panels of 16 scales for group `g` and `MR` rows of corrections are
+    // inside the tile's ranges (caller).
+    unsafe {
+        let mut sc = [_mm512_setzero_ps(); NP];
+        for (p, s) in sc.iter_mut().enumerate() {
+            *s = _mm512_loadu_ps(t.scales.add(p * t.ldscale + g * 16));
+        }
+        for r in 0..MR {
+            let corr = _mm512_set1_epi32(*t.xcorr.add(r * t.groups + g));
+            for p in 0..NP {
+                let v = _mm512_cvtepi32_ps(_mm512_sub_epi32(acc[r][p], corr));
+                sum[r][p] = _mm512_add_ps(sum[r][p], _mm512_mul_ps(v, sc[p]));
             }
         }
-        for (r, sum_r) in sum.iter().enumerate() {
-            for (p, v) in sum_r.iter().enumerate() {
-                _mm512_storeu_ps(c.as_mut_ptr().add(r * LDC + p * 16), *v);
-            }
+    }
+}
+
+/// Stores a W4 tile's float sums into `c`.
+///
+/// # Safety
+/// AVX-512 F; `MR ≤ MR_MAX` and `NP · 16 ≤ LDC` (the tile shapes of the table).
+#[inline(always)]
+unsafe fn store_sums<const MR: usize, const NP: usize>(
+    sum: &[[__m512; NP]; MR],
+    c: &mut CTile<f32>,
+) {
+    for (r, sum_r) in sum.iter().enumerate() {
+        for (p, v) in sum_r.iter().enumerate() {
+            let dst = &mut c[r * LDC + p * 16..r * LDC + p * 16 + 16];
+            // SAFETY: `dst` is 16 writable floats; unaligned store.
+            unsafe { _mm512_storeu_ps(dst.as_mut_ptr(), *v) };
         }
     }
 }
@@ -196,23 +229,9 @@ unsafe fn w4_tile_few_rows<const MR: usize, const NP: usize>(t: &W4Tile, c: &mut
                 }
                 pairs_left -= pairs;
             }
-            let mut sc = [_mm512_setzero_ps(); NP];
-            for (p, s) in sc.iter_mut().enumerate() {
-                *s = _mm512_loadu_ps(t.scales.add(p * t.ldscale + g * 16));
-            }
-            for r in 0..MR {
-                let corr = _mm512_set1_epi32(*t.xcorr.add(r * t.groups + g));
-                for p in 0..NP {
-                    let v = _mm512_cvtepi32_ps(_mm512_sub_epi32(acc[r][p], corr));
-                    sum[r][p] = _mm512_add_ps(sum[r][p], _mm512_mul_ps(v, sc[p]));
-                }
-            }
+            add_group(t, g, &acc, &mut sum);
         }
-        for (r, sum_r) in sum.iter().enumerate() {
-            for (p, v) in sum_r.iter().enumerate() {
-                _mm512_storeu_ps(c.as_mut_ptr().add(r * LDC + p * 16), *v);
-            }
-        }
+        store_sums(&sum, c);
     }
 }
 
@@ -315,12 +334,5 @@ fn mask(n: usize) -> __mmask16 {
 super::row_quant::row_quant_kernels!(__m512, "avx512f,avx512bw,avx512vl", true);
 
 /// AVX-512 VNNI: zmm tiles and row quantization.
-pub(crate) static TABLE: Table = Table {
-    name: "avx512-vnni",
-    isa: Isa::Avx512Vnni,
-    quantize_rows: quantize_rows_i8,
-    quantize_rows_with_scales: quantize_rows_i8_with_scales,
-    w8: Some(&W8),
-    w4: Some(&W4),
-    amx: None,
-};
+pub(crate) static TABLE: Table =
+    Table::new("avx512-vnni", Isa::Avx512Vnni, ROW_QUANT).with_kernels(&W8, &W4);

@@ -10,7 +10,7 @@
 
 use std::arch::x86_64::*;
 
-use super::avx2::{quantize_rows_i8, quantize_rows_i8_with_scales};
+use super::avx2::ROW_QUANT;
 use super::driver::{W4Kernel, W8Kernel};
 use super::table::Table;
 use super::ymm::{ymm_kernels, Dot4};
@@ -93,23 +93,9 @@ pub(crate) static W4_EVEX: W4Kernel = W4Kernel {
 };
 
 /// AVX-VNNI: VEX `vpdpbusd` on ymm, the AVX2 row quantization.
-pub(crate) static TABLE_VEX: Table = Table {
-    name: "avx-vnni",
-    isa: Isa::AvxVnni,
-    quantize_rows: quantize_rows_i8,
-    quantize_rows_with_scales: quantize_rows_i8_with_scales,
-    w8: Some(&W8_VEX),
-    w4: Some(&W4_VEX),
-    amx: None,
-};
+pub(crate) static TABLE_VEX: Table =
+    Table::new("avx-vnni", Isa::AvxVnni, ROW_QUANT).with_kernels(&W8_VEX, &W4_VEX);
 
 /// The AVX-VNNI tiles with EVEX `vpdpbusd` (AVX-512 VNNI + VL), for AVX-512 CPUs.
-pub(crate) static TABLE_EVEX: Table = Table {
-    name: "avx512-vnni-ymm",
-    isa: Isa::Avx512Vnni,
-    quantize_rows: quantize_rows_i8,
-    quantize_rows_with_scales: quantize_rows_i8_with_scales,
-    w8: Some(&W8_EVEX),
-    w4: Some(&W4_EVEX),
-    amx: None,
-};
+pub(crate) static TABLE_EVEX: Table =
+    Table::new("avx512-vnni-ymm", Isa::Avx512Vnni, ROW_QUANT).with_kernels(&W8_EVEX, &W4_EVEX);

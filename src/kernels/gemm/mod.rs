@@ -419,7 +419,7 @@ impl GemmKernels {
         }
         // SAFETY: the table's features were detected when `self` was made (see
         // `table.rs`); lengths were checked above and `cols > 0`.
-        let res = unsafe { (self.table.quantize_rows)(x, cols, smooth, q, scales) };
+        let res = unsafe { (self.table.rows.quantize)(x, cols, smooth, q, scales) };
         res.map_err(|index| non_finite(OP, index))
     }
 
@@ -452,7 +452,7 @@ impl GemmKernels {
         }
         // SAFETY: the table's features were detected when `self` was made; lengths and
         // scales were checked above and `cols > 0`.
-        let res = unsafe { (self.table.quantize_rows_with_scales)(x, cols, smooth, scales, q) };
+        let res = unsafe { (self.table.rows.with_scales)(x, cols, smooth, scales, q) };
         res.map_err(|index| non_finite(OP, index))
     }
 

@@ -267,12 +267,4 @@ pub(crate) static W4: W4Kernel = W4Kernel {
 super::row_quant::row_quant_kernels!(float32x4_t, "neon", false);
 
 /// aarch64 NEON: `smlal` tiles and row quantization.
-pub(crate) static TABLE: Table = Table {
-    name: "neon",
-    isa: Isa::Neon,
-    quantize_rows: quantize_rows_i8,
-    quantize_rows_with_scales: quantize_rows_i8_with_scales,
-    w8: Some(&W8),
-    w4: Some(&W4),
-    amx: None,
-};
+pub(crate) static TABLE: Table = Table::new("neon", Isa::Neon, ROW_QUANT).with_kernels(&W8, &W4);

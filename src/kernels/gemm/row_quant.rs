@@ -253,6 +253,12 @@ unsafe fn round_clamp<V: F32Vector>(v: V) -> V::I32 {
 /// dispatch in `gemm/mod.rs` calls the kernels only on a path whose features were detected.
 macro_rules! row_quant_kernels {
     ($vec:ty, $feat:literal, $reciprocal:literal) => {
+        /// This ISA's row quantizations, for its kernel tables.
+        pub(crate) const ROW_QUANT: super::table::RowQuant = super::table::RowQuant {
+            quantize: quantize_rows_i8,
+            with_scales: quantize_rows_i8_with_scales,
+        };
+
         /// Fused per-row quantization; same results as `scalar::quantize_rows_i8` (see
         /// `row_quant.rs`).
         ///

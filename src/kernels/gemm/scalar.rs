@@ -8,7 +8,7 @@
 use super::finish_w8;
 use super::offsets::{finish_row_w4, group_sums, offset_row_scalar};
 use super::pack::{PackedW4, PackedW8, NR};
-use super::table::Table;
+use super::table::{RowQuant, Table};
 use crate::kernels::detect::Isa;
 
 /// `y = x * smooth[c]` when smoothing, else `x`.
@@ -155,13 +155,11 @@ pub(crate) fn matmul_w4a8(
     }
 }
 
-/// The scalar reference: every kernel set must give its bits.
-pub(crate) static TABLE: Table = Table {
-    name: "scalar",
-    isa: Isa::Scalar,
-    quantize_rows: quantize_rows_i8,
-    quantize_rows_with_scales: quantize_rows_i8_with_scales,
-    w8: None,
-    w4: None,
-    amx: None,
+/// The scalar row quantizations.
+pub(crate) const ROW_QUANT: RowQuant = RowQuant {
+    quantize: quantize_rows_i8,
+    with_scales: quantize_rows_i8_with_scales,
 };
+
+/// The scalar reference: every kernel set must give its bits.
+pub(crate) static TABLE: Table = Table::new("scalar", Isa::Scalar, ROW_QUANT);

@@ -22,22 +22,61 @@ pub(crate) type QuantizeRowsFn =
 pub(crate) type QuantizeRowsWithScalesFn =
     unsafe fn(&[f32], usize, Option<&[f32]>, &[f32], &mut [i8]) -> Result<(), usize>;
 
+/// An ISA's two row quantizations (emitted by `row_quant_kernels!`, or the scalar twins).
+#[derive(Clone, Copy)]
+pub(crate) struct RowQuant {
+    /// The fused row quantization.
+    pub quantize: QuantizeRowsFn,
+    /// The row quantization with given scales.
+    pub with_scales: QuantizeRowsWithScalesFn,
+}
+
 /// One kernel set: what [`GemmKernels`](super::GemmKernels) dispatches to.
 pub(crate) struct Table {
     /// Short name for logs and benchmark labels.
     pub name: &'static str,
     /// The ISA whose features the kernels need.
     pub isa: Isa,
-    /// The fused row quantization.
-    pub quantize_rows: QuantizeRowsFn,
-    /// The row quantization with given scales.
-    pub quantize_rows_with_scales: QuantizeRowsWithScalesFn,
+    /// The row quantizations.
+    pub rows: RowQuant,
     /// The W8A8 microkernels; `None` runs the scalar reference.
     pub w8: Option<&'static W8Kernel>,
     /// The W4A8 microkernels; `None` runs the scalar reference.
     pub w4: Option<&'static W4Kernel>,
     /// The AMX tiles, for the sets that use them.
     pub amx: Option<AmxUse>,
+}
+
+impl Table {
+    /// A set with the given row quantization whose matrix products run the scalar
+    /// reference; [`Table::with_kernels`] and [`Table::with_amx`] add the rest.
+    pub(crate) const fn new(name: &'static str, isa: Isa, rows: RowQuant) -> Table {
+        Table {
+            name,
+            isa,
+            rows,
+            w8: None,
+            w4: None,
+            amx: None,
+        }
+    }
+
+    /// The same set with these W8A8 and W4A8 microkernels.
+    pub(crate) const fn with_kernels(self, w8: &'static W8Kernel, w4: &'static W4Kernel) -> Table {
+        Table {
+            w8: Some(w8),
+            w4: Some(w4),
+            ..self
+        }
+    }
+
+    /// The same set on AMX tiles (`below`: see [`AmxUse::below`]).
+    pub(crate) const fn with_amx(self, kernels: &'static AmxKernels, below: Option<Isa>) -> Table {
+        Table {
+            amx: Some(AmxUse { kernels, below }),
+            ..self
+        }
+    }
 }
 
 /// How a kernel set uses AMX tiles.
