@@ -469,17 +469,8 @@ impl GemmKernels {
         bias: Option<&[f32]>,
         out: &mut [f32],
     ) -> Result<(), KernelError> {
-        check_matmul(
-            "matmul_w8a8",
-            qx.len(),
-            x_scales.len(),
-            rows,
-            w.in_features(),
-            w.out_features(),
-            bias,
-            out.len(),
-        )?;
-        if rows == 0 || w.out_features() == 0 {
+        let dims = (w.in_features(), w.out_features());
+        if !check_matmul("matmul_w8a8", qx, x_scales, rows, dims, bias, out)? {
             return Ok(());
         }
         if let Some(t) = self.amx_for(rows, AMX_MIN_ROWS) {
@@ -513,17 +504,8 @@ impl GemmKernels {
         bias: Option<&[f32]>,
         out: &mut [f32],
     ) -> Result<(), KernelError> {
-        check_matmul(
-            "matmul_w4a8",
-            qx.len(),
-            x_scales.len(),
-            rows,
-            w.in_features(),
-            w.out_features(),
-            bias,
-            out.len(),
-        )?;
-        if rows == 0 || w.out_features() == 0 {
+        let dims = (w.in_features(), w.out_features());
+        if !check_matmul("matmul_w4a8", qx, x_scales, rows, dims, bias, out)? {
             return Ok(());
         }
         if let Some(t) = self.amx_for(rows, AMX_MIN_ROWS_W4) {
@@ -576,31 +558,31 @@ fn check_rows(
 }
 
 /// The length rules of the matrix products: `qx` is `rows × in_features`, one activation
-/// scale per row, `out` is `rows × out_features`, one bias per output.
-#[allow(clippy::too_many_arguments)]
+/// scale per row, `out` is `rows × out_features`, one bias per output (`dims` is
+/// `(in_features, out_features)`). `Ok(false)` when there is nothing to compute (no rows
+/// or no outputs).
 fn check_matmul(
     op: &'static str,
-    qx: usize,
-    x_scales: usize,
+    qx: &[i8],
+    x_scales: &[f32],
     rows: usize,
-    inp: usize,
-    n: usize,
+    (inp, n): (usize, usize),
     bias: Option<&[f32]>,
-    out: usize,
-) -> Result<(), KernelError> {
+    out: &[f32],
+) -> Result<bool, KernelError> {
     let need = checked_mul(op, "rows × in_features", rows, inp)?;
-    expect_len(op, "qx", qx, need, || {
+    expect_len(op, "qx", qx.len(), need, || {
         format!("rows × in_features = {rows} × {inp}")
     })?;
-    expect_len(op, "x_scales", x_scales, rows, || "rows".into())?;
+    expect_len(op, "x_scales", x_scales.len(), rows, || "rows".into())?;
     let need = checked_mul(op, "rows × out_features", rows, n)?;
-    expect_len(op, "out", out, need, || {
+    expect_len(op, "out", out.len(), need, || {
         format!("rows × out_features = {rows} × {n}")
     })?;
     if let Some(b) = bias {
         expect_len(op, "bias", b.len(), n, || "out_features".into())?;
     }
-    Ok(())
+    Ok(rows > 0 && n > 0)
 }
 
 fn non_finite(op: &'static str, index: usize) -> KernelError {
