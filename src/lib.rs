@@ -45,10 +45,6 @@
 //! - GPUs: everything runs on candle's CPU device.
 //! - Training with quantized weights (no quantization-aware training, no gradients through
 //!   [`QuantLinear`]).
-//! - NEON versions of the row softmax and the row attention: on aarch64 these run their
-//!   scalar kernels (the W8A8/W4A8 kernels and their row quantization, the blockwise
-//!   quantizers and decoders, the half conversions, `exp`, SwiGLU and the blocked
-//!   attention have NEON versions).
 //!
 //! # Errors and input policy
 //!

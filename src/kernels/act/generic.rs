@@ -1,10 +1,11 @@
-//! The activation kernels written once over [`F32Vector`]: `exp` (every ISA's, the AVX2 and
-//! AVX-512 kernels included) and the element-wise loops of the ISAs without hand-written
-//! ones (NEON), whose tails run the scalar twin.
+//! The element-wise activation kernels written once over [`F32Vector`]: `exp` (also the
+//! one of the row kernels in `rows.rs` and of `blocked.rs`) and the `exp` and SwiGLU
+//! loops, whose tails run the scalar twin; and `act_kernels!`, which instantiates every
+//! generic activation kernel for one ISA.
 //!
 //! Every function is `#[inline(always)]` and `unsafe` only for the CPU features of its
-//! vector type; the `#[target_feature]` functions of `avx2.rs`, `avx512.rs` and `neon.rs`
-//! are where it is compiled. Slice accesses are bounds-checked.
+//! vector type; the `#[target_feature]` functions `act_kernels!` emits in `avx2.rs`,
+//! `avx512.rs` and `neon.rs` are where it is compiled. Slice accesses are bounds-checked.
 
 use super::scalar::{self, EXP_HI, EXP_LO, EXP_POLY, LN2_HI, LN2_LO, LOG2E};
 use crate::kernels::simd::F32Vector;
@@ -69,9 +70,9 @@ pub(crate) unsafe fn silu_mul_in_place<V: F32Vector>(gate: &mut [f32], up: &[f32
 }
 
 /// Emits one ISA's entry points of the generic activation kernels in the invoking module:
-/// `exp_in_place`, `silu_mul_in_place` and `attend_block` (`blocked.rs`), each a safe
-/// function taking the ISA's detection token around a `#[target_feature]` instantiation
-/// for `$vec`.
+/// `exp_in_place`, `silu_mul_in_place`, `softmax_row` and `attend_row` (`rows.rs`) and
+/// `attend_block` (`blocked.rs`), each a safe function taking the ISA's detection token
+/// around a `#[target_feature]` instantiation for `$vec`.
 ///
 /// The invoking module vouches that holding `$token` proves every feature in `$feat`, and
 /// that `$feat` covers `$vec`'s [`F32Vector`] operations.
@@ -83,6 +84,13 @@ macro_rules! act_kernels {
             /// See [`super::silu_mul_in_place`]; lengths already checked by the caller.
             silu_mul_in_place(gate: &mut [f32], up: &[f32])
                 = super::generic::silu_mul_in_place::<$vec>;
+            /// See `scalar::softmax_row`; `len <= row.len()` checked by the caller.
+            softmax_row(row: &mut [f32], len: usize, scale: f32) -> f32
+                = super::rows::softmax_row::<$vec>;
+            /// See `scalar::attend_row`; the caller checked that every key and value row
+            /// is inside its slice and that `out.len() == a.q.len()`.
+            attend_row(a: &super::scalar::AttendRow, scores: &mut [f32], out: &mut [f32])
+                -> f32 = super::rows::attend_row::<$vec>;
             /// See [`super::attend_blocked`] and `blocked.rs`; the caller guarantees the
             /// block's contract there (`d` a multiple of the lanes, at most four vectors
             /// of rows, limits below `2^24`).

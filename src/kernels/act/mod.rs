@@ -6,7 +6,7 @@
 //! Why: in a decoder whose linears run on the integer kernels, these operations are what
 //! is left of a prefill's time; candle's CPU versions call a scalar `expf` per element
 //! and the attention needs a separate mask tensor and scale pass. Here `exp` is a
-//! polynomial with range reduction written once per ISA, and the softmax takes the
+//! polynomial with range reduction written once for every ISA, and the softmax takes the
 //! causal limit and the scale as arguments. A decode step's attention (one query per
 //! head against a few hundred cached keys) is a few thousand multiply-adds per head:
 //! [`attend_rows`] does it in one pass over the cache, where two generic matmul calls
@@ -19,14 +19,17 @@
 //!
 //! Safe entry points check their arguments ([`KernelError`], never a panic) and run the
 //! kernel for this process's ISA ([`kernel_isa`], detected once and cached): AVX-512F on
-//! CPUs with the AVX-512 kernels, AVX2 + FMA on other x86_64 CPUs, NEON on aarch64 (`exp`,
-//! SwiGLU and the blocked attention; the softmax and [`attend_rows`] run the scalar twin
-//! there), otherwise the scalar twin in `scalar.rs`. `scalar.rs` is the definition of correct: the
-//! SIMD versions perform the same operations in the same order (FMA where the scalar code
-//! calls `f32::mul_add`, the same 16-lane partial sums in the softmax) and are tested
-//! against it bit for bit. The `*_on(isa, ..)` forms run a chosen ISA (`Ok(None)` when the
-//! CPU lacks it) for tests and benchmarks. Large inputs are split over rayon's threads;
-//! each element's (each row's) result does not depend on the split.
+//! CPUs with the AVX-512 kernels, AVX2 + FMA on other x86_64 CPUs, NEON on aarch64,
+//! otherwise the scalar twin in `scalar.rs`. Each SIMD kernel is written once over the
+//! `F32Vector` trait (`generic.rs`: `exp` and the element-wise loops; `rows.rs`: the row
+//! softmax and [`attend_rows`]' per-row kernel; `blocked.rs`: [`attend_blocked`]) and
+//! instantiated for `__m512`, `__m256` and `float32x4_t` by `avx512.rs`, `avx2.rs` and
+//! `neon.rs`. `scalar.rs` is the definition of correct: the SIMD versions perform the
+//! same operations in the same order (FMA where the scalar code calls `f32::mul_add`, the
+//! same 16-lane partial sums in the softmax and the dot products, as one, two or four
+//! vectors) and are tested against it bit for bit. The `*_on(isa, ..)` forms run a chosen
+//! ISA (`Ok(None)` when the CPU lacks it) for tests and benchmarks. Large inputs are split
+//! over rayon's threads; each element's (each row's) result does not depend on the split.
 #![warn(clippy::undocumented_unsafe_blocks, clippy::missing_safety_doc)]
 
 use rayon::prelude::*;
@@ -38,24 +41,6 @@ use super::detect::{active_isa, Isa};
 use super::detect::{Avx2, Avx512Vnni};
 use super::error::{checked_mul, expect_len, KernelError};
 
-/// Calls `$f::<N>(args)` for `N = $n` in `1..=8`: the register blocks of the SIMD twins'
-/// `axpy_rows` (`$n` is never 0 there).
-#[cfg(target_arch = "x86_64")]
-macro_rules! by_vecs {
-    ($n:expr, $f:ident($($a:expr),*)) => {
-        match $n {
-            1 => $f::<1>($($a),*),
-            2 => $f::<2>($($a),*),
-            3 => $f::<3>($($a),*),
-            4 => $f::<4>($($a),*),
-            5 => $f::<5>($($a),*),
-            6 => $f::<6>($($a),*),
-            7 => $f::<7>($($a),*),
-            _ => $f::<8>($($a),*),
-        }
-    };
-}
-
 #[cfg(target_arch = "x86_64")]
 mod avx2;
 #[cfg(target_arch = "x86_64")]
@@ -64,6 +49,7 @@ mod blocked;
 mod generic;
 #[cfg(target_arch = "aarch64")]
 mod neon;
+mod rows;
 mod scalar;
 
 /// Elements per rayon task of the element-wise kernels (and the least work per task of
@@ -73,8 +59,7 @@ const PAR_CHUNK: usize = 16 * 1024;
 
 /// The instruction set these kernels run on in this process: [`Isa::Avx512Vnni`] (its
 /// AVX-512F part) when that is the active ISA or AMX is, [`Isa::Avx2`] on other x86_64
-/// CPUs with AVX2, [`Isa::Neon`] on aarch64 (where the softmax and [`attend_rows`] run
-/// the scalar twin), otherwise [`Isa::Scalar`].
+/// CPUs with AVX2, [`Isa::Neon`] on aarch64, otherwise [`Isa::Scalar`].
 pub fn kernel_isa() -> Isa {
     match active_isa() {
         Isa::Avx512Vnni | Isa::Amx => Isa::Avx512Vnni,
@@ -612,6 +597,11 @@ fn attend_row(isa: Isa, a: &scalar::AttendRow, scores: &mut [f32], out: &mut [f3
             Some(cpu) => avx2::attend_row(cpu, a, scores, out),
             None => scalar::attend_row(a, scores, out),
         },
+        #[cfg(target_arch = "aarch64")]
+        Isa::Neon => match Neon::detect() {
+            Some(cpu) => neon::attend_row(cpu, a, scores, out),
+            None => scalar::attend_row(a, scores, out),
+        },
         _ => scalar::attend_row(a, scores, out),
     }
 }
@@ -792,6 +782,11 @@ fn softmax_row(isa: Isa, row: &mut [f32], len: usize, scale: f32) -> f32 {
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => match Avx2::detect() {
             Some(cpu) => avx2::softmax_row(cpu, row, len, scale),
+            None => scalar::softmax_row(row, len, scale),
+        },
+        #[cfg(target_arch = "aarch64")]
+        Isa::Neon => match Neon::detect() {
+            Some(cpu) => neon::softmax_row(cpu, row, len, scale),
             None => scalar::softmax_row(row, len, scale),
         },
         _ => scalar::softmax_row(row, len, scale),

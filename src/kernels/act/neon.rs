@@ -1,7 +1,6 @@
-//! aarch64 NEON activation kernels (4 f32 lanes): `exp`, SwiGLU's `silu(gate) · up` and
-//! the blocked prompt attention, all the generic algorithms of `generic.rs` and
-//! `blocked.rs` on `float32x4_t`. The row softmax and [`super::attend_rows`] run the
-//! scalar twin on aarch64.
+//! aarch64 NEON activation kernels (4 f32 lanes): the generic algorithms of `generic.rs`,
+//! `rows.rs` and `blocked.rs` on `float32x4_t` (the softmax's and the dot products' 16
+//! accumulator lanes of `scalar.rs` are four registers).
 
 use core::arch::aarch64::float32x4_t;
 

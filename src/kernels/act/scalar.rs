@@ -1,4 +1,5 @@
-//! Portable activation kernels: the definition of correct for `avx2.rs` and `avx512.rs`.
+//! Portable activation kernels: the definition of correct for the SIMD ones (`generic.rs`,
+//! `rows.rs` and `blocked.rs` on AVX2, AVX-512 and NEON).
 //!
 //! Every SIMD kernel performs exactly the operations written here, in the same order
 //! (`f32::mul_add` where the SIMD code uses FMA, the same clamps, the same lane layout
@@ -28,7 +29,7 @@ pub(crate) const EXP_POLY: [f32; 6] = [
 
 /// Lanes of the softmax reductions: element `j` of a row goes to accumulator `j % 16`, and
 /// the 16 accumulators are combined by halves (`i` with `i + 8`, then `i + 4`, `i + 2`,
-/// `i + 1`), the order of one AVX-512 vector or two AVX2 vectors.
+/// `i + 1`), the order of one AVX-512 vector, two AVX2 vectors or four NEON vectors.
 pub(crate) const LANES: usize = 16;
 
 /// `if a > b { a } else { b }`: the `maxps` rule (the second operand when either is NaN).

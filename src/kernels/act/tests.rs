@@ -457,14 +457,14 @@ fn attend_scalar_matches_f64() {
     assert_matches_f64(&q, &keys, &vals, &limits, per, cap, d, 0.125, &out);
 }
 
-/// Every SIMD ISA gives the scalar twin's bits: widths around the vector lengths and the
-/// register blocks of the value sums (up to 8 registers, then a second block), every
-/// cache length 0..=33 and long ones, strided heads, grouped queries, rows that see
-/// nothing.
+/// Every SIMD ISA gives the scalar twin's bits: widths around the vector lengths (4, 8,
+/// 16) and the register blocks of the value sums (up to 8 registers, then a second
+/// block), every cache length 0..=33 and long ones, strided heads, grouped queries, rows
+/// that see nothing.
 #[test]
 fn simd_attend_matches_scalar_bit_for_bit() {
     let isas = simd_isas("simd_attend_matches_scalar_bit_for_bit");
-    for d in [1, 7, 8, 9, 15, 16, 17, 31, 33, 64, 65, 100, 129] {
+    for d in [1, 3, 4, 5, 7, 8, 9, 15, 16, 17, 31, 33, 64, 65, 100, 129] {
         for len in (0..=33).chain([100, 257]) {
             let (heads, per) = (if len % 2 == 0 { 3 } else { 1 }, 2);
             let cap = len + 3;

@@ -52,6 +52,18 @@ pub(crate) trait F32Vector: Copy {
     /// # Safety
     /// As [`F32Vector::splat`].
     unsafe fn store(self, out: &mut [f32], i: usize);
+    /// Loads `x[i..i + n]` (`n <= LANES`) into lanes `0..n`, `+0.0` in the others: a
+    /// row's last, partial vector. Reads no element outside `x[i..i + n]` (masked loads
+    /// on x86, a copy through a stack buffer on NEON), so the row may end anywhere.
+    ///
+    /// # Safety
+    /// As [`F32Vector::splat`].
+    unsafe fn load_partial(x: &[f32], i: usize, n: usize) -> Self;
+    /// Stores lanes `0..n` (`n <= LANES`) into `out[i..i + n]`, writing nothing else.
+    ///
+    /// # Safety
+    /// As [`F32Vector::splat`].
+    unsafe fn store_partial(self, out: &mut [f32], i: usize, n: usize);
     /// Loads `q[i..i + LANES]` converted to f32 (exact).
     ///
     /// # Safety
@@ -132,6 +144,20 @@ pub(crate) trait F32Vector: Copy {
     /// # Safety
     /// As [`F32Vector::splat`].
     unsafe fn reduce_max_bits(self) -> u32;
+    /// The lanes' sum by halves: lane `k` plus lane `k + LANES/2` for each `k` below
+    /// `LANES/2`, then the same on those, down to one (IEEE `+` at each step). This is the
+    /// order of the scalar twins' lane reductions (`act::scalar::reduce`).
+    ///
+    /// # Safety
+    /// As [`F32Vector::splat`].
+    unsafe fn reduce_add(self) -> f32;
+    /// The lanes' maximum by halves, in the order of [`F32Vector::reduce_add`], each step
+    /// `F32Vector::max(lane k, lane k + half)` (the `maxps` rule: the upper lane when
+    /// either is NaN).
+    ///
+    /// # Safety
+    /// As [`F32Vector::splat`].
+    unsafe fn reduce_max(self) -> f32;
 
     /// Lane-wise IEEE `+`.
     ///
@@ -219,6 +245,12 @@ pub(crate) trait F32Vector: Copy {
     /// # Safety
     /// As [`F32Vector::splat`].
     unsafe fn mask_bits(m: Self::Mask) -> u32;
+    /// True in lanes `0..n` (`n <= LANES`), false in the others: the lanes of
+    /// [`F32Vector::load_partial`] that hold elements.
+    ///
+    /// # Safety
+    /// As [`F32Vector::splat`].
+    unsafe fn first_lanes(n: usize) -> Self::Mask;
 
     /// Stores i32 lanes in `[-128, 127]` as i8 into `out[i..i + LANES]` (exact in that
     /// range; outside it the ISAs differ).

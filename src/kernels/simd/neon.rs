@@ -1,15 +1,18 @@
 //! [`F32Vector`] for aarch64 NEON's `float32x4_t` (4 lanes).
 //!
-//! NEON's own rules differ from the x86 ones the trait states in four places, and each is
+//! NEON's own rules differ from the x86 ones the trait states in a few places, and each is
 //! spelled out here so the generic algorithms give their scalar twins' bits: `fmax`
 //! returns NaN where `maxps` returns its second operand (so [`F32Vector::max`] and
-//! [`F32Vector::min`] are a compare and a select), `fcvtzs` saturates where `cvttps2dq`
-//! gives `i32::MIN` (so [`F32Vector::trunc_i32`] masks), `fcmeq`'s complement is true on
-//! NaN (so [`F32Vector::ne`] is `<` or `>`), and there is no lane movemask (so
-//! [`F32Vector::mask_bits`] adds lane weights). [`F32Vector::round_half_away`] is
-//! overridden with `fcvtas` (ties away, straight to i32), one instruction for the trait's
-//! add-and-truncate. The f16 conversions are the base-ISA
-//! `fcvtl`/`fcvtn` instructions in `asm!`: Rust's NEON f16 intrinsics are not stable.
+//! [`F32Vector::min`] are a compare and a select, and [`F32Vector::reduce_max`] is one by
+//! halves rather than `fmaxv`), `fcvtzs` saturates where `cvttps2dq` gives `i32::MIN` (so
+//! [`F32Vector::trunc_i32`] masks), `fcmeq`'s complement is true on NaN (so
+//! [`F32Vector::ne`] is `<` or `>`), there is no lane movemask (so
+//! [`F32Vector::mask_bits`] adds lane weights) and no masked load or store (so
+//! [`F32Vector::load_partial`] and [`F32Vector::store_partial`] copy through a stack
+//! buffer). [`F32Vector::round_half_away`] is overridden with `fcvtas` (ties away,
+//! straight to i32), one instruction for the trait's add-and-truncate. The f16
+//! conversions are the base-ISA `fcvtl`/`fcvtn` instructions in `asm!`: Rust's NEON f16
+//! intrinsics are not stable.
 
 use core::arch::aarch64::*;
 use core::arch::asm;
@@ -39,6 +42,26 @@ impl F32Vector for float32x4_t {
         let dst: &mut [f32; 4] = (&mut out[i..i + 4]).try_into().expect("4 values");
         // SAFETY: `dst` is 4 writable f32 (16 bytes); `st1` has no alignment requirement.
         unsafe { vst1q_f32(dst.as_mut_ptr(), self) }
+    }
+    /// Through a zeroed stack buffer: NEON has no masked load.
+    #[inline(always)]
+    unsafe fn load_partial(x: &[f32], i: usize, n: usize) -> Self {
+        let src = &x[i..i + n];
+        let mut buf = [0f32; 4];
+        let n = n.min(4);
+        buf[..n].copy_from_slice(&src[..n]);
+        // SAFETY: `buf` is 4 readable f32; NEON guaranteed by the caller.
+        unsafe { vld1q_f32(buf.as_ptr()) }
+    }
+    /// Through a stack buffer: NEON has no masked store.
+    #[inline(always)]
+    unsafe fn store_partial(self, out: &mut [f32], i: usize, n: usize) {
+        let dst = &mut out[i..i + n];
+        let mut buf = [0f32; 4];
+        // SAFETY: `buf` is 4 writable f32; NEON guaranteed by the caller.
+        unsafe { vst1q_f32(buf.as_mut_ptr(), self) };
+        let n = n.min(4);
+        dst[..n].copy_from_slice(&buf[..n]);
     }
     #[inline(always)]
     unsafe fn load_i8(q: &[i8], i: usize) -> Self {
@@ -108,6 +131,30 @@ impl F32Vector for float32x4_t {
     unsafe fn reduce_max_bits(self) -> u32 {
         // SAFETY: NEON guaranteed by the caller.
         unsafe { vmaxvq_s32(vreinterpretq_s32_f32(self)) as u32 }
+    }
+    #[inline(always)]
+    unsafe fn reduce_add(self) -> f32 {
+        // SAFETY: NEON guaranteed by the caller.
+        unsafe {
+            let h = vadd_f32(vget_low_f32(self), vget_high_f32(self));
+            vget_lane_f32::<0>(vpadd_f32(h, h))
+        }
+    }
+    /// The x86 rule by halves: a compare and a select on the 2-lane halves (not `fmaxv`,
+    /// which returns NaN), then the last two lanes as scalars.
+    #[inline(always)]
+    unsafe fn reduce_max(self) -> f32 {
+        // SAFETY: NEON guaranteed by the caller.
+        let (a, b) = unsafe {
+            let (lo, hi) = (vget_low_f32(self), vget_high_f32(self));
+            let h = vbsl_f32(vcgt_f32(lo, hi), lo, hi);
+            (vget_lane_f32::<0>(h), vget_lane_f32::<1>(h))
+        };
+        if a > b {
+            a
+        } else {
+            b
+        }
     }
 
     #[inline(always)]
@@ -206,6 +253,13 @@ impl F32Vector for float32x4_t {
         const WEIGHTS: [u32; 4] = [1, 2, 4, 8];
         // SAFETY: `WEIGHTS` is 4 readable u32; NEON guaranteed by the caller.
         unsafe { vaddvq_u32(vandq_u32(m, vld1q_u32(WEIGHTS.as_ptr()))) }
+    }
+    #[inline(always)]
+    unsafe fn first_lanes(n: usize) -> uint32x4_t {
+        const INDEX: [u32; 4] = [0, 1, 2, 3];
+        let n = n.min(4) as u32;
+        // SAFETY: `INDEX` is 4 readable u32; NEON guaranteed by the caller.
+        unsafe { vcltq_u32(vld1q_u32(INDEX.as_ptr()), vdupq_n_u32(n)) }
     }
 
     #[inline(always)]

@@ -30,6 +30,27 @@ impl F32Vector for __m256 {
         unsafe { _mm256_storeu_ps(dst.as_mut_ptr(), self) }
     }
     #[inline(always)]
+    unsafe fn load_partial(x: &[f32], i: usize, n: usize) -> Self {
+        let src = &x[i..i + n];
+        // SAFETY: `vmaskmovps` reads only the lanes its mask selects, `0..min(n, 8)`, all
+        // inside `src` (masked-off lanes neither read nor fault). AVX2 guaranteed by the
+        // caller.
+        unsafe {
+            let m = _mm256_castps_si256(Self::first_lanes(n));
+            _mm256_maskload_ps(src.as_ptr(), m)
+        }
+    }
+    #[inline(always)]
+    unsafe fn store_partial(self, out: &mut [f32], i: usize, n: usize) {
+        let dst = &mut out[i..i + n];
+        // SAFETY: `vmaskmovps` writes only the lanes its mask selects, `0..min(n, 8)`, all
+        // inside `dst`. AVX2 guaranteed by the caller.
+        unsafe {
+            let m = _mm256_castps_si256(Self::first_lanes(n));
+            _mm256_maskstore_ps(dst.as_mut_ptr(), m, self)
+        }
+    }
+    #[inline(always)]
     unsafe fn load_i8(q: &[i8], i: usize) -> Self {
         let src: &[i8; 8] = q[i..i + 8].try_into().expect("8 bytes");
         // SAFETY: `src` is 8 readable bytes; `loadl_epi64` reads 8 bytes, unaligned. AVX2
@@ -89,6 +110,30 @@ impl F32Vector for __m256 {
             let m = _mm_max_epi32(m, _mm_shuffle_epi32::<0b01_00_11_10>(m));
             let m = _mm_max_epi32(m, _mm_shuffle_epi32::<0b10_11_00_01>(m));
             _mm_cvtsi128_si32(m) as u32
+        }
+    }
+    #[inline(always)]
+    unsafe fn reduce_add(self) -> f32 {
+        // SAFETY: AVX guaranteed by the caller.
+        unsafe {
+            let v4 = _mm_add_ps(
+                _mm256_castps256_ps128(self),
+                _mm256_extractf128_ps::<1>(self),
+            );
+            let v2 = _mm_add_ps(v4, _mm_movehl_ps(v4, v4));
+            _mm_cvtss_f32(_mm_add_ps(v2, _mm_shuffle_ps::<0b01>(v2, v2)))
+        }
+    }
+    #[inline(always)]
+    unsafe fn reduce_max(self) -> f32 {
+        // SAFETY: AVX guaranteed by the caller.
+        unsafe {
+            let v4 = _mm_max_ps(
+                _mm256_castps256_ps128(self),
+                _mm256_extractf128_ps::<1>(self),
+            );
+            let v2 = _mm_max_ps(v4, _mm_movehl_ps(v4, v4));
+            _mm_cvtss_f32(_mm_max_ps(v2, _mm_shuffle_ps::<0b01>(v2, v2)))
         }
     }
 
@@ -176,6 +221,19 @@ impl F32Vector for __m256 {
         // SAFETY: AVX guaranteed by the caller.
         unsafe { _mm256_movemask_ps(m) as u32 }
     }
+    #[inline(always)]
+    unsafe fn first_lanes(n: usize) -> __m256 {
+        // Lane `k` is true when `n > k`; `n` beyond `i32::MAX` saturates (all lanes).
+        let n = n.min(8) as i32;
+        // SAFETY: AVX2 guaranteed by the caller.
+        unsafe {
+            let m = _mm256_cmpgt_epi32(
+                _mm256_set1_epi32(n),
+                _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+            );
+            _mm256_castsi256_ps(m)
+        }
+    }
 
     #[inline(always)]
     unsafe fn store_i8(v: __m256i, out: &mut [i8], i: usize) {
@@ -231,6 +289,21 @@ impl F32Vector for __m512 {
         // SAFETY: `dst` is 16 writable f32 (64 bytes); `storeu` has no alignment
         // requirement.
         unsafe { _mm512_storeu_ps(dst.as_mut_ptr(), self) }
+    }
+    #[inline(always)]
+    unsafe fn load_partial(x: &[f32], i: usize, n: usize) -> Self {
+        let src = &x[i..i + n];
+        // SAFETY: the masked load reads only the lanes its mask selects, `0..min(n, 16)`,
+        // all inside `src` (masked-off lanes neither read nor fault). AVX-512 F
+        // guaranteed by the caller.
+        unsafe { _mm512_maskz_loadu_ps(Self::first_lanes(n), src.as_ptr()) }
+    }
+    #[inline(always)]
+    unsafe fn store_partial(self, out: &mut [f32], i: usize, n: usize) {
+        let dst = &mut out[i..i + n];
+        // SAFETY: the masked store writes only the lanes its mask selects, `0..min(n,
+        // 16)`, all inside `dst`. AVX-512 F guaranteed by the caller.
+        unsafe { _mm512_mask_storeu_ps(dst.as_mut_ptr(), Self::first_lanes(n), self) }
     }
     #[inline(always)]
     unsafe fn load_i8(q: &[i8], i: usize) -> Self {
@@ -293,6 +366,22 @@ impl F32Vector for __m512 {
     unsafe fn reduce_max_bits(self) -> u32 {
         // SAFETY: AVX-512 F guaranteed by the caller.
         unsafe { _mm512_reduce_max_epi32(_mm512_castps_si512(self)) as u32 }
+    }
+    #[inline(always)]
+    unsafe fn reduce_add(self) -> f32 {
+        // SAFETY: AVX-512 F (which implies AVX) guaranteed by the caller.
+        unsafe {
+            let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(self)));
+            _mm256_add_ps(_mm512_castps512_ps256(self), hi).reduce_add()
+        }
+    }
+    #[inline(always)]
+    unsafe fn reduce_max(self) -> f32 {
+        // SAFETY: AVX-512 F (which implies AVX) guaranteed by the caller.
+        unsafe {
+            let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(self)));
+            _mm256_max_ps(_mm512_castps512_ps256(self), hi).reduce_max()
+        }
     }
 
     #[inline(always)]
@@ -377,6 +466,10 @@ impl F32Vector for __m512 {
     #[inline(always)]
     unsafe fn mask_bits(m: __mmask16) -> u32 {
         u32::from(m)
+    }
+    #[inline(always)]
+    unsafe fn first_lanes(n: usize) -> __mmask16 {
+        ((1u32 << n.min(16)) - 1) as __mmask16
     }
 
     #[inline(always)]
