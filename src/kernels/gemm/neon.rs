@@ -262,8 +262,8 @@ pub(crate) static W4: W4Kernel = W4Kernel {
     tile: w4_table,
 };
 
-// The gemm dispatch calls these only on the `Path::Neon` path, made after NEON was
-// detected: every `float32x4_t` operation of `kernels::simd` needs only Advanced SIMD.
+// The gemm dispatch calls these only through `TABLE`, handed out after NEON was detected:
+// every `float32x4_t` operation of `kernels::simd` needs only Advanced SIMD.
 super::row_quant::row_quant_kernels!(float32x4_t, "neon", false);
 
 /// aarch64 NEON: `smlal` tiles and row quantization.

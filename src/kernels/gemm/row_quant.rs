@@ -250,7 +250,7 @@ unsafe fn round_clamp<V: F32Vector>(v: V) -> V::I32 {
 /// exact reciprocal multiply, see [`HALF_GUARD`]).
 ///
 /// The invoking module vouches that `$feat` covers `$vec`'s [`F32Vector`] operations; the
-/// dispatch in `gemm/mod.rs` calls the kernels only on a path whose features were detected.
+/// dispatch in `gemm/mod.rs` calls the kernels only through a table whose features were detected.
 macro_rules! row_quant_kernels {
     ($vec:ty, $feat:literal, $reciprocal:literal) => {
         /// This ISA's row quantizations, for its kernel tables.
