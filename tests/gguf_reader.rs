@@ -44,7 +44,7 @@ const OFFSET_FIELD: usize = 24 + 33 + 9 + 4 + 16 + 4;
 
 #[test]
 fn every_candle_type_dequantizes_like_candle() -> Res {
-    let src = Tensor::randn(0f32, 1., (4, 256), &Device::Cpu)?;
+    let src = tensor(gaussian(4 * 256, 101), &[4, 256]);
     let types = [
         GgmlDType::F32,
         GgmlDType::F16,
@@ -88,7 +88,7 @@ fn every_candle_type_dequantizes_like_candle() -> Res {
 
 #[test]
 fn our_export_reads_back_with_its_metadata() -> Res {
-    let w = Tensor::randn(0f32, 1., (3, 64), &Device::Cpu)?;
+    let w = tensor(gaussian(3 * 64, 102), &[3, 64]);
     let q: Vec<i8> = (0..96).map(|i| (i % 255 - 127) as i8).collect();
     let s: Vec<f16> = (0..3)
         .map(|i| f16::from_f32(0.01 * (i + 1) as f32))
@@ -193,7 +193,7 @@ fn q4_0_loads_as_w4_g32_bit_exact() -> Res {
 
 #[test]
 fn q8_0_requantizes_per_channel_closely() -> Res {
-    let w = Tensor::randn(0f32, 1., (8, 64), &Device::Cpu)?;
+    let w = tensor(gaussian(8 * 64, 103), &[8, 64]);
     let qt = QTensor::quantize(&w, GgmlDType::Q8_0)?;
     let mut cursor = std::io::Cursor::new(Vec::new());
     gguf_file::write(&mut cursor, &[], &[("fc.weight", &qt)])?;
@@ -201,7 +201,7 @@ fn q8_0_requantizes_per_channel_closely() -> Res {
     let deq = file.tensor_f32("fc.weight")?;
     let vb = QuantLoader::from_gguf_file(file, QuantConfig::w8a8())?;
     let layer = quant_linear(64, 8, vb.pp("fc"))?;
-    let x = Tensor::randn(0f32, 1., (4, 64), &Device::Cpu)?;
+    let x = tensor(gaussian(4 * 64, 104), &[4, 64]);
     let reference = x.matmul(&deq.t()?)?;
     let err = (layer.forward(&x)? - &reference)?
         .abs()?
@@ -369,7 +369,7 @@ fn smollm2_gguf_loads() -> Res {
         file.tensor_info("blk.0.attn_q.weight").map(|i| i.dtype),
         Some(GgmlDType::Q4_1)
     );
-    let x = Tensor::randn(0f32, 1., (3, 576), &Device::Cpu)?;
+    let x = tensor(gaussian(3 * 576, 105), &[3, 576]);
     let deq = file.tensor_f32("blk.0.ffn_gate.weight")?;
     let reference = x.matmul(&deq.t()?)?;
     for cfg in [QuantConfig::w8a8(), QuantConfig::w4a8(32)?] {
@@ -502,7 +502,7 @@ fn smollm2_q4_1_loads_exactly_as_asym_g32() -> Res {
 /// weights equal the file's dequantization bit for bit.
 #[test]
 fn q4_0_with_negative_scales_loads_unchanged_into_w4_g32() -> Res {
-    let w = Tensor::randn(0f32, 1., (16, 128), &Device::Cpu)?;
+    let w = tensor(gaussian(16 * 128, 106), &[16, 128]);
     let bytes = candle_gguf(&w, GgmlDType::Q4_0)?;
     let file = GgufFile::from_bytes(bytes.clone())?;
     let (codes, scales) = file.q4_0_blocks("fc.weight")?;
@@ -518,7 +518,7 @@ fn q4_0_with_negative_scales_loads_unchanged_into_w4_g32() -> Res {
     let want: Vec<f32> = scales.iter().map(|s| s.to_f32()).collect();
     assert_eq!(parts.scales, want);
     assert_eq!(bits(&layer.dequantized_weights()), bits(&deq));
-    let x = Tensor::randn(0f32, 1., (3, 128), &Device::Cpu)?;
+    let x = tensor(gaussian(3 * 128, 107), &[3, 128]);
     let reference = x.matmul(&Tensor::from_vec(deq, (16, 128), &Device::Cpu)?.t()?)?;
     let err = (layer.forward(&x)? - &reference)?
         .abs()?
@@ -533,7 +533,7 @@ fn q4_0_with_negative_scales_loads_unchanged_into_w4_g32() -> Res {
 /// same Q4_1 bytes, and our reader loads the export into the same layer.
 #[test]
 fn asym_g32_layer_exports_as_q4_1_and_reads_back() -> Res {
-    let w = (Tensor::randn(0f32, 1., (8, 96), &Device::Cpu)? + 2.0)?;
+    let w = (tensor(gaussian(8 * 96, 108), &[8, 96]) + 2.0)?;
     let original = candle_gguf(&w, GgmlDType::Q4_1)?;
     let file = GgufFile::from_bytes(original.clone())?;
     let raw = file.tensor_bytes("fc.weight")?;
