@@ -231,6 +231,29 @@ fn w8a8_huge_in_features_is_exact() {
     }
 }
 
+/// Every kernel set's row quantizations of `x` (computed scales, then `given` ones)
+/// against the scalar twin's codes, scales and given-scale codes in `want`.
+fn assert_rows_match(
+    kernels: &[GemmKernels],
+    x: &[f32],
+    cols: usize,
+    sm: Option<&[f32]>,
+    given: &[f32],
+    (q0, s0, g0): (&[i8], &[f32], &[i8]),
+) {
+    let rows = given.len();
+    for kern in kernels {
+        let (mut q, mut s) = (vec![9i8; rows * cols], vec![9f32; rows]);
+        kern.quantize_rows_i8(x, cols, sm, &mut q, &mut s).unwrap();
+        assert_eq!(q, q0, "{} cols={cols}", kern.name());
+        assert_eq!(bits(&s), bits(s0), "{} cols={cols}", kern.name());
+        let mut g = vec![9i8; rows * cols];
+        kern.quantize_rows_i8_with_scales(x, cols, sm, given, &mut g)
+            .unwrap();
+        assert_eq!(g, g0, "{} cols={cols} (given scales)", kern.name());
+    }
+}
+
 #[test]
 fn w4a8_simd_equals_scalar_all_shapes() {
     let kernels = simd_kernels("w4a8_simd_equals_scalar_all_shapes");
@@ -416,16 +439,7 @@ fn row_quantization_simd_equals_scalar_at_every_tail() {
                 scalar()
                     .quantize_rows_i8_with_scales(&x, cols, sm, &given, &mut g0)
                     .unwrap();
-                for kern in &kernels {
-                    let (mut q, mut s) = (vec![9i8; rows * cols], vec![9f32; rows]);
-                    kern.quantize_rows_i8(&x, cols, sm, &mut q, &mut s).unwrap();
-                    assert_eq!(q, q0, "{} cols={cols}", kern.name());
-                    assert_eq!(bits(&s), bits(&s0), "{} cols={cols}", kern.name());
-                    let mut g = vec![9i8; rows * cols];
-                    kern.quantize_rows_i8_with_scales(&x, cols, sm, &given, &mut g)
-                        .unwrap();
-                    assert_eq!(g, g0, "{} cols={cols} (given scales)", kern.name());
-                }
+                assert_rows_match(&kernels, &x, cols, sm, &given, (&q0, &s0, &g0));
             }
         }
     }
@@ -711,16 +725,7 @@ fn row_quantization_edge_lengths_every_isa() {
             scalar()
                 .quantize_rows_i8_with_scales(&x, cols, sm, &given, &mut g0)
                 .unwrap();
-            for kern in &kernels {
-                let (mut q, mut s) = (vec![9i8; rows * cols], vec![9f32; rows]);
-                kern.quantize_rows_i8(&x, cols, sm, &mut q, &mut s).unwrap();
-                assert_eq!(q, q0, "{} cols={cols}", kern.name());
-                assert_eq!(bits(&s), bits(&s0), "{} cols={cols}", kern.name());
-                let mut g = vec![9i8; rows * cols];
-                kern.quantize_rows_i8_with_scales(&x, cols, sm, &given, &mut g)
-                    .unwrap();
-                assert_eq!(g, g0, "{} cols={cols} (given scales)", kern.name());
-            }
+            assert_rows_match(&kernels, &x, cols, sm, &given, (&q0, &s0, &g0));
         }
         for at in 0..rows * cols {
             for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
